@@ -1,0 +1,309 @@
+"""Everything in skhpo that knows skorch.
+
+The search classes never touch a skorch net directly: they go through the helpers here to find
+the net inside an estimator or a ``Pipeline``, to prepare the parameters of one training task
+(seed, divergence guard, device), to batch array data quickly, and to free finished models.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+
+import numpy as np
+import torch
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+from skorch.dataset import Dataset as SkorchDataset
+from torch.utils.data import DataLoader, Subset
+
+__all__ = [
+    "ArrayBatchIterator",
+    "FiniteLossGuard",
+    "TaskSeed",
+    "TrainingDivergedError",
+    "batch_size_of",
+    "check_param_names",
+    "find_net",
+    "free_estimator",
+    "net_input",
+    "seed_everything",
+    "spawn_seeds",
+    "task_device",
+    "trial_params",
+]
+
+#: parameters that skorch routes to one of its components by prefix
+_ROUTED_PREFIXES = ("module", "criterion", "optimizer", "iterator_train", "iterator_valid",
+                    "dataset", "callbacks")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Raised inside ``fit`` when the training loss stops being finite."""
+
+
+# --------------------------------------------------------------------------------------------
+# finding the net
+# --------------------------------------------------------------------------------------------
+
+def find_net(estimator):
+    """Return ``(net, prefix)``: the skorch net in ``estimator`` and its parameter prefix.
+
+    ``estimator`` is a skorch :class:`~skorch.NeuralNet` (prefix ``""``) or a
+    :class:`~sklearn.pipeline.Pipeline` whose last step is one (prefix ``"<step name>__"``).
+    Anything else raises a :class:`TypeError` that says what is supported.
+    """
+    if isinstance(estimator, NeuralNet):
+        return estimator, ""
+    if isinstance(estimator, Pipeline):
+        name, last = estimator.steps[-1]
+        if isinstance(last, NeuralNet):
+            return last, f"{name}__"
+        raise TypeError(
+            f"estimator: the last step of the Pipeline ({name!r}) is a "
+            f"{type(last).__name__}; skhpo searches need a skorch NeuralNet (for example "
+            "skorch.NeuralNetClassifier or skhpo.models.TabularMLPClassifier) as the last step.")
+    raise TypeError(
+        f"estimator: got a {type(estimator).__name__}; skhpo searches take a skorch NeuralNet "
+        "(NeuralNetClassifier, NeuralNetRegressor, a skhpo.models estimator) or a sklearn "
+        "Pipeline whose last step is one.")
+
+
+def net_input(fitted_estimator, X):
+    """Transform ``X`` through the steps before the net (identity for a bare net)."""
+    if isinstance(fitted_estimator, Pipeline) and len(fitted_estimator.steps) > 1:
+        return fitted_estimator[:-1].transform(X)
+    return X
+
+
+def batch_size_of(net, n_samples=None):
+    """The training batch size of ``net`` (``iterator_train__batch_size`` wins over
+    ``batch_size``; ``-1`` means the whole data set)."""
+    size = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
+    if size == -1 and n_samples is not None:
+        return int(n_samples)
+    return int(size)
+
+
+def check_param_names(estimator, names, *, where="param_distributions"):
+    """Raise a ``ValueError`` for a hyper-parameter name the estimator does not accept.
+
+    Names are the estimator's own ``get_params`` keys; for the net, skorch's routed
+    prefixes (``module__``, ``optimizer__``, ``criterion__``, ``iterator_train__``, ...) are
+    accepted when the component's constructor takes that argument.
+    """
+    valid = set(estimator.get_params(deep=True))
+    net, prefix = find_net(estimator)
+    for name in names:
+        if name in valid:
+            continue
+        if name.startswith(prefix):
+            local = name[len(prefix):]
+            head, sep, arg = local.partition("__")
+            if sep and head in _ROUTED_PREFIXES and _component_accepts(net, head, arg):
+                continue
+        hint = sorted(k for k in valid if "__" not in k[len(prefix):] and k.startswith(prefix))
+        raise ValueError(
+            f"{where}: unknown hyper-parameter {name!r} for {type(estimator).__name__}. Use the "
+            f"estimator's get_params() keys (e.g. {', '.join(hint[:8])}) or skorch's routed "
+            f"names such as {prefix}module__<arg>, {prefix}optimizer__<arg>.")
+
+
+def _component_accepts(net, head, arg):
+    if head in ("iterator_train", "iterator_valid", "dataset", "callbacks"):
+        return True
+    component = getattr(net, head, None)
+    if not inspect.isclass(component):
+        return True  # an instance or factory: we cannot tell, let skorch decide
+    try:
+        params = inspect.signature(component.__init__).parameters
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return True
+    return arg in params or (head == "module" and arg in _model_module_args(net))
+
+
+def _model_module_args(net):
+    # skhpo.models estimators expose module arguments as plain parameters too
+    return set(getattr(net, "_module_params", ()))
+
+
+# --------------------------------------------------------------------------------------------
+# seeds, devices, task parameters
+# --------------------------------------------------------------------------------------------
+
+def spawn_seeds(random_state, n):
+    """``n`` independent integer seeds derived from ``random_state`` (int, RandomState, None)."""
+    rng = check_random_state(random_state)
+    entropy = int(rng.randint(np.iinfo(np.int32).max))
+    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(entropy).spawn(n)]
+
+
+def seed_everything(seed):
+    """Seed torch, numpy and ``random`` in the current process (call it inside the worker)."""
+    seed = int(seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def task_device(device, task_index):
+    """Round-robin placement: ``"cuda"`` with k > 1 visible GPUs becomes ``cuda:<i mod k>``."""
+    if device == "cuda" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{task_index % torch.cuda.device_count()}"
+    return device
+
+
+class FiniteLossGuard(Callback):
+    """Stop a fit whose training loss becomes NaN or infinite.
+
+    Raises :class:`TrainingDivergedError` inside ``fit``, so scikit-learn's ``error_score``
+    applies to the candidate instead of the net silently scoring at chance level.
+    """
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if training and loss is not None and not math.isfinite(loss.item()):
+            epoch = len(net.history)
+            raise TrainingDivergedError(
+                f"training loss became {float(loss)} in epoch {epoch}; the candidate diverged "
+                "(try a smaller learning rate)")
+
+
+class TaskSeed(Callback):
+    """Seed torch/numpy when the net initialises, i.e. before its weights are drawn.
+
+    skorch initialises callbacks before the module, so the weights, dropout masks and
+    shuffling of one training task depend only on ``seed``, not on the worker that ran it.
+    """
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def initialize(self):
+        seed_everything(self.seed)
+        return super().initialize()
+
+
+def _has_guard(net):
+    callbacks = list(net.get_default_callbacks()) + list(_user_callbacks(net))
+    return any(isinstance(cb[1] if isinstance(cb, tuple) else cb, FiniteLossGuard)
+               for cb in callbacks)
+
+
+def _user_callbacks(net):
+    return net.callbacks if isinstance(net.callbacks, (list, tuple)) else []
+
+
+def trial_params(estimator, *, seed=None, task_index=0, **net_overrides):
+    """Parameters that turn ``estimator`` into one guarded, seeded training task.
+
+    Returns a ``set_params`` dict (with the Pipeline prefix) that appends a
+    :class:`FiniteLossGuard` and, unless the net has its own ``random_state``, a
+    :class:`TaskSeed` to the net's callbacks, places the task on a device round-robin, and
+    applies ``net_overrides`` (e.g. ``max_epochs=1``). The user's callbacks are kept.
+    """
+    net, prefix = find_net(estimator)
+    out = {f"{prefix}{k}": v for k, v in net_overrides.items()}
+    if net.callbacks != "disable":
+        extra = []
+        if not _has_guard(net):
+            extra.append(("skhpo_finite_loss", FiniteLossGuard()))
+        if seed is not None and getattr(net, "random_state", None) is None:
+            extra.append(("skhpo_seed", TaskSeed(seed)))
+        if extra:
+            out[f"{prefix}callbacks"] = list(_user_callbacks(net)) + extra
+    device = task_device(net.device, task_index)
+    if device != net.device:
+        out[f"{prefix}device"] = device
+    return out
+
+
+def free_estimator(estimator):
+    """Drop the torch state of a finished model (and the CUDA cache when on a GPU)."""
+    net, _ = find_net(estimator)
+    on_cuda = str(net.device).startswith("cuda")
+    for attr in ("module_", "optimizer_", "criterion_"):
+        if hasattr(net, attr):
+            delattr(net, attr)
+    if on_cuda and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# fast batching
+# --------------------------------------------------------------------------------------------
+
+def _as_tensor(a):
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.ndarray) and a.dtype != object:
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return None
+
+
+def _array_data(dataset):
+    """``(X, y)`` as tensors if ``dataset`` is a skorch Dataset over arrays, else ``None``."""
+    indices = None
+    if isinstance(dataset, Subset):
+        indices, dataset = torch.as_tensor(np.asarray(dataset.indices)), dataset.dataset
+    if type(dataset) is not SkorchDataset:
+        return None
+    X = _as_tensor(dataset.X)
+    y = None if dataset.y is None else _as_tensor(dataset.y)
+    if X is None or (dataset.y is not None and y is None):
+        return None
+    if indices is not None:
+        X = X[indices]
+        y = None if y is None else y[indices]
+    return X, y
+
+
+class ArrayBatchIterator:
+    """A ``DataLoader`` stand-in that yields batches as slices of whole tensors.
+
+    skorch's default ``DataLoader`` fetches each sample with ``__getitem__`` and collates the
+    batch; for in-memory arrays that dominates the cost of a small net. This iterator turns
+    the data into tensors once (no copy for C-contiguous numpy arrays), permutes them once
+    per epoch when ``shuffle=True`` (torch's RNG, so seeding applies) and yields slices.
+    Data stays on the CPU; skorch moves each batch to the net's device. Any dataset that is
+    not a skorch ``Dataset`` over arrays (dicts, DataFrames, custom datasets) falls back to a
+    ``DataLoader`` with the same arguments.
+
+    Use it as ``iterator_train=ArrayBatchIterator, iterator_valid=ArrayBatchIterator``.
+    """
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, **kwargs):
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self._arrays = _array_data(dataset)
+        self._fallback = None
+        if self._arrays is None:
+            self._fallback = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                        drop_last=drop_last, **kwargs)
+
+    def __len__(self):
+        if self._fallback is not None:
+            return len(self._fallback)
+        n = len(self._arrays[0])
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        if self._fallback is not None:
+            yield from self._fallback
+            return
+        X, y = self._arrays
+        n = len(X)
+        if self.shuffle:
+            order = torch.randperm(n)
+            X = X[order]
+            y = None if y is None else y[order]
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            end = min(start + self.batch_size, n)
+            yield X[start:end], (None if y is None else y[start:end])
