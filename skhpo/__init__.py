@@ -1,0 +1,18 @@
+"""skhpo: research hyper-parameter optimisation methods for PyTorch nets, as scikit-learn
+search estimators around skorch."""
+
+from .models import SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
+from .nets import ArrayBatchIterator, FiniteLossGuard, TrainingDivergedError
+from .search import FlatnessSearchCV
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayBatchIterator",
+    "FiniteLossGuard",
+    "FlatnessSearchCV",
+    "SmallCNNClassifier",
+    "TabularMLPClassifier",
+    "TabularMLPRegressor",
+    "TrainingDivergedError",
+]

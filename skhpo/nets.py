@@ -73,9 +73,18 @@ def find_net(estimator):
 
 
 def net_input(fitted_estimator, X):
-    """Transform ``X`` through the steps before the net (identity for a bare net)."""
+    """What the fitted net itself receives for ``X``: ``X`` transformed through the steps
+    before the net, then through the net's own input validation (skhpo models) or cast to
+    the dtype of its parameters (a floating numpy array for a plain skorch net)."""
     if isinstance(fitted_estimator, Pipeline) and len(fitted_estimator.steps) > 1:
-        return fitted_estimator[:-1].transform(X)
+        X = fitted_estimator[:-1].transform(X)
+    net, _ = find_net(fitted_estimator)
+    if hasattr(net, "_check_X"):
+        return net._check_X(X, reset=False)
+    if isinstance(X, np.ndarray) and X.dtype.kind == "f" and hasattr(net, "module_"):
+        param = next(net.module_.parameters(), None)
+        if param is not None and param.dtype.is_floating_point:
+            X = X.astype(str(param.dtype).replace("torch.", ""), copy=False)
     return X
 
 
@@ -166,11 +175,12 @@ class FiniteLossGuard(Callback):
     """
 
     def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
-        if training and loss is not None and not math.isfinite(loss.item()):
-            epoch = len(net.history)
-            raise TrainingDivergedError(
-                f"training loss became {float(loss)} in epoch {epoch}; the candidate diverged "
-                "(try a smaller learning rate)")
+        if training and loss is not None:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"training loss became {value} in epoch {len(net.history)}; the candidate "
+                    "diverged (try a smaller learning rate)")
 
 
 class TaskSeed(Callback):

@@ -1,0 +1,290 @@
+"""What every skhpo search shares on top of scikit-learn's ``BaseSearchCV``.
+
+* validation that runs in ``fit`` before any training (data, search space, names);
+* the data of the current ``fit`` made available to ``_run_search`` (sklearn passes it only
+  ``evaluate_candidates``);
+* training tasks: per-task seeds, the divergence guard and device placement are added to each
+  candidate's parameters (:func:`skhpo.nets.trial_params`) and removed again from everything
+  the user sees (``cv_results_['params']``, ``best_params_``);
+* a joblib runner for the method's own batches of independent trainings;
+* ``history_`` assembly and a finite-loss check of the refitted best model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.exceptions import FitFailedWarning
+from sklearn.model_selection._search import BaseSearchCV
+
+from ..nets import (TrainingDivergedError, check_param_names, find_net, free_estimator,
+                    seed_everything, spawn_seeds, trial_params)
+
+__all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns"]
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+
+def check_space(space, name="param_distributions"):
+    """Validate a RandomizedSearchCV-style space; return it as a list of dicts.
+
+    Accepted: a dict (or list of dicts) mapping parameter names to a non-empty list of values
+    or to an object with an ``rvs`` method (a scipy.stats distribution).
+    """
+    dicts = [space] if isinstance(space, Mapping) else space
+    if not isinstance(dicts, Sequence) or isinstance(dicts, str) or not dicts:
+        raise ValueError(f"{name}: expected a non-empty dict of parameter name -> list or "
+                         f"distribution (or a list of such dicts); got {space!r}")
+    for d in dicts:
+        if not isinstance(d, Mapping) or not d:
+            raise ValueError(f"{name}: every entry must be a non-empty dict of parameter name "
+                             f"-> list or distribution; got {d!r} (an empty space has nothing "
+                             "to search)")
+        for key, values in d.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{name}: parameter names must be strings; got {key!r}")
+            if hasattr(values, "rvs"):
+                _check_distribution(name, key, values)
+            elif isinstance(values, str) or not isinstance(values, (Sequence, np.ndarray)):
+                raise ValueError(f"{name}[{key!r}]: expected a non-empty list of values or a "
+                                 f"scipy.stats distribution; got {values!r}")
+            elif len(values) == 0:
+                raise ValueError(f"{name}[{key!r}]: the list of values is empty")
+    return list(dicts)
+
+
+def _check_distribution(name, key, dist):
+    support = getattr(dist, "support", None)
+    if support is None:
+        return
+    try:
+        low, high = (float(v) for v in support())
+    except (TypeError, ValueError):
+        return
+    if not (low <= high) or math.isnan(low) or math.isnan(high):
+        raise ValueError(f"{name}[{key!r}]: the distribution has an empty or inverted range "
+                         f"[{low}, {high}]")
+
+
+def check_finite_input(X, where="X"):
+    """Raise a ``ValueError`` if a numeric array ``X`` holds NaN or infinity."""
+    try:
+        arr = np.asarray(X)
+    except Exception:  # dicts, datasets: the net's own loader validates them
+        return
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        n_bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"{where} contains {n_bad} NaN or infinite values; the net cannot "
+                         "train on them (impute or drop them, e.g. with a SimpleImputer step "
+                         "in a Pipeline)")
+
+
+def _check_fit_data(X, y, bare_net):
+    n_x = _length(X)
+    if n_x == 0:
+        raise ValueError("X has 0 samples; at least one is required")
+    n_y = None if y is None else _length(y)
+    if n_x is not None and n_y is not None and n_x != n_y:
+        raise ValueError(f"X and y have inconsistent numbers of samples: {n_x} and {n_y}")
+    if bare_net:
+        check_finite_input(X)
+
+
+def _length(a):
+    try:
+        return len(a)
+    except TypeError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# training tasks
+# --------------------------------------------------------------------------------------------
+
+def run_trial(estimator, params, task_params, X, y, fit_params, error_score, probe=None):
+    """Fit one candidate (in a worker) and optionally read something off it.
+
+    Returns a dict with ``value`` (what ``probe(fitted_estimator)`` returned, else None),
+    ``error`` ("" on success, the reason otherwise), ``diverged`` and ``time``. The model is
+    freed before returning. With ``error_score="raise"`` errors other than divergence
+    propagate.
+    """
+    start = time.perf_counter()
+    est = clone(estimator).set_params(**params, **task_params)
+    value, error, diverged = None, "", False
+    try:
+        est.fit(X, y, **fit_params)
+        value = probe(est) if probe is not None else None
+    except TrainingDivergedError as exc:
+        error, diverged = f"diverged: {exc}", True
+    except Exception as exc:
+        if error_score == "raise":
+            raise
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        try:
+            free_estimator(est)
+        except Exception:
+            pass
+    return {"value": value, "error": error, "diverged": diverged,
+            "time": time.perf_counter() - start}
+
+
+def history_columns(rows):
+    """A list of row dicts -> a dict of equal-length lists (``pd.DataFrame``-ready)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return {k: [row.get(k) for row in rows] for k in keys}
+
+
+# --------------------------------------------------------------------------------------------
+# the base class
+# --------------------------------------------------------------------------------------------
+
+class NetSearchCV(BaseSearchCV):
+    """Base class of the skhpo searches (not public).
+
+    Subclasses implement ``_setup_search(X, y, fit_params)`` (sampling and checks, no
+    training), ``_run_search(evaluate_candidates, *, callback_ctx=None)`` (the method) and may
+    implement ``_check_search_params()`` (checks between constructor arguments).
+    """
+
+    _parameter_constraints: dict = {
+        **BaseSearchCV._parameter_constraints,
+        "random_state": ["random_state"],
+    }
+
+    # -- fit --------------------------------------------------------------------------------
+
+    def fit(self, X, y=None, **params):
+        """Run the search: validate everything, then the method, then the refit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Training data (anything the net accepts).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs), default=None
+            Targets.
+        **params : dict
+            Passed to the estimator's ``fit`` (and to the scorer / splitter as in
+            ``GridSearchCV``).
+
+        Returns
+        -------
+        self : object
+            The fitted search.
+        """
+        self._validate_params()
+        self._check_search_params()
+        _, prefix = find_net(self.estimator)
+        _check_fit_data(X, y, bare_net=(prefix == ""))
+        self._setup_search(X, y, params)
+        self._search_data = (X, y, params)
+        self._task_keys = set()
+        try:
+            super().fit(X, y, **params)
+        finally:
+            del self._search_data
+        self._after_refit()
+        return self
+
+    def _check_search_params(self):
+        pass
+
+    def _setup_search(self, X, y, fit_params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getstate__(self):
+        # the estimator is shipped to joblib workers during fit; the data travel separately
+        state = super().__getstate__()
+        state.pop("_search_data", None)
+        return state
+
+    # -- candidates and tasks -----------------------------------------------------------------
+
+    def _check_candidate_names(self, candidates, where="param_distributions"):
+        names = sorted({k for cand in candidates for k in cand})
+        check_param_names(self.estimator, names, where=where)
+        _, prefix = find_net(self.estimator)
+        if f"{prefix}callbacks" in names:
+            raise ValueError(f"{where}: searching over {prefix}callbacks is not supported; "
+                             "search over callback parameters (callbacks__<name>__<arg>)")
+
+    def _spawn_seeds(self, rng, n):
+        seeds = spawn_seeds(rng, n + 1)
+        self._refit_seed = seeds[-1]
+        return seeds[:-1]
+
+    def _task_params(self, seed, task_index, **net_overrides):
+        return trial_params(self.estimator, seed=seed, task_index=task_index, **net_overrides)
+
+    def _run_trials(self, tasks):
+        """Run ``run_trial`` on each task dict through ``joblib.Parallel(n_jobs)``."""
+        parallel = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch)
+        return parallel(delayed(run_trial)(**task) for task in tasks)
+
+    def _evaluate(self, evaluate_candidates, candidates, seeds, more_results=None,
+                  callback_ctx=None):
+        """Cross-validate ``candidates`` through sklearn, each fit guarded and seeded."""
+        tasks = []
+        for i, (cand, seed) in enumerate(zip(candidates, seeds)):
+            extra = self._task_params(seed, i)
+            self._task_keys.update(extra)
+            tasks.append({**cand, **extra})
+        if callback_ctx is not None:
+            callback_ctx = callback_ctx.subcontext(
+                task_name="search", max_subtasks=len(tasks) * self.n_splits_,
+                sequential_subtasks=False).call_on_fit_task_begin(estimator=self)
+        results = evaluate_candidates(tasks, more_results=more_results, callback_ctx=callback_ctx)
+        if callback_ctx is not None:
+            callback_ctx.call_on_fit_task_end(estimator=self)
+        self._seed_refit()
+        return results
+
+    def _seed_refit(self):
+        # sklearn refits the best candidate in this process right after _run_search
+        net, _ = find_net(self.estimator)
+        if getattr(net, "random_state", None) is None and hasattr(self, "_refit_seed"):
+            seed_everything(self._refit_seed)
+
+    def _format_results(self, candidate_params, n_splits, out, more_results=None):
+        # what the user sees: the candidates without skhpo's task parameters
+        public = [{k: v for k, v in p.items() if k not in self._task_keys}
+                  for p in candidate_params]
+        return super()._format_results(public, n_splits, out, more_results)
+
+    def _warn_failures(self, failures, n_total, stage):
+        if failures:
+            reasons = "\n".join(f"  {r}" for r in sorted(set(failures))[:5])
+            warnings.warn(f"{len(failures)} of the {n_total} {stage} fits failed; they are "
+                          f"excluded (error_score={self.error_score!r}). Reasons:\n{reasons}",
+                          FitFailedWarning, stacklevel=3)
+
+    # -- after the search -----------------------------------------------------------------------
+
+    def _after_refit(self):
+        """Count the refit's epochs and fail loudly if the refit diverged."""
+        if not self.refit or not hasattr(self, "best_estimator_"):
+            return
+        if hasattr(self, "n_epochs_"):
+            self.n_epochs_ += self._nominal_epochs(self.best_params_)
+        net, _ = find_net(self.best_estimator_)
+        try:
+            losses = net.history[:, "train_loss"]
+        except Exception:
+            return
+        if not all(math.isfinite(v) for v in losses):
+            raise TrainingDivergedError(
+                "the refit of the best candidate on the whole data diverged (non-finite "
+                f"training loss) with params {self.best_params_}")
+
+    def _nominal_epochs(self, params):
+        net, prefix = find_net(self.estimator)
+        return int(params.get(f"{prefix}max_epochs", net.max_epochs))
