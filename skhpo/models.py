@@ -198,8 +198,8 @@ class _ClassifierMixin(_SkhpoNetMixin):
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of ``classes_``."""
-        proba = super().predict_proba(self._check_X(X, reset=False))
-        return proba.astype(np.float64)
+        proba = super().predict_proba(self._check_X(X, reset=False)).astype(np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)  # exact in float64
 
     def predict(self, X):
         """The most probable label of each row, from ``classes_``."""

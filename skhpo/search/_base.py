@@ -22,6 +22,7 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection._search import BaseSearchCV
+from sklearn.utils.validation import _num_samples
 
 from ..nets import (TrainingDivergedError, check_param_names, find_net, free_estimator,
                     seed_everything, spawn_seeds, trial_params)
@@ -100,7 +101,7 @@ def _check_fit_data(X, y, bare_net):
 
 def _length(a):
     try:
-        return len(a)
+        return _num_samples(a)
     except TypeError:
         return None
 
@@ -114,8 +115,7 @@ def run_trial(estimator, params, task_params, X, y, fit_params, error_score, pro
 
     Returns a dict with ``value`` (what ``probe(fitted_estimator)`` returned, else None),
     ``error`` ("" on success, the reason otherwise), ``diverged`` and ``time``. The model is
-    freed before returning. With ``error_score="raise"`` errors other than divergence
-    propagate.
+    freed before returning. With ``error_score="raise"`` every error propagates.
     """
     start = time.perf_counter()
     est = clone(estimator).set_params(**params, **task_params)
@@ -123,12 +123,11 @@ def run_trial(estimator, params, task_params, X, y, fit_params, error_score, pro
     try:
         est.fit(X, y, **fit_params)
         value = probe(est) if probe is not None else None
-    except TrainingDivergedError as exc:
-        error, diverged = f"diverged: {exc}", True
     except Exception as exc:
         if error_score == "raise":
             raise
-        error = f"{type(exc).__name__}: {exc}"
+        diverged = isinstance(exc, TrainingDivergedError)
+        error = f"diverged: {exc}" if diverged else f"{type(exc).__name__}: {exc}"
     finally:
         try:
             free_estimator(est)
@@ -203,7 +202,7 @@ class NetSearchCV(BaseSearchCV):
 
     def __getstate__(self):
         # the estimator is shipped to joblib workers during fit; the data travel separately
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # may be self.__dict__ itself: copy first
         state.pop("_search_data", None)
         return state
 
