@@ -10,6 +10,8 @@ and stop with an error when the training loss diverges (:class:`skhpo.nets.Finit
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
@@ -17,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils import check_array, column_or_1d
 from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
 from torch import nn
 
@@ -88,7 +90,19 @@ class _SkhpoNetMixin:
     #: estimator parameters that are passed on to the module's constructor
     _module_params: tuple = ()
 
-    def _cleanup_init_attributes(self):
+    def _init_net(self, args):
+        """``__init__`` body shared by the models: skorch's own arguments go to skorch's
+        constructor, the others (architecture, ``random_state``) become attributes."""
+        args = {k: v for k, v in args.items() if k not in ("self", "__class__")}
+        kwargs = args.pop("kwargs")
+        base = next(c for c in type(self).__mro__ if c in (NeuralNetClassifier, NeuralNetRegressor))
+        accepted = set(inspect.signature(base.__init__).parameters)
+        accepted |= set(inspect.signature(NeuralNet.__init__).parameters)
+        base.__init__(self, **{k: v for k, v in args.items() if k in accepted or "__" in k},
+                      **kwargs)
+        for key, value in args.items():
+            if key not in accepted and "__" not in key:
+                setattr(self, key, value)
         # skorch sets these in __init__; sklearn wants only parameters there. The class
         # attributes below give the same values until skorch assigns them during fit.
         for attr in ("history_", "initialized_", "virtual_params_"):
@@ -265,17 +279,7 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
                  criterion=nn.CrossEntropyLoss, train_split=None, random_state=None,
                  device="cpu", verbose=0, iterator_train=ArrayBatchIterator,
                  iterator_valid=ArrayBatchIterator, iterator_train__shuffle=True, **kwargs):
-        super().__init__(module, criterion=criterion, lr=lr, batch_size=batch_size,
-                         max_epochs=max_epochs, optimizer=optimizer, train_split=train_split,
-                         device=device, verbose=verbose, iterator_train=iterator_train,
-                         iterator_valid=iterator_valid,
-                         iterator_train__shuffle=iterator_train__shuffle, **kwargs)
-        self.depth = depth
-        self.width = width
-        self.dropout = dropout
-        self.activation = activation
-        self.random_state = random_state
-        self._cleanup_init_attributes()
+        self._init_net(locals())
 
     def _module_dims(self):
         return {"n_features": self.n_features_in_, **super()._module_dims()}
@@ -318,20 +322,7 @@ verbose, **kwargs
                  criterion=nn.CrossEntropyLoss, train_split=None, random_state=None,
                  device="cpu", verbose=0, iterator_train=ArrayBatchIterator,
                  iterator_valid=ArrayBatchIterator, iterator_train__shuffle=True, **kwargs):
-        super().__init__(module, criterion=criterion, lr=lr, batch_size=batch_size,
-                         max_epochs=max_epochs, optimizer=optimizer, train_split=train_split,
-                         device=device, verbose=verbose, iterator_train=iterator_train,
-                         iterator_valid=iterator_valid,
-                         iterator_train__shuffle=iterator_train__shuffle, **kwargs)
-        self.image_shape = image_shape
-        self.n_blocks = n_blocks
-        self.n_filters = n_filters
-        self.kernel_size = kernel_size
-        self.width = width
-        self.dropout = dropout
-        self.activation = activation
-        self.random_state = random_state
-        self._cleanup_init_attributes()
+        self._init_net(locals())
 
     def _set_input_shape(self, shape):
         self.image_shape_ = self._infer_image_shape(shape)
@@ -369,17 +360,7 @@ class TabularMLPRegressor(_SkhpoNetMixin, NeuralNetRegressor):
                  criterion=nn.MSELoss, train_split=None, random_state=None, device="cpu",
                  verbose=0, iterator_train=ArrayBatchIterator, iterator_valid=ArrayBatchIterator,
                  iterator_train__shuffle=True, **kwargs):
-        super().__init__(module, criterion=criterion, lr=lr, batch_size=batch_size,
-                         max_epochs=max_epochs, optimizer=optimizer, train_split=train_split,
-                         device=device, verbose=verbose, iterator_train=iterator_train,
-                         iterator_valid=iterator_valid,
-                         iterator_train__shuffle=iterator_train__shuffle, **kwargs)
-        self.depth = depth
-        self.width = width
-        self.dropout = dropout
-        self.activation = activation
-        self.random_state = random_state
-        self._cleanup_init_attributes()
+        self._init_net(locals())
 
     def _check_y(self, y, reset):
         y = check_array(y, ensure_2d=False, dtype=np.float32, input_name="y")

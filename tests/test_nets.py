@@ -142,3 +142,17 @@ def test_check_param_names():
     check_param_names(pipe, ["tabularmlpclassifier__width", "standardscaler__with_mean"])
     with pytest.raises(ValueError, match="'width'"):
         check_param_names(pipe, ["width"])
+
+
+def test_round_robin_device_placement(monkeypatch):
+    from skhpo import nets
+    assert nets.task_device("cpu", 3) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [nets.task_device("cuda", i) for i in range(5)] == [
+        "cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert nets.task_device("cuda:1", 4) == "cuda:1"  # an explicit device is kept
+    params = trial_params(plain_net(device="cuda"), seed=1, task_index=4)
+    assert params["device"] == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert "device" not in trial_params(plain_net(device="cuda"), seed=1, task_index=4)

@@ -113,7 +113,7 @@ def _length(a):
 def run_trial(estimator, params, task_params, X, y, fit_params, error_score, probe=None):
     """Fit one candidate (in a worker) and optionally read something off it.
 
-    Returns a dict with ``value`` (what ``probe(fitted_estimator)`` returned, else None),
+    Returns a dict with ``value`` (what ``probe(fitted_estimator, X)`` returned, else None),
     ``error`` ("" on success, the reason otherwise), ``diverged`` and ``time``. The model is
     freed before returning. With ``error_score="raise"`` every error propagates.
     """
@@ -122,7 +122,7 @@ def run_trial(estimator, params, task_params, X, y, fit_params, error_score, pro
     value, error, diverged = None, "", False
     try:
         est.fit(X, y, **fit_params)
-        value = probe(est) if probe is not None else None
+        value = probe(est, X) if probe is not None else None
     except Exception as exc:
         if error_score == "raise":
             raise
@@ -237,13 +237,14 @@ class NetSearchCV(BaseSearchCV):
             extra = self._task_params(seed, i)
             self._task_keys.update(extra)
             tasks.append({**cand, **extra})
-        if callback_ctx is not None:
-            callback_ctx = callback_ctx.subcontext(
+        if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
+            results = evaluate_candidates(tasks, more_results=more_results)
+        else:
+            ctx = callback_ctx.subcontext(
                 task_name="search", max_subtasks=len(tasks) * self.n_splits_,
                 sequential_subtasks=False).call_on_fit_task_begin(estimator=self)
-        results = evaluate_candidates(tasks, more_results=more_results, callback_ctx=callback_ctx)
-        if callback_ctx is not None:
-            callback_ctx.call_on_fit_task_end(estimator=self)
+            results = evaluate_candidates(tasks, more_results=more_results, callback_ctx=ctx)
+            ctx.call_on_fit_task_end(estimator=self)
         self._seed_refit()
         return results
 

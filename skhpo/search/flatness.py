@@ -12,6 +12,7 @@ The paper's Algorithm 1, step by step:
 from __future__ import annotations
 
 import math
+from functools import partial
 from numbers import Integral
 
 import numpy as np
@@ -28,16 +29,11 @@ from ._base import NetSearchCV, check_finite_input, check_space, history_columns
 __all__ = ["FlatnessSearchCV"]
 
 
-class _SharpnessProbe:
-    """Picklable ``fitted estimator -> S(h)`` for the screening workers."""
-
-    def __init__(self, X, **kwargs):
-        self.X, self.kwargs = X, kwargs
-
-    def __call__(self, fitted):
-        net, _ = find_net(fitted)
-        value, per_batch = sharpness_bound(net, net_input(fitted, self.X), **self.kwargs)
-        return value, len(per_batch)
+def _read_sharpness(fitted, X, **kwargs):
+    """``(S(h), number of batches)`` of a fitted estimator (runs in the screening worker)."""
+    net, _ = find_net(fitted)
+    value, per_batch = sharpness_bound(net, net_input(fitted, X), **kwargs)
+    return value, len(per_batch)
 
 
 class FlatnessSearchCV(NetSearchCV):
@@ -189,8 +185,11 @@ class FlatnessSearchCV(NetSearchCV):
 
     def _screen(self, X, y, fit_params):
         """Train every candidate ``screen_epochs`` epoch(s) and read S(h) (in parallel)."""
-        probe = _SharpnessProbe(X, variant=self.sharpness, batch_norm=self.batch_norm,
-                                aggregate_by=self.aggregate)
+        probe = partial(_read_sharpness, variant=self.sharpness, batch_norm=self.batch_norm,
+                        aggregate_by=self.aggregate)
+        if self.verbose > 0:
+            print(f"Screening {len(self._candidates)} candidates, {self.screen_epochs} "
+                  f"epoch(s) each")
         tasks = [dict(estimator=self.estimator, params=cand,
                       task_params=self._task_params(seed, i, max_epochs=self.screen_epochs,
                                                     train_split=None, verbose=0),

@@ -1,0 +1,154 @@
+"""Tasks, methods and the loop that runs them (public API only)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import loguniform
+from sklearn import datasets
+from sklearn.base import clone
+from sklearn.model_selection import RandomizedSearchCV, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skhpo import FlatnessSearchCV, SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
+
+TASKS = {
+    "iris": ("classification", datasets.load_iris),
+    "wine": ("classification", datasets.load_wine),
+    "breast_cancer": ("classification", datasets.load_breast_cancer),
+    "digits": ("classification", datasets.load_digits),
+    "digits_images": ("images", datasets.load_digits),
+    "diabetes": ("regression", datasets.load_diabetes),
+}
+
+
+@dataclass
+class Budget:
+    """How much each method may spend: ``n_trials`` full trainings per CV fold for the
+    random baseline (= ``n_candidates`` screened by FlatnessSearchCV, which fully trains
+    ``n_finalists``), each of ``max_epochs``."""
+
+    n_trials: int = 50
+    n_finalists: int = 10
+    max_epochs: int = 30
+    cv: int = 3
+
+
+def load_task(name):
+    """``(X, y, kind)`` of a bundled task; ``kind`` is classification, images or regression."""
+    try:
+        kind, loader = TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}") from None
+    X, y = loader(return_X_y=True)
+    return X.astype(np.float32), y, kind
+
+
+def default_estimator(kind, max_epochs):
+    """The net each method tunes: scaler + skhpo model (no scaling for images in [0, 1])."""
+    if kind == "images":
+        return Pipeline([("scale", "passthrough"), ("net", SmallCNNClassifier(max_epochs=max_epochs))])
+    model = TabularMLPRegressor if kind == "regression" else TabularMLPClassifier
+    return Pipeline([("scale", StandardScaler()), ("net", model(max_epochs=max_epochs))])
+
+
+def default_space(kind):
+    """FGHPO's OpenML MLP space (seed 004, Table 3), narrowed to what trains in seconds on
+    2 cores, with ``alpha`` applied as Adam weight decay."""
+    space = {"net__batch_size": [16, 32, 64, 128],
+             "net__lr": loguniform(1e-4, 3e-2),
+             "net__optimizer__weight_decay": loguniform(1e-8, 1e-2)}
+    if kind == "images":
+        space.update({"net__n_filters": [4, 8, 16, 32], "net__n_blocks": [1, 2],
+                      "net__kernel_size": [3, 5]})
+    else:
+        space.update({"net__depth": [1, 2, 3], "net__width": [16, 32, 64, 128, 256]})
+    return space
+
+
+def _random(estimator, space, budget, seed, n_jobs):
+    return RandomizedSearchCV(estimator, space, n_iter=budget.n_trials, cv=budget.cv,
+                              random_state=seed, n_jobs=n_jobs)
+
+
+def _flatness(estimator, space, budget, seed, n_jobs):
+    return FlatnessSearchCV(estimator, space, n_candidates=budget.n_trials,
+                            n_finalists=budget.n_finalists, cv=budget.cv, random_state=seed,
+                            n_jobs=n_jobs)
+
+
+METHODS = {"random": _random, "flatness": _flatness}
+
+
+def epochs_spent(search, budget):
+    """Training epochs a fitted search spent (screening + CV + refit), from ``max_epochs``."""
+    if hasattr(search, "n_epochs_"):
+        return int(search.n_epochs_)
+    n_fits = len(search.cv_results_["params"]) * search.n_splits_
+    return n_fits * budget.max_epochs + (budget.max_epochs if search.refit else 0)
+
+
+def n_trainings(search):
+    n = len(search.cv_results_["params"]) * search.n_splits_ + int(bool(search.refit))
+    if hasattr(search, "history_") and "screen_epochs" in search.history_:
+        n += len(search.history_["screen_epochs"])
+    return n
+
+
+def run_one(method, task, seed, budget, n_jobs=None):
+    """Run one method on one task and seed; return the result row."""
+    X, y, kind = load_task(task)
+    stratify = None if kind == "regression" else y
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed,
+                                          stratify=stratify)
+    estimator = default_estimator(kind, budget.max_epochs)
+    search = METHODS[method](clone(estimator), default_space(kind), budget, seed, n_jobs)
+    start = time.perf_counter()
+    search.fit(Xtr, ytr)
+    wall = time.perf_counter() - start
+    return {"method": method, "task": task, "seed": seed,
+            "test_score": float(search.score(Xte, yte)),
+            "cv_score": float(search.best_score_), "wall_time": wall,
+            "epochs": epochs_spent(search, budget), "n_trainings": n_trainings(search),
+            "best_params": {k: _plain(v) for k, v in search.best_params_.items()}}
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+
+
+def run_benchmark(methods, tasks, seeds, budget, n_jobs=None, progress=None):
+    """All (task, seed, method) runs, in that order; ``progress(done, total, row)`` is called
+    after each."""
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
+    for t in tasks:
+        load_task(t)
+    jobs = [(m, t, s) for t in tasks for s in seeds for m in methods]
+    rows = []
+    for i, (m, t, s) in enumerate(jobs):
+        rows.append(run_one(m, t, s, budget, n_jobs=n_jobs))
+        if progress is not None:
+            progress(i + 1, len(jobs), rows[-1])
+    return rows
+
+
+def summarize(rows):
+    """Per (task, method): median test score, IQR, median wall time and epochs."""
+    out = []
+    keys = sorted({(r["task"], r["method"]) for r in rows})
+    for task, method in keys:
+        sel = [r for r in rows if r["task"] == task and r["method"] == method]
+        scores = np.array([r["test_score"] for r in sel])
+        q1, q3 = np.percentile(scores, [25, 75])
+        out.append({"task": task, "method": method, "n": len(sel),
+                    "median_test": float(np.median(scores)), "iqr_test": float(q3 - q1),
+                    "median_wall": float(np.median([r["wall_time"] for r in sel])),
+                    "median_epochs": float(np.median([r["epochs"] for r in sel]))})
+    return out
