@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier
 from sklearn.exceptions import FitFailedWarning
+from sklearn.model_selection import check_cv
 from sklearn.model_selection._search import BaseSearchCV
 from sklearn.utils.validation import _num_samples
 
@@ -184,6 +185,9 @@ class NetSearchCV(BaseSearchCV):
         self._check_search_params()
         _, prefix = find_net(self.estimator)
         _check_fit_data(X, y, bare_net=(prefix == ""))
+        # scikit-learn < 1.9 sets n_splits_ only after the search: methods use _n_splits
+        self._n_splits = check_cv(self.cv, y, classifier=is_classifier(self.estimator)
+                                  ).get_n_splits(X, y, groups=params.get("groups"))
         self._setup_search(X, y, params)
         self._search_data = (X, y, params)
         self._task_keys = set()
@@ -241,7 +245,7 @@ class NetSearchCV(BaseSearchCV):
             results = evaluate_candidates(tasks, more_results=more_results)
         else:
             ctx = callback_ctx.subcontext(
-                task_name="search", max_subtasks=len(tasks) * self.n_splits_,
+                task_name="search", max_subtasks=len(tasks) * self._n_splits,
                 sequential_subtasks=False).call_on_fit_task_begin(estimator=self)
             results = evaluate_candidates(tasks, more_results=more_results, callback_ctx=ctx)
             ctx.call_on_fit_task_end(estimator=self)

@@ -225,7 +225,7 @@ class FlatnessSearchCV(NetSearchCV):
             kept = r["candidate"] in finalists
             r["status"] = "finalist" if kept else "screened_out"
             if kept:
-                r["cv_epochs"] = self._nominal_epochs(r["params"]) * self.n_splits_
+                r["cv_epochs"] = self._nominal_epochs(r["params"]) * self._n_splits
             else:
                 r["reason"] = f"not among the {self.n_finalists} flattest"
         return finalists
