@@ -20,6 +20,10 @@ def _bench_parser(sub):
                    help="the 2-minute check: breast_cancer, 1 seed, 20 trials, 20 epochs")
     p.add_argument("--tasks", nargs="+", default=["breast_cancer", "digits"],
                    help="bundled tasks (iris wine breast_cancer digits digits_images diabetes)")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="add a task from a CSV file (header row; categoricals are one-hot "
+                   "encoded); needs --target")
+    p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
     p.add_argument("--methods", nargs="+", default=["random", "flatness"],
                    help="methods to run (random, flatness)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
@@ -34,7 +38,7 @@ def _bench_parser(sub):
 
 
 def bench(args):
-    from .bench.runner import Budget, run_benchmark, summarize
+    from .bench.runner import Budget, register_csv, run_benchmark, summarize
 
     if args.quick:
         for key, value in QUICK.items():
@@ -42,6 +46,11 @@ def bench(args):
     for name in ("seeds", "n_trials", "n_finalists", "max_epochs", "cv"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if (args.csv is None) != (args.target is None):
+        raise ValueError("--csv and --target go together: --csv PATH --target COL")
+    if args.csv is not None:
+        csv_task = register_csv(args.csv, args.target)
+        args.tasks = [csv_task] if args.quick else [*args.tasks, csv_task]
     budget = Budget(n_trials=args.n_trials, n_finalists=min(args.n_finalists, args.n_trials),
                     max_epochs=args.max_epochs, cv=args.cv)
     start = time.perf_counter()
@@ -58,6 +67,7 @@ def bench(args):
     for s in summarize(rows):
         print(f"{s['task']:14s} {s['method']:10s} {s['n']:4d} {s['median_test']:11.4f} "
               f"{s['iqr_test']:7.4f} {s['median_wall']:10.1f}s {s['median_epochs']:7.0f}")
+    _print_tests(rows)
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -69,6 +79,26 @@ def bench(args):
             writer.writerows({**r, "best_params": json.dumps(r["best_params"])} for r in rows)
         print(f"results in {args.out}/results.csv and results.json")
     return 0
+
+
+def _print_tests(rows):
+    """Pairwise Mann-Whitney tests per task (BH-corrected at 5 %), pooled wins/ties/losses."""
+    from .bench.stats import pairwise_tests, wins_ties_losses
+
+    tests = []
+    for task in sorted({r["task"] for r in rows}):
+        scores = {}
+        for r in rows:
+            if r["task"] == task:
+                scores.setdefault(r["method"], []).append(r["test_score"])
+        if len(scores) > 1 and min(len(v) for v in scores.values()) > 1:
+            tests += pairwise_tests(scores)
+    if not tests:
+        return
+    print("\nwins / ties / losses over tasks (two-sided Mann-Whitney U on test scores across "
+          "seeds, Benjamini-Hochberg at 5 %)")
+    for method, c in wins_ties_losses(tests).items():
+        print(f"  {method:10s} {c['wins']} / {c['ties']} / {c['losses']}")
 
 
 def main(argv=None):

@@ -32,14 +32,16 @@ def test_tasks_load():
 
 
 def test_cli_writes_results(tmp_path, capsys):
-    code = main(["bench", "--tasks", "iris", "--seeds", "1", "--n-trials", "2",
+    code = main(["bench", "--tasks", "iris", "--seeds", "2", "--n-trials", "2",
                  "--n-finalists", "1", "--max-epochs", "2", "--cv", "2", "--out",
                  str(tmp_path)])
     assert code == 0
     rows = json.loads((tmp_path / "results.json").read_text())
     assert {r["method"] for r in rows} == {"random", "flatness"}
     assert (tmp_path / "results.csv").read_text().startswith("method,task,seed,test_score")
-    assert "median test" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "median test" in out and "wins / ties / losses" in out
+    assert len(rows) == 4
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skhpo import FlatnessSearchCV, SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
+
+from .data import load_csv
 
 TASKS = {
     "iris": ("classification", datasets.load_iris),
@@ -37,12 +40,28 @@ class Budget:
     cv: int = 3
 
 
+_CSV_TASKS = {}
+
+
+def register_csv(path, target):
+    """Make a CSV file a task (named after the file) and return its name; fails early with a
+    clear message if the file or column is unusable."""
+    load_csv(path, target)
+    name = os.path.splitext(os.path.basename(path))[0]
+    _CSV_TASKS[name] = (path, target)
+    return name
+
+
 def load_task(name):
-    """``(X, y, kind)`` of a bundled task; ``kind`` is classification, images or regression."""
+    """``(X, y, kind)`` of a task; ``kind`` is classification, images or regression."""
+    if name in _CSV_TASKS:
+        X, y, kind, _ = load_csv(*_CSV_TASKS[name])
+        return X, y, kind
     try:
         kind, loader = TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)} "
+                         "(or --csv PATH --target COL)") from None
     X, y = loader(return_X_y=True)
     return X.astype(np.float32), y, kind
 
