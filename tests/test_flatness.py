@@ -301,3 +301,24 @@ def test_some_failed_screening_warns_not_raises(iris):
         s = search(small_clf(), space, n_candidates=2, n_finalists=1).fit(X, y)
     assert any(issubclass(w.category, FitFailedWarning) for w in rec)
     assert s.best_params_["lr"] == 1e-2
+
+
+def test_dataframe_with_categoricals_through_a_column_transformer():
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    X = X.iloc[:, :5].copy()
+    X["band"] = pd.cut(X.iloc[:, 0], 3, labels=["lo", "mid", "hi"]).astype(str)
+    y = y.map({0: "malignant", 1: "benign"})
+    pre = ColumnTransformer([("num", StandardScaler(), list(X.columns[:5])),
+                             ("cat", OneHotEncoder(), ["band"])])
+    pipe = Pipeline([("pre", pre), ("net", small_clf())])
+    s = search(pipe, {"net__lr": [1e-3, 1e-2], "net__width": [16, 64]}, n_candidates=4,
+               n_finalists=2, cv=3).fit(X, y)
+    assert set(s.predict(X.iloc[:10])) <= {"malignant", "benign"}
+    assert list(s.feature_names_in_) == list(X.columns)
+    assert s.best_score_ > 0.8
