@@ -25,7 +25,7 @@ def _bench_parser(sub):
                    "encoded); needs --target")
     p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
     p.add_argument("--methods", nargs="+", default=["random", "flatness"],
-                   help="methods to run (random, flatness)")
+                   help="methods to run (random, flatness, grid, halving)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     p.add_argument("--n-trials", type=int, default=50,
                    help="random: n_iter; flatness: n_candidates")

@@ -53,3 +53,28 @@ def test_cli_bad_input_is_a_message_not_a_traceback(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_grid_from_space_fits_the_budget():
+    from skhpo.bench.runner import default_space, grid_from_space
+    space = default_space("classification")
+    for budget in (1, 6, 50, 400):
+        grid = grid_from_space(space, budget)
+        assert set(grid) == set(space)
+        n = 1
+        for values in grid.values():
+            n *= len(values)
+        assert 1 <= n <= budget
+    big = grid_from_space(space, 400)
+    assert len(big["net__lr"]) >= 2 and big["net__depth"] == [1, 2, 3]
+    assert all(1e-4 <= v <= 3e-2 for v in big["net__lr"])
+
+
+def test_halving_over_epochs_spends_the_random_search_budget():
+    budget = Budget(n_trials=3, n_finalists=1, max_epochs=9, cv=2)
+    rows = {r["method"]: r for r in run_benchmark(["random", "halving", "grid"], ["iris"], [0],
+                                                   budget)}
+    # rungs of 9, 3, 1 candidates at 1, 3, 9 epochs: 27 epochs x 2 folds + refit
+    assert rows["halving"]["epochs"] == rows["random"]["epochs"] == 3 * 2 * 9 + 9
+    assert rows["halving"]["n_trainings"] > rows["random"]["n_trainings"]
+    assert rows["grid"]["epochs"] <= rows["random"]["epochs"]

@@ -10,7 +10,9 @@ import numpy as np
 from scipy.stats import loguniform
 from sklearn import datasets
 from sklearn.base import clone
-from sklearn.model_selection import RandomizedSearchCV, train_test_split
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+from sklearn.model_selection import (GridSearchCV, HalvingRandomSearchCV, RandomizedSearchCV,
+                                     train_test_split)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -88,6 +90,52 @@ def default_space(kind):
     return space
 
 
+def grid_from_space(space, max_points):
+    """A ``GridSearchCV`` grid of at most ``max_points`` points from a randomized space:
+    lists are kept (thinned evenly if needed), each distribution becomes evenly spaced
+    quantiles; the number of quantiles grows while the grid still fits."""
+    lists = {k: list(v) for k, v in space.items() if not hasattr(v, "rvs")}
+    dists = {k: v for k, v in space.items() if hasattr(v, "rvs")}
+
+    def size(levels):
+        n = levels ** len(dists)
+        for v in lists.values():
+            n *= len(v)
+        return n
+
+    while size(1) > max_points:  # thin the longest list
+        key = max(lists, key=lambda k: len(lists[k]))
+        values = lists[key]
+        if len(values) == 1:
+            break
+        idx = np.unique(np.linspace(0, len(values) - 1, len(values) - 1).round().astype(int))
+        lists[key] = [values[i] for i in idx]
+    levels = 1
+    while dists and size(levels + 1) <= max_points:
+        levels += 1
+    grid = dict(lists)
+    for k, dist in dists.items():
+        qs = [0.5] if levels == 1 else np.linspace(0.1, 0.9, levels)
+        grid[k] = [float(dist.ppf(q)) for q in qs]
+    return grid
+
+
+def _grid(estimator, space, budget, seed, n_jobs):
+    return GridSearchCV(estimator, grid_from_space(space, budget.n_trials), cv=budget.cv,
+                        n_jobs=n_jobs)
+
+
+def _halving(estimator, space, budget, seed, n_jobs):
+    # successive halving over max_epochs (factor 3, 3 rungs: E/9, E/3, E); 3x the random
+    # candidates costs the random search's epochs: 3 rungs x (3n) x E/9 = n x E, exactly when
+    # n is a multiple of 3 and E of 9 (rounding of the rung sizes adds a little otherwise)
+    min_epochs = max(1, budget.max_epochs // 9)
+    return HalvingRandomSearchCV(estimator, space, n_candidates=3 * budget.n_trials,
+                                 resource="net__max_epochs", min_resources=min_epochs,
+                                 max_resources=budget.max_epochs, factor=3, cv=budget.cv,
+                                 random_state=seed, n_jobs=n_jobs)
+
+
 def _random(estimator, space, budget, seed, n_jobs):
     return RandomizedSearchCV(estimator, space, n_iter=budget.n_trials, cv=budget.cv,
                               random_state=seed, n_jobs=n_jobs)
@@ -99,15 +147,18 @@ def _flatness(estimator, space, budget, seed, n_jobs):
                             n_jobs=n_jobs)
 
 
-METHODS = {"random": _random, "flatness": _flatness}
+METHODS = {"random": _random, "flatness": _flatness, "grid": _grid, "halving": _halving}
 
 
 def epochs_spent(search, budget):
     """Training epochs a fitted search spent (screening + CV + refit), from ``max_epochs``."""
+    refit = budget.max_epochs if search.refit else 0
     if hasattr(search, "n_epochs_"):
         return int(search.n_epochs_)
+    if "n_resources" in search.cv_results_:  # successive halving over max_epochs
+        return int(np.sum(search.cv_results_["n_resources"])) * search.n_splits_ + refit
     n_fits = len(search.cv_results_["params"]) * search.n_splits_
-    return n_fits * budget.max_epochs + (budget.max_epochs if search.refit else 0)
+    return n_fits * budget.max_epochs + refit
 
 
 def n_trainings(search):
