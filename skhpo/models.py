@@ -126,8 +126,9 @@ class _SkhpoNetMixin:
     def __sklearn_is_fitted__(self):
         return hasattr(self, "n_features_in_") and "module_" in self.__dict__
 
-    def _module_dims(self):  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _module_dims(self):
+        """The data-dependent module arguments (sizes of input and output)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _module_dims")
 
     def _set_training(self, training=True):
         # skorch calls this before every batch; Module.train() walks the whole module tree
@@ -191,7 +192,7 @@ class _SkhpoNetMixin:
         return X.reshape(len(X), -1) if X.ndim > 2 else X
 
     def _set_input_shape(self, shape):
-        pass
+        """Hook: remember the input shape seen in fit (images need it; tables do not)."""
 
 
 class _ClassifierMixin(_SkhpoNetMixin):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import abstractmethod
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -199,10 +200,12 @@ class NetSearchCV(BaseSearchCV):
         return self
 
     def _check_search_params(self):
-        pass
+        """Hook: checks between constructor arguments (no data, no training). None here."""
 
-    def _setup_search(self, X, y, fit_params):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _setup_search(self, X, y, fit_params):
+        """Sample candidates and check them against the estimator and data, before any
+        training."""
 
     def __getstate__(self):
         # the estimator is shipped to joblib workers during fit; the data travel separately
