@@ -85,7 +85,11 @@ class SmallCNNModule(nn.Module):
 
 
 class _SkhpoNetMixin:
-    """Shared sklearn-citizen behaviour: validation, data-dependent module sizes, seeding."""
+    """Shared sklearn-citizen behaviour: validation, data-dependent module sizes, seeding.
+
+    A model class defines ``_module_params`` (its parameters that go to the module) and
+    ``_module_dims()`` (the module arguments that come from the data seen in fit).
+    """
 
     #: estimator parameters that are passed on to the module's constructor
     _module_params: tuple = ()
@@ -125,10 +129,6 @@ class _SkhpoNetMixin:
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "n_features_in_") and "module_" in self.__dict__
-
-    def _module_dims(self):
-        """The data-dependent module arguments (sizes of input and output)."""
-        raise NotImplementedError(f"{type(self).__name__} must define _module_dims")
 
     def _set_training(self, training=True):
         # skorch calls this before every batch; Module.train() walks the whole module tree
@@ -197,7 +197,8 @@ class _SkhpoNetMixin:
 
 class _ClassifierMixin(_SkhpoNetMixin):
     def check_data(self, X, y):
-        pass  # labels are encoded (and classes_ set) in _check_y
+        """No-op: skorch's check would overwrite ``classes_`` with the encoded labels; the
+        labels are validated and encoded (and ``classes_`` set) in ``_check_y``."""
 
     def _check_y(self, y, reset):
         y = column_or_1d(check_array(y, ensure_2d=False, dtype=None, input_name="y"), warn=True)

@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from skhpo import FlatnessSearchCV, SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 
 from .data import load_csv
+from .stats import describe
 
 TASKS = {
     "iris": ("classification", datasets.load_iris),
@@ -32,9 +33,10 @@ TASKS = {
 
 @dataclass
 class Budget:
-    """How much each method may spend: ``n_trials`` full trainings per CV fold for the
-    random baseline (= ``n_candidates`` screened by FlatnessSearchCV, which fully trains
-    ``n_finalists``), each of ``max_epochs``."""
+    """What each method may spend, every full training being ``max_epochs`` epochs:
+    ``n_trials`` candidates for random search (also FlatnessSearchCV's ``n_candidates``, of
+    which it fully trains ``n_finalists``; the grid's maximum size; a third of successive
+    halving's candidates), each cross-validated with ``cv`` folds. See docs/bench.md."""
 
     n_trials: int = 50
     n_finalists: int = 10
@@ -215,10 +217,9 @@ def summarize(rows):
     keys = sorted({(r["task"], r["method"]) for r in rows})
     for task, method in keys:
         sel = [r for r in rows if r["task"] == task and r["method"] == method]
-        scores = np.array([r["test_score"] for r in sel])
-        q1, q3 = np.percentile(scores, [25, 75])
-        out.append({"task": task, "method": method, "n": len(sel),
-                    "median_test": float(np.median(scores)), "iqr_test": float(q3 - q1),
+        test = describe([r["test_score"] for r in sel])
+        out.append({"task": task, "method": method, "n": test["n"],
+                    "median_test": test["median"], "iqr_test": test["iqr"],
                     "median_wall": float(np.median([r["wall_time"] for r in sel])),
                     "median_epochs": float(np.median([r["epochs"] for r in sel]))})
     return out

@@ -18,6 +18,7 @@ default), skipping non-finite batches.
 from __future__ import annotations
 
 import math
+from itertools import chain
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ def batch_sharpness(net, X, *, batch_size=None, variant="penultimate", batch_nor
     try:
         net.module_.eval()
         with torch.no_grad():
-            for Xb in _chain(first, batches):
+            for Xb in chain([first], batches):
                 net.infer(Xb)
                 a, z = captured["a"], captured["z"]
                 if variant == "penultimate":
@@ -118,11 +119,6 @@ def batch_sharpness(net, X, *, batch_size=None, variant="penultimate", batch_nor
         hook.remove()
         net.module_.train(was_training)
     return np.asarray(values, dtype=float)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def aggregate(values, how="max"):

@@ -116,12 +116,13 @@ def run_trial(estimator, params, task_params, X, y, fit_params, error_score, pro
     """Fit one candidate (in a worker) and optionally read something off it.
 
     Returns a dict with ``value`` (what ``probe(fitted_estimator, X)`` returned, else None),
-    ``error`` ("" on success, the reason otherwise), ``diverged`` and ``time``. The model is
+    ``error`` ("" on success, the reason, starting "diverged:" for a non-finite loss,
+    otherwise) and ``time``. The model is
     freed before returning. With ``error_score="raise"`` every error propagates.
     """
     start = time.perf_counter()
     est = clone(estimator).set_params(**params, **task_params)
-    value, error, diverged = None, "", False
+    value, error = None, ""
     try:
         est.fit(X, y, **fit_params)
         value = probe(est, X) if probe is not None else None
@@ -131,12 +132,8 @@ def run_trial(estimator, params, task_params, X, y, fit_params, error_score, pro
         diverged = isinstance(exc, TrainingDivergedError)
         error = f"diverged: {exc}" if diverged else f"{type(exc).__name__}: {exc}"
     finally:
-        try:
-            free_estimator(est)
-        except Exception:
-            pass
-    return {"value": value, "error": error, "diverged": diverged,
-            "time": time.perf_counter() - start}
+        free_estimator(est)  # tolerates a net that never initialised
+    return {"value": value, "error": error, "time": time.perf_counter() - start}
 
 
 def history_columns(rows):
