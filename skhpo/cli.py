@@ -25,7 +25,12 @@ def _bench_parser(sub):
                    "encoded); needs --target")
     p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
     p.add_argument("--methods", nargs="+", default=["random", "flatness"],
-                   help="methods to run (random, flatness, grid, halving)")
+                   help="methods to run (random, flatness, grid, halving, optuna; optuna "
+                   "needs the extra 'bench' and is skipped with a message without it)")
+    p.add_argument("--budget", choices=["epochs", "trials"], default="epochs",
+                   help="epochs: every method gets random search's training epochs "
+                   "(FlatnessSearchCV trains as many finalists as fit); trials: flatness "
+                   "screens --n-trials and trains --n-finalists (the paper's setting)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     p.add_argument("--n-trials", type=int, default=50,
                    help="random: n_iter; flatness: n_candidates")
@@ -33,12 +38,14 @@ def _bench_parser(sub):
     p.add_argument("--max-epochs", type=int, default=30, help="epochs of every full training")
     p.add_argument("--cv", type=int, default=3, help="cross-validation folds")
     p.add_argument("--n-jobs", type=int, default=None, help="joblib workers per search")
-    p.add_argument("--out", default=None, help="folder for results.csv and results.json")
+    p.add_argument("--out", default=None,
+                   help="folder for results.csv, results.json and results.png")
     return p
 
 
 def bench(args):
-    from .bench.runner import Budget, register_csv, run_benchmark, summarize
+    from .bench.runner import (METHODS, Budget, missing_requirement, register_csv,
+                               run_benchmark, summarize)
 
     if args.quick:
         for key, value in QUICK.items():
@@ -48,17 +55,25 @@ def bench(args):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if (args.csv is None) != (args.target is None):
         raise ValueError("--csv and --target go together: --csv PATH --target COL")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; available: {', '.join(METHODS)}")
+    for method in [m for m in args.methods if missing_requirement(m)]:
+        print(f"skipping {missing_requirement(method)}", file=sys.stderr)
+        args.methods = [m for m in args.methods if m != method]
+    if not args.methods:
+        raise ValueError("no method left to run")
     if args.csv is not None:
         csv_task = register_csv(args.csv, args.target)
         args.tasks = [csv_task] if args.quick else [*args.tasks, csv_task]
     budget = Budget(n_trials=args.n_trials, n_finalists=min(args.n_finalists, args.n_trials),
-                    max_epochs=args.max_epochs, cv=args.cv)
+                    max_epochs=args.max_epochs, cv=args.cv, mode=args.budget)
     start = time.perf_counter()
 
     def progress(done, total, row):
-        print(f"[{done}/{total}] {row['task']:14s} seed {row['seed']} {row['method']:10s} "
-              f"test {row['test_score']:.4f}  {row['wall_time']:6.1f}s  "
-              f"{row['epochs']} epochs", flush=True)
+        print(f"{_bar(done, total, time.perf_counter() - start)} {row['task']:14s} seed "
+              f"{row['seed']} {row['method']:9s} test {row['test_score']:.4f} "
+              f"{row['wall_time']:6.1f}s {row['epochs']} epochs", flush=True)
 
     rows = run_benchmark(args.methods, args.tasks, range(args.seeds), budget,
                          n_jobs=args.n_jobs, progress=progress)
@@ -78,7 +93,21 @@ def bench(args):
             writer.writeheader()
             writer.writerows({**r, "best_params": json.dumps(r["best_params"])} for r in rows)
         print(f"results in {args.out}/results.csv and results.json")
+        try:
+            from .bench.plot import plot_results
+            plot_results(rows, os.path.join(args.out, "results.png"))
+            print(f"plot in {args.out}/results.png")
+        except ValueError as exc:  # no matplotlib: the numbers are saved, say why no plot
+            print(f"no plot: {exc}", file=sys.stderr)
     return 0
+
+
+def _bar(done, total, elapsed, width=20):
+    """``[#####.....] 3/12 0:42 left``: runs done, and the time left at the mean pace."""
+    filled = round(width * done / total)
+    left = elapsed / done * (total - done)
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+            f"{int(left // 60)}:{int(left % 60):02d} left")
 
 
 def _print_tests(rows):
@@ -101,13 +130,67 @@ def _print_tests(rows):
         print(f"  {method:10s} {c['wins']} / {c['ties']} / {c['losses']}")
 
 
+def _bayesmark_parser(sub):
+    from .bench.bayesmark_protocol import DATASETS, METHODS
+
+    p = sub.add_parser("bayesmark", help="the FGHPO paper's Bayesmark protocol (MLP-adam)",
+                       description="Run studies of the Bayesmark protocol (45 suggestions of "
+                       "the MLP-adam space scored by a 5-fold CV of sklearn's MLPClassifier) "
+                       "and print the normalised scores, computed in one pool of every method "
+                       "run. Studies are saved one file each under --out; a rerun resumes.")
+    p.add_argument("--out", required=True, help="folder of the saved studies")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--studies", type=int, default=20, help="studies per method (seeds 0..N-1)")
+    p.add_argument("--calls", type=int, default=45, help="suggestions per study")
+    p.add_argument("--n-jobs", type=int, default=None, help="studies run in parallel")
+    p.add_argument("--score-only", action="store_true",
+                   help="only score what is saved under --out")
+    return p
+
+
+def bayesmark(args):
+    from .bench.bayesmark_protocol import load_results, run_protocol, score_results
+
+    for name in ("studies", "calls"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    start = time.perf_counter()
+
+    def progress(done, total, study):
+        print(f"[{done}/{total}] {study['dataset']:14s} {study['method']:12s} seed "
+              f"{study['seed']:2d}  best acc {-min(study['acc']):.4f}  best nll "
+              f"{min(study['nll']):.4f}  {study['wall_time']:6.1f}s", flush=True)
+
+    if not args.score_only:
+        run_protocol(args.out, args.datasets, args.methods, args.studies, args.calls,
+                     n_jobs=args.n_jobs, progress=progress)
+    results = load_results(args.out)
+    results = {k: v for k, v in results.items() if k[0] in args.datasets}
+    if not results:
+        raise ValueError(f"no saved studies under {args.out}")
+    rows = score_results(results)
+    print(f"\n{'dataset':14s} {'method':12s} {'studies':>7s} {'mean':>7s} {'median':>7s} "
+          f"{'wall/study':>10s}  pool")
+    for r in rows:
+        print(f"{r['dataset']:14s} {r['method']:12s} {r['n']:7d} {r['mean']:7.2f} "
+              f"{r['median']:7.2f} {r['wall_per_study']:9.1f}s  {r['pool']}")
+    with open(os.path.join(args.out, "scores.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nscores in {args.out}/scores.csv; total {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="skhpo", description="skhpo command line")
     sub = parser.add_subparsers(dest="command", required=True)
     _bench_parser(sub)
+    _bayesmark_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return bench(args)
+        return bench(args) if args.command == "bench" else bayesmark(args)
     except ValueError as exc:
         print(f"skhpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ def test_cli_writes_results(tmp_path, capsys):
     rows = json.loads((tmp_path / "results.json").read_text())
     assert {r["method"] for r in rows} == {"random", "flatness"}
     assert (tmp_path / "results.csv").read_text().startswith("method,task,seed,test_score")
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "median test" in out and "wins / ties / losses" in out
     assert len(rows) == 4
@@ -78,3 +79,68 @@ def test_halving_over_epochs_spends_the_random_search_budget():
     assert rows["halving"]["epochs"] == rows["random"]["epochs"] == 3 * 2 * 9 + 9
     assert rows["halving"]["n_trainings"] > rows["random"]["n_trainings"]
     assert rows["grid"]["epochs"] <= rows["random"]["epochs"]
+
+
+def test_equal_epoch_budget_sizes_flatness_to_random_search():
+    budget = Budget(n_trials=4, n_finalists=2, max_epochs=3, cv=2)  # 24 CV epochs
+    assert budget.flatness_sizes() == (6, 3)  # 6 one-epoch screens + 3 x 2 x 3 = 24
+    rows = {r["method"]: r for r in run_benchmark(["random", "flatness"], ["iris"], [0],
+                                                   budget)}
+    assert rows["flatness"]["epochs"] == rows["random"]["epochs"] == 24 + 3
+    # when the budget does not divide evenly flatness stays under it, by less than one finalist
+    for n, k, e, cv in [(50, 10, 30, 3), (20, 4, 20, 3), (7, 3, 5, 2)]:
+        b = Budget(n_trials=n, n_finalists=k, max_epochs=e, cv=cv)
+        cand, fin = b.flatness_sizes()
+        spent = cand + fin * cv * e
+        assert b.epochs - (cv * e + n / k) < spent <= b.epochs + 1, (b, cand, fin)
+    trials = Budget(n_trials=4, n_finalists=2, max_epochs=3, cv=2, mode="trials")
+    assert trials.flatness_sizes() == (4, 2)
+    with pytest.raises(ValueError, match="budget mode must be one of epochs, trials"):
+        Budget(mode="time")
+    with pytest.raises(ValueError, match="n_finalists=5 must be <= n_trials=4"):
+        Budget(n_trials=4, n_finalists=5)
+
+
+def test_optuna_tpe_on_the_same_space_and_budget():
+    pytest.importorskip("optuna_integration")
+    from skhpo.bench.runner import default_space, optuna_space
+    space = optuna_space(default_space("classification"))
+    assert space["net__lr"].log and (space["net__lr"].low, space["net__lr"].high) == (1e-4, 3e-2)
+    assert space["net__depth"].choices == (1, 2, 3)
+    budget = Budget(n_trials=3, n_finalists=1, max_epochs=2, cv=2)
+    rows = {r["method"]: r for r in run_benchmark(["random", "optuna"], ["iris"], [0], budget)}
+    assert rows["optuna"]["epochs"] == rows["random"]["epochs"] == 3 * 2 * 2 + 2
+    assert rows["optuna"]["n_trainings"] == 3 * 2 + 1
+    assert set(rows["optuna"]["best_params"]) == set(default_space("classification"))
+    again = run_benchmark(["optuna"], ["iris"], [0], budget)[0]
+    assert again["test_score"] == rows["optuna"]["test_score"]  # seeded sampler and nets
+
+
+def test_missing_optional_method_is_skipped_with_a_message(monkeypatch, capsys, tmp_path):
+    from skhpo.bench import runner
+    monkeypatch.setitem(runner.OPTIONAL, "optuna", (("no_such_module_xyz",), "pip install x"))
+    assert main(["bench", "--tasks", "iris", "--seeds", "1", "--n-trials", "2",
+                 "--n-finalists", "1", "--max-epochs", "1", "--cv", "2",
+                 "--methods", "random", "optuna"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping optuna needs no_such_module_xyz: pip install x" in captured.err
+    assert "optuna" not in captured.out.split("median test")[1]
+    assert main(["bench", "--methods", "optuna"]) == 2
+    assert "no method left to run" in capsys.readouterr().err
+
+
+def test_plot_has_one_panel_per_task(tmp_path):
+    import matplotlib.image as mpimg
+    from skhpo.bench.plot import plot_results
+    rows = [{"task": t, "method": m, "seed": s, "wall_time": 1.0 + s, "test_score": 0.5 + s / 10}
+            for t in ("iris", "wine", "digits") for m in ("random", "flatness") for s in (0, 1)]
+    one = plot_results([r for r in rows if r["task"] == "iris"], tmp_path / "one.png")
+    three = plot_results(rows, tmp_path / "three.png")
+    w1, w3 = mpimg.imread(one).shape[1], mpimg.imread(three).shape[1]
+    assert w3 == pytest.approx(3 * w1, rel=0.02)
+
+
+def test_progress_bar():
+    from skhpo.cli import _bar
+    assert _bar(3, 12, 30.0) == "[#####...............] 3/12 1:30 left"
+    assert _bar(12, 12, 30.0).startswith("[" + "#" * 20 + "] 12/12 0:00")

@@ -56,6 +56,19 @@ def test_the_flattest_candidates_are_the_ones_trained(iris):
     assert set(h["screen_epochs"]) == {1}
 
 
+def test_screen_ranks_without_cross_validating(iris):
+    X, y = iris
+    fitted = search(n_candidates=8, n_finalists=3).fit(X, y)
+    s = search(n_candidates=8, n_finalists=3).screen(X, y)
+    # the same seeded screening as fit, but no CV, no refit
+    np.testing.assert_allclose(s.history_["sharpness"], fitted.history_["sharpness"])
+    assert s.finalists_ == fitted.cv_results_["params"]
+    assert s.n_epochs_ == 8 and set(s.history_["cv_epochs"]) == {0}
+    assert not hasattr(s, "best_estimator_") and not hasattr(s, "cv_results_")
+    with pytest.raises(ValueError, match="n_finalists=9 must be <= n_candidates=8"):
+        search(n_candidates=8, n_finalists=9).screen(X, y)
+
+
 class ZeroHidden(nn.Module):
     """An MLP whose penultimate activations are all zero when ``dead`` is set."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from skhpo import FlatnessSearchCV, SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 
+from ..nets import seed_everything
 from .data import load_csv
 from .stats import describe
 
@@ -31,17 +34,49 @@ TASKS = {
 }
 
 
+BUDGETS = ("epochs", "trials")
+
+
 @dataclass
 class Budget:
-    """What each method may spend, every full training being ``max_epochs`` epochs:
-    ``n_trials`` candidates for random search (also FlatnessSearchCV's ``n_candidates``, of
-    which it fully trains ``n_finalists``; the grid's maximum size; a third of successive
-    halving's candidates), each cross-validated with ``cv`` folds. See docs/bench.md."""
+    """What each method may spend, every full training being ``max_epochs`` epochs and
+    cross-validated with ``cv`` folds. Random search and Optuna run ``n_trials`` candidates;
+    the grid has at most ``n_trials`` points; successive halving starts 3 x ``n_trials``
+    candidates at ``max_epochs / 9``. FlatnessSearchCV keeps the ratio
+    ``n_trials : n_finalists`` of candidates to finalists and, with ``mode="epochs"``, gets as
+    many finalists as fit in random search's cross-validation epochs
+    (``n_trials * cv * max_epochs``), screening included; with ``mode="trials"`` it screens
+    ``n_trials`` and trains ``n_finalists`` (the paper's setting: the same candidates, fewer
+    epochs). See docs/bench.md."""
 
     n_trials: int = 50
     n_finalists: int = 10
     max_epochs: int = 30
     cv: int = 3
+    mode: str = "epochs"
+
+    def __post_init__(self):
+        if self.mode not in BUDGETS:
+            raise ValueError(f"budget mode must be one of {', '.join(BUDGETS)}, got {self.mode!r}")
+        for name in ("n_trials", "n_finalists", "max_epochs", "cv"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_finalists > self.n_trials:
+            raise ValueError(f"n_finalists={self.n_finalists} must be <= n_trials="
+                             f"{self.n_trials}")
+
+    @property
+    def epochs(self):
+        """Cross-validation epochs of random search (every method also refits once)."""
+        return self.n_trials * self.cv * self.max_epochs
+
+    def flatness_sizes(self):
+        """``(n_candidates, n_finalists)`` of FlatnessSearchCV under this budget."""
+        if self.mode == "trials":
+            return self.n_trials, self.n_finalists
+        ratio = self.n_trials / self.n_finalists
+        finalists = max(1, int(self.epochs // (self.cv * self.max_epochs + ratio)))
+        return int(round(ratio * finalists)), finalists
 
 
 _CSV_TASKS = {}
@@ -144,12 +179,67 @@ def _random(estimator, space, budget, seed, n_jobs):
 
 
 def _flatness(estimator, space, budget, seed, n_jobs):
-    return FlatnessSearchCV(estimator, space, n_candidates=budget.n_trials,
-                            n_finalists=budget.n_finalists, cv=budget.cv, random_state=seed,
+    n_candidates, n_finalists = budget.flatness_sizes()
+    return FlatnessSearchCV(estimator, space, n_candidates=n_candidates,
+                            n_finalists=n_finalists, cv=budget.cv, random_state=seed,
                             n_jobs=n_jobs)
 
 
-METHODS = {"random": _random, "flatness": _flatness, "grid": _grid, "halving": _halving}
+def optuna_space(space):
+    """The bench space as Optuna distributions: lists become categorical, scipy's
+    ``loguniform`` / ``uniform`` / ``randint`` their Optuna counterparts."""
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    out = {}
+    for key, value in space.items():
+        if not hasattr(value, "rvs"):
+            out[key] = CategoricalDistribution(list(value))
+            continue
+        name, (low, high) = value.dist.name, value.support()
+        if name in ("loguniform", "reciprocal"):
+            out[key] = FloatDistribution(float(low), float(high), log=True)
+        elif name == "uniform":
+            out[key] = FloatDistribution(float(low), float(high))
+        elif name == "randint":
+            out[key] = IntDistribution(int(low), int(high))
+        else:
+            raise ValueError(f"no Optuna counterpart for the {name} distribution of {key!r}")
+    return out
+
+
+def _optuna(estimator, space, budget, seed, n_jobs):
+    import optuna
+    from optuna_integration import OptunaSearchCV
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    return OptunaSearchCV(estimator, optuna_space(space), n_trials=budget.n_trials,
+                          cv=budget.cv, study=study, random_state=seed, n_jobs=n_jobs)
+
+
+METHODS = {"random": _random, "flatness": _flatness, "grid": _grid, "halving": _halving,
+           "optuna": _optuna}
+
+#: methods that need an optional extra: name -> (modules, install hint)
+OPTIONAL = {"optuna": (("optuna", "optuna_integration"),
+                       'pip install "skhpo[bench]" (optuna and optuna-integration)')}
+
+
+def _importable(module):
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def missing_requirement(method):
+    """Why ``method`` cannot run here (a missing optional package), or None."""
+    modules, hint = OPTIONAL.get(method, ((), ""))
+    missing = [m for m in modules if not _importable(m)]
+    return f"{method} needs {', '.join(missing)}: {hint}" if missing else None
 
 
 def epochs_spent(search, budget):
@@ -158,13 +248,21 @@ def epochs_spent(search, budget):
     if hasattr(search, "n_epochs_"):
         return int(search.n_epochs_)
     if "n_resources" in search.cv_results_:  # successive halving over max_epochs
-        return int(np.sum(search.cv_results_["n_resources"])) * search.n_splits_ + refit
-    n_fits = len(search.cv_results_["params"]) * search.n_splits_
+        return int(np.sum(search.cv_results_["n_resources"])) * _n_splits(search) + refit
+    n_fits = _n_candidates(search) * _n_splits(search)
     return n_fits * budget.max_epochs + refit
 
 
+def _n_candidates(search):
+    return len(search.cv_results_["mean_test_score"])
+
+
+def _n_splits(search):
+    return search.n_splits_ if hasattr(search, "n_splits_") else search.cv
+
+
 def n_trainings(search):
-    n = len(search.cv_results_["params"]) * search.n_splits_ + int(bool(search.refit))
+    n = _n_candidates(search) * _n_splits(search) + int(bool(search.refit))
     if hasattr(search, "history_") and "screen_epochs" in search.history_:
         n += len(search.history_["screen_epochs"])
     return n
@@ -177,10 +275,15 @@ def run_one(method, task, seed, budget, n_jobs=None):
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed,
                                           stratify=stratify)
     estimator = default_estimator(kind, budget.max_epochs)
-    search = METHODS[method](clone(estimator), default_space(kind), budget, seed, n_jobs)
-    start = time.perf_counter()
-    search.fit(Xtr, ytr)
-    wall = time.perf_counter() - start
+    seed_everything(seed)  # baselines draw the nets' weights from the global generators
+    with warnings.catch_warnings():
+        if method == "optuna":  # OptunaSearchCV is "experimental"; optuna's own deprecations
+            warnings.filterwarnings("ignore", message=".*experimental.*")
+            warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+        search = METHODS[method](clone(estimator), default_space(kind), budget, seed, n_jobs)
+        start = time.perf_counter()
+        search.fit(Xtr, ytr)
+        wall = time.perf_counter() - start
     return {"method": method, "task": task, "seed": seed,
             "test_score": float(search.score(Xte, yte)),
             "cv_score": float(search.best_score_), "wall_time": wall,
@@ -200,6 +303,8 @@ def run_benchmark(methods, tasks, seeds, budget, n_jobs=None, progress=None):
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
+        if missing_requirement(m):
+            raise ValueError(missing_requirement(m))
     for t in tasks:
         load_task(t)
     jobs = [(m, t, s) for t in tasks for s in seeds for m in methods]

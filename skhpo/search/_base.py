@@ -179,14 +179,7 @@ class NetSearchCV(BaseSearchCV):
         self : object
             The fitted search.
         """
-        self._validate_params()
-        self._check_search_params()
-        _, prefix = find_net(self.estimator)
-        _check_fit_data(X, y, bare_net=(prefix == ""))
-        # scikit-learn < 1.9 sets n_splits_ only after the search: methods use _n_splits
-        self._n_splits = check_cv(self.cv, y, classifier=is_classifier(self.estimator)
-                                  ).get_n_splits(X, y, groups=params.get("groups"))
-        self._setup_search(X, y, params)
+        self._prepare(X, y, params)
         self._search_data = (X, y, params)
         self._task_keys = set()
         try:
@@ -195,6 +188,18 @@ class NetSearchCV(BaseSearchCV):
             del self._search_data
         self._after_refit()
         return self
+
+    def _prepare(self, X, y, params):
+        """Everything that happens before the first training: parameter, data and space
+        checks, then the method's own setup."""
+        self._validate_params()
+        self._check_search_params()
+        _, prefix = find_net(self.estimator)
+        _check_fit_data(X, y, bare_net=(prefix == ""))
+        # scikit-learn < 1.9 sets n_splits_ only after the search: methods use _n_splits
+        self._n_splits = check_cv(self.cv, y, classifier=is_classifier(self.estimator)
+                                  ).get_n_splits(X, y, groups=params.get("groups"))
+        self._setup_search(X, y, params)
 
     def _check_search_params(self):
         """Hook: checks between constructor arguments (no data, no training). None here."""

@@ -92,6 +92,8 @@ class FlatnessSearchCV(NetSearchCV):
         One row per screened candidate: ``candidate``, ``params``, ``sharpness``, ``status``
         (``finalist``, ``screened_out``, ``discarded``, ``failed``), ``reason``,
         ``n_batches``, ``screen_time``, ``screen_epochs``, ``cv_epochs``.
+    finalists_ : list of dict
+        Parameters of the finalists, flattest first (set by ``screen`` only).
     n_epochs_ : int
         Training epochs the search spent (screening + cross-validation + refit), counted
         from ``max_epochs`` (an upper bound if a callback stops training early).
@@ -171,10 +173,37 @@ class FlatnessSearchCV(NetSearchCV):
 
     # -- the method -------------------------------------------------------------------------
 
+    def screen(self, X, y=None, **params):
+        """Steps 1-3 only: sample, train each candidate ``screen_epochs`` epoch(s), keep the
+        ``n_finalists`` flattest; no cross-validation and no refit.
+
+        Use it to rank configurations by flatness, or to hand the finalists to your own
+        evaluation. The same checks as ``fit`` run first.
+
+        Parameters
+        ----------
+        X, y, **params
+            As in ``fit`` (``params`` go to the estimator's ``fit``).
+
+        Returns
+        -------
+        self : object
+            With ``finalists_`` (the finalists' parameters, flattest first) and ``history_``
+            (one row per screened candidate; ``cv_epochs`` is 0).
+        """
+        self._prepare(X, y, params)
+        screened = self._screen(X, y, params)
+        self.finalists_ = [self._candidates[i] for i in self._select(screened)]
+        self.history_ = history_columns(screened)
+        self.n_epochs_ = sum(row["screen_epochs"] for row in screened)
+        return self
+
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
         X, y, fit_params = self._search_data
         screened = self._screen(X, y, fit_params)
         finalists = self._select(screened)
+        for i in finalists:
+            screened[i]["cv_epochs"] = self._nominal_epochs(screened[i]["params"]) * self._n_splits
         self.history_ = history_columns(screened)
         self.n_epochs_ = sum(row["screen_epochs"] + row["cv_epochs"] for row in screened)
         self._evaluate(evaluate_candidates,
@@ -224,9 +253,7 @@ class FlatnessSearchCV(NetSearchCV):
         for r in valid:
             kept = r["candidate"] in finalists
             r["status"] = "finalist" if kept else "screened_out"
-            if kept:
-                r["cv_epochs"] = self._nominal_epochs(r["params"]) * self._n_splits
-            else:
+            if not kept:
                 r["reason"] = f"not among the {self.n_finalists} flattest"
         return finalists
 
