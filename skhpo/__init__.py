@@ -3,12 +3,13 @@ search estimators around skorch."""
 
 from .models import SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 from .nets import ArrayBatchIterator, FiniteLossGuard, TrainingDivergedError
-from .search import FlatnessSearchCV
+from .search import AutoHyperSearchCV, FlatnessSearchCV
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArrayBatchIterator",
+    "AutoHyperSearchCV",
     "FiniteLossGuard",
     "FlatnessSearchCV",
     "SmallCNNClassifier",

@@ -208,18 +208,22 @@ def _user_callbacks(net):
     return net.callbacks if isinstance(net.callbacks, (list, tuple)) else []
 
 
-def trial_params(estimator, *, seed=None, task_index=0, **net_overrides):
+def trial_params(estimator, *, seed=None, task_index=0, extra_callbacks=(), **net_overrides):
     """Parameters that turn ``estimator`` into one guarded, seeded training task.
 
     Returns a ``set_params`` dict (with the Pipeline prefix) that appends a
     :class:`FiniteLossGuard` and, unless the net has its own ``random_state``, a
-    :class:`TaskSeed` to the net's callbacks, places the task on a device round-robin, and
+    :class:`TaskSeed` to the net's callbacks, plus ``extra_callbacks`` (``(name, callback)``
+    pairs a method reads the trained net with), places the task on a device round-robin, and
     applies ``net_overrides`` (e.g. ``max_epochs=1``). The user's callbacks are kept.
     """
     net, prefix = find_net(estimator)
     out = {f"{prefix}{k}": v for k, v in net_overrides.items()}
+    if net.callbacks == "disable" and extra_callbacks:
+        raise ValueError("the net's callbacks are disabled (callbacks='disable'), but this "
+                         "method reads the network through a callback; enable callbacks")
     if net.callbacks != "disable":
-        extra = []
+        extra = list(extra_callbacks)
         if not _has_guard(net):
             extra.append(("skhpo_finite_loss", FiniteLossGuard()))
         if seed is not None and getattr(net, "random_state", None) is None:

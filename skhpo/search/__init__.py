@@ -1,5 +1,6 @@
 """The skhpo search estimators, one module per method."""
 
+from .autohyper import AutoHyperSearchCV
 from .flatness import FlatnessSearchCV
 
-__all__ = ["FlatnessSearchCV"]
+__all__ = ["AutoHyperSearchCV", "FlatnessSearchCV"]

@@ -1,0 +1,63 @@
+"""Matplotlib views of fitted skhpo searches (needs matplotlib: extra ``test``, ``bench`` or
+``docs``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["plot_walk"]
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError('skhpo.plotting needs matplotlib: pip install "skhpo[docs]"') from None
+    return plt
+
+
+def plot_walk(search, axes=None):
+    """Z against each tuned hyper-parameter with the trust-region walk drawn on it (the
+    picture of autoHyper's Figure 3) for a fitted :class:`~skhpo.AutoHyperSearchCV`.
+
+    Every trial is a dot (x: its value of the hyper-parameter, log scale; y: its Z; a cross
+    if it diverged); the walk's centres are joined in order, and the final point is a star.
+    Returns the matplotlib ``Figure``. ``axes``: one Axes per tuned hyper-parameter, or None.
+    """
+    if not hasattr(search, "steps_"):
+        raise ValueError("plot_walk needs a fitted AutoHyperSearchCV (no steps_ attribute)")
+    plt = _pyplot()
+    names = list(search.best_params_)
+    if axes is None:
+        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+        axes = axes[0]
+    else:
+        axes = np.atleast_1d(axes)
+        fig = axes[0].figure
+    params, z = search.history_["params"], np.array(search.history_["z"], float)
+    diverged = np.array([s == "diverged" for s in search.history_["status"]])
+    by_value = {tuple(p.values()): zi for p, zi in zip(params, z)}
+    centres = [tuple(pt) for pt in search.steps_["point"]]
+    for ax, name in zip(axes, names):
+        x = np.array([p[name] for p in params], float)
+        ax.scatter(x[~diverged], z[~diverged], s=18, color="tab:blue", alpha=0.6,
+                   label="trials")
+        if diverged.any():
+            ax.scatter(x[diverged], z[diverged], marker="x", color="tab:red", label="diverged")
+        i = names.index(name)
+        walk_x = [c[i] for c in centres]
+        walk_z = [by_value.get(c, np.nan) for c in centres]
+        ax.plot(walk_x, walk_z, "-o", color="black", markersize=3, linewidth=1, label="walk")
+        best = search.best_params_[name]
+        ax.scatter([best], [by_value.get(tuple(search.best_params_.values()), np.nan)],
+                   marker="*", s=160, color="tab:orange", zorder=3, label="chosen")
+        ax.axvline(best, color="tab:orange", linewidth=0.8, linestyle="--")
+        if np.all(x > 0):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("Z (fraction of layers with no structure)")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig

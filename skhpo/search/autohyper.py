@@ -1,0 +1,408 @@
+"""AutoHyperSearchCV: autoHyper's trust-region walk on a stable-rank response surface.
+
+The paper's Algorithm 1 (Tuli, Hosseini and Plataniotis, 2021), with the constants of the
+authors' code (spec autohyper.md §4):
+
+1. around the current point, form the 3^d neighbours lambda_i * alpha_i^p, p in {-1, 0, +1}
+   (0 * alpha^{+1} becomes ``zero_step``);
+2. train every neighbour not yet cached for ``epochs_per_trial`` epochs on the training data
+   only and read Z (:mod:`skhpo.probes.stable_rank`): the fraction of layers with no low-rank
+   structure, averaged over the epochs;
+3. *start phase* (while every neighbour has Z < ``start_threshold``, i.e. even the smallest
+   already learns): move to the neighbour with the largest Z (first in row-major order; all
+   minus if that is the centre). *Descent* (from then on): move to the neighbour with the
+   smallest Z (last in row-major order; all plus if that is the centre) and append that Z to
+   the history;
+4. when cumprod(history)^``power`` falls below ``plateau``, shrink each factor
+   alpha <- 1 + (alpha - 1) * ``shrink``; a hyper-parameter stops once its factor is within
+   ``stop_tol`` of 1, the walk when all have. The result is the final point.
+
+No validation data is used by the walk; the final point is then cross-validated (for an honest
+``best_score_``) and refitted with the estimator's own ``max_epochs``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ..nets import find_net, net_input
+from ..probes.sharpness import final_linear, iter_batches
+from ..probes.stable_rank import StableRankRecorder, layer_matrices
+from ._base import NetSearchCV, check_finite_input, history_columns
+
+__all__ = ["AutoHyperSearchCV", "HyperParameter", "trust_region_walk"]
+
+#: defaults of spec §4.1 by the kind of parameter: (start, factor, minimum, low, high)
+_DEFAULTS = {"lr": (1e-4, 1.45, 1e-6, 1e-7, 10.0),
+             "weight_decay": (0.0, 2.0, 0.0, 0.0, 1.0)}
+
+
+class HyperParameter:
+    """One tuned hyper-parameter: ``start`` value, step ``factor`` (> 1), ``minimum`` (the
+    start phase ends below it) and hard bounds ``low``/``high`` that proposals are clipped to.
+    """
+
+    def __init__(self, name, start, factor, minimum=0.0, low=0.0, high=math.inf):
+        self.name, self.start, self.factor = name, start, factor
+        self.minimum, self.low, self.high = minimum, low, high
+
+    def __repr__(self):
+        return (f"HyperParameter({self.name!r}, start={self.start}, factor={self.factor}, "
+                f"minimum={self.minimum}, low={self.low}, high={self.high})")
+
+
+def _kind(name):
+    last = name.rsplit("__", 1)[-1]
+    return "lr" if last == "lr" else "weight_decay" if last == "weight_decay" else None
+
+
+def parse_params(params):
+    """``params`` of :class:`AutoHyperSearchCV` -> a list of :class:`HyperParameter`.
+
+    Accepted per name: ``None`` (the defaults of its kind: names ending in ``lr`` or
+    ``weight_decay``), a start value, a tuple ``(start, factor[, minimum])`` or a dict with any
+    of ``start``, ``factor``, ``minimum``, ``low``, ``high``. A list of names means defaults for
+    all. Errors name the parameter and what is accepted.
+    """
+    if isinstance(params, str) or not isinstance(params, (Mapping, Sequence)):
+        raise ValueError("params must be a dict {name: spec} or a list of names, got "
+                         f"{type(params).__name__}")
+    items = params.items() if isinstance(params, Mapping) else [(n, None) for n in params]
+    out = []
+    for name, spec in items:
+        kind = _kind(name)
+        start, factor, minimum, low, high = _DEFAULTS.get(kind, (None, None, 0.0, 0.0, math.inf))
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"start", "factor", "minimum", "low", "high"}
+            if unknown:
+                raise ValueError(f"params[{name!r}]: unknown keys {sorted(unknown)}; accepted: "
+                                 "start, factor, minimum, low, high")
+            start = spec.get("start", start)
+            factor = spec.get("factor", factor)
+            minimum = spec.get("minimum", minimum)
+            low, high = spec.get("low", low), spec.get("high", high)
+        elif isinstance(spec, (tuple, list)):
+            if not 1 <= len(spec) <= 3:
+                raise ValueError(f"params[{name!r}]: a tuple is (start, factor[, minimum]), "
+                                 f"got {spec!r}")
+            start, factor, minimum = (*spec, *(None, None, minimum)[len(spec):])
+            factor = factor if factor is not None else _DEFAULTS.get(kind, (0, None))[1]
+        elif spec is not None:
+            start = spec
+        if start is None or factor is None:
+            raise ValueError(f"params[{name!r}]: no default start value and step factor for "
+                             "this parameter (defaults exist for names ending in 'lr' and "
+                             "'weight_decay'); give {'start': ..., 'factor': ...}")
+        for label, value in (("start", start), ("factor", factor), ("minimum", minimum)):
+            if not isinstance(value, Real) or not math.isfinite(value):
+                raise ValueError(f"params[{name!r}]: {label} must be a finite number, got "
+                                 f"{value!r}")
+        if factor <= 1:
+            raise ValueError(f"params[{name!r}]: the step factor must be > 1 (the walk "
+                             f"multiplies and divides by it), got {factor}")
+        if start < 0 or (start == 0 and minimum > 0):
+            raise ValueError(f"params[{name!r}]: the scale is multiplicative, so start must be "
+                             f"> 0 (or 0 with minimum 0, which steps up to 1e-7), got {start}")
+        if not low <= start <= high:
+            raise ValueError(f"params[{name!r}]: start {start} is outside [{low}, {high}]")
+        out.append(HyperParameter(name, float(start), float(factor), float(minimum),
+                                  float(low), float(high)))
+    if not out:
+        raise ValueError("params is empty: name at least one hyper-parameter to tune")
+    return out
+
+
+def _key(point):
+    """Cache key of a point: its log-values to 1e-9 (lattice values such as 1e-4 * 1.45^k
+    have short decimal expansions, so rounding decimals would split equal points)."""
+    return tuple(round(math.log(v) * 1e9) if v > 0 else None for v in point)
+
+
+def _move(point, factors, powers, hparams, zero_step):
+    out = []
+    for value, alpha, p, h in zip(point, factors, powers, hparams):
+        new = zero_step if (value == 0 and p == 1) else value * alpha ** p
+        out.append(min(max(new, h.low), h.high))
+    return tuple(out)
+
+
+def trust_region_walk(evaluate, hparams, *, start_threshold=0.85, power=0.8, plateau=5e-3,
+                      shrink=math.exp(-2.5), stop_tol=5e-3, max_trials=200, zero_step=1e-7):
+    """autoHyper's walk over ``hparams`` with ``evaluate(points) -> [Z, ...]`` (a batch: the
+    new neighbours of one step, which may be evaluated in parallel).
+
+    Returns ``(point, steps, trials, stop_reason)``: the final point, one record per step
+    (centre, Z of the centre if known, phase, move, factors) and the cache of evaluated points
+    in evaluation order (point -> (Z, step)). ``stop_reason`` is ``"converged"`` or
+    ``"max_trials"``.
+    """
+    d = len(hparams)
+    point = tuple(h.start for h in hparams)
+    factors = [h.factor for h in hparams]
+    stopped = [False] * d
+    establish = True
+    history = []  # minima of the descent phase
+    cache, steps = {}, []
+    powers = list(itertools.product((-1, 0, 1), repeat=d))
+    centre = (0,) * d
+    while True:
+        neighbours = [_move(point, factors, p, hparams, zero_step) for p in powers]
+        new = list(dict.fromkeys(n for n in neighbours if _key(n) not in cache))
+        if len(cache) + len(new) > max_trials:
+            return point, steps, cache, "max_trials"
+        for n, z in zip(new, evaluate(new)):
+            cache[_key(n)] = (n, float(z), len(steps))
+        B = [cache[_key(n)][1] for n in neighbours]
+        if establish and max(B) < start_threshold and all(
+                v >= h.minimum for v, h in zip(point, hparams)):
+            phase, best = "start", powers[int(np.argmax(B))]  # first maximum
+            move = tuple([-1] * d) if best == centre else best
+        else:
+            establish = False
+            phase = "descent"
+            best = powers[len(B) - 1 - int(np.argmin(B[::-1]))]  # last minimum
+            history.append(min(B))
+            move = tuple([1] * d) if best == centre else best
+        steps.append({"step": len(steps), "point": point, "z": B[powers.index(centre)],
+                      "phase": phase, "move": move, "factors": tuple(factors)})
+        point = _move(point, factors, move, hparams, zero_step)
+        if establish:
+            continue
+        if np.prod(history) ** power < plateau:
+            for i in range(d):
+                if math.isclose(factors[i], 1.0, rel_tol=1e-5, abs_tol=stop_tol):
+                    stopped[i] = True
+                factors[i] = 1 + (factors[i] - 1) * shrink
+        if all(stopped):
+            return point, steps, cache, "converged"
+
+
+class AutoHyperSearchCV(NetSearchCV):
+    """autoHyper: tune the learning rate (and weight decay, or any multiplicative
+    hyper-parameter) from how much low-rank structure the layers gain in a few epochs.
+
+    Each trial trains the net from a fresh initialisation for ``epochs_per_trial`` epochs on
+    the training data and reads Z, the fraction of layers whose weights EVBMF finds to be pure
+    noise (Z = 1: nothing learned; 0: every layer has structure). A trust-region walk
+    multiplies and divides each hyper-parameter by its step factor, first down until "nothing
+    learned" is within reach, then towards lower Z until the cumulative product of the minima
+    plateaus; the factors then shrink until they are within ``stop_tol`` of 1. No validation
+    data is used; the chosen point is cross-validated once for ``best_score_`` and refitted.
+
+    Parameters
+    ----------
+    estimator : skorch NeuralNet or Pipeline ending in one
+        Its module needs an ``nn.Conv2d`` or a hidden ``nn.Linear`` (see ``include_linear``).
+    params : dict or list
+        The hyper-parameters to tune, by the estimator's ``get_params`` names (``lr``,
+        ``optimizer__weight_decay``, ``net__lr``), each mapped to ``None`` (defaults), a start
+        value, ``(start, factor[, minimum])`` or a dict with keys ``start``, ``factor``,
+        ``minimum``, ``low``, ``high``. Defaults (spec §4.1): names ending in ``lr`` start at
+        1e-4, factor 1.45, minimum 1e-6, bounds [1e-7, 10]; names ending in ``weight_decay``
+        start at 0, factor 2.0, minimum 0, bounds [0, 1]. Other names need start and factor.
+        Any number of hyper-parameters (3^d neighbours per step).
+    epochs_per_trial : int, default=5
+        Epochs of each trial (the paper's T).
+    start_threshold : float, default=0.85
+        The start phase walks down until some neighbour has Z >= this.
+    power : float, default=0.8
+        Exponent of the cumulative product of the descent minima.
+    plateau : float, default=5e-3
+        The factors shrink while cumprod^power is below this.
+    shrink : float, default=exp(-2.5)
+        alpha <- 1 + (alpha - 1) * shrink.
+    stop_tol : float, default=5e-3
+        A hyper-parameter stops when |alpha - 1| <= stop_tol; the walk when all have.
+    max_trials : int, default=200
+        Safeguard: the walk stops (with a warning) before it would exceed this many trials.
+    zero_step : float, default=1e-7
+        The value a hyper-parameter at exactly 0 steps up to.
+    include_linear : {"auto", True, False}, default="auto"
+        Which layers Z reads: convolution kernels always (two unfoldings each); ``nn.Linear``
+        layers other than the output layer when ``True``, or with ``"auto"`` when the net has
+        no convolution (an MLP; our extension of the paper, which reads convolutions only).
+        The output layer is read only if nothing else is left.
+    cv, scoring, refit, n_jobs, verbose, pre_dispatch, error_score
+        As in ``GridSearchCV`` (used for the cross-validation of the final point and the
+        refit). ``n_jobs`` also trains each step's new neighbours in parallel.
+    random_state : int, RandomState or None, default=None
+        Every trial starts from the same seeded initialisation and data order (spec §4.3, so
+        that Z changes only with the hyper-parameters); the CV and refit get derived seeds.
+
+    Attributes
+    ----------
+    best_params_ : dict
+        The walk's final point.
+    best_score_ : float
+        Mean CV score of the final point (the walk itself never sees validation data).
+    cv_results_ : dict
+        ``GridSearchCV``'s keys for the cross-validated final point, plus ``stable_rank`` (its
+        Z if the walk trained it, else NaN).
+    best_estimator_, best_index_, refit_time_, scorer_, n_splits_, multimetric_
+        As in ``GridSearchCV``.
+    history_ : dict of lists
+        One row per trial: ``trial``, ``params``, ``z``, ``z_epochs`` (Z_t per epoch),
+        ``ranks`` (rank per layer/unfolding at the last epoch), ``status`` (``ok`` or
+        ``diverged``, which counts as Z = 1), ``reason``, ``epochs``, ``time``, ``step``,
+        ``phase``.
+    steps_ : dict of lists
+        One row per step of the walk: ``step``, ``point``, ``z`` (of the centre), ``phase``,
+        ``move`` (powers), ``factors``.
+    stop_reason_ : str
+        ``"converged"`` or ``"max_trials"``.
+    n_trials_ : int
+    n_epochs_ : int
+        Trials x epochs_per_trial + the final CV + the refit.
+
+    References
+    ----------
+    M. Tuli, M. S. Hosseini, K. N. Plataniotis. Towards Robust and Automatic Hyper-Parameter
+    Tuning. OPT 2021 workshop, arXiv:2111.14056.
+    """
+
+    _parameter_constraints: dict = {
+        **NetSearchCV._parameter_constraints,
+        "params": [dict, list],
+        "epochs_per_trial": [Interval(Integral, 1, None, closed="left")],
+        "start_threshold": [Interval(Real, 0, 1, closed="right")],
+        "power": [Interval(Real, 0, None, closed="neither")],
+        "plateau": [Interval(Real, 0, 1, closed="neither")],
+        "shrink": [Interval(Real, 0, 1, closed="neither")],
+        "stop_tol": [Interval(Real, 0, None, closed="neither")],
+        "max_trials": [Interval(Integral, 1, None, closed="left")],
+        "zero_step": [Interval(Real, 0, None, closed="neither")],
+        "include_linear": ["boolean", StrOptions({"auto"})],
+    }
+
+    def __init__(self, estimator, params, *, epochs_per_trial=5, start_threshold=0.85,
+                 power=0.8, plateau=5e-3, shrink=math.exp(-2.5), stop_tol=5e-3,
+                 max_trials=200, zero_step=1e-7, include_linear="auto", cv=None,
+                 scoring=None, refit=True, n_jobs=None, random_state=None, verbose=0,
+                 pre_dispatch="2*n_jobs", error_score=np.nan):
+        super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
+                         cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
+                         error_score=error_score, return_train_score=False)
+        self.params = params
+        self.epochs_per_trial = epochs_per_trial
+        self.start_threshold = start_threshold
+        self.power = power
+        self.plateau = plateau
+        self.shrink = shrink
+        self.stop_tol = stop_tol
+        self.max_trials = max_trials
+        self.zero_step = zero_step
+        self.include_linear = include_linear
+        self.random_state = random_state
+
+    # -- before any training ----------------------------------------------------------------
+
+    def _setup_search(self, X, y, fit_params):
+        self._hparams = parse_params(self.params)
+        self._check_candidate_names([{h.name: h.start for h in self._hparams}], where="params")
+        rng = check_random_state(self.random_state)
+        self._trial_seed, self._cv_seed = self._spawn_seeds(rng, 2)
+        self._exclude = self._check_readable_layers(X, y, fit_params)
+
+    def _check_readable_layers(self, X, y, fit_params):
+        """Build the net without training (0 epochs): find the output layer by a forward
+        pass, check that Z has layers to read, and that the transformed X is finite."""
+        start = {h.name: h.start for h in self._hparams}
+        probe = clone(self.estimator).set_params(
+            **start, **self._task_params(None, 0, max_epochs=0, train_split=None, verbose=0))
+        probe.fit(X, y, **fit_params)
+        net, _ = find_net(probe)
+        Xn = net_input(probe, X)
+        check_finite_input(Xn, where="X after the Pipeline steps before the net")
+        output = final_linear(net, next(iter_batches(net, Xn, batch_size=2)))
+        names = {m: n for n, m in net.module_.named_modules()}
+        exclude = (names[output],)
+        try:
+            layer_matrices(net.module_, self.include_linear, exclude)
+        except ValueError:
+            exclude = ()  # a single linear layer: read the output layer (spec §5)
+            layer_matrices(net.module_, self.include_linear, exclude)
+        return exclude
+
+    # -- the method -------------------------------------------------------------------------
+
+    def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+        X, y, fit_params = self._search_data
+        rows = []
+
+        def evaluate(points):
+            results = self._train(points, X, y, fit_params, len(rows))
+            rows.extend(results)
+            return [r["z"] for r in results]
+
+        point, steps, cache, self.stop_reason_ = trust_region_walk(
+            evaluate, self._hparams, start_threshold=self.start_threshold, power=self.power,
+            plateau=self.plateau, shrink=self.shrink, stop_tol=self.stop_tol,
+            max_trials=self.max_trials, zero_step=self.zero_step)
+        if self.stop_reason_ == "max_trials":
+            import warnings
+            warnings.warn(f"AutoHyperSearchCV stopped after {len(rows)} trials (max_trials="
+                          f"{self.max_trials}) before the walk converged; best_params_ is "
+                          "where it stood", RuntimeWarning, stacklevel=3)
+        for row in rows:
+            row["step"] = cache[_key(tuple(row["params"].values()))][2]
+            row["phase"] = steps[row["step"]]["phase"] if row["step"] < len(steps) else ""
+        self.history_ = history_columns(rows)
+        self.steps_ = history_columns(steps)
+        self.n_trials_ = len(rows)
+        best = {h.name: v for h, v in zip(self._hparams, point)}
+        cached = cache.get(_key(point))
+        self.n_epochs_ = len(rows) * self.epochs_per_trial + \
+            self._nominal_epochs(best) * self._n_splits
+        self._evaluate(evaluate_candidates, [best], [self._cv_seed],
+                       more_results={"stable_rank": [cached[1] if cached else math.nan]},
+                       callback_ctx=callback_ctx)
+
+    def _train(self, points, X, y, fit_params, first_index):
+        """One trial per point, in parallel: ``epochs_per_trial`` epochs, Z read at each
+        epoch's end; a diverged trial counts as Z = 1."""
+        names = [h.name for h in self._hparams]
+        tasks = []
+        for i, point in enumerate(points):
+            recorder = StableRankRecorder(self.include_linear, self._exclude)
+            tasks.append(dict(
+                estimator=self.estimator, params=dict(zip(names, point)),
+                task_params=self._task_params(
+                    self._trial_seed, first_index + i, max_epochs=self.epochs_per_trial,
+                    train_split=None, verbose=0,
+                    extra_callbacks=[("skhpo_stable_rank", recorder)]),
+                X=X, y=y, fit_params=fit_params, error_score=self.error_score,
+                probe=_read_recorder))
+        rows = []
+        outs = self._run_trials(tasks)
+        self._warn_failures([o["error"] for o in outs if o["error"] and
+                             not o["error"].startswith("diverged")], len(outs), "trial")
+        for i, (point, out) in enumerate(zip(points, outs)):
+            records = out["value"] or []
+            ok = not out["error"]
+            rows.append({"trial": first_index + i, "params": dict(zip(names, point)),
+                         "z": float(np.mean([r["z"] for r in records])) if ok else 1.0,
+                         "z_epochs": [r["z"] for r in records],
+                         "ranks": {f"{r['layer']}:{r['mode']}": r["rank"]
+                                   for r in (records[-1]["layers"] if records else [])},
+                         "status": "ok" if ok else "diverged" if
+                         out["error"].startswith("diverged") else "failed",
+                         "reason": out["error"], "epochs": self.epochs_per_trial,
+                         "time": out["time"]})
+            if self.verbose > 0:
+                print(f"[AutoHyper] trial {first_index + i}: {dict(zip(names, point))} "
+                      f"Z={rows[-1]['z']:.3f} {rows[-1]['status']}")
+        return rows
+
+
+def _read_recorder(fitted, X):
+    """The per-epoch Z records of a trained trial (runs in the worker)."""
+    net, _ = find_net(fitted)
+    return dict(net.callbacks_)["skhpo_stable_rank"].records
