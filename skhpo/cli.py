@@ -25,8 +25,9 @@ def _bench_parser(sub):
                    "encoded); needs --target")
     p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
     p.add_argument("--methods", nargs="+", default=["random", "flatness"],
-                   help="methods to run (random, flatness, grid, halving, optuna; optuna "
-                   "needs the extra 'bench' and is skipped with a message without it)")
+                   help="methods to run: random, flatness, grid, halving, optuna (needs "
+                   "the extra 'bench'; skipped with a message without it), and the "
+                   "lr-only pair autohyper and lr-grid (20-point log grid of lr)")
     p.add_argument("--budget", choices=["epochs", "trials"], default="epochs",
                    help="epochs: every method gets random search's training epochs "
                    "(FlatnessSearchCV trains as many finalists as fit); trials: flatness "

@@ -144,3 +144,29 @@ def test_progress_bar():
     from skhpo.cli import _bar
     assert _bar(3, 12, 30.0) == "[#####...............] 3/12 1:30 left"
     assert _bar(12, 12, 30.0).startswith("[" + "#" * 20 + "] 12/12 0:00")
+
+
+def test_autohyper_against_the_lr_grid_counts_every_trial():
+    budget = Budget(n_trials=3, n_finalists=1, max_epochs=2, cv=2)
+    rows = {r["method"]: r for r in run_benchmark(["autohyper", "lr-grid"], ["wine"], [0],
+                                                   budget)}
+    grid, auto = rows["lr-grid"], rows["autohyper"]
+    assert grid["epochs"] == 20 * 2 * 2 + 2 and grid["n_trainings"] == 20 * 2 + 1
+    assert list(auto["best_params"]) == ["net__lr"] == list(grid["best_params"])
+    trials = auto["n_trainings"] - 2 - 1  # minus the final point's 2 folds and the refit
+    assert trials >= 3 and auto["epochs"] == trials * 5 + 2 * 2 + 2
+
+
+def test_quick_end_to_end(tmp_path, capsys):
+    """The README's main job, exactly as a user runs it (about a minute on 2 cores)."""
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert len(rows) == 10 and {r["method"] for r in rows} == {"random", "flatness"}
+    assert {r["task"] for r in rows} == {"breast_cancer"}
+    by = {(r["method"], r["seed"]): r for r in rows}
+    for seed in range(5):  # equal epoch budgets: flatness within one finalist of random
+        assert 0 <= by["random", seed]["epochs"] - by["flatness", seed]["epochs"] < 3 * 15 + 4
+        assert by["flatness", seed]["test_score"] > 0.85
+    assert "wins / ties / losses" in out and "10/10" in out
+    assert (tmp_path / "results.png").exists()

@@ -18,7 +18,8 @@ from sklearn.model_selection import (GridSearchCV, HalvingRandomSearchCV, Random
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skhpo import FlatnessSearchCV, SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
+from skhpo import (AutoHyperSearchCV, FlatnessSearchCV, SmallCNNClassifier,
+                   TabularMLPClassifier, TabularMLPRegressor)
 
 from ..nets import seed_everything
 from .data import load_csv
@@ -219,8 +220,22 @@ def _optuna(estimator, space, budget, seed, n_jobs):
                           cv=budget.cv, study=study, random_state=seed, n_jobs=n_jobs)
 
 
+#: the learning-rate-only comparison of autoHyper's paper: every other parameter stays at the
+#: estimator's default, and the baseline is a 20-point log grid of lr in [1e-4, 1e-1]
+LR_GRID = np.geomspace(1e-4, 1e-1, 20)
+
+
+def _autohyper(estimator, space, budget, seed, n_jobs):
+    return AutoHyperSearchCV(estimator, {"net__lr": None}, cv=budget.cv, random_state=seed,
+                             n_jobs=n_jobs)
+
+
+def _lr_grid(estimator, space, budget, seed, n_jobs):
+    return GridSearchCV(estimator, {"net__lr": list(LR_GRID)}, cv=budget.cv, n_jobs=n_jobs)
+
+
 METHODS = {"random": _random, "flatness": _flatness, "grid": _grid, "halving": _halving,
-           "optuna": _optuna}
+           "optuna": _optuna, "autohyper": _autohyper, "lr-grid": _lr_grid}
 
 #: methods that need an optional extra: name -> (modules, install hint)
 OPTIONAL = {"optuna": (("optuna", "optuna_integration"),
@@ -263,8 +278,11 @@ def _n_splits(search):
 
 def n_trainings(search):
     n = _n_candidates(search) * _n_splits(search) + int(bool(search.refit))
-    if hasattr(search, "history_") and "screen_epochs" in search.history_:
-        n += len(search.history_["screen_epochs"])
+    history = getattr(search, "history_", {})
+    if "screen_epochs" in history:  # FlatnessSearchCV's screening fits
+        n += len(history["screen_epochs"])
+    elif "z" in history:  # AutoHyperSearchCV's trials
+        n += len(history["z"])
     return n
 
 
