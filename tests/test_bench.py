@@ -49,6 +49,8 @@ def test_cli_writes_results(tmp_path, capsys):
     (["bench", "--tasks", "mnist"], "unknown task 'mnist'"),
     (["bench", "--methods", "hyperband"], "unknown method 'hyperband'"),
     (["bench", "--seeds", "0"], "--seeds must be >= 1"),
+    (["bench", "--n-trials", "1", "--n-finalists", "1", "--tasks", "iris"],
+     "too small for flatness"),
 ])
 def test_cli_bad_input_is_a_message_not_a_traceback(argv, message, capsys):
     assert main(argv) == 2

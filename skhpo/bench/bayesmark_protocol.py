@@ -235,8 +235,11 @@ def load_results(out):
             continue
         for method in sorted(os.listdir(os.path.join(out, dataset))):
             folder = os.path.join(out, dataset, method)
-            studies = [json.load(open(os.path.join(folder, f)))
-                       for f in os.listdir(folder) if f.endswith(".json")]
+            studies = []
+            for name in os.listdir(folder):
+                if name.endswith(".json"):
+                    with open(os.path.join(folder, name)) as f:
+                        studies.append(json.load(f))
             results[dataset, method] = sorted(studies, key=lambda s: s["seed"])
     return results
 

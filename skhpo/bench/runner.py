@@ -76,7 +76,13 @@ class Budget:
         if self.mode == "trials":
             return self.n_trials, self.n_finalists
         ratio = self.n_trials / self.n_finalists
-        finalists = max(1, int(self.epochs // (self.cv * self.max_epochs + ratio)))
+        finalists = int(self.epochs // (self.cv * self.max_epochs + ratio))
+        if finalists < 1:
+            raise ValueError(
+                f"the budget of {self.epochs} epochs (n_trials x cv x max_epochs) is too small "
+                f"for flatness: one finalist costs {self.cv * self.max_epochs} epochs plus "
+                f"{ratio:g} one-epoch screens (n_trials / n_finalists); raise --n-trials, or use "
+                "--budget trials")
         return int(round(ratio * finalists)), finalists
 
 
@@ -323,6 +329,8 @@ def run_benchmark(methods, tasks, seeds, budget, n_jobs=None, progress=None):
             raise ValueError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
         if missing_requirement(m):
             raise ValueError(missing_requirement(m))
+    if "flatness" in methods:
+        budget.flatness_sizes()  # a budget too small fails here, before any training
     for t in tasks:
         load_task(t)
     jobs = [(m, t, s) for t in tasks for s in seeds for m in methods]
