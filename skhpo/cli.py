@@ -147,6 +147,9 @@ def _bayesmark_parser(sub):
     p.add_argument("--n-jobs", type=int, default=None, help="studies run in parallel")
     p.add_argument("--score-only", action="store_true",
                    help="only score what is saved under --out")
+    p.add_argument("--pool", nargs="+", default=None, choices=METHODS,
+                   help="score only these methods, normalised in their own pool (must "
+                   "include random); default: every method saved")
     return p
 
 
@@ -170,17 +173,22 @@ def bayesmark(args):
     results = {k: v for k, v in results.items() if k[0] in args.datasets}
     if not results:
         raise ValueError(f"no saved studies under {args.out}")
-    rows = score_results(results)
+    if args.pool is not None and "random" not in args.pool:
+        raise ValueError("--pool must include random: clip is the median of its evaluations")
+    rows = score_results(results, pool=args.pool)
+    if not rows:
+        raise ValueError(f"nothing to score under {args.out} for the pool {args.pool}")
     print(f"\n{'dataset':14s} {'method':12s} {'studies':>7s} {'mean':>7s} {'median':>7s} "
           f"{'wall/study':>10s}  pool")
     for r in rows:
         print(f"{r['dataset']:14s} {r['method']:12s} {r['n']:7d} {r['mean']:7.2f} "
               f"{r['median']:7.2f} {r['wall_per_study']:9.1f}s  {r['pool']}")
-    with open(os.path.join(args.out, "scores.csv"), "w", newline="") as f:
+    name = "scores.csv" if args.pool is None else f"scores_{'+'.join(sorted(args.pool))}.csv"
+    with open(os.path.join(args.out, name), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\nscores in {args.out}/scores.csv; total {time.perf_counter() - start:.1f}s")
+    print(f"\nscores in {args.out}/{name}; total {time.perf_counter() - start:.1f}s")
     return 0
 
 

@@ -104,6 +104,13 @@ def test_cli_runs_resumes_and_scores(tmp_path, capsys):
     assert main(argv) == 0  # resumes: nothing left to run, the same studies scored
     assert "[1/" not in capsys.readouterr().out
     assert json.loads((tmp_path / "iris" / "random" / "0.json").read_text()) == saved
+    # a sub-pool is normalised on its own and saved beside the full pool's scores
+    assert main(["bayesmark", "--out", str(tmp_path), "--score-only", "--pool", "random"]) == 0
+    pooled = (tmp_path / "scores_random.csv").read_text().splitlines()
+    assert len(pooled) == 2 and pooled[1].startswith("iris,random,random,2,")
+    assert main(["bayesmark", "--out", str(tmp_path), "--score-only", "--pool",
+                 "fghpo-repo"]) == 2
+    assert "--pool must include random" in capsys.readouterr().err
 
 
 def test_study_suggestions_are_configurations_of_the_space():
