@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 
@@ -347,7 +348,6 @@ class AutoHyperSearchCV(NetSearchCV):
             plateau=self.plateau, shrink=self.shrink, stop_tol=self.stop_tol,
             max_trials=self.max_trials, zero_step=self.zero_step)
         if self.stop_reason_ == "max_trials":
-            import warnings
             warnings.warn(f"AutoHyperSearchCV stopped after {len(rows)} trials (max_trials="
                           f"{self.max_trials}) before the walk converged; best_params_ is "
                           "where it stood", RuntimeWarning, stacklevel=3)
