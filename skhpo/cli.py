@@ -183,13 +183,34 @@ def bayesmark(args):
     for r in rows:
         print(f"{r['dataset']:14s} {r['method']:12s} {r['n']:7d} {r['mean']:7.2f} "
               f"{r['median']:7.2f} {r['wall_per_study']:9.1f}s  {r['pool']}")
+    _print_bayesmark_tests(rows)
     name = "scores.csv" if args.pool is None else f"scores_{'+'.join(sorted(args.pool))}.csv"
     with open(os.path.join(args.out, name), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "scores"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: v for k, v in r.items() if k != "scores"} for r in rows)
     print(f"\nscores in {args.out}/{name}; total {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def _print_bayesmark_tests(rows):
+    """Per dataset, pairwise Mann-Whitney tests of the per-study scores (BH at 5 %)."""
+    from .bench.stats import pairwise_tests, wins_ties_losses
+
+    tests = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        scores = {r["method"]: r["scores"] for r in rows if r["dataset"] == dataset}
+        if len(scores) > 1 and min(len(v) for v in scores.values()) > 1:
+            found = pairwise_tests(scores)
+            tests += found
+            for t in found:
+                print(f"  {dataset:14s} {t['a']} vs {t['b']}: p = {t['p']:.3g} "
+                      f"(BH-adjusted {t['p_adjusted']:.3g}) -> {t['better'] or 'tie'}")
+    if tests:
+        print("wins / ties / losses over datasets (two-sided Mann-Whitney U on per-study "
+              "scores, Benjamini-Hochberg at 5 %)")
+        for method, c in wins_ties_losses(tests).items():
+            print(f"  {method:12s} {c['wins']} / {c['ties']} / {c['losses']}")
 
 
 def main(argv=None):

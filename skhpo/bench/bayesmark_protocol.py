@@ -254,7 +254,8 @@ def _padded(studies):
 def score_results(results, pool=None):
     """Per-dataset Bayesmark scores in one pool (all methods present, or ``pool``).
 
-    Returns rows ``{dataset, method, pool, n, mean, median, wall_per_study}``; the per-study
+    Returns rows ``{dataset, method, pool, n, mean, median, wall_per_study, scores}``
+    (``scores``: the per-study scores, by seed); the per-study
     score is 100 (1 - (N_acc + N_nll) / 2) at the last suggestion, the normalisation (opt, clip)
     computed from the pool (spec §5.3)."""
     rows = []
@@ -272,5 +273,6 @@ def score_results(results, pool=None):
             rows.append({"dataset": dataset, "method": m, "pool": "+".join(methods),
                          "n": len(seeds), "mean": float(np.mean(scores[m])),
                          "median": float(np.median(scores[m])),
-                         "wall_per_study": float(np.mean(walls))})
+                         "wall_per_study": float(np.mean(walls)),
+                         "scores": [float(v) for v in scores[m]]})
     return rows
