@@ -10,7 +10,7 @@ __all__ = ["plot_results"]
 def plot_results(rows, path):
     """Save a PNG of ``rows`` (``run_benchmark``'s result rows) to ``path``: every run is a
     small dot, each method's median (wall time, test score) a large marker; wall time on a
-    log scale. Needs matplotlib (extra ``test`` or ``bench``)."""
+    log scale when it spans more than a decade. Needs matplotlib (extra ``test`` or ``bench``)."""
     try:
         import matplotlib
     except ImportError:
@@ -33,8 +33,10 @@ def plot_results(rows, path):
             ax.scatter(wall, score, s=12, alpha=0.4, color=colors[m])
             ax.scatter(np.median(wall), np.median(score), s=90, marker="D",
                        color=colors[m], edgecolor="black", label=m)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        walls = [r["wall_time"] for r in rows if r["task"] == task]
+        if max(walls) > 10 * min(walls):  # log scale only where it spans a decade
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(task)
         ax.set_xlabel("wall time (s)")
         ax.grid(alpha=0.3)
