@@ -146,7 +146,49 @@ class _SkhpoNetMixin:
         kwargs.update(self._module_dims())
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
+        coefs = self.penalty_coefficients()  # bad l2/l1 fail here, before any training
+        self._penalized = any(coefs["l2"]) or any(coefs["l1"])
         return self
+
+    # -- explicit penalties (l2, l1 per linear layer) ------------------------------------------
+
+    def penalized_layers(self):
+        """The ``nn.Linear`` layers of the module the ``l2``/``l1`` coefficients apply to."""
+        return [m for m in self.module_.modules() if isinstance(m, nn.Linear)]
+
+    def penalty_coefficients(self):
+        """``{"l2": [...], "l1": [...]}``, one float per penalised layer; checks the values."""
+        n = len(self.penalized_layers())
+        out = {}
+        for name in ("l2", "l1"):
+            value = getattr(self, name, 0.0)
+            coefs = [value] * n if np.ndim(value) == 0 else list(value)
+            if len(coefs) != n:
+                raise ValueError(f"{name} has {len(coefs)} coefficients but the module has {n} "
+                                 "linear layers: give one float, or one per layer")
+            if not all(isinstance(c, (int, float, np.number)) and np.isfinite(c) and c >= 0
+                       for c in coefs):
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+            out[name] = [float(c) for c in coefs]
+        return out
+
+    def penalty(self):
+        """The penalty term sum_k l2_k ||W_k||^2 + l1_k ||W_k||_1 (a scalar tensor)."""
+        coefs = self.penalty_coefficients()
+        total = torch.zeros((), device=next(self.module_.parameters()).device)
+        for layer, a, b in zip(self.penalized_layers(), coefs["l2"], coefs["l1"]):
+            if a:
+                total = total + a * layer.weight.pow(2).sum()
+            if b:
+                total = total + b * layer.weight.abs().sum()
+        return total
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """The criterion, plus the ``l2``/``l1`` penalty when training."""
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if training and getattr(self, "_penalized", False):
+            loss = loss + self.penalty()
+        return loss
 
     def initialize(self):
         if self.random_state is not None:
@@ -241,6 +283,13 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
         Dropout probability after each hidden layer.
     activation : str, default="relu"
         One of relu, tanh, gelu, elu, selu, leaky_relu, sigmoid.
+    l2, l1 : float or sequence of floats, default=0.0
+        Penalties added to the training loss: l2_k * ||W_k||^2 and l1_k * ||W_k||_1 (sums
+        over the entries) for the weight matrix W_k of each ``nn.Linear`` layer, in the
+        module's order, the output layer included; biases are not penalised. A float applies
+        to every linear layer; a sequence gives one coefficient per layer. They enter the
+        training objective explicitly (unlike ``optimizer__weight_decay``), so methods that
+        differentiate through it can tune them.
     lr : float, default=1e-3
         Learning rate.
     batch_size : int, default=64
@@ -277,8 +326,8 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
     _module_params = ("depth", "width", "dropout", "activation")
 
     def __init__(self, module=MLPModule, *, depth=2, width=128, dropout=0.0, activation="relu",
-                 lr=1e-3, batch_size=64, max_epochs=20, optimizer=torch.optim.Adam,
-                 criterion=nn.CrossEntropyLoss, train_split=None, random_state=None,
+                 l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
+                 optimizer=torch.optim.Adam, criterion=nn.CrossEntropyLoss, train_split=None, random_state=None,
                  device="cpu", verbose=0, iterator_train=ArrayBatchIterator,
                  iterator_valid=ArrayBatchIterator, iterator_train__shuffle=True, **kwargs):
         self._init_net(locals())
@@ -310,6 +359,9 @@ class SmallCNNClassifier(_ClassifierMixin, NeuralNetClassifier):
         Dropout probability before the output layer.
     activation : str, default="relu"
         As in :class:`TabularMLPClassifier`.
+    l2, l1 : float or sequence of floats, default=0.0
+        As in :class:`TabularMLPClassifier`, over the dense layers (the convolutions are not
+        penalised).
     lr, batch_size, max_epochs, optimizer, criterion, train_split, random_state, device, \
 verbose, **kwargs
         As in :class:`TabularMLPClassifier`.
@@ -319,8 +371,8 @@ verbose, **kwargs
     _allow_nd = True
 
     def __init__(self, module=SmallCNNModule, *, image_shape=None, n_blocks=2, n_filters=16,
-                 kernel_size=3, width=64, dropout=0.0, activation="relu", lr=1e-3,
-                 batch_size=64, max_epochs=20, optimizer=torch.optim.Adam,
+                 kernel_size=3, width=64, dropout=0.0, activation="relu", l2=0.0, l1=0.0,
+                 lr=1e-3, batch_size=64, max_epochs=20, optimizer=torch.optim.Adam,
                  criterion=nn.CrossEntropyLoss, train_split=None, random_state=None,
                  device="cpu", verbose=0, iterator_train=ArrayBatchIterator,
                  iterator_valid=ArrayBatchIterator, iterator_train__shuffle=True, **kwargs):
@@ -358,8 +410,8 @@ class TabularMLPRegressor(_SkhpoNetMixin, NeuralNetRegressor):
     _module_params = ("depth", "width", "dropout", "activation")
 
     def __init__(self, module=MLPModule, *, depth=2, width=128, dropout=0.0, activation="relu",
-                 lr=1e-3, batch_size=64, max_epochs=20, optimizer=torch.optim.Adam,
-                 criterion=nn.MSELoss, train_split=None, random_state=None, device="cpu",
+                 l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
+                 optimizer=torch.optim.Adam, criterion=nn.MSELoss, train_split=None, random_state=None, device="cpu",
                  verbose=0, iterator_train=ArrayBatchIterator, iterator_valid=ArrayBatchIterator,
                  iterator_train__shuffle=True, **kwargs):
         self._init_net(locals())

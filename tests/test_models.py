@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
-from sklearn.datasets import load_diabetes, load_digits
+from sklearn.datasets import load_diabetes, load_digits, load_iris
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch import nn
 
 from skhpo.models import SmallCNNClassifier, SmallCNNModule, TabularMLPClassifier, TabularMLPRegressor
 
@@ -73,3 +75,57 @@ def test_regressor_1d_and_2d_targets():
     reg2 = TabularMLPRegressor(max_epochs=2, random_state=0).fit(X, Y)
     assert reg2.predict(X).shape == (len(X), 2)
     assert not hasattr(reg2, "predict_proba")
+
+
+# -- explicit l2 / l1 penalties (the objective the LP hyper local search differentiates) ------
+
+def test_penalty_is_in_the_training_loss_only_and_its_gradient_is_exact():
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+    net = TabularMLPClassifier(depth=1, width=8, max_epochs=1, l2=[0.3, 0.1], l1=[0.0, 0.05],
+                               random_state=0).fit(X, y)
+    first, out = net.penalized_layers()
+    Xt, yt = torch.as_tensor(X[:16]), torch.as_tensor(np.searchsorted(net.classes_, y[:16]))
+    logits = net.infer(Xt)
+    ce = nn.functional.cross_entropy(logits, yt)
+    manual = 0.3 * first.weight.pow(2).sum() + 0.1 * out.weight.pow(2).sum() + \
+        0.05 * out.weight.abs().sum()
+    train = net.get_loss(logits, yt, training=True)
+    assert float(train) == pytest.approx(float(ce + manual), rel=1e-6)
+    assert float(net.get_loss(logits, yt, training=False)) == pytest.approx(float(ce), rel=1e-6)
+    # d/dW of the penalty: 2 l2 W + l1 sign(W); biases untouched
+    net.module_.zero_grad()
+    net.penalty().backward()
+    torch.testing.assert_close(first.weight.grad, 2 * 0.3 * first.weight.detach())
+    torch.testing.assert_close(out.weight.grad, 2 * 0.1 * out.weight.detach()
+                               + 0.05 * torch.sign(out.weight.detach()))
+    assert first.bias.grad is None or torch.all(first.bias.grad == 0)
+
+
+def test_l2_shrinks_the_trained_weights():
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+
+    def norm(**kw):
+        net = TabularMLPClassifier(max_epochs=40, random_state=0, **kw).fit(X, y)
+        return sum(float(layer.weight.detach().pow(2).sum()) for layer in net.penalized_layers())
+    assert norm(l2=0.05) < 0.5 * norm()
+
+
+def test_cnn_penalises_dense_layers_only():
+    X, y = load_digits(return_X_y=True)
+    net = SmallCNNClassifier(n_blocks=1, n_filters=4, max_epochs=1, l2=0.1).fit(X[:64], y[:64])
+    assert [type(m) for m in net.penalized_layers()] == [nn.Linear, nn.Linear]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"l2": [0.1, 0.2]}, "l2 has 2 coefficients but the module has 3 linear layers"),
+    ({"l1": -0.1}, "l1 must be finite and >= 0"),
+    ({"l2": float("nan")}, "l2 must be finite and >= 0"),
+])
+def test_bad_penalties_fail_before_training(kw, match):
+    X, y = load_iris(return_X_y=True)
+    net = TabularMLPClassifier(max_epochs=5, **kw)
+    with pytest.raises(ValueError, match=match):
+        net.fit(X, y)
+    assert not net.history_  # no epoch ran
