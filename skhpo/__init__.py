@@ -3,7 +3,7 @@ search estimators around skorch."""
 
 from .models import SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 from .nets import ArrayBatchIterator, FiniteLossGuard, TrainingDivergedError
-from .search import AutoHyperSearchCV, FlatnessSearchCV
+from .search import AutoHyperSearchCV, FlatnessSearchCV, HyperLocalRefiner
 
 __version__ = "0.1.0"
 
@@ -12,6 +12,7 @@ __all__ = [
     "AutoHyperSearchCV",
     "FiniteLossGuard",
     "FlatnessSearchCV",
+    "HyperLocalRefiner",
     "SmallCNNClassifier",
     "TabularMLPClassifier",
     "TabularMLPRegressor",

@@ -2,5 +2,6 @@
 
 from .autohyper import AutoHyperSearchCV
 from .flatness import FlatnessSearchCV
+from .hyperlocal import HyperLocalRefiner
 
-__all__ = ["AutoHyperSearchCV", "FlatnessSearchCV"]
+__all__ = ["AutoHyperSearchCV", "FlatnessSearchCV", "HyperLocalRefiner"]

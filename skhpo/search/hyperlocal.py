@@ -1,0 +1,515 @@
+"""HyperLocalRefiner: the LP hyper local search (Sinha & Gunwal, Oper. Res. Letters 2025).
+
+Starting from the best model of any search — its penalty coefficients lambda and its trained
+weights w — one step of the method (spec hyperlocal.md §3):
+
+1. the gradient g of the *unregularised* validation loss F at w;
+2. the mixed derivatives H_wλ of the training objective f = loss + sum_j lambda_j R_j(w), in
+   closed form (2 W for an L2 term, sign(W) for L1, w for coupled weight decay);
+3. a seeded subset R of the weight coordinates a penalty touches (``rows``);
+4. exact rows H_ww[R, :] of the Hessian of f at w (Hessian-vector products, training data,
+   eval mode);
+5. the LP: minimise g . dw subject to -delta <= H_wλ[R] dλ + H_ww[R] dw <= delta (the
+   linearised "w stays optimal for f"), |dλ| <= box_hparams, |dw| <= box_weights;
+6. the direction d = x* / ||x*|| (no step if the LP finds no descent);
+7. a line search on t >= 0 of F(w + t d_w) (bounding phase from ``line_step``, then golden
+   section to ``gss_tol``), t* the midpoint;
+8. accept only if F(w + t* d_w) < F(w): w <- w + t* d_w, lambda <- max(lambda + t* d_λ, 0).
+
+The model is never retrained; the cost is a few gradient, Hessian-vector and LP evaluations.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ..linesearch import line_search
+from ..lp import SOLVERS, LinearProgram, solve_lp
+from ..nets import find_net, net_input
+from ..probes.curvature import (flat_gradient, flat_params, hessian_rows, objective,
+                                trainable)
+
+__all__ = ["HyperLocalRefiner"]
+
+#: hyper-parameters that cannot be refined, and why (spec §2)
+_NOT_PENALTIES = {
+    "lr": "the learning rate does not enter the training objective",
+    "batch_size": "the batch size does not enter the training objective",
+    "max_epochs": "the number of epochs does not enter the training objective",
+    "dropout": "dropout has no deterministic training objective to differentiate",
+}
+_DECOUPLED = ("AdamW",)
+_PENALTY_NAMES = ("l2", "l1", "optimizer__weight_decay")
+
+
+class _Penalty:
+    """One continuous hyper-parameter: its name, the coefficient's place in the net's value
+    (``index`` into a per-layer sequence, or None), and the weights its term R touches."""
+
+    def __init__(self, name, attr, index, kind, params):
+        self.name, self.attr, self.index, self.kind, self.params = name, attr, index, kind, params
+
+    def term(self, weights):
+        """R_j(w) on ``{param name: tensor}``."""
+        if self.kind == "l2":
+            return sum(weights[p].pow(2).sum() for p in self.params)
+        if self.kind == "l1":
+            return sum(weights[p].abs().sum() for p in self.params)
+        return 0.5 * sum(weights[p].pow(2).sum() for p in self.params)  # coupled decay
+
+    def column(self, weights):
+        """dR_j/dw as ``{param name: tensor}`` (the H_wλ column, up to flattening)."""
+        if self.kind == "l2":
+            return {p: 2 * weights[p] for p in self.params}
+        if self.kind == "l1":
+            return {p: torch.sign(weights[p]) for p in self.params}
+        return {p: weights[p] for p in self.params}
+
+
+class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
+    """Refine the best model of any search by an LP descent direction in (penalties, weights).
+
+    Parameters
+    ----------
+    search : search estimator or estimator
+        ``GridSearchCV``, ``RandomizedSearchCV``, ``OptunaSearchCV``, an skhpo search, or a
+        plain skorch net / Pipeline ending in one. *Unfitted*: ``fit(X, y)`` splits off
+        ``validation_fraction`` of the data, fits a clone of ``search`` on the rest and refines
+        its ``best_estimator_`` on the held-out part. *Already fitted*: ``fit(X_val, y_val,
+        X_train=..., y_train=...)`` refines it as is; the data passed is the validation data,
+        and the training data it was fitted on is needed for the Hessian (a better convention
+        than ``cv="prefit"``, which has no training data).
+    continuous : list of str or None, default=None
+        The penalty hyper-parameters to refine, by the estimator's names: ``l2`` and ``l1`` of
+        skhpo's models (one hyper-parameter per layer when the value is a sequence) and
+        ``optimizer__weight_decay`` for optimizers with coupled decay (read as
+        wd/2 ||w||^2); ``net__l2`` etc. in a Pipeline. None: the penalties among the base
+        search's ``best_params_``. Anything else (learning rate, batch size, epochs,
+        dropout, architecture) is rejected: it does not enter the training objective smoothly.
+    validation_fraction : float, default=0.2
+        Held-out share when ``search`` is unfitted (stratified for classifiers).
+    rows : float, int or "all", default=0.01
+        Hessian rows in the LP: a fraction of the weights (at least 10), a count, or every
+        penalised coordinate; at most 2,000.
+    delta : float, default=1e-4
+        Slack of the linearised optimality rows.
+    box_hparams, box_weights : float, default=1.0
+        Box on the LP's hyper-parameter and weight moves (its trust region).
+    line_step : float, default=0.1
+        First step of the bounding phase.
+    gss_tol : float, default=1e-5
+        Width at which the golden-section search stops.
+    max_iter : int, default=1
+        LP + line-search steps (the paper: one).
+    lp_solver : {"highs", "gurobi"}, default="highs"
+    hessian_samples : int, default=4096
+        Training samples used for the Hessian rows (a seeded subset if more).
+    random_state : int, RandomState or None, default=None
+        The validation split, the row subset and the LP's tie-breaking.
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    best_estimator_ : the refined model (a copy; the base is never modified).
+    base_estimator_ : the base search's best model.
+    best_params_ : dict
+        The base's best parameters with the refined penalty values.
+    best_score_ : float
+        The refined model's score on the validation part.
+    cv_results_ : dict
+        ``GridSearchCV``'s keys for two rows, before and after, scored on the validation part.
+    history_ : dict of lists
+        One row per event: ``kind`` (``lp`` or ``line_search``), ``iteration``, ``t``,
+        ``validation_loss``, and for the LP ``rows``, ``variables``, ``objective``,
+        ``solve_time``.
+    timings_ : dict
+        Seconds spent in ``gradients``, ``hessian``, ``lp`` and ``line_search``.
+    improved_ : bool
+        Whether a step was accepted.
+    validation_loss_ : tuple of float
+        The unregularised validation loss before and after.
+    refined_penalties_ : dict
+        The refined value of each penalty coefficient (per layer as ``l2[k]``).
+
+    Notes
+    -----
+    Not yet here (issue 5): the exact re-solve mode for scikit-learn linear models (ElasticNet,
+    Ridge, Lasso), SR1 Hessians, and the benchmark.
+    """
+
+    _parameter_constraints: dict = {
+        "search": [object],
+        "continuous": [list, None],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "rows": [Interval(Real, 0, 1, closed="right"), Interval(Integral, 1, None,
+                                                                 closed="left"),
+                 StrOptions({"all"})],
+        "delta": [Interval(Real, 0, None, closed="neither")],
+        "box_hparams": [Interval(Real, 0, None, closed="neither")],
+        "box_weights": [Interval(Real, 0, None, closed="neither")],
+        "line_step": [Interval(Real, 0, None, closed="neither")],
+        "gss_tol": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "lp_solver": [StrOptions(set(SOLVERS))],
+        "hessian_samples": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, search, continuous=None, *, validation_fraction=0.2, rows=0.01,
+                 delta=1e-4, box_hparams=1.0, box_weights=1.0, line_step=0.1, gss_tol=1e-5,
+                 max_iter=1, lp_solver="highs", hessian_samples=4096, random_state=None,
+                 verbose=0):
+        self.search = search
+        self.continuous = continuous
+        self.validation_fraction = validation_fraction
+        self.rows = rows
+        self.delta = delta
+        self.box_hparams = box_hparams
+        self.box_weights = box_weights
+        self.line_step = line_step
+        self.gss_tol = gss_tol
+        self.max_iter = max_iter
+        self.lp_solver = lp_solver
+        self.hessian_samples = hessian_samples
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fit ----------------------------------------------------------------------------------
+
+    def fit(self, X, y, X_train=None, y_train=None):
+        """Fit the base search (if unfitted) and refine its best model.
+
+        Parameters
+        ----------
+        X, y : the data to search and refine on (unfitted ``search``), or the validation data
+            (fitted ``search``).
+        X_train, y_train : the training data of a fitted ``search`` (needed for the Hessian).
+        """
+        self._validate_params()
+        rng = check_random_state(self.random_state)
+        self._check_names_before_training()
+        if _is_fitted(self.search):
+            if X_train is None or y_train is None:
+                raise ValueError("search is already fitted: pass its training data too, "
+                                 "fit(X_val, y_val, X_train=..., y_train=...); the Hessian of "
+                                 "the training objective needs it")
+            fitted, (Xt, yt, Xv, yv) = self.search, (X_train, y_train, X, y)
+        else:
+            stratify = y if is_classifier(self.search) else None
+            Xt, Xv, yt, yv = train_test_split(X, y, test_size=self.validation_fraction,
+                                              random_state=rng.randint(2**31 - 1),
+                                              stratify=stratify)
+            fitted = clone(self.search).fit(Xt, yt)
+        base = getattr(fitted, "best_estimator_", None)
+        if base is None:
+            if hasattr(fitted, "cv_results_"):
+                raise ValueError("the base search has no best_estimator_ (refit=False?); "
+                                 "HyperLocalRefiner refines the refitted best model")
+            base = fitted
+        base_params = dict(getattr(fitted, "best_params_", {}))
+        net, prefix = find_net(base)
+        penalties = self._penalties(net, prefix, base_params)
+        self.base_estimator_ = base
+        self._refine(base, net, prefix, penalties, base_params, Xt, yt, Xv, yv, rng)
+        return self
+
+    def _check_names_before_training(self):
+        """Reject names that can never be refined before the base search trains anything."""
+        est = getattr(self.search, "estimator", self.search)
+        net, prefix = find_net(est)
+        names = self.continuous
+        if names is None:
+            names = _declared_names(self.search)
+            if names is not None:
+                names = [k for k in names if _bare(k, prefix) in _PENALTY_NAMES]
+                if not names:
+                    raise ValueError("continuous=None, but the base search tunes no penalty "
+                                     "(l2, l1, optimizer__weight_decay); name the penalties to "
+                                     "refine, e.g. continuous=['l2']")
+            return
+        if not names:
+            raise ValueError("continuous is empty: name at least one penalty")
+        for name in names:
+            self._check_name(net, prefix, name)
+
+    def _check_name(self, net, prefix, name):
+        bare = _bare(name, prefix)
+        last = bare.rsplit("__", 1)[-1]
+        if bare in ("l2", "l1"):
+            if not hasattr(net, "penalized_layers"):
+                raise ValueError(f"{name!r}: only skhpo's models have l2/l1 penalties in "
+                                 "their training loss; use optimizer__weight_decay")
+        elif bare == "optimizer__weight_decay":
+            optimizer = getattr(net, "optimizer", None)
+            if getattr(optimizer, "__name__", "") in _DECOUPLED:
+                raise ValueError(f"{name!r}: {optimizer.__name__} decouples weight decay "
+                                 "from the gradient, so it is not an L2 term of the "
+                                 "training objective; use Adam or SGD, or l2")
+        elif last in _NOT_PENALTIES or bare.startswith("module__"):
+            why = _NOT_PENALTIES.get(last, "architecture parameters are discrete")
+            raise ValueError(f"{name!r} cannot be refined: {why}. HyperLocalRefiner moves "
+                             "only penalty coefficients that enter the training objective "
+                             "smoothly (l2, l1, optimizer__weight_decay); leave the others "
+                             "to the base search")
+        else:
+            raise ValueError(f"{name!r} is not a penalty HyperLocalRefiner knows; accepted: "
+                             "l2, l1 (skhpo models), optimizer__weight_decay")
+
+    def _penalties(self, net, prefix, base_params):
+        """The continuous hyper-parameters as :class:`_Penalty` terms (one per layer for a
+        per-layer coefficient), from the fitted base model."""
+        names = self.continuous
+        if names is None:
+            names = [k for k in base_params if _bare(k, prefix) in _PENALTY_NAMES]
+            if not names:
+                raise ValueError("continuous=None, but the base search tuned no penalty "
+                                 "(l2, l1, optimizer__weight_decay); name the penalties to "
+                                 "refine, e.g. continuous=['l2']")
+        if not names:
+            raise ValueError("continuous is empty: name at least one penalty")
+        weights = dict(trainable(net.module_))
+        out = []
+        for name in names:
+            self._check_name(net, prefix, name)
+            bare = _bare(name, prefix)
+            if bare == "optimizer__weight_decay":
+                out.append(_Penalty(name, bare, None, "decay", list(weights)))
+                continue
+            pnames = {id(p): n for n, p in weights.items()}
+            layer_params = [pnames[id(layer.weight)] for layer in net.penalized_layers()
+                            if id(layer.weight) in pnames]
+            if np.ndim(getattr(net, bare)) == 0:
+                out.append(_Penalty(name, bare, None, bare, layer_params))
+            else:
+                out += [_Penalty(f"{name}[{k}]", bare, k, bare, [p])
+                        for k, p in enumerate(layer_params)]
+        return out
+
+    # -- the method ---------------------------------------------------------------------------
+
+    def _refine(self, base, net, prefix, penalties, base_params, Xt, yt, Xv, yv, rng):
+        model = copy.deepcopy(base)
+        mnet, _ = find_net(model)
+        module, criterion = mnet.module_, mnet.criterion_
+        Xtr, ytr = _tensors(mnet, net_input(model, Xt), yt)
+        Xva, yva = _tensors(mnet, net_input(model, Xv), yv)
+        if len(Xtr) > self.hessian_samples:
+            keep = torch.as_tensor(rng.choice(len(Xtr), self.hessian_samples, replace=False))
+            Xtr, ytr = Xtr[keep], ytr[keep]
+        lam = np.array([_value(mnet, p) for p in penalties], dtype=float)
+        self.timings_ = {"gradients": 0.0, "hessian": 0.0, "lp": 0.0, "line_search": 0.0}
+        rows_log, before_score = [], model.score(Xv, yv)
+        val = objective(module, criterion, Xva, yva)
+        with torch.no_grad():
+            start_loss = float(val(flat_params(module)))
+        self.improved_ = False
+        for it in range(self.max_iter):
+            step = self._one_step(module, criterion, penalties, lam, Xtr, ytr, Xva, yva, rng,
+                                  it, rows_log)
+            if step is None:
+                break
+            w_new, lam = step
+            torch.nn.utils.vector_to_parameters(w_new, [p for _, p in trainable(module)])
+            for p, v in zip(penalties, lam):
+                _set_value(mnet, p, v)
+            self.improved_ = True
+        with torch.no_grad():
+            end_loss = float(val(flat_params(module)))
+        after_score = model.score(Xv, yv)
+        refined = {p.name: float(v) for p, v in zip(penalties, lam)}
+        self.best_estimator_ = model
+        self.best_params_ = {**base_params, **_regroup(penalties, lam, prefix)}
+        self.best_score_ = after_score
+        self.history_ = {k: [r.get(k) for r in rows_log] for k in
+                         dict.fromkeys(k for r in rows_log for k in r)}
+        self.validation_loss_ = (start_loss, end_loss)
+        self.refined_penalties_ = refined
+        self.cv_results_ = _two_rows(base_params, self.best_params_, before_score, after_score)
+        return self
+
+    def _one_step(self, module, criterion, penalties, lam, Xtr, ytr, Xva, yva, rng, it, log):
+        """One LP + line search from the module's current weights; None if no descent."""
+        t0 = time.perf_counter()
+        w0 = flat_params(module)
+        g = flat_gradient(module, criterion, Xva, yva)
+        weights = {n: p.detach() for n, p in trainable(module)}
+        offsets = _offsets(module)
+        H_wl = torch.zeros(w0.numel(), len(penalties), dtype=w0.dtype)
+        for j, p in enumerate(penalties):
+            for name, col in p.column(weights).items():
+                a, b = offsets[name]
+                H_wl[a:b, j] = col.reshape(-1)
+        candidates = torch.nonzero(H_wl.abs().sum(1) > 0).ravel().numpy()
+        rows = self._row_subset(candidates, w0.numel(), rng)
+        self.timings_["gradients"] += time.perf_counter() - t0
+
+        def penalty(params):
+            return sum(float(v) * p.term(params) for p, v in zip(penalties, lam))
+
+        t0 = time.perf_counter()
+        H_ww = hessian_rows(module, criterion, Xtr, ytr, rows, penalty=penalty)
+        self.timings_["hessian"] += time.perf_counter() - t0
+
+        n, k = w0.numel(), len(penalties)
+        A = np.hstack([H_wl[rows].numpy().astype(float), H_ww.numpy().astype(float)])
+        lp = LinearProgram(c=np.concatenate([np.zeros(k), g.numpy().astype(float)]), A=A,
+                           delta=self.delta,
+                           lower=np.r_[np.full(k, -self.box_hparams), np.full(n, -self.box_weights)],
+                           upper=np.r_[np.full(k, self.box_hparams), np.full(n, self.box_weights)])
+        sol = solve_lp(lp, self.lp_solver, seed=int(rng.randint(2**31 - 1)))
+        self.timings_["lp"] += sol.solve_time
+        log.append({"kind": "lp", "iteration": it, "rows": sol.n_rows, "variables": sol.n_vars,
+                    "objective": sol.objective, "solve_time": sol.solve_time})
+        norm = float(np.linalg.norm(sol.x))
+        if norm == 0 or sol.objective >= 0:
+            return None
+        d = torch.as_tensor(sol.x / norm, dtype=w0.dtype)
+        d_lam, d_w = d[:k].numpy().astype(float), d[k:]
+
+        t0 = time.perf_counter()
+        val = objective(module, criterion, Xva, yva)
+
+        def phi(t):
+            with torch.no_grad():
+                return float(val(w0 + t * d_w))
+
+        t_star, trials = line_search(phi, self.line_step, self.gss_tol)
+        phi0, phi_star = phi(0.0), phi(t_star)
+        self.timings_["line_search"] += time.perf_counter() - t0
+        log += [{"kind": "line_search", "iteration": it, "t": t, "validation_loss": v}
+                for t, v in trials]
+        if self.verbose:
+            print(f"[HyperLocal] step {it}: LP objective {sol.objective:.3g}, t*={t_star:.4g}, "
+                  f"validation loss {phi0:.5f} -> {phi_star:.5f}")
+        if not phi_star < phi0:
+            return None
+        return w0 + t_star * d_w, np.maximum(lam + t_star * d_lam, 0.0)
+
+    def _row_subset(self, candidates, n, rng):
+        if len(candidates) == 0:
+            raise ValueError("no weight is touched by the penalties: nothing to refine")
+        if self.rows == "all":
+            r = len(candidates)
+        elif isinstance(self.rows, Integral):
+            r = self.rows
+        else:
+            r = max(10, math.ceil(self.rows * n))
+        r = min(r, len(candidates), 2000)
+        return np.sort(rng.choice(candidates, r, replace=False))
+
+    # -- delegation -------------------------------------------------------------------------
+
+    def predict(self, X):
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_.predict(X)
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_.predict_proba(X)
+
+    def score(self, X, y):
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_.score(X, y)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _is_fitted(est):
+    if hasattr(est, "cv_results_") or hasattr(est, "best_estimator_"):
+        return True
+    try:
+        check_is_fitted(est)
+    except Exception:
+        return False
+    return True
+
+
+def _declared_names(search):
+    """Parameter names a search will tune (its grid or distributions), or None."""
+    space = getattr(search, "param_grid", None) or getattr(search, "param_distributions", None)
+    if space is None:
+        return None
+    spaces = space if isinstance(space, list) else [space]
+    return sorted({k for sp in spaces for k in sp})
+
+
+def _bare(name, prefix):
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+def _offsets(module):
+    out, start = {}, 0
+    for name, p in trainable(module):
+        out[name] = (start, start + p.numel())
+        start += p.numel()
+    return out
+
+
+def _tensors(net, X, y):
+    """X and y as the net trains on them (skhpo models: their own validation/encoding)."""
+    if hasattr(net, "_check_X") and hasattr(net, "_check_y"):
+        X, y = net._check_X(X, reset=False), net._check_y(y, reset=False)
+    else:
+        X, y = np.asarray(X, np.float32), np.asarray(y)
+    return torch.as_tensor(X, device=net.device), torch.as_tensor(y, device=net.device)
+
+
+def _value(net, penalty):
+    value = getattr(net, penalty.attr) if penalty.attr != "optimizer__weight_decay" else \
+        net.get_params().get("optimizer__weight_decay", 0.0)
+    return value if penalty.index is None else list(value)[penalty.index]
+
+
+def _set_value(net, penalty, v):
+    if penalty.index is None:
+        net.set_params(**{penalty.attr: float(v)})
+    else:
+        values = list(getattr(net, penalty.attr))
+        values[penalty.index] = float(v)
+        net.set_params(**{penalty.attr: values})
+
+
+def _regroup(penalties, lam, prefix):
+    """The refined values under the estimator's own parameter names (per-layer ones as a
+    list again)."""
+    out = {}
+    for p, v in zip(penalties, lam):
+        key = prefix + p.attr
+        if p.index is None:
+            out[key] = float(v)
+        else:
+            out.setdefault(key, [])
+            out[key].append(float(v))
+    return out
+
+
+def _two_rows(before, after, score_before, score_after):
+    """``cv_results_`` in GridSearchCV's schema for the base and the refined model."""
+    params = [before, after]
+    keys = sorted({k for p in params for k in p})
+    res = {"mean_fit_time": np.zeros(2), "std_fit_time": np.zeros(2),
+           "mean_score_time": np.zeros(2), "std_score_time": np.zeros(2)}
+    for k in keys:
+        col = np.ma.MaskedArray(np.empty(2, dtype=object), mask=[k not in p for p in params])
+        for i, p in enumerate(params):
+            if k in p:
+                col[i] = p[k]
+        res[f"param_{k}"] = col
+    scores = np.array([score_before, score_after], dtype=float)
+    res.update({"params": params, "split0_test_score": scores, "mean_test_score": scores,
+                "std_test_score": np.zeros(2),
+                "rank_test_score": np.array([1, 1] if scores[0] == scores[1] else
+                                            ([2, 1] if scores[1] > scores[0] else [1, 2]))})
+    return res

@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch import NeuralNetClassifier
+from torch import nn
+
+from skhpo import TabularMLPClassifier
+from skhpo.lp import LinearProgram, solve_lp
+from skhpo.probes.curvature import flat_params
+from skhpo import HyperLocalRefiner
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def small(**kw):
+    return TabularMLPClassifier(**{"depth": 1, "width": 16, "max_epochs": 15,
+                                   "random_state": 0, **kw})
+
+
+def grid():
+    return GridSearchCV(small(l2=[1e-3, 1e-3]), {"l2": [[1e-3, 1e-3], [1e-2, 1e-4]]}, cv=2)
+
+
+def test_ridge_lp_is_a_sign_step_on_the_ift_hypergradient():
+    """All rows, tiny delta, loose weight box: the LP's hyper-parameter move is
+    -sign(IFT hypergradient) and its weight move the implicit response (spec §4)."""
+    rng = np.random.default_rng(0)
+    X, Xv = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
+    w_true = np.array([1.0, -2.0, 0.5])
+    y, yv = X @ w_true + 0.3 * rng.normal(size=10), Xv @ w_true + 0.3 * rng.normal(size=10)
+    lam = 0.5
+    H = 2 * X.T @ X / 10 + 2 * lam * np.eye(3)  # f = mean (Xw - y)^2 + lam ||w||^2
+    w = np.linalg.solve(H / 2, X.T @ y / 10)
+    H_wl = (2 * w)[:, None]
+    g = 2 * Xv.T @ (Xv @ w - yv) / 10
+    hypergrad = -(H_wl[:, 0] @ np.linalg.solve(H, g))
+    lp = LinearProgram(c=np.r_[0.0, g], A=np.hstack([H_wl, H]), delta=1e-9,
+                       lower=np.r_[-1.0, np.full(3, -100.0)], upper=np.r_[1.0, np.full(3, 100.0)])
+    x = solve_lp(lp).x
+    assert x[0] == pytest.approx(-np.sign(hypergrad))
+    np.testing.assert_allclose(x[1:], -np.linalg.solve(H, H_wl[:, 0] * x[0]), atol=1e-3)
+
+
+def test_refines_a_grid_search_and_never_worsens_validation(digits):
+    Xtr, Xte, ytr, yte = digits
+    h = HyperLocalRefiner(grid(), random_state=0).fit(Xtr, ytr)
+    before, after = h.validation_loss_
+    assert after <= before
+    assert h.improved_ and after < before
+    assert set(h.best_params_) == {"l2"} and len(h.best_params_["l2"]) == 2
+    assert all(v >= 0 for v in h.best_params_["l2"])  # clipped to the domain
+    assert h.cv_results_["params"][0] != h.cv_results_["params"][1]
+    assert h.best_score_ == h.cv_results_["mean_test_score"][1]
+    assert set(h.timings_) == {"gradients", "hessian", "lp", "line_search"}
+    kinds = h.history_["kind"]
+    assert kinds[0] == "lp" and kinds.count("line_search") > 5
+    # the base model is untouched: the refined one is a copy
+    assert not torch.equal(flat_params(h.base_estimator_.module_),
+                           flat_params(h.best_estimator_.module_))
+    assert h.best_estimator_.l2 == h.best_params_["l2"]
+
+
+def test_prefit_pipeline_weight_decay_and_the_gurobi_backend(digits):
+    pytest.importorskip("gurobipy")
+    Xtr, Xte, ytr, yte = digits
+    Xa, Xv, ya, yv = train_test_split(Xtr, ytr, test_size=0.2, random_state=0, stratify=ytr)
+    net = NeuralNetClassifier(nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)),
+                              criterion=nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
+                              optimizer__weight_decay=1e-3, lr=1e-2, max_epochs=10,
+                              train_split=None, verbose=0)
+    pipe = make_pipeline(StandardScaler(), net).fit(Xa, ya)
+    name = "neuralnetclassifier__optimizer__weight_decay"
+    kw = dict(continuous=[name], rows="all", random_state=0)
+    with pytest.raises(ValueError, match="pass its training data too"):
+        HyperLocalRefiner(pipe, **kw).fit(Xv, yv)
+    a = HyperLocalRefiner(pipe, **kw).fit(Xv, yv, X_train=Xa, y_train=ya)
+    b = HyperLocalRefiner(pipe, lp_solver="gurobi", **kw).fit(Xv, yv, X_train=Xa, y_train=ya)
+    assert a.validation_loss_ == pytest.approx(b.validation_loss_, rel=1e-5)
+    assert a.best_params_[name] == pytest.approx(b.best_params_[name], rel=1e-4, abs=1e-9)
+    assert a.validation_loss_[1] <= a.validation_loss_[0]
+
+
+@pytest.mark.parametrize("kw", [dict(rows=0.01, random_state=1),
+                                dict(rows="all", random_state=2, box_weights=0.1),
+                                dict(rows=40, random_state=3, max_iter=2, line_step=1.0)])
+def test_validation_loss_is_never_above_the_base(digits, kw):
+    Xtr, _, ytr, _ = digits
+    h = HyperLocalRefiner(grid(), **kw).fit(Xtr, ytr)
+    before, after = h.validation_loss_
+    assert after <= before
+    if not h.improved_:  # a rejected step leaves the weights exactly as they were
+        assert torch.equal(flat_params(h.base_estimator_.module_),
+                           flat_params(h.best_estimator_.module_))
+    lps = [i for i, k in enumerate(h.history_["kind"]) if k == "lp"]
+    assert 1 <= len(lps) <= kw.get("max_iter", 1)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: HyperLocalRefiner(grid(), ["lr"]), "the learning rate does not enter"),
+    (lambda: HyperLocalRefiner(grid(), ["dropout"]), "dropout has no deterministic"),
+    (lambda: HyperLocalRefiner(grid(), ["module__width"]), "architecture parameters"),
+    (lambda: HyperLocalRefiner(grid(), ["alpha"]), "is not a penalty"),
+    (lambda: HyperLocalRefiner(grid(), delta=0.0), "'delta' parameter"),
+    (lambda: HyperLocalRefiner(grid(), box_weights=-1.0), "'box_weights' parameter"),
+    (lambda: HyperLocalRefiner(GridSearchCV(small(), {"l2": [1e-3]}, cv=2, refit=False)),
+     "no best_estimator_"),
+    (lambda: HyperLocalRefiner(GridSearchCV(small(), {"lr": [1e-3, 1e-2]}, cv=2)),
+     "tunes no penalty"),
+    (lambda: HyperLocalRefiner(small(optimizer=torch.optim.AdamW),
+                               ["optimizer__weight_decay"]), "decouples weight decay"),
+])
+def test_bad_input(digits, make, match):
+    Xtr, _, ytr, _ = digits
+    refiner = make()
+    with pytest.raises(ValueError, match=match):
+        refiner.fit(Xtr[:300], ytr[:300])
+    assert not hasattr(refiner.search, "cv_results_")  # the user's search is never fitted
+
+
+def test_names_are_checked_before_the_base_search_trains(digits):
+    Xtr, _, ytr, _ = digits
+    calls = []
+
+    class Counting(GridSearchCV):
+        def fit(self, *a, **k):
+            calls.append(1)
+            return super().fit(*a, **k)
+    search = Counting(small(), {"l2": [1e-3, 1e-2]}, cv=2)
+    with pytest.raises(ValueError, match="the learning rate"):
+        HyperLocalRefiner(search, ["lr"]).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="tunes no penalty"):
+        HyperLocalRefiner(Counting(small(), {"lr": [1e-3]}, cv=2)).fit(Xtr, ytr)
+    assert calls == []
