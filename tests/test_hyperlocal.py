@@ -140,3 +140,45 @@ def test_names_are_checked_before_the_base_search_trains(digits):
     with pytest.raises(ValueError, match="tunes no penalty"):
         HyperLocalRefiner(Counting(small(), {"lr": [1e-3]}, cv=2)).fit(Xtr, ytr)
     assert calls == []
+
+
+# -- scikit-learn linear models: exact refits along the LP's penalty direction (step 8b) -------
+
+@pytest.fixture(scope="module")
+def diabetes():
+    from sklearn.datasets import load_diabetes
+    X, y = load_diabetes(return_X_y=True)
+    return train_test_split(X, y, test_size=0.2, random_state=42)
+
+
+def test_ridge_moves_alpha_against_the_hypergradient(diabetes):
+    from sklearn.linear_model import Ridge
+    Xtr, _, ytr, _ = diabetes
+    h = HyperLocalRefiner(Ridge(alpha=0.05), random_state=0).fit(Xtr, ytr)
+    # the same split the refiner made, and the validation MSE as a function of alpha
+    Xa, Xv, ya, yv = train_test_split(Xtr, ytr, test_size=0.2,
+                                      random_state=np.random.RandomState(0).randint(2**31 - 1))
+
+    def val_mse(alpha):
+        return np.mean((Ridge(alpha=alpha).fit(Xa, ya).predict(Xv) - yv) ** 2)
+    hypergrad = (val_mse(0.05 + 1e-6) - val_mse(0.05 - 1e-6)) / 2e-6
+    assert h.improved_
+    assert np.sign(h.best_params_["alpha"] - 0.05) == -np.sign(hypergrad)
+    assert h.validation_loss_[1] == pytest.approx(val_mse(h.best_params_["alpha"]))
+    assert h.validation_loss_[1] < h.validation_loss_[0]
+
+
+def test_elastic_net_pipeline_from_a_grid_search(diabetes):
+    from sklearn.linear_model import ElasticNet
+    Xtr, Xte, ytr, yte = diabetes
+    search = GridSearchCV(make_pipeline(StandardScaler(), ElasticNet()),
+                          {"elasticnet__alpha": [1e-2, 1e-1, 1.0],
+                           "elasticnet__l1_ratio": [0.1, 0.5, 0.9]}, cv=3)
+    h = HyperLocalRefiner(search, random_state=0).fit(Xtr, ytr)
+    assert h.validation_loss_[1] <= h.validation_loss_[0]
+    alpha, ratio = h.best_params_["elasticnet__alpha"], h.best_params_["elasticnet__l1_ratio"]
+    assert alpha > 0 and 0 < ratio <= 1
+    assert h.best_estimator_[-1].alpha == alpha and h.best_estimator_[-1].l1_ratio == ratio
+    assert len(h.cv_results_["params"]) == 2 and h.history_["kind"][0] == "lp"
+    with pytest.raises(ValueError, match="continuous may name"):
+        HyperLocalRefiner(search, ["elasticnet__tol"]).fit(Xtr, ytr)

@@ -1,0 +1,129 @@
+"""The LP hyper local search for scikit-learn's linear models (spec hyperlocal.md §3, step 8b).
+
+The lower level can be re-solved exactly, so the LP only chooses the direction of the penalty
+coefficients; every line-search trial refits the model at the new coefficients. Exact
+derivatives of each model's own objective, with X~ = [X, 1] (the intercept unpenalised):
+
+* ``ElasticNet``: (1/2n)||y - X~w||^2 + l1 ||w||_1 + (l2/2)||w||^2 with l1 = alpha * l1_ratio,
+  l2 = alpha * (1 - l1_ratio); H_ww = X~'X~/n + l2 diag(1..1, 0); H_wλ = [sign(w), w];
+* ``Lasso``: (1/2n)||y - X~w||^2 + alpha ||w||_1; H_ww = X~'X~/n; H_wλ = [sign(w)];
+* ``Ridge``: ||y - X~w||^2 + alpha ||w||^2; H_ww = 2 X~'X~ + 2 alpha diag(1..1, 0);
+  H_wλ = [2 w].
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.linear_model import ElasticNet, Lasso, Ridge
+from sklearn.pipeline import Pipeline
+
+from ..linesearch import bounding_phase, golden_section
+from ..lp import LinearProgram, solve_lp
+
+LINEAR = (ElasticNet, Lasso, Ridge)
+_FLOOR = 1e-10
+
+
+def find_linear(estimator):
+    """``(model, prefix)`` if ``estimator`` is (or ends in) ElasticNet, Lasso or Ridge, else
+    None."""
+    if isinstance(estimator, Pipeline):
+        name, last = estimator.steps[-1]
+        return (last, f"{name}__") if type(last) in LINEAR else None
+    return (estimator, "") if type(estimator) in LINEAR else None
+
+
+def penalty_names(model):
+    return ["alpha", "l1_ratio"] if type(model) is ElasticNet else ["alpha"]
+
+
+def _coefficients(model):
+    """The LP's hyper-parameters: (l1, l2) for ElasticNet, (alpha,) otherwise."""
+    if type(model) is ElasticNet:
+        return np.array([model.alpha * model.l1_ratio, model.alpha * (1 - model.l1_ratio)])
+    return np.array([model.alpha])
+
+
+def _as_params(model, lam, prefix):
+    lam = np.maximum(lam, _FLOOR)
+    if type(model) is ElasticNet:
+        alpha = float(lam.sum())
+        return {f"{prefix}alpha": alpha, f"{prefix}l1_ratio": float(lam[0] / alpha)}
+    return {f"{prefix}alpha": float(lam[0])}
+
+
+def _derivatives(model, Xt, lam):
+    """(H_ww, H_wλ) at the fitted model for the transformed training inputs ``Xt``."""
+    n, p = Xt.shape
+    Xa = np.hstack([Xt, np.ones((n, 1))]) if model.fit_intercept else Xt
+    w = np.r_[np.ravel(model.coef_), np.ravel(model.intercept_)] if model.fit_intercept \
+        else np.ravel(model.coef_)
+    mask = np.r_[np.ones(p), np.zeros(Xa.shape[1] - p)]  # the intercept is not penalised
+    if type(model) is Ridge:
+        return 2 * Xa.T @ Xa + 2 * lam[0] * np.diag(mask), (2 * w * mask)[:, None], Xa, w
+    H = Xa.T @ Xa / n
+    cols = [np.sign(w) * mask]
+    if type(model) is ElasticNet:
+        H = H + lam[1] * np.diag(mask)
+        cols.append(w * mask)
+    return H, np.column_stack(cols), Xa, w
+
+
+def refine_linear(refiner, base, prefix, base_params, Xt, yt, Xv, yv, rng):
+    """One LP direction for the penalties, then a line search with exact refits. Returns the
+    refined model, its params and the record (history rows, timings, losses)."""
+    model = base.steps[-1][1] if isinstance(base, Pipeline) else base
+    head = Pipeline(base.steps[:-1]) if isinstance(base, Pipeline) and len(base.steps) > 1 \
+        else None
+    Xt_, Xv_ = (head.transform(Xt), head.transform(Xv)) if head is not None else (Xt, Xv)
+    Xt_, Xv_ = np.asarray(Xt_, float), np.asarray(Xv_, float)
+    yt, yv = np.asarray(yt, float), np.asarray(yv, float)
+    timings = {"gradients": 0.0, "hessian": 0.0, "lp": 0.0, "line_search": 0.0}
+    lam0 = _coefficients(model)
+
+    t0 = time.perf_counter()
+    H_ww, H_wl, _, w = _derivatives(model, Xt_, lam0)
+    Xva = np.hstack([Xv_, np.ones((len(Xv_), 1))]) if model.fit_intercept else Xv_
+    g = 2 * Xva.T @ (Xva @ w - yv) / len(yv)  # gradient of the validation MSE
+    timings["hessian"] = time.perf_counter() - t0
+    k, n = H_wl.shape[1], H_ww.shape[0]
+    box_w = 100.0 if refiner.box_weights is None else refiner.box_weights
+    lp = LinearProgram(c=np.r_[np.zeros(k), g], A=np.hstack([H_wl, H_ww]), delta=refiner.delta,
+                       lower=np.r_[np.full(k, -refiner.box_hparams), np.full(n, -box_w)],
+                       upper=np.r_[np.full(k, refiner.box_hparams), np.full(n, box_w)])
+    sol = solve_lp(lp, refiner.lp_solver, seed=int(rng.randint(2**31 - 1)))
+    timings["lp"] = sol.solve_time
+    log = [{"kind": "lp", "iteration": 0, "rows": sol.n_rows, "variables": sol.n_vars,
+            "objective": sol.objective, "solve_time": sol.solve_time}]
+
+    def fitted(lam):
+        m = clone(model).set_params(**_as_params(model, lam, ""))
+        return m.fit(Xt_, yt)
+
+    def phi(t):
+        value = float(np.mean((fitted(lam0 + t * d) .predict(Xv_) - yv) ** 2))
+        log.append({"kind": "line_search", "iteration": 0, "t": t, "validation_loss": value})
+        return value
+
+    start_loss = float(np.mean((model.predict(Xv_) - yv) ** 2))
+    d_lam = sol.x[:k]
+    best_lam, best_loss = lam0, start_loss
+    if np.linalg.norm(d_lam) > 0 and sol.objective < 0:
+        d = d_lam / np.linalg.norm(d_lam)
+        t0 = time.perf_counter()
+        step = 1e-3 if refiner.line_step is None else refiner.line_step
+        tol = 1e-6 if refiner.gss_tol is None else refiner.gss_tol
+        lo, hi = golden_section(phi, *bounding_phase(phi, step), tol)
+        t_star = lo if phi(lo) <= phi(hi) else hi  # the better endpoint (the authors' rule)
+        loss = phi(t_star)
+        timings["line_search"] = time.perf_counter() - t0
+        if loss < start_loss:
+            best_lam, best_loss = np.maximum(lam0 + t_star * d, _FLOOR), loss
+    params = _as_params(model, best_lam, prefix)
+    refined = clone(base).set_params(**params) if best_lam is not lam0 else None
+    if refined is not None:
+        refined.fit(Xt, yt)
+    return refined, params, log, timings, (start_loss, best_loss)
