@@ -182,3 +182,28 @@ def test_elastic_net_pipeline_from_a_grid_search(diabetes):
     assert len(h.cv_results_["params"]) == 2 and h.history_["kind"][0] == "lp"
     with pytest.raises(ValueError, match="continuous may name"):
         HyperLocalRefiner(search, ["elasticnet__tol"]).fit(Xtr, ytr)
+
+
+# -- the benchmark protocol (skhpo hyperlocal) ---------------------------------------------------
+
+def test_protocol_rows_and_summary():
+    from skhpo.bench.hyperlocal_protocol import run_one, summarize
+    pytest.importorskip("optuna")
+    rows = [run_one(("enet",), base, 0, n_trials=8) for base in ("grid", "qmc")]
+    rows.append(run_one(("mlp", 1, 200), "random", 0, n_trials=2, max_epochs=2))
+    for r in rows:
+        assert r["val_loss_after"] <= r["val_loss_before"]  # accept-if-better
+        assert r["added_time"] == pytest.approx(r["refine_time"] / r["base_time"])
+    mlp = rows[-1]
+    assert mlp["task"] == "mlp-1hp-200" and 0 <= mlp["test_acc_after"] <= 1
+    summary = {(s["task"], s["base"]): s for s in summarize(rows)}
+    enet = summary["enet-diabetes", "grid"]
+    assert enet["runs"] == 1 and "d_val_acc" not in enet
+    assert enet["d_val_loss"] == pytest.approx(rows[0]["val_loss_after"] -
+                                               rows[0]["val_loss_before"])
+
+
+def test_hyperlocal_cli_bad_input(capsys):
+    from skhpo.cli import main
+    assert main(["hyperlocal", "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err

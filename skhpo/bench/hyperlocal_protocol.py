@@ -1,0 +1,185 @@
+"""The benchmark of the LP hyper local search (issue 5; spec hyperlocal.md §5).
+
+Each run: split the data into train / validation / test (seeded), run a base search of
+``n_trials`` trials with one of Optuna's four samplers (grid, random, TPE, QMC, the paper's
+bases), each trial trained on the training part and judged by its validation loss; then refine
+the best trial's model with :class:`HyperLocalRefiner` (already fitted: validation data plus the
+training data) and record validation and test loss and accuracy before and after, and the
+refinement's time as a fraction of the base search's.
+
+* ``mlp``: digits, an MLP with 1, 2 or 4 linear layers (``n_hp``), one L2 coefficient per
+  layer in [1e-6, 1e-1] (log), ``train_size`` training samples or all;
+* ``enet``: diabetes, ``ElasticNet`` with l1 = alpha * l1_ratio and l2 = alpha * (1 - l1_ratio)
+  each in [1e-10, 1] (uniform, as the paper's elastic-net runs), loss = MSE.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+from sklearn import datasets
+from sklearn.linear_model import ElasticNet
+from sklearn.metrics import log_loss
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from skhpo import HyperLocalRefiner, TabularMLPClassifier
+
+SAMPLERS = ("grid", "random", "tpe", "qmc")
+
+
+def _sampler(name, space, n_trials, seed):
+    import optuna
+
+    if name == "grid":
+        per = max(2, int(np.floor(n_trials ** (1 / len(space)) + 1e-9)))
+        grid = {k: list(np.geomspace(lo, hi, per)) if log else list(np.linspace(lo, hi, per))
+                for k, (lo, hi, log) in space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.QMCSampler(seed=seed)
+
+
+def _base_search(sampler, space, n_trials, seed, train_and_score):
+    """Optuna over ``space`` (a grid stops when exhausted); returns (best model, its params,
+    seconds)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=_sampler(sampler, space, n_trials, seed))
+    best = {"loss": np.inf, "model": None, "params": None}
+
+    def objective(trial):
+        params = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in
+                  space.items()}
+        model, loss = train_and_score(params)
+        if loss < best["loss"]:
+            best.update(loss=loss, model=model, params=params)
+        return loss if np.isfinite(loss) else 1e12
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=n_trials)
+    return best["model"], best["params"], time.perf_counter() - start
+
+
+def _mlp_run(n_hp, train_size, sampler, seed, n_trials, max_epochs):
+    X, y = datasets.load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    Xrest, Xte, yrest, yte = train_test_split(X, y, test_size=0.2, random_state=seed,
+                                              stratify=y)
+    Xtr, Xv, ytr, yv = train_test_split(Xrest, yrest, test_size=0.2, random_state=seed,
+                                        stratify=yrest)
+    if train_size is not None and train_size < len(Xtr):
+        Xtr, ytr = Xtr[:train_size], ytr[:train_size]
+    space = {f"l2_{k}": (1e-6, 1e-1, True) for k in range(n_hp)}
+
+    def train_and_score(params):
+        l2 = [params[f"l2_{k}"] for k in range(n_hp)]
+        net = TabularMLPClassifier(depth=n_hp - 1, width=64, l2=l2, max_epochs=max_epochs,
+                                   batch_size=128, random_state=seed).fit(Xtr, ytr)
+        return net, log_loss(yv, net.predict_proba(Xv), labels=net.classes_)
+
+    model, params, base_time = _base_search(sampler, space, n_trials, seed, train_and_score)
+    start = time.perf_counter()
+    refiner = HyperLocalRefiner(model, ["l2"], random_state=seed).fit(Xv, yv, X_train=Xtr,
+                                                                     y_train=ytr)
+    refine_time = time.perf_counter() - start
+
+    def metrics(m):
+        return {"val_loss": log_loss(yv, m.predict_proba(Xv), labels=m.classes_),
+                "test_loss": log_loss(yte, m.predict_proba(Xte), labels=m.classes_),
+                "val_acc": m.score(Xv, yv), "test_acc": m.score(Xte, yte)}
+    return metrics(model), metrics(refiner.best_estimator_), base_time, refine_time, refiner
+
+
+def _enet_run(sampler, seed, n_trials):
+    X, y = datasets.load_diabetes(return_X_y=True)
+    Xrest, Xte, yrest, yte = train_test_split(X, y, test_size=0.2, random_state=seed)
+    Xtr, Xv, ytr, yv = train_test_split(Xrest, yrest, test_size=0.2, random_state=seed)
+    scaler = StandardScaler().fit(Xtr)
+    Xtr, Xv, Xte = scaler.transform(Xtr), scaler.transform(Xv), scaler.transform(Xte)
+    space = {"l1": (1e-10, 1.0, False), "l2": (1e-10, 1.0, False)}
+
+    def train_and_score(params):
+        alpha = params["l1"] + params["l2"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = ElasticNet(alpha=alpha, l1_ratio=params["l1"] / alpha, max_iter=10000)
+            m.fit(Xtr, ytr)
+        return m, float(np.mean((m.predict(Xv) - yv) ** 2))
+
+    model, params, base_time = _base_search(sampler, space, n_trials, seed, train_and_score)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refiner = HyperLocalRefiner(model, random_state=seed).fit(Xv, yv, X_train=Xtr,
+                                                                  y_train=ytr)
+    refine_time = time.perf_counter() - start
+
+    def metrics(m):
+        return {"val_loss": float(np.mean((m.predict(Xv) - yv) ** 2)),
+                "test_loss": float(np.mean((m.predict(Xte) - yte) ** 2))}
+    return metrics(model), metrics(refiner.best_estimator_), base_time, refine_time, refiner
+
+
+def run_one(task, sampler, seed, n_trials=12, max_epochs=30):
+    """One base search + refinement; ``task`` is ``("mlp", n_hp, train_size)`` or
+    ``("enet",)``. Returns a flat result row."""
+    import torch
+
+    torch.set_num_threads(1)
+    if task[0] == "mlp":
+        before, after, tb, tr, ref = _mlp_run(task[1], task[2], sampler, seed, n_trials,
+                                              max_epochs)
+        name = f"mlp-{task[1]}hp-{task[2] or 'all'}"
+    else:
+        before, after, tb, tr, ref = _enet_run(sampler, seed, n_trials)
+        name = "enet-diabetes"
+    row = {"task": name, "base": sampler, "seed": seed, "base_time": tb, "refine_time": tr,
+           "added_time": tr / tb, "improved": bool(ref.improved_)}
+    for k in before:
+        row[f"{k}_before"], row[f"{k}_after"] = float(before[k]), float(after[k])
+    return row
+
+
+def summarize(rows):
+    """Per (task, base): runs, share improved (validation loss fell), median changes of the
+    metrics (after - before), median added time."""
+    out = []
+    for task, base in sorted({(r["task"], r["base"]) for r in rows}):
+        sel = [r for r in rows if r["task"] == task and r["base"] == base]
+        s = {"task": task, "base": base, "runs": len(sel),
+             "improved": float(np.mean([r["val_loss_after"] < r["val_loss_before"]
+                                        for r in sel])),
+             "added_time": float(np.median([r["added_time"] for r in sel]))}
+        for k in ("val_loss", "test_loss", "val_acc", "test_acc"):
+            if f"{k}_before" in sel[0]:
+                s[f"d_{k}"] = float(np.median([r[f"{k}_after"] - r[f"{k}_before"]
+                                               for r in sel]))
+        out.append(s)
+    return out
+
+
+TASKS = [("mlp", n_hp, size) for n_hp in (1, 2, 4) for size in (1000, None)] + [("enet",)]
+
+
+def run_protocol(seeds, n_trials=12, max_epochs=30, n_jobs=None, progress=None):
+    """Every (task, base, seed) of the benchmark, in parallel; rows in completion order."""
+    from joblib import Parallel, delayed
+
+    jobs = [(t, b, s) for t in TASKS for b in SAMPLERS for s in range(seeds)]
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            delayed(run_one)(t, b, s, n_trials, max_epochs) for t, b, s in jobs)
+        for i, row in enumerate(out, 1):
+            rows.append(row)
+            if progress is not None:
+                progress(i, len(jobs), row)
+    return rows
