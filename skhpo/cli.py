@@ -51,9 +51,7 @@ def bench(args):
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    for name in ("seeds", "n_trials", "n_finalists", "max_epochs", "cv"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _check_positive(args, "seeds", "n_trials", "n_finalists", "max_epochs", "cv")
     if (args.csv is None) != (args.target is None):
         raise ValueError("--csv and --target go together: --csv PATH --target COL")
     unknown = [m for m in args.methods if m not in METHODS]
@@ -101,6 +99,12 @@ def bench(args):
         except ValueError as exc:  # no matplotlib: the numbers are saved, say why no plot
             print(f"no plot: {exc}", file=sys.stderr)
     return 0
+
+
+def _check_positive(args, *names):
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
 def _bar(done, total, elapsed, width=20):
@@ -156,9 +160,7 @@ def _bayesmark_parser(sub):
 def bayesmark(args):
     from .bench.bayesmark_protocol import load_results, run_protocol, score_results
 
-    for name in ("studies", "calls"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    _check_positive(args, "studies", "calls")
     start = time.perf_counter()
 
     def progress(done, total, study):
@@ -230,9 +232,7 @@ def _hyperlocal_parser(sub):
 def hyperlocal(args):
     from .bench.hyperlocal_protocol import run_protocol, summarize
 
-    for name in ("seeds", "n_trials", "max_epochs"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _check_positive(args, "seeds", "n_trials", "max_epochs")
     start = time.perf_counter()
 
     def progress(done, total, r):
