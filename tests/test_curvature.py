@@ -61,3 +61,42 @@ def test_unflatten_round_trip_and_errors():
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable weights"):
         flat_params(frozen)
+
+
+def test_sr1_snapshots_pair_weights_with_their_gradients():
+    """Full-batch SGD on a quadratic: each recorded pair satisfies y = H s exactly."""
+    from skorch import NeuralNetRegressor
+    from skhpo.probes.curvature import SR1Snapshots
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -1.0, 2.0]) + 0.1 * rng.normal(size=50)).astype(np.float32)
+    snaps = SR1Snapshots(window=5)
+    torch.manual_seed(0)
+    net = NeuralNetRegressor(nn.Linear(3, 1), criterion=nn.MSELoss, optimizer=torch.optim.SGD,
+                             lr=0.05, batch_size=-1, max_epochs=8, train_split=None, verbose=0,
+                             callbacks=[("sr1", snaps)])
+    net.fit(X, y[:, None])
+    assert len(snaps.weights_) == 5  # the last `window` epochs
+    H = hessian_rows(net.module_, nn.functional.mse_loss, torch.as_tensor(X),
+                     torch.as_tensor(y[:, None]), range(4))  # MSE: reverse-over-reverse
+    for k in range(1, 5):
+        s, g = snaps.weights_[k] - snaps.weights_[k - 1], \
+            snaps.gradients_[k] - snaps.gradients_[k - 1]
+        torch.testing.assert_close(g, H @ s, rtol=1e-3, atol=1e-5)
+
+
+def test_sr1_recovers_a_hessian_from_independent_steps():
+    from skhpo.probes.curvature import sr1_rows
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(5, 5))
+    H = torch.as_tensor(A @ A.T + np.eye(5))
+    W = [torch.zeros(5, dtype=torch.float64)]
+    for _ in range(6):
+        W.append(W[-1] + torch.as_tensor(rng.normal(size=5)))
+    G = [H @ w for w in W]  # gradients of 1/2 w'Hw
+    torch.testing.assert_close(sr1_rows(W, G, range(5)), H)
+    torch.testing.assert_close(sr1_rows(W, G, [1, 3]), H[[1, 3]])
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        sr1_rows(W[:1], G[:1], [0])
+    with pytest.raises(ValueError, match="use hessian='hvp'"):
+        sr1_rows(W, G, [0], max_weights=3)

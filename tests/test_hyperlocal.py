@@ -207,3 +207,14 @@ def test_hyperlocal_cli_bad_input(capsys):
     from skhpo.cli import main
     assert main(["hyperlocal", "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_sr1_hessian_needs_snapshots_and_refines(digits):
+    from skhpo.probes.curvature import SR1Snapshots
+    Xtr, _, ytr, _ = digits
+    with pytest.raises(ValueError, match="needs the base net trained with"):
+        HyperLocalRefiner(small(l2=[1e-3, 1e-3]), ["l2"], hessian="sr1").fit(Xtr, ytr)
+    net = small(width=8, l2=[1e-3, 1e-3], callbacks=[("sr1", SR1Snapshots())])
+    h = HyperLocalRefiner(net, ["l2"], hessian="sr1", random_state=0).fit(Xtr, ytr)
+    assert h.validation_loss_[1] <= h.validation_loss_[0]
+    assert h.history_["kind"][0] == "lp" and h.timings_["hessian"] > 0

@@ -133,6 +133,7 @@ def run_one(task, sampler, seed, n_trials=12, max_epochs=30):
     import torch
 
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*experimental.*")  # QMCSampler, in workers
     if task[0] == "mlp":
         before, after, tb, tr, ref = _mlp_run(task[1], task[2], sampler, seed, n_trials,
                                               max_epochs)

@@ -5,7 +5,11 @@ The LP hyper local search needs, at the trained weights w:
 * the gradient of the (unregularised) validation loss, ∇_w F;
 * rows of the Hessian of the (regularised) training objective, H_ww[R, :], computed exactly by
   Hessian-vector products: row i = (H e_i)^T by symmetry, ``torch.func.jvp`` of
-  ``torch.func.grad``, vectorised over chunks of unit vectors with ``torch.func.vmap``.
+  ``torch.func.grad`` (reverse-over-reverse for losses whose forward-mode double derivative
+  PyTorch lacks, such as ``mse_loss``), vectorised over chunks of unit vectors with
+  ``torch.func.vmap``;
+* an SR1 estimate of those rows from per-epoch snapshots of a training run (the paper's
+  choice), for small models.
 
 Everything works on the flat vector of the module's *trainable* parameters, in
 ``named_parameters()`` order, and evaluates the module in eval mode (dropout off, batch norm on
@@ -16,10 +20,11 @@ modified.
 from __future__ import annotations
 
 import torch
+from skorch.callbacks import Callback
 from torch.func import functional_call, grad, jvp, vmap
 
 __all__ = ["trainable", "flat_params", "unflatten", "objective", "flat_gradient",
-           "hessian_rows"]
+           "hessian_rows", "SR1Snapshots", "sr1_rows"]
 
 
 def trainable(module):
@@ -86,14 +91,80 @@ def hessian_rows(module, criterion, X, y, rows, penalty=None, chunk=64):
     rows = torch.as_tensor(rows, dtype=torch.long)
     g = grad(f)
 
-    def hvp(v):
+    def forward_over_reverse(v):
         return jvp(g, (w,), (v,))[1]
 
-    out = []
+    def reverse_over_reverse(v):
+        return grad(lambda u: g(u) @ v)(w)
+
+    out, hvp = [], forward_over_reverse
     with _eval(module):
         for start in range(0, len(rows), chunk):
             idx = rows[start:start + chunk]
             basis = torch.zeros(len(idx), w.numel(), dtype=w.dtype, device=w.device)
             basis[torch.arange(len(idx)), idx] = 1.0
-            out.append(vmap(hvp)(basis).detach())
+            try:
+                out.append(vmap(hvp)(basis).detach())
+            except RuntimeError:  # a loss without forward-mode double derivatives (MSE)
+                if hvp is reverse_over_reverse:
+                    raise
+                hvp = reverse_over_reverse
+                out.append(vmap(hvp)(basis).detach())
     return torch.cat(out) if out else torch.zeros(0, w.numel(), dtype=w.dtype)
+
+
+class SR1Snapshots(Callback):
+    """Records, for SR1 Hessian estimates, the flat trainable weights at the start of each
+    epoch and the mean mini-batch gradient over that epoch (of the loss the net minimises,
+    penalties included), keeping the last ``window`` epochs (the paper: 50).
+
+    Add it to the base net's callbacks to use ``HyperLocalRefiner(hessian="sr1")``.
+    """
+
+    def __init__(self, window=50):
+        self.window = window
+
+    def initialize(self):
+        self.weights_, self.gradients_ = [], []
+        return self
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._start = flat_params(net.module_)
+        self._sum, self._count = None, 0
+
+    def on_grad_computed(self, net, named_parameters, training=True, **kwargs):
+        if not training:
+            return
+        g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+                       .reshape(-1) for _, p in trainable(net.module_)])
+        self._sum = g.clone() if self._sum is None else self._sum + g
+        self._count += 1
+
+    def on_epoch_end(self, net, **kwargs):
+        if self._count:
+            self.weights_.append(self._start)
+            self.gradients_.append(self._sum / self._count)
+            self.weights_, self.gradients_ = (self.weights_[-self.window:],
+                                              self.gradients_[-self.window:])
+
+
+def sr1_rows(weights, gradients, rows, max_weights=30000):
+    """Rows of the SR1 Hessian estimate from consecutive (weights, mean gradient) pairs:
+    B_0 = I, B <- B + r r^T / (r^T s) with s = w_k - w_(k-1), y = g_k - g_(k-1), r = y - B s,
+    skipping an update when |r^T s| < 1e-8 ||r|| ||s|| (our safeguard). Memory is O(n^2):
+    more than ``max_weights`` weights is an error."""
+    if len(weights) < 2:
+        raise ValueError("SR1 needs snapshots of at least 2 epochs (SR1Snapshots callback)")
+    n = weights[0].numel()
+    if n > max_weights:
+        raise ValueError(f"SR1 keeps an n x n matrix; {n} weights is more than {max_weights}: "
+                         "use hessian='hvp'")
+    B = torch.eye(n, dtype=torch.float64)
+    for k in range(1, len(weights)):
+        s = (weights[k] - weights[k - 1]).double()
+        y = (gradients[k] - gradients[k - 1]).double()
+        r = y - B @ s
+        denom = float(r @ s)
+        if abs(denom) >= 1e-8 * float(r.norm() * s.norm()) and denom != 0:
+            B += torch.outer(r, r) / denom
+    return B[torch.as_tensor(rows, dtype=torch.long)].to(weights[0].dtype)

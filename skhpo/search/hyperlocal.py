@@ -37,8 +37,8 @@ from sklearn.utils.validation import check_is_fitted
 from ..linesearch import line_search
 from ..lp import SOLVERS, LinearProgram, solve_lp
 from ..nets import find_net, net_input
-from ..probes.curvature import (flat_gradient, flat_params, hessian_rows, objective,
-                                trainable)
+from ..probes.curvature import (SR1Snapshots, flat_gradient, flat_params, hessian_rows,
+                                objective, sr1_rows, trainable)
 from ._hyperlocal_linear import find_linear, penalty_names, refine_linear
 
 __all__ = ["HyperLocalRefiner"]
@@ -107,6 +107,11 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
     rows : float, int or "all", default=0.01
         Hessian rows in the LP: a fraction of the weights (at least 10), a count, or every
         penalised coordinate; at most 2,000.
+    hessian : {"hvp", "sr1"}, default="hvp"
+        Exact Hessian rows by Hessian-vector products on the training data, or the paper's
+        SR1 estimate from the last epochs of the base training, which needs the base net
+        trained with :class:`skhpo.probes.curvature.SR1Snapshots` among its callbacks (and
+        at most 30,000 weights; its gradients include the penalties). Nets only.
     delta : float, default=1e-4
         Slack of the linearised optimality rows.
     box_hparams : float, default=1.0
@@ -151,9 +156,6 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
     refined_penalties_ : dict
         The refined value of each penalty coefficient (per layer as ``l2[k]``).
 
-    Notes
-    -----
-    Not offered: the paper's SR1 Hessian (exact Hessian-vector rows are used instead).
     """
 
     _parameter_constraints: dict = {
@@ -163,6 +165,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         "rows": [Interval(Real, 0, 1, closed="right"), Interval(Integral, 1, None,
                                                                  closed="left"),
                  StrOptions({"all"})],
+        "hessian": [StrOptions({"hvp", "sr1"})],
         "delta": [Interval(Real, 0, None, closed="neither")],
         "box_hparams": [Interval(Real, 0, None, closed="neither")],
         "box_weights": [Interval(Real, 0, None, closed="neither"), None],
@@ -176,13 +179,14 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
     }
 
     def __init__(self, search, continuous=None, *, validation_fraction=0.2, rows=0.01,
-                 delta=1e-4, box_hparams=1.0, box_weights=None, line_step=None, gss_tol=None,
+                 hessian="hvp", delta=1e-4, box_hparams=1.0, box_weights=None, line_step=None, gss_tol=None,
                  max_iter=1, lp_solver="highs", hessian_samples=4096, random_state=None,
                  verbose=0):
         self.search = search
         self.continuous = continuous
         self.validation_fraction = validation_fraction
         self.rows = rows
+        self.hessian = hessian
         self.delta = delta
         self.box_hparams = box_hparams
         self.box_weights = box_weights
@@ -232,6 +236,14 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
             return self._refine_linear(base, base_params, Xt, yt, Xv, yv, rng)
         net, prefix = find_net(base)
         penalties = self._penalties(net, prefix, base_params)
+        if self.hessian == "sr1":
+            snaps = [cb for _, cb in getattr(net, "callbacks_", []) if
+                     isinstance(cb, SR1Snapshots)]
+            if not snaps or len(snaps[0].weights_) < 2:
+                raise ValueError("hessian='sr1' needs the base net trained with "
+                                 "skhpo.probes.curvature.SR1Snapshots() among its callbacks "
+                                 "(at least 2 epochs); or use hessian='hvp'")
+            self._snapshots = snaps[0]
         self._refine(base, net, prefix, penalties, base_params, Xt, yt, Xv, yv, rng)
         return self
 
@@ -397,7 +409,10 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
             return sum(float(v) * p.term(params) for p, v in zip(penalties, lam))
 
         t0 = time.perf_counter()
-        H_ww = hessian_rows(module, criterion, Xtr, ytr, rows, penalty=penalty)
+        if self.hessian == "sr1":
+            H_ww = sr1_rows(self._snapshots.weights_, self._snapshots.gradients_, rows)
+        else:
+            H_ww = hessian_rows(module, criterion, Xtr, ytr, rows, penalty=penalty)
         self.timings_["hessian"] += time.perf_counter() - t0
 
         n, k = w0.numel(), len(penalties)
