@@ -87,10 +87,8 @@ def bench(args):
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(rows, f, indent=1)
-        with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows({**r, "best_params": json.dumps(r["best_params"])} for r in rows)
+        _write_csv(os.path.join(args.out, "results.csv"),
+                   [{**r, "best_params": json.dumps(r["best_params"])} for r in rows])
         print(f"results in {args.out}/results.csv and results.json")
         try:
             from .bench.plot import plot_results
@@ -117,7 +115,7 @@ def _bar(done, total, elapsed, width=20):
 
 def _print_tests(rows):
     """Pairwise Mann-Whitney tests per task (BH-corrected at 5 %), pooled wins/ties/losses."""
-    from .bench.stats import pairwise_tests, wins_ties_losses
+    from .bench.stats import pairwise_tests
 
     tests = []
     for task in sorted({r["task"] for r in rows}):
@@ -127,12 +125,26 @@ def _print_tests(rows):
                 scores.setdefault(r["method"], []).append(r["test_score"])
         if len(scores) > 1 and min(len(v) for v in scores.values()) > 1:
             tests += pairwise_tests(scores)
-    if not tests:
-        return
-    print("\nwins / ties / losses over tasks (two-sided Mann-Whitney U on test scores across "
-          "seeds, Benjamini-Hochberg at 5 %)")
+    if tests:
+        _print_wtl(tests, "\nwins / ties / losses over tasks (two-sided Mann-Whitney U on test "
+                   "scores across seeds, Benjamini-Hochberg at 5 %)")
+
+
+def _print_wtl(tests, title):
+    from .bench.stats import wins_ties_losses
+
+    print(title)
     for method, c in wins_ties_losses(tests).items():
-        print(f"  {method:10s} {c['wins']} / {c['ties']} / {c['losses']}")
+        print(f"  {method:12s} {c['wins']} / {c['ties']} / {c['losses']}")
+
+
+def _write_csv(path, rows, exclude=()):
+    """``rows`` (dicts) to a CSV file; columns in first-seen order, minus ``exclude``."""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in exclude]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _bayesmark_parser(sub):
@@ -187,17 +199,14 @@ def bayesmark(args):
               f"{r['median']:7.2f} {r['wall_per_study']:9.1f}s  {r['pool']}")
     _print_bayesmark_tests(rows)
     name = "scores.csv" if args.pool is None else f"scores_{'+'.join(sorted(args.pool))}.csv"
-    with open(os.path.join(args.out, name), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "scores"])
-        writer.writeheader()
-        writer.writerows({k: v for k, v in r.items() if k != "scores"} for r in rows)
+    _write_csv(os.path.join(args.out, name), rows, exclude=("scores",))
     print(f"\nscores in {args.out}/{name}; total {time.perf_counter() - start:.1f}s")
     return 0
 
 
 def _print_bayesmark_tests(rows):
     """Per dataset, pairwise Mann-Whitney tests of the per-study scores (BH at 5 %)."""
-    from .bench.stats import pairwise_tests, wins_ties_losses
+    from .bench.stats import pairwise_tests
 
     tests = []
     for dataset in sorted({r["dataset"] for r in rows}):
@@ -209,10 +218,8 @@ def _print_bayesmark_tests(rows):
                 print(f"  {dataset:14s} {t['a']} vs {t['b']}: p = {t['p']:.3g} "
                       f"(BH-adjusted {t['p_adjusted']:.3g}) -> {t['better'] or 'tie'}")
     if tests:
-        print("wins / ties / losses over datasets (two-sided Mann-Whitney U on per-study "
-              "scores, Benjamini-Hochberg at 5 %)")
-        for method, c in wins_ties_losses(tests).items():
-            print(f"  {method:12s} {c['wins']} / {c['ties']} / {c['losses']}")
+        _print_wtl(tests, "wins / ties / losses over datasets (two-sided Mann-Whitney U on "
+                   "per-study scores, Benjamini-Hochberg at 5 %)")
 
 
 def _hyperlocal_parser(sub):
@@ -253,12 +260,8 @@ def hyperlocal(args):
     print(f"\ntotal {time.perf_counter() - start:.1f}s (medians over seeds of after - before)")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        for name, table in (("results.csv", rows), ("summary.csv", summary)):
-            keys = list(dict.fromkeys(k for r in table for k in r))
-            with open(os.path.join(args.out, name), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(table)
+        _write_csv(os.path.join(args.out, "results.csv"), rows)
+        _write_csv(os.path.join(args.out, "summary.csv"), summary)
         print(f"results in {args.out}/results.csv and summary.csv")
     return 0
 
