@@ -8,7 +8,6 @@ retraining, and keeps the step only if the validation loss falls.
 """
 
 import numpy as np
-from scipy.stats import loguniform
 from sklearn.datasets import load_digits
 from sklearn.model_selection import RandomizedSearchCV, train_test_split
 from sklearn.preprocessing import StandardScaler

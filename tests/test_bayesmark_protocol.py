@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
-from skhpo.bench.bayesmark import best_so_far, normalized, pool_baselines
 from skhpo.bench.bayesmark_protocol import (MLP_ADAM, WarpedUniform, flattest, load_raw,
                                             load_results, objective, run_study,
                                             sample_configs, score_results)

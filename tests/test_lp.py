@@ -47,7 +47,7 @@ def test_highs_and_gurobi_return_the_same_vertex():
 
 
 def test_gurobi_size_limit_is_an_error_naming_highs():
-    gp = pytest.importorskip("gurobipy")
+    pytest.importorskip("gurobipy")
     n = 2500  # beyond the pip licence's 2,000 variables
     lp = LinearProgram(c=np.ones(n), A=sparse.eye(n), delta=1.0, lower=-1, upper=1)
     try:

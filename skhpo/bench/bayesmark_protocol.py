@@ -147,7 +147,7 @@ def flattest(configs, X, y, *, n_keep, aggregate, discard_nonpositive, honour_co
     return [configs[keys.index(repr(sorted(p.items())))] for p in search.finalists_]
 
 
-def _suggest_paper(rng, X_train, y_train, n_calls, seed):
+def _suggest_paper(rng, X_train, y_train, seed):
     configs = sample_configs(rng, 50)
     kept = flattest(configs, X_train, y_train, n_keep=10, aggregate="max",
                     discard_nonpositive=True, honour_config=True, seed=seed)
@@ -182,7 +182,7 @@ def run_study(dataset, method, seed, n_calls=45):
     if method == "random":
         configs = sample_configs(rng, n_calls)
     elif method == "fghpo-paper":
-        configs = _suggest_paper(rng, X_train, y_train, n_calls, seed)
+        configs = _suggest_paper(rng, X_train, y_train, seed)
     else:
         configs = _suggest_repo(rng, X, y, n_calls, seed)
     suggest_time = time.perf_counter() - start

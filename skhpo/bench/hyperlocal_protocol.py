@@ -46,25 +46,24 @@ def _sampler(name, space, n_trials, seed):
 
 
 def _base_search(sampler, space, n_trials, seed, train_and_score):
-    """Optuna over ``space`` (a grid stops when exhausted); returns (best model, its params,
-    seconds)."""
+    """Optuna over ``space`` (a grid stops when exhausted); returns (best model, seconds)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=_sampler(sampler, space, n_trials, seed))
-    best = {"loss": np.inf, "model": None, "params": None}
+    best = {"loss": np.inf, "model": None}
 
     def objective(trial):
         params = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in
                   space.items()}
         model, loss = train_and_score(params)
         if loss < best["loss"]:
-            best.update(loss=loss, model=model, params=params)
+            best.update(loss=loss, model=model)
         return loss if np.isfinite(loss) else 1e12
 
     start = time.perf_counter()
     study.optimize(objective, n_trials=n_trials)
-    return best["model"], best["params"], time.perf_counter() - start
+    return best["model"], time.perf_counter() - start
 
 
 def _mlp_run(n_hp, train_size, sampler, seed, n_trials, max_epochs):
@@ -84,7 +83,7 @@ def _mlp_run(n_hp, train_size, sampler, seed, n_trials, max_epochs):
                                    batch_size=128, random_state=seed).fit(Xtr, ytr)
         return net, log_loss(yv, net.predict_proba(Xv), labels=net.classes_)
 
-    model, params, base_time = _base_search(sampler, space, n_trials, seed, train_and_score)
+    model, base_time = _base_search(sampler, space, n_trials, seed, train_and_score)
     start = time.perf_counter()
     refiner = HyperLocalRefiner(model, ["l2"], random_state=seed).fit(Xv, yv, X_train=Xtr,
                                                                      y_train=ytr)
@@ -113,7 +112,7 @@ def _enet_run(sampler, seed, n_trials):
             m.fit(Xtr, ytr)
         return m, float(np.mean((m.predict(Xv) - yv) ** 2))
 
-    model, params, base_time = _base_search(sampler, space, n_trials, seed, train_and_score)
+    model, base_time = _base_search(sampler, space, n_trials, seed, train_and_score)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

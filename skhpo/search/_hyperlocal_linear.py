@@ -72,7 +72,7 @@ def _derivatives(model, Xt, lam):
     return H, np.column_stack(cols), Xa, w
 
 
-def refine_linear(refiner, base, prefix, base_params, Xt, yt, Xv, yv, rng):
+def refine_linear(refiner, base, prefix, Xt, yt, Xv, yv, rng):
     """One LP direction for the penalties, then a line search with exact refits. Returns the
     refined model, its params and the record (history rows, timings, losses)."""
     model = base.steps[-1][1] if isinstance(base, Pipeline) else base
@@ -104,7 +104,7 @@ def refine_linear(refiner, base, prefix, base_params, Xt, yt, Xv, yv, rng):
         return m.fit(Xt_, yt)
 
     def phi(t):
-        value = float(np.mean((fitted(lam0 + t * d) .predict(Xv_) - yv) ** 2))
+        value = float(np.mean((fitted(lam0 + t * d).predict(Xv_) - yv) ** 2))
         log.append({"kind": "line_search", "iteration": 0, "t": t, "validation_loss": value})
         return value
 

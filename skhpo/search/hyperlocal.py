@@ -39,6 +39,7 @@ from ..lp import SOLVERS, LinearProgram, solve_lp
 from ..nets import find_net, net_input
 from ..probes.curvature import (SR1Snapshots, flat_gradient, flat_params, hessian_rows,
                                 objective, sr1_rows, trainable)
+from ._base import history_columns
 from ._hyperlocal_linear import find_linear, penalty_names, refine_linear
 
 __all__ = ["HyperLocalRefiner"]
@@ -244,7 +245,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
                                  "skhpo.probes.curvature.SR1Snapshots() among its callbacks "
                                  "(at least 2 epochs); or use hessian='hvp'")
             self._snapshots = snaps[0]
-        self._refine(base, net, prefix, penalties, base_params, Xt, yt, Xv, yv, rng)
+        self._refine(base, prefix, penalties, base_params, Xt, yt, Xv, yv, rng)
         return self
 
     def _check_names_before_training(self):
@@ -311,6 +312,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         if not names:
             raise ValueError("continuous is empty: name at least one penalty")
         weights = dict(trainable(net.module_))
+        by_id = {id(p): n for n, p in weights.items()}
         out = []
         for name in names:
             self._check_name(net, prefix, name)
@@ -318,9 +320,8 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
             if bare == "optimizer__weight_decay":
                 out.append(_Penalty(name, bare, None, "decay", list(weights)))
                 continue
-            pnames = {id(p): n for n, p in weights.items()}
-            layer_params = [pnames[id(layer.weight)] for layer in net.penalized_layers()
-                            if id(layer.weight) in pnames]
+            layer_params = [by_id[id(layer.weight)] for layer in net.penalized_layers()
+                            if id(layer.weight) in by_id]
             if np.ndim(getattr(net, bare)) == 0:
                 out.append(_Penalty(name, bare, None, bare, layer_params))
             else:
@@ -330,7 +331,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
 
     # -- the method ---------------------------------------------------------------------------
 
-    def _refine(self, base, net, prefix, penalties, base_params, Xt, yt, Xv, yv, rng):
+    def _refine(self, base, prefix, penalties, base_params, Xt, yt, Xv, yv, rng):
         model = copy.deepcopy(base)
         mnet, _ = find_net(model)
         module, criterion = mnet.module_, mnet.criterion_
@@ -363,8 +364,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         self.best_estimator_ = model
         self.best_params_ = {**base_params, **_regroup(penalties, lam, prefix)}
         self.best_score_ = after_score
-        self.history_ = {k: [r.get(k) for r in rows_log] for k in
-                         dict.fromkeys(k for r in rows_log for k in r)}
+        self.history_ = history_columns(rows_log)
         self.validation_loss_ = (start_loss, end_loss)
         self.refined_penalties_ = refined
         self.cv_results_ = _two_rows(base_params, self.best_params_, before_score, after_score)
@@ -372,8 +372,8 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
 
     def _refine_linear(self, base, base_params, Xt, yt, Xv, yv, rng):
         _, prefix = find_linear(base)
-        refined, params, log, timings, losses = refine_linear(self, base, prefix, base_params,
-                                                             Xt, yt, Xv, yv, rng)
+        refined, params, log, timings, losses = refine_linear(self, base, prefix, Xt, yt, Xv,
+                                                             yv, rng)
         self.improved_ = refined is not None
         self.best_estimator_ = refined if refined is not None else copy.deepcopy(base)
         self.best_params_ = {**base_params, **params}
@@ -382,8 +382,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         self.timings_ = timings
         self.validation_loss_ = losses
         self.refined_penalties_ = params
-        self.history_ = {k: [r.get(k) for r in log] for k in
-                         dict.fromkeys(k for r in log for k in r)}
+        self.history_ = history_columns(log)
         self.cv_results_ = _two_rows({**base_params, **{k: base.get_params()[k]
                                                         for k in params}},
                                      self.best_params_, before, after)
