@@ -1,0 +1,203 @@
+"""One-step look-ahead hypergradients for any skorch module (spec hpm §3.2).
+
+For weights ``theta`` and hyper-parameters ``h``, on a training batch and a validation batch::
+
+    theta+(h) = theta - eta * (g(theta, h) + wd * theta),  g = grad_theta L_train(theta, h)
+    hypergradient = d/dh L_val(theta+(h))
+
+``L_train`` is the net's loss with the module in training mode (dropout on, its rates possibly
+tuned through :class:`~skhpo.hyper.layers.ConcreteDropout`) plus the tuned ``l2``/``l1``
+penalties; ``L_val`` is the plain loss in evaluation mode. Both run through
+:func:`torch.func.functional_call`, so the module is never modified. A hyper-parameter that
+enters ``L_train`` (dropout, l2, l1) needs the double backward through ``g``; the learning rate
+and the weight decay enter only the step, and their gradients are the closed forms
+``-<u, g + wd theta>`` and ``-eta <u, theta>`` with ``u = grad L_val(theta+)``.
+
+The virtual step is plain SGD whatever the net's optimiser is (as in DARTS).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+from .layers import ConcreteDropout, dropout_layers
+from .transforms import Box
+
+__all__ = ["KINDS", "HyperParam", "resolve_hyperparam", "apply_hyperparams", "lookahead_loss",
+           "hypergradient", "current_values"]
+
+#: how a hyper-parameter enters training
+KINDS = ("lr", "weight_decay", "l2", "l1", "dropout")
+_LAYER_NAME = re.compile(r"^(l2|l1|dropout)\[(.+)\]$")
+ACCEPTED = ("lr, optimizer__weight_decay, l2, l1 (skhpo models), l2[i] / l1[i] (the i-th "
+            "linear layer), dropout or module__dropout (every dropout layer), dropout[path] "
+            "(one dropout layer, path as in module.named_modules())")
+
+
+@dataclass(frozen=True)
+class HyperParam:
+    """One tuned hyper-parameter.
+
+    ``name`` is the user's name, ``kind`` one of :data:`KINDS`, ``box`` its range;
+    ``targets`` are the weight names (l2, l1, weight_decay) or dropout-rate buffer names
+    (dropout) it acts on, and ``layers`` the indices into ``net.penalized_layers()`` (l2, l1).
+    """
+
+    name: str
+    kind: str
+    box: Box
+    targets: tuple = ()
+    layers: tuple = ()
+
+
+def resolve_hyperparam(net, name, bare, box):
+    """The :class:`HyperParam` the user's ``name`` (``bare``: without the Pipeline prefix)
+    means for the initialised ``net``; a ``ValueError`` if the module does not use it."""
+    module = net.module_
+    params = [n for n, p in module.named_parameters() if p.requires_grad]
+    match = _LAYER_NAME.match(bare)
+    if bare in ("lr", "optimizer__lr"):
+        return HyperParam(name, "lr", box)
+    if bare == "optimizer__weight_decay":
+        return HyperParam(name, "weight_decay", box, tuple(params))
+    if bare in ("l2", "l1") or (match and match.group(1) in ("l2", "l1")):
+        kind = bare[:2]
+        if not hasattr(net, "penalized_layers") or not hasattr(net, kind):
+            raise ValueError(f"param_bounds[{name!r}]: {type(net).__name__} has no {kind} "
+                             "penalty; use a skhpo model (TabularMLPClassifier, ...) or "
+                             "optimizer__weight_decay")
+        layers = net.penalized_layers()
+        index = range(len(layers))
+        if match:
+            try:
+                index = [int(match.group(2))]
+                layers[index[0]]
+            except (ValueError, IndexError):
+                raise ValueError(f"param_bounds[{name!r}]: the module has {len(layers)} linear "
+                                 f"layers (l2[0] ... l2[{len(layers) - 1}])") from None
+        by_id = {id(p): n for n, p in module.named_parameters()}
+        return HyperParam(name, kind, box, tuple(by_id[id(layers[i].weight)] for i in index),
+                          tuple(index))
+    if bare in ("dropout", "module__dropout") or (match and match.group(1) == "dropout"):
+        layers = dropout_layers(module)
+        if match:
+            if match.group(2) not in layers:
+                raise ValueError(f"param_bounds[{name!r}]: the module has no dropout layer "
+                                 f"{match.group(2)!r}; its dropout layers are {sorted(layers)}")
+            layers = {match.group(2): layers[match.group(2)]}
+        if not layers:
+            raise ValueError(f"param_bounds[{name!r}]: the module has no nn.Dropout layer, so "
+                             "a dropout rate has nothing to act on")
+        if box.lo < 0 or box.hi >= 1:
+            raise ValueError(f"param_bounds[{name!r}]: a dropout rate must lie in [0, 1); "
+                             f"got the box ({box.lo}, {box.hi})")
+        return HyperParam(name, "dropout", box, tuple(f"{p}.p" if p else "p" for p in layers))
+    raise ValueError(f"param_bounds: {name!r} is not a hyper-parameter the look-ahead "
+                     f"hypergradient can tune; accepted: {ACCEPTED}")
+
+
+def current_values(net, hypers):
+    """``{name: float}``: the values the net trains with now."""
+    group = net.optimizer_.param_groups[0]
+    out = {}
+    for hp in hypers:
+        if hp.kind == "lr":
+            out[hp.name] = float(group["lr"])
+        elif hp.kind == "weight_decay":
+            out[hp.name] = float(group.get("weight_decay", 0.0))
+        elif hp.kind in ("l2", "l1"):
+            out[hp.name] = net.penalty_coefficients()[hp.kind][hp.layers[0]]
+        else:
+            out[hp.name] = float(net.module_.get_buffer(hp.targets[0]))
+    return out
+
+
+def apply_hyperparams(net, hypers, values):
+    """Make the net train with ``values`` (``{name: float}``): optimiser groups, penalties,
+    dropout buffers (the module must hold :class:`ConcreteDropout` or ``nn.Dropout``)."""
+    for hp in hypers:
+        v = float(values[hp.name])
+        if hp.kind in ("lr", "weight_decay"):
+            for group in net.optimizer_.param_groups:
+                group[hp.kind] = v
+        elif hp.kind in ("l2", "l1"):
+            coefs = net.penalty_coefficients()[hp.kind]
+            for i in hp.layers:
+                coefs[i] = v
+            setattr(net, hp.kind, coefs)
+            net._penalized = True
+        else:
+            for target in hp.targets:
+                layer = net.module_.get_submodule(target.rpartition(".")[0])
+                if isinstance(layer, ConcreteDropout):
+                    layer.p.fill_(v)
+                else:
+                    layer.p = v
+
+
+def lookahead_loss(module, loss_fn, hypers, values, train_batch, val_batch, *, lr,
+                   weight_decay=0.0, params=None):
+    """``L_val(theta+(h))`` of one virtual SGD step, differentiable in the tensors of
+    ``values`` (``{name: scalar tensor}``; names absent from it keep their trained value).
+
+    ``loss_fn(y_pred, y)`` is the unpenalised loss; ``lr`` and ``weight_decay`` are the
+    step's values when they are not tuned. ``params`` defaults to the module's trainable
+    weights (detached).
+    """
+    if params is None:
+        params = {n: p.detach().requires_grad_(True) for n, p in module.named_parameters()
+                  if p.requires_grad}
+    buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+    eta, wd = lr, weight_decay
+    penalty, rates, double = 0.0, {}, False
+    for hp in hypers:
+        if hp.name not in values:
+            continue
+        v = values[hp.name]
+        if hp.kind == "lr":
+            eta = v
+        elif hp.kind == "weight_decay":
+            wd = v
+        elif hp.kind == "l2":
+            penalty = penalty + v * sum(params[t].pow(2).sum() for t in hp.targets)
+            double = True
+        elif hp.kind == "l1":
+            penalty = penalty + v * sum(params[t].abs().sum() for t in hp.targets)
+            double = True
+        else:
+            rates.update({t: v for t in hp.targets})
+            double = True
+    was_training = module.training
+    try:
+        module.train()
+        X, y = train_batch
+        train_loss = loss_fn(_call(module, {**params, **buffers, **rates}, X), y) + penalty
+        grads = torch.autograd.grad(train_loss, list(params.values()), create_graph=double)
+        stepped = {n: p - eta * (g + wd * p) for (n, p), g in zip(params.items(), grads)}
+        module.eval()
+        Xv, yv = val_batch
+        return loss_fn(_call(module, {**stepped, **dict(module.named_buffers())}, Xv), yv)
+    finally:
+        module.train(was_training)
+
+
+def hypergradient(module, loss_fn, hypers, values, train_batch, val_batch, *, lr,
+                  weight_decay=0.0):
+    """``{name: d L_val(theta+) / d h}`` at the float ``values`` (``{name: float}``)."""
+    dtype = next(module.parameters()).dtype
+    leaves = {k: torch.tensor(float(v), dtype=dtype, requires_grad=True)
+              for k, v in values.items()}
+    loss = lookahead_loss(module, loss_fn, hypers, leaves, train_batch, val_batch, lr=lr,
+                          weight_decay=weight_decay)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {k: 0.0 if g is None else float(g) for k, g in zip(leaves, grads)}
+
+
+def _call(module, tensors, X):
+    if isinstance(X, dict):
+        return functional_call(module, tensors, (), X)
+    return functional_call(module, tensors, (X,))

@@ -1,0 +1,127 @@
+"""Box <-> unconstrained transforms for hyper-parameters that follow gradients.
+
+A gradient method steps in an unconstrained coordinate ``u`` and reads the hyper-parameter
+``h = Box.forward(u)``, which always lies strictly inside its box:
+
+* a linear box ``[lo, hi]``: ``h = lo + (hi - lo) * sigmoid(u)`` (the logit transform);
+* a log box (``loguniform(lo, hi)``, ``0 < lo``): the same in ``log h``;
+* a positive scale with no upper bound (``hi = inf``): ``h = lo + exp(u)`` (the log transform);
+* :func:`stretched_sigmoid` is the STN variant that reaches the box ends exactly.
+
+Everything is written with torch operations, so gradients flow from ``h`` back to ``u``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Box", "as_box", "logit", "stretched_sigmoid"]
+
+
+def logit(p):
+    """The inverse of the sigmoid, for a tensor in (0, 1)."""
+    return torch.log(p) - torch.log1p(-p)
+
+
+def stretched_sigmoid(u, lo, hi, stretch=0.5):
+    """``lo + (hi - lo) * clamp((1 + 2 stretch) sigmoid(u) - stretch, 0, 1)``: a sigmoid that
+    reaches both ends of the box at finite ``u`` (STN, MacKay et al. 2019)."""
+    s = torch.clamp((1 + 2 * stretch) * torch.sigmoid(u) - stretch, 0.0, 1.0)
+    return lo + (hi - lo) * s
+
+
+@dataclass(frozen=True)
+class Box:
+    """The range of one hyper-parameter and its transform to an unconstrained coordinate.
+
+    Parameters
+    ----------
+    lo, hi : float
+        The range; ``hi`` may be ``inf`` for a positive scale (then ``log`` is implied).
+    log : bool
+        Step in ``log h`` (learning rates, decays: ``loguniform(lo, hi)``).
+    """
+
+    lo: float
+    hi: float
+    log: bool = False
+
+    @property
+    def eps(self):
+        """The margin kept from the box ends after a mutation (spec hpm §3.5)."""
+        if math.isinf(self.hi):
+            return 1e-6 * max(abs(self.lo), 1e-12)
+        return 1e-6 * (self.hi - self.lo)
+
+    def forward(self, u):
+        """``u`` (tensor, any real) -> ``h`` inside the box."""
+        if math.isinf(self.hi):
+            return self.lo + torch.exp(u)
+        if self.log:
+            a, b = math.log(self.lo), math.log(self.hi)
+            return torch.exp(a + (b - a) * torch.sigmoid(u))
+        return self.lo + (self.hi - self.lo) * torch.sigmoid(u)
+
+    def inverse(self, h):
+        """``h`` (tensor strictly inside the box) -> ``u``."""
+        h = torch.as_tensor(h, dtype=torch.float64)
+        if math.isinf(self.hi):
+            return torch.log(h - self.lo)
+        if self.log:
+            a, b = math.log(self.lo), math.log(self.hi)
+            return logit((torch.log(h) - a) / (b - a))
+        return logit((h - self.lo) / (self.hi - self.lo))
+
+    def clip(self, h):
+        """``h`` clipped to ``[lo + eps, hi - eps]``."""
+        return float(np.clip(h, self.lo + self.eps, self.hi - self.eps))
+
+    def normalize(self, h):
+        """Position in the box in [0, 1] (in log space for a log box): the teacher's input."""
+        if math.isinf(self.hi):
+            return math.log1p(h - self.lo)
+        if self.log:
+            return (math.log(h) - math.log(self.lo)) / (math.log(self.hi) - math.log(self.lo))
+        return (h - self.lo) / (self.hi - self.lo)
+
+    def sample(self, rng):
+        """A uniform (log-uniform for a log box) draw from the box, clipped inside it."""
+        if math.isinf(self.hi):
+            return self.clip(self.lo + rng.exponential(1.0))
+        if self.log:
+            return self.clip(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))))
+        return self.clip(rng.uniform(self.lo, self.hi))
+
+
+def as_box(name, spec):
+    """Read a ``(low, high)`` tuple or a ``scipy.stats.loguniform(low, high)`` as a
+    :class:`Box`; a clear ``ValueError`` naming ``name`` otherwise."""
+    log = False
+    if hasattr(spec, "rvs") and hasattr(spec, "support"):
+        dist = getattr(getattr(spec, "dist", None), "name", "")
+        if dist not in ("loguniform", "reciprocal", "uniform"):
+            raise ValueError(f"param_bounds[{name!r}]: only uniform and loguniform "
+                             f"distributions define a box; got {dist or type(spec).__name__}")
+        lo, hi = (float(v) for v in spec.support())
+        log = dist != "uniform"
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+        try:
+            lo, hi = float(spec[0]), float(spec[1])
+        except (TypeError, ValueError):
+            raise ValueError(f"param_bounds[{name!r}]: bounds must be numbers; got "
+                             f"{spec!r}") from None
+    else:
+        raise ValueError(f"param_bounds[{name!r}]: expected a (low, high) tuple or "
+                         f"scipy.stats.loguniform(low, high); got {spec!r}")
+    if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or not lo < hi:
+        raise ValueError(f"param_bounds[{name!r}]: the box ({lo}, {hi}) is empty or inverted; "
+                         "low must be finite and < high")
+    if log and lo <= 0:
+        raise ValueError(f"param_bounds[{name!r}]: a log box needs low > 0; got {lo}")
+    if math.isinf(hi):
+        log = True
+    return Box(lo, hi, log)
