@@ -3,7 +3,8 @@ search estimators around skorch."""
 
 from .models import SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 from .nets import ArrayBatchIterator, FiniteLossGuard, TrainingDivergedError
-from .search import AutoHyperSearchCV, FlatnessSearchCV, HyperLocalRefiner
+from .search import (AutoHyperSearchCV, FlatnessSearchCV, HyperLocalRefiner,
+                     PopulationMutationSearch)
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ __all__ = [
     "FiniteLossGuard",
     "FlatnessSearchCV",
     "HyperLocalRefiner",
+    "PopulationMutationSearch",
     "SmallCNNClassifier",
     "TabularMLPClassifier",
     "TabularMLPRegressor",

@@ -42,13 +42,19 @@ def _activation(name):
 
 
 class MLPModule(nn.Module):
-    """``depth`` x [Linear(width) -> activation -> Dropout] -> Linear(n_outputs) (logits)."""
+    """``depth`` x [Linear(width) -> activation -> Dropout] -> Linear(n_outputs) (logits).
+
+    ``dropout`` is one rate for every hidden layer or a sequence of ``depth`` rates."""
 
     def __init__(self, n_features, n_outputs, depth=2, width=128, dropout=0.0, activation="relu"):
         super().__init__()
+        rates = [dropout] * depth if np.ndim(dropout) == 0 else list(dropout)
+        if len(rates) != depth:
+            raise ValueError(f"dropout has {len(rates)} rates for depth={depth} hidden layers: "
+                             "give one float, or one rate per hidden layer")
         layers, n_in = [], n_features
-        for _ in range(depth):
-            layers += [nn.Linear(n_in, width), _activation(activation), nn.Dropout(dropout)]
+        for rate in rates:
+            layers += [nn.Linear(n_in, width), _activation(activation), nn.Dropout(rate)]
             n_in = width
         layers.append(nn.Linear(n_in, n_outputs))
         self.layers = nn.Sequential(*layers)
@@ -279,8 +285,8 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
         Number of hidden layers.
     width : int, default=128
         Units in each hidden layer.
-    dropout : float, default=0.0
-        Dropout probability after each hidden layer.
+    dropout : float or sequence of floats, default=0.0
+        Dropout probability after each hidden layer: one for all, or one per hidden layer.
     activation : str, default="relu"
         One of relu, tanh, gelu, elu, selu, leaky_relu, sigmoid.
     l2, l1 : float or sequence of floats, default=0.0

@@ -3,5 +3,7 @@
 from .autohyper import AutoHyperSearchCV
 from .flatness import FlatnessSearchCV
 from .hyperlocal import HyperLocalRefiner
+from .population import PopulationMutationSearch
 
-__all__ = ["AutoHyperSearchCV", "FlatnessSearchCV", "HyperLocalRefiner"]
+__all__ = ["AutoHyperSearchCV", "FlatnessSearchCV", "HyperLocalRefiner",
+           "PopulationMutationSearch"]

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from joblib import Parallel, delayed
 from sklearn.base import clone, is_classifier
 from sklearn.exceptions import FitFailedWarning
@@ -29,7 +30,8 @@ from sklearn.utils.validation import _num_samples
 from ..nets import (TrainingDivergedError, check_param_names, find_net, free_estimator,
                     seed_everything, spawn_seeds, trial_params)
 
-__all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns"]
+__all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns",
+           "results_table"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,6 +136,33 @@ def run_trial(estimator, params, task_params, X, y, fit_params, error_score, pro
     finally:
         free_estimator(est)  # tolerates a net that never initialised
     return {"value": value, "error": error, "time": time.perf_counter() - start}
+
+
+def results_table(params, scores, fit_times=None, score_times=None):
+    """``cv_results_`` in GridSearchCV's schema for rows scored once (one split), for the
+    methods that do not cross-validate: ``params`` (list of dicts), their ``scores`` (NaN for
+    a failed row, ranked last as scikit-learn does) and optional per-row times."""
+    n = len(params)
+    res = {}
+    for name, times in (("fit", fit_times), ("score", score_times)):
+        res[f"mean_{name}_time"] = np.zeros(n) if times is None else np.asarray(times, float)
+        res[f"std_{name}_time"] = np.zeros(n)
+    for k in sorted({k for p in params for k in p}):
+        col = np.ma.MaskedArray(np.empty(n, dtype=object), mask=[k not in p for p in params])
+        for i, p in enumerate(params):
+            if k in p:
+                col[i] = p[k]
+        res[f"param_{k}"] = col
+    scores = np.asarray(scores, dtype=float)
+    if np.isnan(scores).all():
+        rank = np.ones(n, dtype=np.int32)
+    else:
+        filled = np.where(np.isnan(scores), np.nanmin(scores) - 1, scores)
+        rank = rankdata(-filled, method="min").astype(np.int32)
+    res.update({"params": list(params), "split0_test_score": scores,
+                "mean_test_score": scores.copy(), "std_test_score": np.zeros(n),
+                "rank_test_score": rank})
+    return res
 
 
 def history_columns(rows):

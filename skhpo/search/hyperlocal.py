@@ -39,7 +39,7 @@ from ..lp import SOLVERS, LinearProgram, solve_lp
 from ..nets import find_net, net_input
 from ..probes.curvature import (SR1Snapshots, flat_gradient, flat_params, hessian_rows,
                                 objective, sr1_rows, trainable)
-from ._base import history_columns
+from ._base import history_columns, results_table
 from ._hyperlocal_linear import find_linear, penalty_names, refine_linear
 
 __all__ = ["HyperLocalRefiner"]
@@ -367,7 +367,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         self.history_ = history_columns(rows_log)
         self.validation_loss_ = (start_loss, end_loss)
         self.refined_penalties_ = refined
-        self.cv_results_ = _two_rows(base_params, self.best_params_, before_score, after_score)
+        self.cv_results_ = results_table([base_params, self.best_params_], [before_score, after_score])
         return self
 
     def _refine_linear(self, base, base_params, Xt, yt, Xv, yv, rng):
@@ -383,9 +383,9 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         self.validation_loss_ = losses
         self.refined_penalties_ = params
         self.history_ = history_columns(log)
-        self.cv_results_ = _two_rows({**base_params, **{k: base.get_params()[k]
-                                                        for k in params}},
-                                     self.best_params_, before, after)
+        self.cv_results_ = results_table(
+            [{**base_params, **{k: base.get_params()[k] for k in params}}, self.best_params_],
+            [before, after])
         return self
 
     def _one_step(self, module, criterion, penalties, lam, Xtr, ytr, Xva, yva, rng, it, log):
@@ -547,23 +547,3 @@ def _regroup(penalties, lam, prefix):
             out.setdefault(key, [])
             out[key].append(float(v))
     return out
-
-
-def _two_rows(before, after, score_before, score_after):
-    """``cv_results_`` in GridSearchCV's schema for the base and the refined model."""
-    params = [before, after]
-    keys = sorted({k for p in params for k in p})
-    res = {"mean_fit_time": np.zeros(2), "std_fit_time": np.zeros(2),
-           "mean_score_time": np.zeros(2), "std_score_time": np.zeros(2)}
-    for k in keys:
-        col = np.ma.MaskedArray(np.empty(2, dtype=object), mask=[k not in p for p in params])
-        for i, p in enumerate(params):
-            if k in p:
-                col[i] = p[k]
-        res[f"param_{k}"] = col
-    scores = np.array([score_before, score_after], dtype=float)
-    res.update({"params": params, "split0_test_score": scores, "mean_test_score": scores,
-                "std_test_score": np.zeros(2),
-                "rank_test_score": np.array([1, 1] if scores[0] == scores[1] else
-                                            ([2, 1] if scores[1] > scores[0] else [1, 2]))})
-    return res

@@ -1,0 +1,666 @@
+"""PopulationMutationSearch: HPM, hypergradient-guided population with a learned teacher
+(Tao et al., "Learning to Mutate with Hypergradient Guided Population", NeurIPS 2020).
+
+The algorithm (spec hpm.md §2), for a population of K students (weights theta, hyper-parameters
+h in a box):
+
+1. every student starts from fresh weights and h drawn uniformly (log-uniformly) from the box;
+2. **train step** (students in parallel): one epoch (or ``step`` minibatches) of training in
+   which, every ``hyper_every`` minibatches, h takes an Adam step along its one-step look-ahead
+   hypergradient on a validation minibatch (:mod:`skhpo.hyper.hypergrad`); then the full
+   validation loss of every student;
+3. **rank**: the best ceil(rho K) students are the top, the worst ceil(rho K) (and any that
+   diverged) the bottom;
+4. **exploit**: each bottom student copies the weights and optimiser state of a top student
+   (theta*, h*) chosen uniformly;
+5. **explore**: its hyper-parameters become clip(alpha * h*), alpha = g_phi(h_bottom) =
+   1 + tanh(W softmax(V^T h_bottom)) from the **teacher** [Eq. 9] (or alpha ~ U[0.8, 1.2]
+   per hyper-parameter with ``mutation="random"``: the paper's "HPM w/o T");
+6. **teacher step** [Eq. 10]: minimise, over phi, the look-ahead validation loss at the top
+   student's weights and the mutated h' = alpha * h*, one step per validation minibatch, with
+   autograd (the printed Eq. 12 has two slips, spec §2 step 7);
+7. repeat from 2 for ``n_steps`` steps; the student with the lowest validation loss wins.
+
+:func:`run_hpm` is steps 1-7 for any *problem* (a population of networks here, a plain
+differentiable function in ``skhpo bench synthetic``); :class:`PopulationMutationSearch` is the
+scikit-learn estimator around it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from skorch.callbacks import Callback
+from skorch.utils import to_tensor
+from sklearn.base import clone, is_classifier
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import train_test_split
+from sklearn.model_selection._search import BaseSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
+
+from ..hyper import (DropoutRates, apply_hyperparams, as_box, lookahead_loss, replace_dropout,
+                     resolve_hyperparam)
+from ..nets import (TrainingDivergedError, batch_size_of, check_param_names, find_net,
+                    free_estimator, seed_everything, spawn_seeds, trial_params)
+from ._base import _check_fit_data, history_columns, results_table
+
+__all__ = ["PopulationMutationSearch", "Teacher", "run_hpm", "RANDOM_RANGE"]
+
+#: HPM w/o T: alpha_i ~ U[0.8, 1.2] (supplement)
+RANDOM_RANGE = (0.8, 1.2)
+
+
+# --------------------------------------------------------------------------------------------
+# the teacher [Eq. 9] and the population loop (steps 1-7), independent of networks
+# --------------------------------------------------------------------------------------------
+
+class Teacher(nn.Module):
+    """alpha = 1 + tanh(W softmax(V^T h)), W, V in R^{N x M}: attention over M keys.
+
+    W starts as U(-0.2 sqrt(M), 0.2 sqrt(M)) and V as U(-1, 1), so that the first mutations
+    spread about like U[0.8, 1.2] (std 0.115; measured 0.12 across teachers, 0.03 across
+    inputs of one teacher). The PyTorch-default init the spec suggests, U(-1/sqrt(M),
+    1/sqrt(M)) for both, gives a near-uniform attention and alpha = 1 +- 0.01: near-exact
+    clones (W = 0 would make exact ones).
+    """
+
+    def __init__(self, n_hyper, n_keys=64):
+        super().__init__()
+        a, b = 0.2 * math.sqrt(n_keys), 1.0
+        self.W = nn.Parameter(torch.empty(n_hyper, n_keys, dtype=torch.float64).uniform_(-a, a))
+        self.V = nn.Parameter(torch.empty(n_hyper, n_keys, dtype=torch.float64).uniform_(-b, b))
+
+    def forward(self, h):
+        return 1.0 + torch.tanh(self.W @ torch.softmax(self.V.T @ h, dim=-1))
+
+
+def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher",
+            teacher_keys=64, teacher_lr=1e-2, teacher_input="normalized", rng=None,
+            on_step=None):
+    """Run HPM on ``problem``; return ``(students, losses, teacher, history_rows)``.
+
+    ``problem`` provides ``boxes`` (one :class:`~skhpo.hyper.Box` per hyper-parameter),
+    ``init(k, rng)`` -> student, ``train(students, step)`` -> ``(students, losses)`` (``inf``
+    for a student that diverged), ``values(student)`` -> h (array), ``copy(student, h)`` -> a
+    copy of ``student`` (weights and optimiser state) that continues with h, and
+    ``teacher_objectives(student)`` -> callables ``f(h') -> scalar tensor`` (the look-ahead
+    validation loss at that student's weights, one per validation batch). An optional
+    ``exhausted`` attribute ends the run early (a function-evaluation budget).
+    """
+    rng = check_random_state(rng)
+    boxes = problem.boxes
+    n_sel = math.ceil(truncation * population_size)
+    students = [problem.init(k, rng) for k in range(population_size)]
+    teacher, opt = None, None
+    if mutation == "teacher":
+        torch.manual_seed(int(rng.randint(2**31 - 1)))
+        teacher = Teacher(len(boxes), teacher_keys)
+        opt = torch.optim.SGD(teacher.parameters(), lr=teacher_lr)
+    lo = torch.tensor([b.lo + b.eps for b in boxes], dtype=torch.float64)
+    hi = torch.tensor([b.hi - b.eps for b in boxes], dtype=torch.float64)
+
+    def teacher_in(h):
+        x = [b.normalize(v) for b, v in zip(boxes, h)] if teacher_input == "normalized" else h
+        return torch.as_tensor(np.asarray(x, dtype=float), dtype=torch.float64)
+
+    rows = []
+    for step in range(n_steps):
+        students, losses = problem.train(students, step)
+        losses = np.asarray(losses, dtype=float)
+        step_rows = [{"step": step, "student": k, **_named(problem, problem.values(s)),
+                      "val_loss": losses[k], "diverged": not np.isfinite(losses[k]),
+                      "exploited_from": -1, "alpha": None}
+                     for k, s in enumerate(students)]
+        rows += step_rows
+        healthy = np.flatnonzero(np.isfinite(losses))
+        if healthy.size == 0:
+            raise TrainingDivergedError(f"every student diverged at step {step}")
+        if step == n_steps - 1 or getattr(problem, "exhausted", False):
+            if on_step is not None:
+                on_step(step, step_rows)
+            break
+        order = healthy[np.argsort(losses[healthy], kind="stable")]
+        top = order[:n_sel]
+        bottom = sorted(set(order[len(order) - n_sel:]) - set(top)
+                        | set(np.flatnonzero(~np.isfinite(losses))))
+        for k in bottom:
+            src = int(top[rng.randint(len(top))])
+            h_star = np.array([b.clip(v) for b, v in zip(boxes, problem.values(students[src]))])
+            x_k = teacher_in(problem.values(students[k]))
+            if teacher is None:
+                alpha = rng.uniform(*RANDOM_RANGE, size=len(boxes))
+            else:
+                with torch.no_grad():
+                    alpha = teacher(x_k).numpy()
+            h_new = np.array([b.clip(a * v) for b, a, v in zip(boxes, alpha, h_star)])
+            # [Eq. 10]: one teacher step per objective, theta* and h* held fixed
+            if teacher is not None:
+                h_star_t = torch.as_tensor(h_star, dtype=torch.float64)
+                for f in problem.teacher_objectives(students[src]):
+                    h_prime = torch.minimum(torch.maximum(teacher(x_k) * h_star_t, lo), hi)
+                    loss = f(h_prime)
+                    opt.zero_grad()
+                    loss.backward()
+                    if all(torch.isfinite(p.grad).all() for p in teacher.parameters()):
+                        opt.step()
+            students[k] = problem.copy(students[src], h_new)
+            step_rows[k].update(exploited_from=src, alpha=[float(a) for a in alpha])
+        if on_step is not None:
+            on_step(step, step_rows)
+        if getattr(problem, "exhausted", False):
+            break
+    return students, losses, teacher, rows
+
+
+def _named(problem, values):
+    names = getattr(problem, "names", None) or [f"h{i}" for i in range(len(values))]
+    return {n: float(v) for n, v in zip(names, values)}
+
+
+# --------------------------------------------------------------------------------------------
+# a population of skorch nets
+# --------------------------------------------------------------------------------------------
+
+class HyperStep(Callback):
+    """Every ``every`` training minibatches, one Adam step (lr ``hyper_lr``) of the student's
+    hyper-parameters, in the unconstrained coordinates of their boxes, along the look-ahead
+    hypergradient on the next validation minibatch (set in ``val_data`` by the trainer)."""
+
+    def __init__(self, hypers, values, hyper_lr=3e-3, every=2, batch_size=64):
+        self.hypers = hypers
+        self.values = values
+        self.hyper_lr = hyper_lr
+        self.every = every
+        self.batch_size = batch_size
+
+    def initialize(self):
+        if not hasattr(self, "u_"):
+            self.reset(self.values)
+        self.val_data = getattr(self, "val_data", None)
+        self.n_batches_ = getattr(self, "n_batches_", 0)
+        return self
+
+    def reset(self, values):
+        """Start again from ``values`` (``{name: float}``) with a fresh Adam state."""
+        self.u_ = torch.tensor([float(hp.box.inverse(values[hp.name])) for hp in self.hypers],
+                               dtype=torch.float64, requires_grad=True)
+        self.opt_ = torch.optim.Adam([self.u_], lr=self.hyper_lr)
+
+    def current(self):
+        with torch.no_grad():
+            return {hp.name: float(hp.box.forward(self.u_[i])) for i, hp in enumerate(self.hypers)}
+
+    def on_train_begin(self, net, **kwargs):
+        replace_dropout(net.module_)
+        apply_hyperparams(net, self.hypers, self.current())
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        if not training or self.val_data is None:
+            return
+        self.n_batches_ += 1
+        if self.n_batches_ % self.every:
+            return
+        Xv, yv = self.val_data
+        idx = torch.randint(len(yv), (min(self.batch_size, len(yv)),))
+        Xb, yb = batch[0], batch[1]
+        group = net.optimizer_.param_groups[0]
+        values = {hp.name: hp.box.forward(self.u_[i]) for i, hp in enumerate(self.hypers)}
+        loss = lookahead_loss(net.module_, _loss_fn(net), self.hypers,
+                              {k: v.float() for k, v in values.items()},
+                              (to_tensor(Xb, net.device), to_tensor(yb, net.device)),
+                              (Xv[idx].to(net.device), yv[idx].to(net.device)),
+                              lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
+        (grad,) = torch.autograd.grad(loss, [self.u_])
+        if torch.isfinite(grad).all():
+            self.u_.grad = grad
+            self.opt_.step()
+            apply_hyperparams(net, self.hypers, self.current())
+
+
+def _loss_fn(net):
+    return lambda y_pred, y: net.get_loss(y_pred, y, training=False)
+
+
+def _hyper_step(net):
+    for callbacks in (getattr(net, "callbacks_", None), net.callbacks):
+        found = dict(callbacks or ()).get("skhpo_hpm")
+        if found is not None:
+            return found
+    raise KeyError("skhpo_hpm")
+
+
+def _train_student(net, X, y, Xv_t, yv_t, seed, rows):
+    """One train step of one student (in a worker): returns ``(net, val_loss, seconds)``."""
+    start = time.perf_counter()
+    seed_everything(seed)
+    cb = _hyper_step(net)
+    cb.val_data = (Xv_t, yv_t)
+    try:
+        net.partial_fit(X[rows], y[rows])
+        with torch.no_grad():
+            y_pred = net.forward(Xv_t, training=False)
+            loss = float(net.get_loss(y_pred, yv_t.to(y_pred.device)))
+    except TrainingDivergedError:
+        loss = math.inf
+    finally:
+        cb.val_data = None
+    return net, loss if math.isfinite(loss) else math.inf, time.perf_counter() - start
+
+
+class _NetPopulation:
+    """The :func:`run_hpm` problem for skorch students (data already split and encoded)."""
+
+    def __init__(self, search, net, hypers, X, y, Xv_t, yv_t, seeds):
+        self.search, self.net, self.hypers = search, net, hypers
+        self.boxes = [hp.box for hp in hypers]
+        self.names = [hp.name for hp in hypers]
+        self.X, self.y, self.Xv_t, self.yv_t = X, y, Xv_t, yv_t
+        self.seeds = seeds
+        self.batch_size = batch_size_of(net, len(X))
+        self.fit_time = np.zeros(len(seeds))
+        self._stream = np.random.default_rng(seeds[0]).permutation(len(X))
+        self._pos = 0
+
+    def init(self, k, rng):
+        values = {hp.name: hp.box.sample(rng) for hp in self.hypers}
+        hyper = HyperStep(self.hypers, values, self.search.hyper_lr, self.search.hyper_every,
+                          self.batch_size)
+        overrides = {"max_epochs": 1, "train_split": None, "warm_start": True}
+        if "random_state" in self.net.get_params(deep=False):
+            overrides["random_state"] = int(self.seeds[k] % (2**31 - 1))
+        params = trial_params(self.net, seed=None, task_index=k,
+                              extra_callbacks=[("skhpo_hpm", hyper)], **overrides)
+        return clone(self.net).set_params(**params)
+
+    def _rows(self):
+        step = self.search.step
+        if step == "epoch":
+            return slice(None)
+        n = min(step * self.batch_size, len(self.X))
+        idx = np.take(self._stream, np.arange(self._pos, self._pos + n), mode="wrap")
+        self._pos = (self._pos + n) % len(self.X)
+        return np.sort(idx)
+
+    def train(self, students, step):
+        rows = self._rows()
+        seeds = spawn_seeds(self.seeds[0] + step, len(students))
+        parallel = Parallel(n_jobs=self.search.n_jobs)
+        out = parallel(delayed(_train_student)(s, self.X, self.y, self.Xv_t, self.yv_t, sd, rows)
+                       for s, sd in zip(students, seeds))
+        self.fit_time += [t for _, _, t in out]
+        return [s for s, _, _ in out], [loss for _, loss, _ in out]
+
+    def values(self, student):
+        cb = _hyper_step(student)
+        return np.array([cb.current()[n] for n in self.names]) if hasattr(cb, "u_") else \
+            np.array([cb.values[n] for n in self.names])
+
+    def copy(self, student, h):
+        new = copy.deepcopy(student)
+        values = dict(zip(self.names, (float(v) for v in h)))
+        _hyper_step(new).reset(values)
+        apply_hyperparams(new, self.hypers, values)
+        return new
+
+    def teacher_objectives(self, student):
+        search = self.search
+        n_val = len(self.yv_t)
+        order = torch.randperm(n_val)
+        batches = [order[i:i + self.batch_size] for i in range(0, n_val, self.batch_size)]
+        if search.teacher_max_batches is not None:
+            batches = batches[:search.teacher_max_batches]
+        group = student.optimizer_.param_groups[0]
+        module, loss_fn = student.module_, _loss_fn(student)
+        Xt = torch.as_tensor(self.X)
+        yt = torch.as_tensor(self.y)
+
+        def objective(val_idx):
+            train_idx = torch.randint(len(yt), (self.batch_size,))
+
+            def f(h_prime):
+                values = {hp.name: h_prime[i].float() for i, hp in enumerate(self.hypers)}
+                return lookahead_loss(module, loss_fn, self.hypers, values,
+                                      (Xt[train_idx].to(student.device), yt[train_idx].to(student.device)),
+                                      (self.Xv_t[val_idx].to(student.device), self.yv_t[val_idx].to(student.device)),
+                                      lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
+            return f
+        return [objective(b) for b in batches]
+
+
+# --------------------------------------------------------------------------------------------
+# the estimator
+# --------------------------------------------------------------------------------------------
+
+class PopulationMutationSearch(BaseSearchCV):
+    """Hyper-parameter schedules by a population trained with hypergradients (HPM).
+
+    A population of ``population_size`` copies of the net trains side by side; each student's
+    continuous hyper-parameters (learning rate, weight decay, ``l2``/``l1`` penalties, dropout
+    rates) follow their one-step look-ahead hypergradient on a held-out validation part while
+    it trains. After every step the worst students copy the weights of the best ones, and a
+    small attention network, the *teacher*, learns by how much to scale the copied
+    hyper-parameters (the mutation).
+
+    Parameters
+    ----------
+    estimator : skorch NeuralNet or Pipeline ending in one
+        The net to tune. Its dropout layers (``nn.Dropout``) become concrete-dropout layers in
+        the students, so that their rates have a gradient.
+    param_bounds : dict
+        ``name -> (low, high)`` or ``scipy.stats.loguniform(low, high)`` (log scale). Names
+        (with the Pipeline prefix, e.g. ``net__lr``): ``lr``, ``optimizer__weight_decay``,
+        ``l2``, ``l1`` (skhpo models; ``l2[i]``/``l1[i]`` for the i-th linear layer alone),
+        ``dropout`` or ``module__dropout`` (every dropout layer) and ``dropout[path]`` (the
+        layer at ``path`` in ``module_.named_modules()``, e.g. ``dropout[layers.2]``).
+        Dropout boxes must lie in [0, 1), the others in [0, inf).
+    population_size : int, default=20
+        Number of students K (>= 2).
+    truncation : float, default=0.2
+        Fraction rho in (0, 0.5]: the worst ceil(rho K) students copy one of the best
+        ceil(rho K) after every step.
+    n_steps : int, default=10
+        Number of train steps (exploit/explore happens between steps).
+    step : "epoch" or int, default="epoch"
+        One step is one epoch over the training part, or this many minibatches.
+    hyper_lr : float, default=3e-3
+        Adam learning rate of the hyper-parameters, in the unconstrained coordinates of their
+        boxes (STN's default).
+    hyper_every : int, default=2
+        One hyper-parameter step every this many training minibatches.
+    mutation : {"teacher", "random"}, default="teacher"
+        ``"random"`` mutates by alpha ~ U[0.8, 1.2] (HPM without teacher).
+    teacher_keys : int, default=64
+        Number of keys M of the teacher's attention.
+    teacher_lr : float, default=1e-2
+        SGD learning rate of the teacher.
+    teacher_input : {"normalized", "raw"}, default="normalized"
+        Feed the teacher the hyper-parameters' position in their boxes (in [0, 1]) or their
+        raw values (the paper's text).
+    teacher_max_batches : int or None, default=None
+        Cap on the validation minibatches of one teacher call (None: one validation epoch).
+    validation_fraction : float, default=0.2
+        Part of ``X`` held out (stratified for classifiers) for the hypergradients, the
+        ranking and ``cv_results_``.
+    scoring : str, callable or None, default=None
+        Score of ``cv_results_`` and ``best_score_`` (None: the estimator's ``score``).
+    refit : {"student", True, False}, default="student"
+        ``"student"``: ``best_estimator_`` is the best student itself (trained on the
+        training part, with its hyper-parameter schedule). ``True``: the estimator retrained
+        on all of ``X`` with the best student's final hyper-parameters held fixed, for as many
+        epochs as a student trained. ``False``: no ``best_estimator_``.
+    n_jobs : int or None, default=None
+        Students trained in parallel (joblib).
+    random_state : int, RandomState or None, default=None
+        Seeds the split, the initial hyper-parameters, the students and the teacher.
+    verbose : int, default=0
+        Print one line per step when > 0.
+
+    Attributes
+    ----------
+    best_params_ : dict
+        The best student's final hyper-parameters.
+    best_index_ : int
+        Its row in ``cv_results_`` (the student with the lowest validation loss).
+    best_score_ : float
+        Its score on the validation part. The hyper-parameters followed that part's gradient,
+        so this is optimistic, like GridSearchCV's ``best_score_``.
+    best_estimator_ : estimator
+        See ``refit``.
+    cv_results_ : dict
+        One row per final student in GridSearchCV's schema (one split: the validation part),
+        plus ``val_loss``.
+    history_ : dict of lists
+        One row per student per step: ``step``, ``student``, the hyper-parameters after the
+        step's training, ``val_loss``, ``diverged``, ``exploited_from`` (-1 or the top
+        student it copied after this step) and ``alpha`` (the mutation factors, or None).
+    teacher_ : Teacher or None
+        The trained teacher (``mutation="teacher"``).
+    n_epochs_ : float
+        Training epochs spent by all students (plus the refit's).
+
+    Notes
+    -----
+    Deviations from the paper (see docs/population.md): the hypergradient is the one-step
+    look-ahead of spec §3.2 (the paper's benchmark hypergradient is not in the text we could
+    read; probably STN best responses); dropout uses the concrete relaxation (tau = 0.1) in
+    the students' training; hyper-parameters step in logit/log coordinates and mutations are
+    clipped to the box (spec §3.5); the teacher sees box-normalised input by default; the
+    teacher is trained by autograd on Eq. 10 (the printed Eq. 12 has two slips); the teacher
+    updates after it produced the mutation.
+
+    References
+    ----------
+    Tao, Li, Ding, Zhang, Zhou, Fu. Learning to Mutate with Hypergradient Guided Population.
+    NeurIPS 2020.
+    """
+
+    _parameter_constraints: dict = {
+        "param_bounds": [dict],
+        "population_size": [Interval(Integral, 2, None, closed="left")],
+        "truncation": [Interval(Real, 0, 0.5, closed="right")],
+        "n_steps": [Interval(Integral, 1, None, closed="left")],
+        "step": [StrOptions({"epoch"}), Interval(Integral, 1, None, closed="left")],
+        "hyper_lr": [Interval(Real, 0, None, closed="left")],
+        "hyper_every": [Interval(Integral, 1, None, closed="left")],
+        "mutation": [StrOptions({"teacher", "random"})],
+        "teacher_keys": [Interval(Integral, 1, None, closed="left")],
+        "teacher_lr": [Interval(Real, 0, None, closed="left")],
+        "teacher_input": [StrOptions({"normalized", "raw"})],
+        "teacher_max_batches": [Interval(Integral, 1, None, closed="left"), None],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "scoring": [str, callable, None],
+        "refit": ["boolean", StrOptions({"student"})],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, estimator, param_bounds, *, population_size=20, truncation=0.2,
+                 n_steps=10, step="epoch", hyper_lr=3e-3, hyper_every=2, mutation="teacher",
+                 teacher_keys=64, teacher_lr=1e-2, teacher_input="normalized",
+                 teacher_max_batches=None, validation_fraction=0.2, scoring=None,
+                 refit="student", n_jobs=None, random_state=None, verbose=0):
+        self.estimator = estimator
+        self.param_bounds = param_bounds
+        self.population_size = population_size
+        self.truncation = truncation
+        self.n_steps = n_steps
+        self.step = step
+        self.hyper_lr = hyper_lr
+        self.hyper_every = hyper_every
+        self.mutation = mutation
+        self.teacher_keys = teacher_keys
+        self.teacher_lr = teacher_lr
+        self.teacher_input = teacher_input
+        self.teacher_max_batches = teacher_max_batches
+        self.validation_fraction = validation_fraction
+        self.scoring = scoring
+        self.refit = refit
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fit ------------------------------------------------------------------------------
+
+    def fit(self, X, y=None, **fit_params):
+        """Split off the validation part, run the population, then (``refit=True``) retrain.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        **fit_params : dict
+            Not supported (a ``TypeError`` names them): the students are trained by the
+            search's own loop.
+
+        Returns
+        -------
+        self : object
+        """
+        if fit_params:
+            raise TypeError(f"PopulationMutationSearch.fit got fit parameters "
+                            f"{sorted(fit_params)}; they are not supported")
+        self._validate_params()
+        net, prefix = find_net(self.estimator)
+        _check_fit_data(X, y, bare_net=(prefix == ""))
+        if y is None:
+            raise ValueError("PopulationMutationSearch needs y (supervised nets only)")
+        boxes = {name: as_box(name, spec) for name, spec in self.param_bounds.items()}
+        if not boxes:
+            raise ValueError("param_bounds is empty: give at least one hyper-parameter box")
+        rng = check_random_state(self.random_state)
+        seeds = spawn_seeds(rng, self.population_size + 2)
+        self.scorer_ = check_scoring(self.estimator, self.scoring)
+        X_tr, X_val, y_tr, y_val = _split(self.estimator, X, y, self.validation_fraction,
+                                          int(seeds[-1] % (2**31 - 1)))
+        pre, net = _fit_preprocessing(self.estimator, X_tr, y_tr)
+        Xt, Xv = _as_float(pre, X_tr), _as_float(pre, X_val)
+        template, yt, yv_t, hypers = self._resolve(net, prefix, boxes, Xt, y_tr, y_val)
+
+        start = time.perf_counter()
+        problem = _NetPopulation(self, template, hypers, Xt, yt, torch.as_tensor(Xv), yv_t,
+                                 seeds[:self.population_size])
+        students, losses, self.teacher_, rows = run_hpm(
+            problem, population_size=self.population_size, truncation=self.truncation,
+            n_steps=self.n_steps, mutation=self.mutation, teacher_keys=self.teacher_keys,
+            teacher_lr=self.teacher_lr, teacher_input=self.teacher_input, rng=rng,
+            on_step=self._report if self.verbose else None)
+        self.history_ = history_columns(rows)
+        epochs_per_step = 1.0 if self.step == "epoch" else min(
+            1.0, self.step * problem.batch_size / len(Xt))
+        self.n_epochs_ = epochs_per_step * len(rows)
+        self._results(students, losses, problem, Xv, y_val, time.perf_counter() - start)
+        best = students[self.best_index_]
+        for k, s in enumerate(students):
+            if k != self.best_index_:
+                free_estimator(s)
+        self._set_best_estimator(best, pre, prefix, X, y, epochs_per_step)
+        return self
+
+    def _resolve(self, net, prefix, boxes, Xt, y_tr, y_val):
+        """Names -> HyperParams on an initialised (untrained) copy of the net; encoded
+        targets. Everything here happens before any training."""
+        bare = {}
+        for name in boxes:
+            if not name.startswith(prefix):
+                raise ValueError(f"param_bounds: {name!r} must start with the Pipeline prefix "
+                                 f"{prefix!r}")
+            bare[name] = name[len(prefix):]
+        plain = [name for name, b in bare.items() if "[" not in b]
+        if plain:
+            check_param_names(self.estimator, plain, where="param_bounds")
+        template = clone(net).set_params(max_epochs=0, train_split=None)
+        template.fit(Xt, y_tr)  # max_epochs=0: initialises the module, trains nothing
+        replace_dropout(template.module_)
+        hypers = [resolve_hyperparam(template, name, bare[name], box)
+                  for name, box in boxes.items()]
+        for hp in hypers:
+            if hp.kind != "dropout" and hp.box.lo < 0:
+                raise ValueError(f"param_bounds[{hp.name!r}]: a {hp.kind} must be >= 0; got "
+                                 f"the box ({hp.box.lo}, {hp.box.hi})")
+        self._coefs = (template.penalty_coefficients()
+                       if hasattr(template, "penalty_coefficients") else {})
+        encode = getattr(template, "_check_y", None)
+        yt = encode(y_tr, reset=False) if encode else np.asarray(y_tr)
+        yv = encode(y_val, reset=False) if encode else np.asarray(y_val)
+        free_estimator(template)
+        return clone(net), yt, torch.as_tensor(yv), hypers
+
+    def _results(self, students, losses, problem, Xv, y_val, total_time):
+        names = problem.names
+        finals = [dict(zip(names, (float(v) for v in problem.values(s)))) for s in students]
+        scores, score_times = [], []
+        for s, loss in zip(students, losses):
+            t0 = time.perf_counter()
+            scores.append(self.scorer_(s, Xv, y_val) if np.isfinite(loss) else np.nan)
+            score_times.append(time.perf_counter() - t0)
+        self.cv_results_ = results_table(finals, scores, problem.fit_time, score_times)
+        self.cv_results_["val_loss"] = np.asarray(losses, dtype=float)
+        self.best_index_ = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+        self.best_params_ = finals[self.best_index_]
+        self.best_score_ = float(scores[self.best_index_])
+        self.n_splits_ = 1
+        self.multimetric_ = False
+        self.search_time_ = total_time
+
+    def _set_best_estimator(self, best, pre, prefix, X, y, epochs_per_step):
+        self.refit_time_ = 0.0
+        if self.refit == "student":
+            # the user's training settings again (the hyper-parameters stay at their final
+            # values: without validation data the student's HyperStep does nothing)
+            net, _ = find_net(self.estimator)
+            best.set_params(max_epochs=net.max_epochs, warm_start=net.warm_start,
+                            train_split=net.train_split)
+            self.best_estimator_ = best if pre is None else Pipeline(
+                [*pre.steps, (self.estimator.steps[-1][0], best)])
+            return
+        free_estimator(best)
+        if not self.refit:
+            return
+        t0 = time.perf_counter()
+        params = _refit_params(self.estimator, prefix, self.best_params_,
+                               max(1, round(self.n_steps * epochs_per_step)), self._coefs)
+        self.best_estimator_ = clone(self.estimator).set_params(**params).fit(X, y)
+        self.refit_time_ = time.perf_counter() - t0
+        self.n_epochs_ += params[f"{prefix}max_epochs"]
+
+    def _report(self, step, rows):
+        losses = [r["val_loss"] for r in rows]
+        print(f"[HPM] step {step + 1}/{self.n_steps}: best val loss {np.nanmin(losses):.4f}, "
+              f"{sum(r['exploited_from'] >= 0 for r in rows)} exploited, "
+              f"{sum(r['diverged'] for r in rows)} diverged", flush=True)
+
+    @property
+    def classes_(self):
+        return self.best_estimator_.classes_
+
+
+def _split(estimator, X, y, fraction, seed):
+    stratify = y if is_classifier(estimator) else None
+    try:
+        return train_test_split(X, y, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:  # a class too small to stratify
+        return train_test_split(X, y, test_size=fraction, random_state=seed)
+
+
+def _fit_preprocessing(estimator, X, y):
+    """``(fitted steps before the net or None, the net)``."""
+    net, prefix = find_net(estimator)
+    if not prefix or len(estimator.steps) == 1:
+        return None, net
+    return clone(estimator[:-1]).fit(X, y), net
+
+
+def _as_float(pre, X):
+    X = X if pre is None else pre.transform(X)
+    return np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+
+
+def _refit_params(estimator, prefix, best, max_epochs, coefs):
+    """``set_params`` of a plain net that trains with the final hyper-parameters fixed
+    (``coefs``: the net's per-layer ``l2``/``l1`` coefficients before tuning)."""
+    net, _ = find_net(estimator)
+    out, rates = {f"{prefix}max_epochs": max_epochs}, {}
+    for name, value in best.items():
+        bare = name[len(prefix):]
+        if bare.startswith("dropout["):
+            rates[bare[len("dropout["):-1]] = value
+        elif bare[:3] in ("l2[", "l1["):
+            key = f"{prefix}{bare[:2]}"
+            layer_coefs = out.setdefault(key, list(coefs[bare[:2]]))
+            layer_coefs[int(bare[3:-1])] = value
+        else:
+            out[name] = value
+    if rates:
+        callbacks = list(net.callbacks) if isinstance(net.callbacks, (list, tuple)) else []
+        out[f"{prefix}callbacks"] = callbacks + [("skhpo_dropout_rates", DropoutRates(rates))]
+    return out
