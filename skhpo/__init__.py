@@ -3,7 +3,7 @@ search estimators around skorch."""
 
 from .models import SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 from .nets import ArrayBatchIterator, FiniteLossGuard, TrainingDivergedError
-from .search import (AutoHyperSearchCV, FlatnessSearchCV, HyperLocalRefiner,
+from .search import (AutoHyperSearchCV, CuttingPlaneTuner, FlatnessSearchCV, HyperLocalRefiner,
                      PopulationMutationSearch)
 
 __version__ = "0.1.0"
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayBatchIterator",
     "AutoHyperSearchCV",
+    "CuttingPlaneTuner",
     "FiniteLossGuard",
     "FlatnessSearchCV",
     "HyperLocalRefiner",

@@ -266,15 +266,100 @@ def hyperlocal(args):
     return 0
 
 
+def _hpm_parser(sub):
+    p = sub.add_parser("hpm", help="PopulationMutationSearch: the paper's synthetic functions, "
+                       "and MLP dropout/decay against RandomizedSearchCV",
+                       description="synthetic: HPM's synthetic-function protocol (Branin, "
+                       "Hartmann-6, Rosenbrock, Bohachevsky; population 5, SGD lr 0.01, "
+                       "M = 64) against random search, PBT, one hypergradient run and HPM "
+                       "without teacher. nets: dropout rates and weight decay of an MLP on "
+                       "digits and wine, against RandomizedSearchCV with the same epochs.")
+    p.add_argument("part", choices=["synthetic", "nets"])
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds (default: 10 for synthetic, 5 for nets)")
+    p.add_argument("--budget", type=int, default=300,
+                   help="synthetic: function evaluations per run (reported every 30)")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="synthetic: cap the gradient norm of the SGD steps (off in the paper)")
+    p.add_argument("--tasks", nargs="+", default=["digits", "wine"], help="nets: tasks")
+    p.add_argument("--population", type=int, default=20, help="nets: students")
+    p.add_argument("--n-steps", type=int, default=30, help="nets: one-epoch steps")
+    p.add_argument("--cv", type=int, default=3, help="nets: folds of RandomizedSearchCV")
+    p.add_argument("--n-jobs", type=int, default=None, help="nets: joblib workers")
+    p.add_argument("--out", default=None, help="folder for results.csv, summary.csv (and "
+                   "synthetic.png)")
+    return p
+
+
+def hpm(args):
+    start = time.perf_counter()
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    if args.part == "synthetic":
+        from .bench.synthetic import METHODS, plot_synthetic, run_synthetic, summarize
+
+        args.seeds = 10 if args.seeds is None else args.seeds
+        _check_positive(args, "seeds")
+        if args.budget < 30:
+            raise ValueError(f"--budget must be >= 30, got {args.budget}")
+        if args.grad_clip is not None and not args.grad_clip > 0:
+            raise ValueError(f"--grad-clip must be > 0, got {args.grad_clip}")
+        rows = run_synthetic(seeds=args.seeds, budget=args.budget, grad_clip=args.grad_clip)
+        summary = summarize(rows)
+        print(f"best f after {args.budget} evaluations, mean +- std over {args.seeds} seeds")
+        print(f"{'function':12s} " + " ".join(f"{m:>19s}" for m in METHODS))
+        for function in dict.fromkeys(f for f, _ in summary):
+            print(f"{function:12s} " + " ".join(
+                f"{summary[(function, m)][0]:>10.4g} +- {summary[(function, m)][1]:<5.2g}"
+                for m in METHODS))
+        if args.out:
+            _write_csv(os.path.join(args.out, "results.csv"), rows)
+            _write_csv(os.path.join(args.out, "summary.csv"),
+                       [{"function": f, "method": m, "budget": args.budget, "mean": v[0],
+                         "std": v[1]} for (f, m), v in summary.items()])
+            plot_synthetic(rows, os.path.join(args.out, "synthetic.png"))
+    else:
+        from .bench.population_protocol import run_networks, summarize_networks
+
+        args.seeds = 5 if args.seeds is None else args.seeds
+        _check_positive(args, "seeds", "population", "n_steps", "cv")
+
+        def progress(done, total, r):
+            print(f"{_bar(done, total, time.perf_counter() - start)} {r['task']:8s} seed "
+                  f"{r['seed']} {r['method']:9s} test acc {r['test_score']:.4f} "
+                  f"{r['wall_time']:6.1f}s {r['epochs']:.0f} epochs", flush=True)
+
+        rows = run_networks(args.tasks, args.seeds, population=args.population,
+                            n_steps=args.n_steps, cv=args.cv, n_jobs=args.n_jobs,
+                            progress=progress)
+        summary = summarize_networks(rows)
+        print(f"\n{'task':8s} {'method':9s} {'median acc':>10s} {'IQR':>6s} {'mean loss':>9s} "
+              f"{'wall s':>7s} {'epochs':>6s}")
+        for s in summary:
+            print(f"{s['task']:8s} {s['method']:9s} {s['median_test_acc']:10.4f} "
+                  f"{s['iqr_test_acc']:6.4f} {s['mean_test_loss']:9.4f} "
+                  f"{s['median_wall']:7.1f} {s['median_epochs']:6.0f}")
+        _print_tests(rows)
+        if args.out:
+            _write_csv(os.path.join(args.out, "results.csv"), rows)
+            _write_csv(os.path.join(args.out, "summary.csv"), summary)
+    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    if args.out:
+        print(f"results in {args.out}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="skhpo", description="skhpo command line")
     sub = parser.add_subparsers(dest="command", required=True)
     _bench_parser(sub)
     _bayesmark_parser(sub)
     _hyperlocal_parser(sub)
+    _hpm_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return {"bench": bench, "bayesmark": bayesmark, "hyperlocal": hyperlocal}[args.command](args)
+        return {"bench": bench, "bayesmark": bayesmark, "hyperlocal": hyperlocal,
+                "hpm": hpm}[args.command](args)
     except ValueError as exc:
         print(f"skhpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -44,15 +44,17 @@ def _activation(name):
 class MLPModule(nn.Module):
     """``depth`` x [Linear(width) -> activation -> Dropout] -> Linear(n_outputs) (logits).
 
-    ``dropout`` is one rate for every hidden layer or a sequence of ``depth`` rates."""
+    ``dropout`` is one rate for every hidden layer or a sequence of ``depth`` rates;
+    ``input_dropout`` (if not None) adds a Dropout layer on the input, first."""
 
-    def __init__(self, n_features, n_outputs, depth=2, width=128, dropout=0.0, activation="relu"):
+    def __init__(self, n_features, n_outputs, depth=2, width=128, dropout=0.0, activation="relu",
+                 input_dropout=None):
         super().__init__()
         rates = [dropout] * depth if np.ndim(dropout) == 0 else list(dropout)
         if len(rates) != depth:
             raise ValueError(f"dropout has {len(rates)} rates for depth={depth} hidden layers: "
                              "give one float, or one rate per hidden layer")
-        layers, n_in = [], n_features
+        layers, n_in = [] if input_dropout is None else [nn.Dropout(input_dropout)], n_features
         for rate in rates:
             layers += [nn.Linear(n_in, width), _activation(activation), nn.Dropout(rate)]
             n_in = width
@@ -287,6 +289,9 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
         Units in each hidden layer.
     dropout : float or sequence of floats, default=0.0
         Dropout probability after each hidden layer: one for all, or one per hidden layer.
+    input_dropout : float or None, default=None
+        Dropout probability on the input features (a Dropout layer before the first linear
+        layer; None: no such layer, so the layer indices stay those of ``depth`` blocks).
     activation : str, default="relu"
         One of relu, tanh, gelu, elu, selu, leaky_relu, sigmoid.
     l2, l1 : float or sequence of floats, default=0.0
@@ -329,10 +334,10 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
     module_, history_ : skorch's fitted module and training history.
     """
 
-    _module_params = ("depth", "width", "dropout", "activation")
+    _module_params = ("depth", "width", "dropout", "activation", "input_dropout")
 
     def __init__(self, module=MLPModule, *, depth=2, width=128, dropout=0.0, activation="relu",
-                 l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
+                 input_dropout=None, l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
                  optimizer=torch.optim.Adam, criterion=nn.CrossEntropyLoss, train_split=None, random_state=None,
                  device="cpu", verbose=0, iterator_train=ArrayBatchIterator,
                  iterator_valid=ArrayBatchIterator, iterator_train__shuffle=True, **kwargs):
@@ -413,10 +418,10 @@ class TabularMLPRegressor(_SkhpoNetMixin, NeuralNetRegressor):
     ``y`` may be 1-D or 2-D (several outputs); ``predict`` returns the same shape.
     """
 
-    _module_params = ("depth", "width", "dropout", "activation")
+    _module_params = ("depth", "width", "dropout", "activation", "input_dropout")
 
     def __init__(self, module=MLPModule, *, depth=2, width=128, dropout=0.0, activation="relu",
-                 l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
+                 input_dropout=None, l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
                  optimizer=torch.optim.Adam, criterion=nn.MSELoss, train_split=None, random_state=None, device="cpu",
                  verbose=0, iterator_train=ArrayBatchIterator, iterator_valid=ArrayBatchIterator,
                  iterator_train__shuffle=True, **kwargs):

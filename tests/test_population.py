@@ -1,6 +1,5 @@
 """PopulationMutationSearch (HPM): the teacher, the population loop, the estimator."""
 
-import copy
 import math
 
 import numpy as np

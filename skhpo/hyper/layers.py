@@ -7,15 +7,25 @@
   :class:`ConcreteDropout` in place (the module's ``forward`` is untouched).
 * :class:`DropoutRates` — a skorch callback that sets per-layer dropout rates of an ordinary
   net at the start of training (to retrain a plain net with tuned rates).
+* Self-tuning-network surgery (Delta-STN, used by :class:`~skhpo.CuttingPlaneTuner`):
+  :class:`HyperLayer` wraps an ``nn.Linear`` / ``nn.Conv2d`` with a hyper-gated response term,
+  :class:`HyperDropout` drops with per-example rates, and :func:`convert_module` converts a
+  module in place. The hyper-network input reaches the layers through a shared
+  :class:`HyperContext`, so the module's ``forward`` is unchanged.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
+import torch.nn.functional as F
 from skorch.callbacks import Callback
 from torch import nn
 
-__all__ = ["ConcreteDropout", "DropoutRates", "dropout_layers", "replace_dropout"]
+__all__ = ["ConcreteDropout", "DropoutRates", "HyperContext", "HyperDropout", "HyperLayer",
+           "convert_module", "dropout_layers", "entropy", "general_state_dict", "replace_dropout"]
 
 
 class ConcreteDropout(nn.Module):
@@ -60,18 +70,22 @@ class ConcreteDropout(nn.Module):
         return f"p={float(self.p):.4g}, temperature={self.temperature:g}"
 
 
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
 def dropout_layers(module):
-    """``{path: layer}`` of the ``nn.Dropout`` / :class:`ConcreteDropout` layers of
-    ``module``, in registration order (path as in ``named_modules``)."""
+    """``{path: layer}`` of the dropout layers of ``module`` (``nn.Dropout`` and its 1-3d
+    channel variants, :class:`ConcreteDropout`, :class:`HyperDropout`), in registration
+    order (path as in ``named_modules``)."""
     return {name: m for name, m in module.named_modules()
-            if isinstance(m, (nn.Dropout, ConcreteDropout))}
+            if isinstance(m, (*_DROPOUTS, ConcreteDropout, HyperDropout))}
 
 
 def replace_dropout(module, temperature=0.1):
     """Replace every ``nn.Dropout`` of ``module`` (in place) by a :class:`ConcreteDropout`
     with the same rate; return ``{path: layer}`` of the concrete layers. Idempotent."""
     for path, layer in list(dropout_layers(module).items()):
-        if isinstance(layer, nn.Dropout):
+        if type(layer) is nn.Dropout:
             parent_path, _, attr = path.rpartition(".")
             parent = module.get_submodule(parent_path) if parent_path else module
             new = ConcreteDropout(layer.p, temperature)
@@ -97,7 +111,147 @@ class DropoutRates(Callback):
                 raise ValueError(f"DropoutRates: the module has no dropout layer {path!r}; "
                                  f"it has {sorted(layers)}")
             layer = layers[path]
-            if isinstance(layer, ConcreteDropout):
+            if isinstance(layer, (ConcreteDropout, HyperDropout)):
                 layer.p.fill_(float(rate))
             else:
                 layer.p = float(rate)
+
+
+# --------------------------------------------------------------------------------------------
+# self-tuning networks (Delta-STN)
+# --------------------------------------------------------------------------------------------
+
+class HyperContext:
+    """What the converted layers of one module read at each forward pass.
+
+    ``h_net``: the hyper-network input, a ``(batch, n_hyper)`` tensor (or one row), or None
+    for the general weights alone; ``rates``: the dropout rates, ``(batch, n_rates)`` or
+    ``(n_rates,)``, used in training mode.
+    """
+
+    def __init__(self, n_hyper, rates=None):
+        self.n_hyper = n_hyper
+        self.h_net = None
+        self.rates = rates
+
+
+class HyperLayer(nn.Module):
+    """An ``nn.Linear`` or ``nn.Conv2d`` with a hyper-gated response (Delta-STN):
+
+        out = base(x) + s_w * response_nobias(x) + s_b * response.bias,
+        [s_w | s_b] = h_net @ h1.T
+
+    so that each example's weight is W_e + diag(s_w) W_h2 (CPMLHO Eq. 3). ``base`` keeps the
+    general weights (W_e, b_e) of the layer it wraps, ``response`` is a fresh layer of the same
+    shape (W_h2, b_h2; PyTorch's default init) and ``h1`` (2 out x n_hyper) starts at zero, so
+    the converted module computes exactly what the original did.
+    """
+
+    def __init__(self, base, n_hyper, context):
+        super().__init__()
+        if not isinstance(base, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"HyperLayer wraps nn.Linear or nn.Conv2d, got {type(base).__name__}")
+        self.base = base
+        self.response = copy.deepcopy(base)
+        self.response.reset_parameters()
+        n_out = base.out_features if isinstance(base, nn.Linear) else base.out_channels
+        self.h1 = nn.Parameter(torch.zeros(2 * n_out, n_hyper, dtype=base.weight.dtype,
+                                           device=base.weight.device))
+        self.context = context
+
+    def forward(self, x):
+        out = self.base(x)
+        h = self.context.h_net
+        if h is None:
+            return out
+        s_w, s_b = (h.to(out.dtype) @ self.h1.T).chunk(2, dim=-1)
+        if isinstance(self.base, nn.Linear):
+            resp = F.linear(x, self.response.weight)
+            shape = (s_w.shape[0], *([1] * (out.dim() - 2)), s_w.shape[-1])
+        else:
+            resp = self.response._conv_forward(x, self.response.weight, None)
+            shape = (s_w.shape[0], s_w.shape[-1], 1, 1)
+        resp = resp * s_w.reshape(shape)
+        if self.response.bias is not None:
+            resp = resp + (s_b * self.response.bias).reshape(shape)
+        return out + resp
+
+
+class HyperDropout(nn.Module):
+    """Dropout whose rate is hyper-parameter ``index`` of the context's ``rates``, one rate
+    per example (hard Bernoulli masks with detached rates, as in the Delta-STN code).
+    ``channel=True`` drops whole channels (``nn.Dropout2d``). Identity in eval mode."""
+
+    def __init__(self, index, context, channel=False):
+        super().__init__()
+        self.index, self.context, self.channel = index, context, channel
+
+    def forward(self, x):
+        if not self.training or self.context.rates is None:
+            return x
+        p = self.context.rates.detach()
+        p = (p[..., self.index] if p.dim() else p).to(x.dtype).clamp(0.0, 1.0 - 1e-6)
+        p = p.reshape(-1, *([1] * (x.dim() - 1)))  # one rate per example (or one for all)
+        shape = (x.shape[0], x.shape[1], *([1] * (x.dim() - 2))) if self.channel else x.shape
+        keep = (1.0 - p).expand(shape)
+        return x * torch.bernoulli(keep) / keep
+
+    def extra_repr(self):
+        return f"index={self.index}, channel={self.channel}"
+
+
+def convert_module(module, rate_paths, n_hyper):
+    """Convert ``module`` in place for Delta-STN training.
+
+    Every ``nn.Linear`` and ``nn.Conv2d`` becomes a :class:`HyperLayer` with ``n_hyper``
+    hyper-inputs; the dropout layer at ``rate_paths[i]`` becomes a :class:`HyperDropout`
+    reading rate ``i`` (other dropout layers keep their fixed rate). Returns the shared
+    :class:`HyperContext`. Raises a ``ValueError`` if the module has no layer to convert or
+    a path is not a dropout layer.
+    """
+    context = HyperContext(n_hyper)
+    dropouts = dropout_layers(module)
+    for path in rate_paths:
+        if path not in dropouts:
+            raise ValueError(f"the module has no dropout layer {path!r}; its dropout layers "
+                             f"are {sorted(dropouts)}")
+    targets = [(name, m) for name, m in module.named_modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not targets:
+        raise ValueError(f"{type(module).__name__} has no nn.Linear or nn.Conv2d layer to "
+                         "convert into a self-tuning layer")
+    for name, layer in targets:
+        _replace(module, name, HyperLayer(layer, n_hyper, context))
+    for i, path in enumerate(rate_paths):
+        channel = isinstance(dropouts[path], (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d))
+        _replace(module, path, HyperDropout(i, context, channel))
+    return context
+
+
+def _replace(module, path, new):
+    if not path:
+        raise ValueError("the module itself is a single layer; wrap it in a container "
+                         "(e.g. nn.Sequential) so that it can be converted")
+    parent_path, _, attr = path.rpartition(".")
+    parent = module.get_submodule(parent_path) if parent_path else module
+    setattr(parent, attr, new)
+
+
+def general_state_dict(converted):
+    """The converted module's general weights under the original module's names (the
+    ``.base`` of every :class:`HyperLayer`); the response weights are left out."""
+    hyper = [f"{name}." if name else "" for name, m in converted.named_modules()
+             if isinstance(m, HyperLayer)]
+    out = {}
+    for key, value in converted.state_dict().items():
+        prefix = next((p for p in hyper if key.startswith(p)), None)
+        if prefix is None:
+            out[key] = value
+        elif key.startswith(prefix + "base."):
+            out[prefix + key[len(prefix) + 5:]] = value
+    return out
+
+
+def entropy(sigma):
+    """Entropy of the Gaussian perturbation with scales ``sigma``: sum log(sigma sqrt(2 pi e))."""
+    return torch.log(sigma * math.sqrt(2 * math.pi * math.e)).sum()

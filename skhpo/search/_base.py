@@ -22,16 +22,19 @@ import numpy as np
 from scipy.stats import rankdata
 from joblib import Parallel, delayed
 from sklearn.base import clone, is_classifier
+from sklearn.model_selection import train_test_split
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import check_cv
 from sklearn.model_selection._search import BaseSearchCV
 from sklearn.utils.validation import _num_samples
 
+from ..hyper.layers import DropoutRates
 from ..nets import (TrainingDivergedError, check_param_names, find_net, free_estimator,
                     seed_everything, spawn_seeds, trial_params)
 
 __all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns",
-           "results_table"]
+           "results_table", "holdout_split", "fit_preprocessing", "as_float_array",
+           "plain_net_params"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,3 +329,52 @@ class NetSearchCV(BaseSearchCV):
     def _nominal_epochs(self, params):
         net, prefix = find_net(self.estimator)
         return int(params.get(f"{prefix}max_epochs", net.max_epochs))
+
+
+# --------------------------------------------------------------------------------------------
+# methods with their own training loop (one held-out validation part)
+# --------------------------------------------------------------------------------------------
+
+def holdout_split(estimator, X, y, fraction, seed):
+    """``X_train, X_val, y_train, y_val``: a seeded shuffled split, stratified for
+    classifiers when every class allows it."""
+    stratify = y if is_classifier(estimator) else None
+    try:
+        return train_test_split(X, y, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:  # a class too small to stratify
+        return train_test_split(X, y, test_size=fraction, random_state=seed)
+
+
+def fit_preprocessing(estimator, X, y):
+    """``(fitted steps before the net or None, the net)``."""
+    net, prefix = find_net(estimator)
+    if not prefix or len(estimator.steps) == 1:
+        return None, net
+    return clone(estimator[:-1]).fit(X, y), net
+
+
+def as_float_array(pre, X):
+    """``X`` through the fitted preprocessing ``pre`` (if any) as a contiguous float32 array."""
+    X = X if pre is None else pre.transform(X)
+    return np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+
+
+def plain_net_params(estimator, prefix, best, max_epochs, coefs):
+    """``set_params`` of a plain net that trains with the final hyper-parameters fixed
+    (``coefs``: the net's per-layer ``l2``/``l1`` coefficients before tuning)."""
+    net, _ = find_net(estimator)
+    out, rates = {f"{prefix}max_epochs": max_epochs}, {}
+    for name, value in best.items():
+        bare = name[len(prefix):]
+        if bare.startswith("dropout["):
+            rates[bare[len("dropout["):-1]] = value
+        elif bare[:3] in ("l2[", "l1["):
+            key = f"{prefix}{bare[:2]}"
+            layer_coefs = out.setdefault(key, list(coefs[bare[:2]]))
+            layer_coefs[int(bare[3:-1])] = value
+        else:
+            out[name] = value
+    if rates:
+        callbacks = list(net.callbacks) if isinstance(net.callbacks, (list, tuple)) else []
+        out[f"{prefix}callbacks"] = callbacks + [("skhpo_dropout_rates", DropoutRates(rates))]
+    return out

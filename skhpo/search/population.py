@@ -38,20 +38,20 @@ import torch
 from joblib import Parallel, delayed
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
-from sklearn.base import clone, is_classifier
+from sklearn.base import clone
 from sklearn.metrics import check_scoring
-from sklearn.model_selection import train_test_split
 from sklearn.model_selection._search import BaseSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from ..hyper import (DropoutRates, apply_hyperparams, as_box, lookahead_loss, replace_dropout,
+from ..hyper import (apply_hyperparams, as_box, lookahead_loss, replace_dropout,
                      resolve_hyperparam)
 from ..nets import (TrainingDivergedError, batch_size_of, check_param_names, find_net,
                     free_estimator, seed_everything, spawn_seeds, trial_params)
-from ._base import _check_fit_data, history_columns, results_table
+from ._base import (_check_fit_data, as_float_array, fit_preprocessing, history_columns,
+                    holdout_split, plain_net_params, results_table)
 
 __all__ = ["PopulationMutationSearch", "Teacher", "run_hpm", "RANDOM_RANGE"]
 
@@ -520,10 +520,10 @@ class PopulationMutationSearch(BaseSearchCV):
         rng = check_random_state(self.random_state)
         seeds = spawn_seeds(rng, self.population_size + 2)
         self.scorer_ = check_scoring(self.estimator, self.scoring)
-        X_tr, X_val, y_tr, y_val = _split(self.estimator, X, y, self.validation_fraction,
+        X_tr, X_val, y_tr, y_val = holdout_split(self.estimator, X, y, self.validation_fraction,
                                           int(seeds[-1] % (2**31 - 1)))
-        pre, net = _fit_preprocessing(self.estimator, X_tr, y_tr)
-        Xt, Xv = _as_float(pre, X_tr), _as_float(pre, X_val)
+        pre, net = fit_preprocessing(self.estimator, X_tr, y_tr)
+        Xt, Xv = as_float_array(pre, X_tr), as_float_array(pre, X_val)
         template, yt, yv_t, hypers = self._resolve(net, prefix, boxes, Xt, y_tr, y_val)
 
         start = time.perf_counter()
@@ -607,7 +607,7 @@ class PopulationMutationSearch(BaseSearchCV):
         if not self.refit:
             return
         t0 = time.perf_counter()
-        params = _refit_params(self.estimator, prefix, self.best_params_,
+        params = plain_net_params(self.estimator, prefix, self.best_params_,
                                max(1, round(self.n_steps * epochs_per_step)), self._coefs)
         self.best_estimator_ = clone(self.estimator).set_params(**params).fit(X, y)
         self.refit_time_ = time.perf_counter() - t0
@@ -622,45 +622,3 @@ class PopulationMutationSearch(BaseSearchCV):
     @property
     def classes_(self):
         return self.best_estimator_.classes_
-
-
-def _split(estimator, X, y, fraction, seed):
-    stratify = y if is_classifier(estimator) else None
-    try:
-        return train_test_split(X, y, test_size=fraction, random_state=seed, stratify=stratify)
-    except ValueError:  # a class too small to stratify
-        return train_test_split(X, y, test_size=fraction, random_state=seed)
-
-
-def _fit_preprocessing(estimator, X, y):
-    """``(fitted steps before the net or None, the net)``."""
-    net, prefix = find_net(estimator)
-    if not prefix or len(estimator.steps) == 1:
-        return None, net
-    return clone(estimator[:-1]).fit(X, y), net
-
-
-def _as_float(pre, X):
-    X = X if pre is None else pre.transform(X)
-    return np.ascontiguousarray(np.asarray(X, dtype=np.float32))
-
-
-def _refit_params(estimator, prefix, best, max_epochs, coefs):
-    """``set_params`` of a plain net that trains with the final hyper-parameters fixed
-    (``coefs``: the net's per-layer ``l2``/``l1`` coefficients before tuning)."""
-    net, _ = find_net(estimator)
-    out, rates = {f"{prefix}max_epochs": max_epochs}, {}
-    for name, value in best.items():
-        bare = name[len(prefix):]
-        if bare.startswith("dropout["):
-            rates[bare[len("dropout["):-1]] = value
-        elif bare[:3] in ("l2[", "l1["):
-            key = f"{prefix}{bare[:2]}"
-            layer_coefs = out.setdefault(key, list(coefs[bare[:2]]))
-            layer_coefs[int(bare[3:-1])] = value
-        else:
-            out[name] = value
-    if rates:
-        callbacks = list(net.callbacks) if isinstance(net.callbacks, (list, tuple)) else []
-        out[f"{prefix}callbacks"] = callbacks + [("skhpo_dropout_rates", DropoutRates(rates))]
-    return out

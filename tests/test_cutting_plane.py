@@ -1,0 +1,296 @@
+"""CuttingPlaneTuner (CPMLHO / Delta-STN): hyper layers, the cut, the loop, the estimator."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch import NeuralNetClassifier
+from torch import nn
+
+from skhpo import CuttingPlaneTuner, TabularMLPClassifier
+from skhpo.hyper import Box
+from skhpo.hyper.layers import (HyperDropout, HyperLayer, convert_module, entropy,
+                                general_state_dict)
+from skhpo.search.cutting_plane import _HyperParams, cut_penalty
+
+
+# -- layers and surgery ---------------------------------------------------------------------------
+
+def _cnn():
+    return nn.Sequential(nn.Dropout(0.1), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                         nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def test_hyper_layers_equal_plain_layers_when_the_hyper_term_is_zero():
+    torch.manual_seed(0)
+    module = _cnn()
+    plain = copy.deepcopy(module).eval()
+    context = convert_module(module, ["0", "3"], n_hyper=2)
+    module.eval()
+    x = torch.randn(6, 1, 8, 8)
+    assert isinstance(module[1], HyperLayer) and isinstance(module[5], HyperLayer)
+    assert isinstance(module[3], HyperDropout) and module[3].channel
+    torch.testing.assert_close(module(x), plain(x))           # h_net = None
+    context.h_net = torch.randn(6, 2)
+    torch.testing.assert_close(module(x), plain(x))           # h1 = 0
+    with torch.no_grad():
+        for layer in (module[1], module[5]):
+            layer.h1.normal_()
+    context.h_net = torch.zeros(6, 2)
+    torch.testing.assert_close(module(x), plain(x))           # h_net = 0
+    context.h_net = torch.randn(6, 2)
+    assert not torch.allclose(module(x), plain(x))            # a real response
+
+
+def test_hyper_linear_is_the_per_example_weight_of_eq3():
+    torch.manual_seed(1)
+    lin = nn.Linear(3, 4)
+    module = nn.Sequential(lin)
+    context = convert_module(module, [], n_hyper=2)
+    layer = module[0]
+    with torch.no_grad():
+        layer.h1.normal_()
+    x, h = torch.randn(5, 3), torch.randn(5, 2)
+    context.h_net = h
+    out = module(x)
+    s = h @ layer.h1.T
+    for b in range(5):
+        W = layer.base.weight + torch.diag(s[b, :4]) @ layer.response.weight
+        bias = layer.base.bias + s[b, 4:] * layer.response.bias
+        torch.testing.assert_close(out[b], W @ x[b] + bias)
+
+
+def test_general_state_dict_loads_into_the_original_module():
+    module = _cnn()
+    plain = copy.deepcopy(module)
+    convert_module(module, ["0"], 1)
+    with torch.no_grad():
+        module[5].base.weight.add_(1.0)
+    plain.load_state_dict(general_state_dict(module))
+    torch.testing.assert_close(plain[5].weight, module[5].base.weight)
+
+
+def test_hyper_dropout_uses_per_example_rates():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(50, 50), nn.Dropout(0.5))
+    context = convert_module(module, ["1"], 1)
+    module.train()
+    context.rates = torch.tensor([[0.0], [0.9]])
+    out = module[1](torch.ones(2, 20000))
+    assert torch.equal(out[0], torch.ones(20000))                  # rate 0 keeps everything
+    assert float((out[1] == 0).float().mean()) == pytest.approx(0.9, abs=0.01)
+    assert float(out[1].mean()) == pytest.approx(1.0, abs=0.05)    # rescaled by 1 / (1 - p)
+    module.eval()
+    assert torch.equal(module[1](torch.ones(2, 5)), torch.ones(2, 5))
+
+
+def test_convert_rejects():
+    with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d"):
+        convert_module(nn.Sequential(nn.ReLU(), nn.Dropout()), ["1"], 1)
+    with pytest.raises(ValueError, match="no dropout layer '0'"):
+        convert_module(nn.Sequential(nn.Linear(2, 2), nn.Dropout()), ["0"], 1)
+
+
+@pytest.mark.parametrize("box", [Box(0.0, 0.95), Box(2.0, 24.0), Box(0.0, 5.0)])
+def test_transform_round_trip(box):
+    hp = _HyperParams([box], [box.lo + 0.3 * (box.hi - box.lo)])
+    assert hp.values()[0].item() == pytest.approx(box.lo + 0.3 * (box.hi - box.lo), rel=1e-5)
+    assert hp.sigma()[0].item() == pytest.approx(1.0)
+
+
+# -- the cut -----------------------------------------------------------------------------------------
+
+def test_cut_value_and_gradient():
+    w_e = torch.tensor([1.0, -1.0, 0.5, 0.2])
+    w_h2 = torch.tensor([0.0, 0.0, 0.9, 0.2], requires_grad=True)
+    signs = [torch.sign(w_e - w_h2.detach())]  # the cut at the anchor: [+1, -1, -1, 0]
+    mu, eps2 = 0.1, 1e-8
+    value = cut_penalty([(w_e, w_h2)], signs, mu, eps2)
+    # phi = |D| - eps2 at the anchor, summed over the constrained elements
+    assert value.item() == pytest.approx(mu * ((1 - eps2) + (1 - eps2) + (0.4 - eps2)), rel=1e-6)
+    (grad,) = torch.autograd.grad(value, [w_h2])
+    torch.testing.assert_close(grad, -mu * torch.tensor([1.0, -1.0, -1.0, 0.0]))
+    # once an element is on the feasible side the hinge gives it no gradient
+    moved = torch.tensor([1.5, -1.5, 0.4, 0.2], requires_grad=True)
+    (grad,) = torch.autograd.grad(cut_penalty([(w_e, moved)], signs, mu, eps2), [moved])
+    torch.testing.assert_close(grad, torch.tensor([0.0, 0.0, 0.0, 0.0]))
+    (grad,) = torch.autograd.grad(cut_penalty([(w_e, moved)], signs, mu, eps2, "linear"), [moved])
+    torch.testing.assert_close(grad, -mu * torch.tensor([1.0, -1.0, -1.0, 0.0]))
+
+
+def test_cut_memory_all_is_an_l1_penalty_once_both_signs_were_seen():
+    w_e = torch.tensor([1.0, -1.0])
+    w_h2 = torch.tensor([0.5, 0.5], requires_grad=True)
+    both = [(torch.tensor([True, True]), torch.tensor([True, True]))]
+    value = cut_penalty([(w_e, w_h2)], both, 1.0, 0.0)
+    assert value.item() == pytest.approx(0.5 + 1.5)
+
+
+def test_entropy_grows_with_sigma():
+    s = torch.tensor([1.0, 2.0], requires_grad=True)
+    (grad,) = torch.autograd.grad(entropy(s), [s])
+    torch.testing.assert_close(grad, 1 / s.detach())
+
+
+# -- the estimator ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X.astype(np.float32), y
+
+
+def _mlp(**kw):
+    kw = {"width": 64, "input_dropout": 0.05, "dropout": 0.05, "lr": 1e-2, "max_epochs": 8, **kw}
+    return make_pipeline(StandardScaler(), TabularMLPClassifier(**kw))
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, y = digits
+    return CuttingPlaneTuner(_mlp(), warmup_epochs=2, random_state=0).fit(X[:1200], y[:1200])
+
+
+def test_digits_smoke_rates_in_box_and_accuracy(fitted, digits):
+    X, y = digits
+    t = fitted
+    hist = pd.DataFrame(t.history_)
+    names = ["tabularmlpclassifier__dropout[layers.0]", "tabularmlpclassifier__dropout[layers.3]",
+             "tabularmlpclassifier__dropout[layers.6]"]
+    assert list(t.best_params_) == names
+    for n in names:
+        assert ((hist[n] > 0) & (hist[n] < 0.95)).all()
+    assert len(hist) == 8 and t.n_epochs_ == 8
+    assert hist["valid_acc"].iloc[-1] > 0.9
+    assert t.best_score_ == pytest.approx(hist["valid_acc"].iloc[-1])  # general weights = estimator
+    assert hist["hyper_steps"].iloc[1] == 0 and hist["hyper_steps"].iloc[-1] > 0
+    moved = [abs(t.hyper_history_[n][-1] - 0.05) for n in names]
+    assert max(moved) > 1e-3
+    assert t.score(X[1200:], y[1200:]) > 0.85
+    assert isinstance(t.best_estimator_[-1].module_.layers[0], nn.Dropout)
+    assert t.best_estimator_[-1].module_.layers[0].p == pytest.approx(t.best_params_[names[0]])
+
+
+def test_cv_results_schema(fitted, digits):
+    X, y = digits
+    grid = GridSearchCV(_mlp(max_epochs=1), {"tabularmlpclassifier__lr": [1e-2]}, cv=2).fit(X[:300], y[:300])
+    structural = {k for k in grid.cv_results_ if not k.startswith("param") and "split1" not in k}
+    assert structural <= set(fitted.cv_results_)
+    assert fitted.cv_results_["rank_test_score"].tolist() == [1]
+
+
+def test_cut_shrinks_the_gap(digits):
+    X, y = digits
+    kw = dict(warmup_epochs=1, theta=None, random_state=0)
+    gaps = {}
+    for mu in (0.0, 1e-1):
+        t = CuttingPlaneTuner(_mlp(max_epochs=6), mu=mu, **kw).fit(X[:900], y[:900])
+        gaps[mu] = t.history_["gap"][-1]
+    assert gaps[1e-1] < 0.8 * gaps[0.0]
+
+
+def test_theta_none_draws_no_training_term(digits, monkeypatch):
+    """The hyper objective: theta=None -> L_val only (Delta-STN: no training batch is drawn
+    for it); a number theta -> L_train + theta L_val, one training batch per validation
+    batch."""
+    X, y = digits
+    calls = {}
+    import skhpo.search.cutting_plane as cp
+    original = cp._batches
+
+    def counting(n, batch):
+        key = "train" if n > 400 else "valid"
+        calls[key] = 0
+        for idx in original(n, batch):
+            calls[key] += 1
+            yield idx
+    monkeypatch.setattr(cp, "_batches", counting)
+    for theta in (None, 0.0, 1.0):
+        calls.clear()
+        CuttingPlaneTuner(_mlp(max_epochs=2), warmup_epochs=1, theta=theta,
+                          random_state=0).fit(X[:600], y[:600])
+        assert calls["valid"] > 0
+        assert calls.get("train", 0) == (0 if theta is None else calls["valid"])
+
+
+def test_mu_zero_and_theta_none_ignore_cut_settings(digits):
+    """With mu = 0 the cut never enters: cut_mode and cut_memory change nothing."""
+    X, y = digits
+    kw = dict(warmup_epochs=1, theta=None, mu=0.0, random_state=3)
+    a = CuttingPlaneTuner(_mlp(max_epochs=3), cut_mode="hinge", **kw).fit(X[:500], y[:500])
+    b = CuttingPlaneTuner(_mlp(max_epochs=3), cut_mode="linear", cut_memory="all", **kw).fit(X[:500], y[:500])
+    assert a.best_params_ == b.best_params_
+    assert a.history_["valid_loss"] == b.history_["valid_loss"]
+
+
+def test_plain_skorch_cnn_and_refit(digits):
+    X, y = digits
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _cnn()
+
+        def forward(self, X):
+            return self.body(X.reshape(-1, 1, 8, 8))
+
+    net = NeuralNetClassifier(Net, criterion=nn.CrossEntropyLoss, max_epochs=3, lr=0.05,
+                              train_split=None, batch_size=64)
+    t = CuttingPlaneTuner(net, {"dropout[body.3]": (0.0, 0.9, 0.5), "input_noise": (0.0, 0.5, 0.1)},
+                          warmup_epochs=1, random_state=0).fit(X[:600] / 16, y[:600])
+    assert list(t.best_params_) == ["dropout[body.3]", "input_noise"]
+    assert 0 < t.best_params_["dropout[body.3]"] < 0.9
+    assert t.best_estimator_.module_.body[3].p == pytest.approx(t.best_params_["dropout[body.3]"])
+    assert not hasattr(net, "module_")
+    with pytest.raises(ValueError, match="input_noise"):
+        CuttingPlaneTuner(net, {"input_noise": (0.0, 0.5)}, warmup_epochs=1, refit=True,
+                          random_state=0).fit(X[:300] / 16, y[:300])
+    r = CuttingPlaneTuner(net, {"dropout[body.3]": (0.0, 0.9)}, warmup_epochs=1, refit=True,
+                          random_state=0).fit(X[:300] / 16, y[:300])
+    assert r.best_estimator_.module_.body[3].p == pytest.approx(r.best_params_["dropout[body.3]"])
+    assert r.n_epochs_ == 6
+
+
+def test_divergence_names_the_epoch(digits):
+    X, y = digits
+    net = _mlp(lr=1e6, max_epochs=3, optimizer=torch.optim.SGD)
+    with pytest.raises(FloatingPointError, match="at epoch 1"):
+        CuttingPlaneTuner(net, warmup_epochs=1, random_state=0).fit(X[:300], y[:300])
+
+
+@pytest.mark.parametrize("hyperparams, kw, message", [
+    ({"tabularmlpclassifier__dropout[layers.1]": (0, 0.5)}, {}, "no dropout layer 'layers.1'"),
+    ({"tabularmlpclassifier__dropout[layers.0]": (0, 1.0)}, {}, r"\[0, 1\)"),
+    ({"tabularmlpclassifier__dropout[layers.0]": (0.5, 0.1)}, {}, "empty or inverted"),
+    ({"tabularmlpclassifier__dropout[layers.0]": (0.0, 0.5, 0.7)}, {}, "outside the box"),
+    ({"tabularmlpclassifier__lr": (0.0, 0.5)}, {}, "not tunable"),
+    ({}, {}, "hyperparams is empty"),
+    (None, {"mu": -1.0}, "mu"),
+    (None, {"theta": -0.5}, "theta"),
+])
+def test_bad_input(digits, hyperparams, kw, message):
+    X, y = digits
+    t = CuttingPlaneTuner(_mlp(), hyperparams, **kw)
+    with pytest.raises(ValueError, match=message):
+        t.fit(X[:100], y[:100])
+    assert not hasattr(t, "history_")
+
+
+def test_module_without_dropout_needs_names(digits):
+    X, y = digits
+    net = NeuralNetClassifier(nn.Sequential(nn.Linear(64, 10)), criterion=nn.CrossEntropyLoss,
+                              max_epochs=1, train_split=None)
+    with pytest.raises(ValueError, match="has none"):
+        CuttingPlaneTuner(net).fit(X[:50], y[:50])
+
+
+def test_clone():
+    t = CuttingPlaneTuner(_mlp(), theta=None, mu=0.0)
+    assert clone(t).get_params()["theta"] is None
