@@ -349,6 +349,75 @@ def hpm(args):
     return 0
 
 
+def _cpmlho_parser(sub):
+    p = sub.add_parser("cpmlho", help="CuttingPlaneTuner: digits MLP/CNN against Delta-STN and "
+                       "RandomizedSearchCV, and the dropout0 sensitivity figure",
+                       description="compare: CPMLHO, Delta-STN (theta=None, mu=0) and "
+                       "RandomizedSearchCV over the same dropout boxes at an equal number of "
+                       "epochs, on digits as an MLP and as a small CNN. sensitivity: dropout0 "
+                       "of the MLP started at 0.1, 0.2, 0.5, 0.8 (the paper's Figure 2).")
+    p.add_argument("part", choices=["compare", "sensitivity"])
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--seeds", type=int, default=5, help="compare: seeds")
+    p.add_argument("--epochs", type=int, default=50,
+                   help="epochs of one self-tuning run (random search spends the same)")
+    p.add_argument("--n-random", type=int, default=4, help="compare: random-search candidates")
+    p.add_argument("--methods", nargs="+", default=None,
+                   choices=["cpmlho", "delta-stn", "random", "random-full"],
+                   help="compare: methods (default: all four; random-full trains each "
+                   "candidate the full --epochs)")
+    p.add_argument("--out", default=None, help="folder for the CSV files (and sensitivity.png)")
+    return p
+
+
+def cpmlho(args):
+    from .bench.cutting_plane_protocol import (CP_METHODS, plot_sensitivity, run_compare,
+                                               run_sensitivity, summarize_compare)
+
+    _check_positive(args, "seeds", "epochs", "n_random")
+    start = time.perf_counter()
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    if args.part == "compare":
+        if args.epochs < args.n_random + 1:
+            raise ValueError(f"--epochs must be >= --n-random + 1 = {args.n_random + 1} (each "
+                             "random candidate and the refit train at least one epoch)")
+
+        def progress(done, total, r):
+            print(f"{_bar(done, total, time.perf_counter() - start)} {r['model']} seed "
+                  f"{r['seed']} {r['method']:11s} val loss {r['val_loss']:.4f} test acc "
+                  f"{r['test_score']:.4f} {r['wall_time']:5.1f}s", flush=True)
+
+        rows = run_compare(args.models, args.seeds, args.epochs, args.n_random,
+                           methods=args.methods or CP_METHODS, progress=progress)
+        summary = summarize_compare(rows)
+        print(f"\n{'model':5s} {'method':11s} {'val loss':>16s} {'test acc':>16s} "
+              f"{'test loss':>16s} {'wall s':>6s} {'epochs':>6s}")
+        for s in summary:
+            print(f"{s['model']:5s} {s['method']:11s} "
+                  + " ".join(f"{s['mean_' + k]:8.4f} +- {s['std_' + k]:.4f}"
+                             for k in ("val_loss", "test_score", "test_loss"))
+                  + f" {s['median_wall']:6.1f} {s['epochs']:6.0f}")
+        for model in args.models:
+            _print_tests([{**r, "task": r["model"]} for r in rows if r["model"] == model])
+        if args.out:
+            _write_csv(os.path.join(args.out, "results.csv"), rows)
+            _write_csv(os.path.join(args.out, "summary.csv"), summary)
+    else:
+        trajectories = run_sensitivity(epochs=args.epochs)
+        print(f"dropout0 after {args.epochs} epochs (digits MLP, seed 0)")
+        for (method, start0), traj in trajectories.items():
+            print(f"  {method:9s} start {start0:.1f} -> {traj[-1]:.4f} "
+                  f"({len(traj) - 1} hyper steps)")
+        if args.out:
+            _write_csv(os.path.join(args.out, "sensitivity.csv"),
+                       [{"method": m, "start": s0, "step": i, "dropout0": v}
+                        for (m, s0), traj in trajectories.items() for i, v in enumerate(traj)])
+            plot_sensitivity(trajectories, os.path.join(args.out, "sensitivity.png"))
+    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="skhpo", description="skhpo command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -356,10 +425,11 @@ def main(argv=None):
     _bayesmark_parser(sub)
     _hyperlocal_parser(sub)
     _hpm_parser(sub)
+    _cpmlho_parser(sub)
     args = parser.parse_args(argv)
     try:
         return {"bench": bench, "bayesmark": bayesmark, "hyperlocal": hyperlocal,
-                "hpm": hpm}[args.command](args)
+                "hpm": hpm, "cpmlho": cpmlho}[args.command](args)
     except ValueError as exc:
         print(f"skhpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier
 from torch import nn
 
@@ -294,3 +295,17 @@ def test_module_without_dropout_needs_names(digits):
 def test_clone():
     t = CuttingPlaneTuner(_mlp(), theta=None, mu=0.0)
     assert clone(t).get_params()["theta"] is None
+
+
+def test_pickle_round_trip(fitted, digits):
+    import pickle
+    X, _ = digits
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict(X[:20]), fitted.predict(X[:20]))
+
+
+@parametrize_with_checks([CuttingPlaneTuner(TabularMLPClassifier(max_epochs=2, width=8,
+                                                                 dropout=0.1),
+                                            warmup_epochs=1, train_steps=1, random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits, load_iris
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier
 from torch import nn
 
@@ -304,3 +305,17 @@ def test_clone_and_params():
     s = PopulationMutationSearch(TabularMLPClassifier(), {"lr": (1e-3, 1e-1)}, n_steps=3)
     c = clone(s)
     assert c.get_params()["n_steps"] == 3 and c.param_bounds == s.param_bounds
+
+
+def test_pickle_round_trip(fitted, digits):
+    import pickle
+    X, _ = digits
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict(X[:20]), fitted.predict(X[:20]))
+
+
+@parametrize_with_checks([PopulationMutationSearch(TabularMLPClassifier(max_epochs=2, width=8),
+                                                   {"lr": (1e-3, 1e-1)}, population_size=2,
+                                                   n_steps=2, random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
