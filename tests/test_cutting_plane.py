@@ -304,8 +304,8 @@ def test_pickle_round_trip(fitted, digits):
     np.testing.assert_array_equal(again.predict(X[:20]), fitted.predict(X[:20]))
 
 
-@parametrize_with_checks([CuttingPlaneTuner(TabularMLPClassifier(max_epochs=2, width=8,
-                                                                 dropout=0.1),
+@parametrize_with_checks([CuttingPlaneTuner(TabularMLPClassifier(max_epochs=10, width=16,
+                                                                 dropout=0.1, lr=1e-2),
                                             warmup_epochs=1, train_steps=1, random_state=0)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)

@@ -319,3 +319,15 @@ def test_pickle_round_trip(fitted, digits):
                                                    n_steps=2, random_state=0)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_string_labels_and_minibatch_steps_keep_every_class():
+    X, y = load_iris(return_X_y=True)
+    labels = np.array(["setosa", "versicolor", "virginica"])[y]
+    search = PopulationMutationSearch(TabularMLPClassifier(width=16, lr=0.05, batch_size=16),
+                                      {"lr": loguniform(1e-2, 1e-1)}, population_size=2,
+                                      n_steps=3, step=1, random_state=0)
+    search.fit(X.astype(np.float32), labels)
+    assert search.classes_.tolist() == ["setosa", "versicolor", "virginica"]
+    assert set(search.predict(X.astype(np.float32))) <= set(labels)
+    assert search.n_epochs_ == pytest.approx(2 * 3 * 16 / 120)  # one minibatch of 120 rows per step

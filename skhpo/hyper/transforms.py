@@ -97,14 +97,14 @@ class Box:
         return self.clip(rng.uniform(self.lo, self.hi))
 
 
-def as_box(name, spec):
+def as_box(name, spec, where="param_bounds"):
     """Read a ``(low, high)`` tuple or a ``scipy.stats.loguniform(low, high)`` as a
-    :class:`Box`; a clear ``ValueError`` naming ``name`` otherwise."""
+    :class:`Box`; a clear ``ValueError`` naming ``where[name]`` otherwise."""
     log = False
     if hasattr(spec, "rvs") and hasattr(spec, "support"):
         dist = getattr(getattr(spec, "dist", None), "name", "")
         if dist not in ("loguniform", "reciprocal", "uniform"):
-            raise ValueError(f"param_bounds[{name!r}]: only uniform and loguniform "
+            raise ValueError(f"{where}[{name!r}]: only uniform and loguniform "
                              f"distributions define a box; got {dist or type(spec).__name__}")
         lo, hi = (float(v) for v in spec.support())
         log = dist != "uniform"
@@ -112,16 +112,16 @@ def as_box(name, spec):
         try:
             lo, hi = float(spec[0]), float(spec[1])
         except (TypeError, ValueError):
-            raise ValueError(f"param_bounds[{name!r}]: bounds must be numbers; got "
+            raise ValueError(f"{where}[{name!r}]: bounds must be numbers; got "
                              f"{spec!r}") from None
     else:
-        raise ValueError(f"param_bounds[{name!r}]: expected a (low, high) tuple or "
+        raise ValueError(f"{where}[{name!r}]: expected a (low, high) tuple or "
                          f"scipy.stats.loguniform(low, high); got {spec!r}")
     if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or not lo < hi:
-        raise ValueError(f"param_bounds[{name!r}]: the box ({lo}, {hi}) is empty or inverted; "
+        raise ValueError(f"{where}[{name!r}]: the box ({lo}, {hi}) is empty or inverted; "
                          "low must be finite and < high")
     if log and lo <= 0:
-        raise ValueError(f"param_bounds[{name!r}]: a log box needs low > 0; got {lo}")
+        raise ValueError(f"{where}[{name!r}]: a log box needs low > 0; got {lo}")
     if math.isinf(hi):
         log = True
     return Box(lo, hi, log)

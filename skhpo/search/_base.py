@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.stats import rankdata
 from joblib import Parallel, delayed
 from sklearn.base import clone, is_classifier
@@ -356,6 +357,10 @@ def fit_preprocessing(estimator, X, y):
 def as_float_array(pre, X):
     """``X`` through the fitted preprocessing ``pre`` (if any) as a contiguous float32 array."""
     X = X if pre is None else pre.transform(X)
+    if sp.issparse(X):
+        raise TypeError("sparse input is not supported: this search trains on dense float32 "
+                        "arrays; densify X (X.toarray()) or make the Pipeline's last "
+                        "transformer dense (e.g. OneHotEncoder(sparse_output=False))")
     return np.ascontiguousarray(np.asarray(X, dtype=np.float32))
 
 

@@ -310,7 +310,7 @@ class CuttingPlaneTuner(BaseSearchCV):
             if not (isinstance(value, (tuple, list)) and len(value) in (2, 3)):
                 raise ValueError(f"hyperparams[{name!r}]: expected (low, high) or (low, high, "
                                  f"init); got {value!r}")
-            box = as_box(f"hyperparams[{name!r}]", tuple(value[:2]))
+            box = as_box(name, tuple(value[:2]), where="hyperparams")
             if bare == "input_noise":
                 noise = len(names)
                 init = value[2] if len(value) == 3 else 0.5 * (box.lo + box.hi)

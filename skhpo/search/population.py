@@ -257,13 +257,16 @@ def _train_student(net, X, y, Xv_t, yv_t, seed, rows):
 
 
 class _NetPopulation:
-    """The :func:`run_hpm` problem for skorch students (data already split and encoded)."""
+    """The :func:`run_hpm` problem for skorch students. ``y`` (the user's labels) is what the
+    students train on; ``y_enc`` and ``yv_t`` are the targets as the net's loss takes them
+    (class indices for skhpo classifiers), for the look-ahead steps."""
 
-    def __init__(self, search, net, hypers, X, y, Xv_t, yv_t, seeds):
+    def __init__(self, search, net, hypers, X, y, y_enc, Xv_t, yv_t, seeds, classes=None):
         self.search, self.net, self.hypers = search, net, hypers
         self.boxes = [hp.box for hp in hypers]
         self.names = [hp.name for hp in hypers]
-        self.X, self.y, self.Xv_t, self.yv_t = X, y, Xv_t, yv_t
+        self.X, self.y, self.y_enc, self.Xv_t, self.yv_t = X, y, y_enc, Xv_t, yv_t
+        self.classes = classes
         self.seeds = seeds
         self.batch_size = batch_size_of(net, len(X))
         self.fit_time = np.zeros(len(seeds))
@@ -275,6 +278,8 @@ class _NetPopulation:
         hyper = HyperStep(self.hypers, values, self.search.hyper_lr, self.search.hyper_every,
                           self.batch_size)
         overrides = {"max_epochs": 1, "train_split": None, "warm_start": True}
+        if self.classes is not None:  # a step on a subset must still know every class
+            overrides["classes"] = self.classes
         if "random_state" in self.net.get_params(deep=False):
             overrides["random_state"] = int(self.seeds[k] % (2**31 - 1))
         params = trial_params(self.net, seed=None, task_index=k,
@@ -321,7 +326,7 @@ class _NetPopulation:
         group = student.optimizer_.param_groups[0]
         module, loss_fn = student.module_, _loss_fn(student)
         Xt = torch.as_tensor(self.X)
-        yt = torch.as_tensor(self.y)
+        yt = torch.as_tensor(self.y_enc)
 
         def objective(val_idx):
             train_idx = torch.randint(len(yt), (self.batch_size,))
@@ -524,11 +529,12 @@ class PopulationMutationSearch(BaseSearchCV):
                                           int(seeds[-1] % (2**31 - 1)))
         pre, net = fit_preprocessing(self.estimator, X_tr, y_tr)
         Xt, Xv = as_float_array(pre, X_tr), as_float_array(pre, X_val)
-        template, yt, yv_t, hypers = self._resolve(net, prefix, boxes, Xt, y_tr, y_val)
+        template, yt, yv_t, hypers, classes = self._resolve(net, prefix, boxes, Xt, y_tr, y_val)
 
         start = time.perf_counter()
-        problem = _NetPopulation(self, template, hypers, Xt, yt, torch.as_tensor(Xv), yv_t,
-                                 seeds[:self.population_size])
+        problem = _NetPopulation(self, template, hypers, Xt, np.asarray(y_tr), yt,
+                                 torch.as_tensor(Xv), yv_t, seeds[:self.population_size],
+                                 classes)
         students, losses, self.teacher_, rows = run_hpm(
             problem, population_size=self.population_size, truncation=self.truncation,
             n_steps=self.n_steps, mutation=self.mutation, teacher_keys=self.teacher_keys,
@@ -573,7 +579,10 @@ class PopulationMutationSearch(BaseSearchCV):
         yt = encode(y_tr, reset=False) if encode else np.asarray(y_tr)
         yv = encode(y_val, reset=False) if encode else np.asarray(y_val)
         free_estimator(template)
-        return clone(net), yt, torch.as_tensor(yv), hypers
+        classes = None
+        if net.get_params(deep=False).get("classes", "absent") is None:
+            classes = getattr(template, "classes_", None)
+        return clone(net), yt, torch.as_tensor(yv), hypers, classes
 
     def _results(self, students, losses, problem, Xv, y_val, total_time):
         names = problem.names
