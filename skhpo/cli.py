@@ -147,6 +147,12 @@ def _write_csv(path, rows, exclude=()):
         writer.writerows(rows)
 
 
+def _write_results(out, rows, summary):
+    """``results.csv`` (one row per run) and ``summary.csv`` in the folder ``out``."""
+    _write_csv(os.path.join(out, "results.csv"), rows)
+    _write_csv(os.path.join(out, "summary.csv"), summary)
+
+
 def _bayesmark_parser(sub):
     from .bench.bayesmark_protocol import DATASETS, METHODS
 
@@ -260,8 +266,7 @@ def hyperlocal(args):
     print(f"\ntotal {time.perf_counter() - start:.1f}s (medians over seeds of after - before)")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        _write_csv(os.path.join(args.out, "results.csv"), rows)
-        _write_csv(os.path.join(args.out, "summary.csv"), summary)
+        _write_results(args.out, rows, summary)
         print(f"results in {args.out}/results.csv and summary.csv")
     return 0
 
@@ -313,10 +318,9 @@ def hpm(args):
                 f"{summary[(function, m)][0]:>10.4g} +- {summary[(function, m)][1]:<5.2g}"
                 for m in METHODS))
         if args.out:
-            _write_csv(os.path.join(args.out, "results.csv"), rows)
-            _write_csv(os.path.join(args.out, "summary.csv"),
-                       [{"function": f, "method": m, "budget": args.budget, "mean": v[0],
-                         "std": v[1]} for (f, m), v in summary.items()])
+            _write_results(args.out, rows,
+                           [{"function": f, "method": m, "budget": args.budget, "mean": v[0],
+                             "std": v[1]} for (f, m), v in summary.items()])
             plot_synthetic(rows, os.path.join(args.out, "synthetic.png"))
     else:
         from .bench.population_protocol import run_networks, summarize_networks
@@ -341,8 +345,7 @@ def hpm(args):
                   f"{s['median_wall']:7.1f} {s['median_epochs']:6.0f}")
         _print_tests(rows)
         if args.out:
-            _write_csv(os.path.join(args.out, "results.csv"), rows)
-            _write_csv(os.path.join(args.out, "summary.csv"), summary)
+            _write_results(args.out, rows, summary)
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     if args.out:
         print(f"results in {args.out}")
@@ -401,8 +404,7 @@ def cpmlho(args):
         for model in args.models:
             _print_tests([{**r, "task": r["model"]} for r in rows if r["model"] == model])
         if args.out:
-            _write_csv(os.path.join(args.out, "results.csv"), rows)
-            _write_csv(os.path.join(args.out, "summary.csv"), summary)
+            _write_results(args.out, rows, summary)
     else:
         trajectories = run_sensitivity(epochs=args.epochs)
         print(f"dropout0 after {args.epochs} epochs (digits MLP, seed 0)")

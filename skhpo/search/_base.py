@@ -17,13 +17,17 @@ import time
 from abc import abstractmethod
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.stats import rankdata
 from joblib import Parallel, delayed
 from sklearn.base import clone, is_classifier
+from sklearn.metrics import check_scoring
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import check_cv
 from sklearn.model_selection._search import BaseSearchCV
@@ -34,7 +38,7 @@ from ..nets import (TrainingDivergedError, check_param_names, find_net, free_est
                     seed_everything, spawn_seeds, trial_params)
 
 __all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns",
-           "results_table", "holdout_split", "fit_preprocessing", "as_float_array",
+           "results_table", "HoldoutSearch", "Holdout", "holdout_split", "fit_preprocessing", "as_float_array",
            "plain_net_params"]
 
 
@@ -335,6 +339,78 @@ class NetSearchCV(BaseSearchCV):
 # --------------------------------------------------------------------------------------------
 # methods with their own training loop (one held-out validation part)
 # --------------------------------------------------------------------------------------------
+
+class HoldoutSearch(BaseSearchCV):
+    """Base of the methods that train their models jointly on one held-out split instead of
+    cross-validating candidates (PopulationMutationSearch, CuttingPlaneTuner): the data
+    checks, the split and the preprocessing before training, and the one-split results."""
+
+    def _holdout(self, X, y, fit_params, seed):
+        """Checks (no training), then ``X``, ``y`` split by ``validation_fraction`` and passed
+        through the Pipeline's earlier steps (fitted on the training part)."""
+        if fit_params:
+            raise TypeError(f"{type(self).__name__}.fit got fit parameters "
+                            f"{sorted(fit_params)}; they are not supported (the search trains "
+                            "the net with its own loop)")
+        net, prefix = find_net(self.estimator)
+        _check_fit_data(X, y, bare_net=(prefix == ""))
+        if y is None:
+            raise ValueError(f"{type(self).__name__} needs y (supervised nets only)")
+        self.scorer_ = check_scoring(self.estimator, self.scoring)
+        X_tr, X_val, y_tr, y_val = holdout_split(self.estimator, X, y,
+                                                 self.validation_fraction, seed)
+        pre, net = fit_preprocessing(self.estimator, X_tr, y_tr)
+        return Holdout(net, prefix, pre, X_tr, X_val, np.asarray(y_tr), np.asarray(y_val),
+                       as_float_array(pre, X_tr), as_float_array(pre, X_val))
+
+    def _initialised_net(self, data):
+        """An initialised, untrained copy of the net (``max_epochs=0``: module sized and
+        classes read from the training part) and the training and validation targets as its
+        loss takes them (class indices for skhpo classifiers), as tensors."""
+        plain = clone(data.net).set_params(max_epochs=0, train_split=None)
+        plain.fit(data.Xt, data.y_tr)
+        encode = getattr(plain, "_check_y", None)
+
+        def targets(y):
+            return torch.as_tensor(encode(y, reset=False) if encode else np.asarray(y))
+        return plain, targets(data.y_tr), targets(data.y_val)
+
+    def _with_preprocessing(self, data, net):
+        """``net`` behind the fitted preprocessing steps (a Pipeline), or ``net`` itself."""
+        if data.pre is None:
+            return net
+        return Pipeline([*data.pre.steps, (self.estimator.steps[-1][0], net)])
+
+    def _one_split_results(self, params, scores, fit_times, score_times, val_losses, best):
+        """``cv_results_`` (one split, plus ``val_loss``) and the ``best_*`` attributes."""
+        self.cv_results_ = results_table(params, scores, fit_times, score_times)
+        self.cv_results_["val_loss"] = np.asarray(val_losses, dtype=float)
+        self.best_index_ = int(best)
+        self.best_params_ = dict(params[best])
+        self.best_score_ = float(scores[best])
+        self.n_splits_ = 1
+        self.multimetric_ = False
+
+    @property
+    def classes_(self):
+        return self.best_estimator_.classes_
+
+
+@dataclass
+class Holdout:
+    """The data of one hold-out fit: the net and its prefix, the fitted preprocessing (or
+    None), the raw split and the float32 arrays the net sees."""
+
+    net: object
+    prefix: str
+    pre: object
+    X_tr: object
+    X_val: object
+    y_tr: np.ndarray
+    y_val: np.ndarray
+    Xt: np.ndarray
+    Xv: np.ndarray
+
 
 def holdout_split(estimator, X, y, fraction, seed):
     """``X_train, X_val, y_train, y_val``: a seeded shuffled split, stratified for

@@ -28,13 +28,9 @@ import math
 import time
 from numbers import Integral, Real
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
-from sklearn.metrics import check_scoring
-from sklearn.model_selection._search import BaseSearchCV
-from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
@@ -45,8 +41,7 @@ from ..hyper import as_box
 from ..hyper.layers import (HyperLayer, convert_module, dropout_layers, entropy,
                             general_state_dict)
 from ..nets import TrainingDivergedError, batch_size_of, find_net, seed_everything
-from ._base import (_check_fit_data, as_float_array, fit_preprocessing, history_columns,
-                    holdout_split, plain_net_params, results_table)
+from ._base import HoldoutSearch, history_columns, plain_net_params
 
 __all__ = ["CuttingPlaneTuner", "cut_penalty"]
 
@@ -100,7 +95,7 @@ class _HyperParams(torch.nn.Module):
         return torch.stack([b.forward(u[..., i]) for i, b in enumerate(self.boxes)], dim=-1)
 
 
-class CuttingPlaneTuner(BaseSearchCV):
+class CuttingPlaneTuner(HoldoutSearch):
     """Dropout rates (and input noise) tuned within one training run: Delta-STN with a
     cutting-plane penalty and a mixed-level hyper objective (CPMLHO).
 
@@ -254,42 +249,29 @@ class CuttingPlaneTuner(BaseSearchCV):
         -------
         self : object
         """
-        if fit_params:
-            raise TypeError(f"CuttingPlaneTuner.fit got fit parameters {sorted(fit_params)}; "
-                            "they are not supported")
         self._validate_params()
-        net, prefix = find_net(self.estimator)
-        _check_fit_data(X, y, bare_net=(prefix == ""))
-        if y is None:
-            raise ValueError("CuttingPlaneTuner needs y (supervised nets only)")
         rng = check_random_state(self.random_state)
         split_seed, torch_seed = rng.randint(2**31 - 1, size=2)
-        self.scorer_ = check_scoring(self.estimator, self.scoring)
-        X_tr, X_val, y_tr, y_val = holdout_split(self.estimator, X, y, self.validation_fraction,
-                                          int(split_seed))
-        pre, net = fit_preprocessing(self.estimator, X_tr, y_tr)
-        Xt, Xv = as_float_array(pre, X_tr), as_float_array(pre, X_val)
+        data = self._holdout(X, y, fit_params, int(split_seed))
         seed_everything(int(torch_seed))
-        plain = clone(net).set_params(max_epochs=0, train_split=None)
-        plain.fit(Xt, y_tr)  # initialises the module (sizes, classes), trains nothing
-        names, boxes, inits, paths, noise = self._hyperparams(plain, prefix)
+        plain, y_enc, yv_enc = self._initialised_net(data)
+        names, boxes, inits, paths, noise = self._hyperparams(plain, data.prefix)
+        if self.refit and noise is not None:
+            raise ValueError("refit=True cannot retrain with input_noise: a plain net has no "
+                             "such parameter; use refit=False")
 
         module = copy.deepcopy(plain.module_)
         context = convert_module(module, paths, len(names))
-        encode = getattr(plain, "_check_y", None)
-        yt = torch.as_tensor(encode(y_tr, reset=False) if encode else np.asarray(y_tr))
-        yv = torch.as_tensor(encode(y_val, reset=False) if encode else np.asarray(y_val))
         hp = _HyperParams(boxes, inits)
         start = time.perf_counter()
         self._train(plain, module, context, hp, names, noise,
-                    torch.as_tensor(Xt), yt, torch.as_tensor(Xv), yv)
+                    torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc)
         self.search_time_ = time.perf_counter() - start
         with torch.no_grad():
             final = [float(v) for v in hp.values()]
-        self.best_params_ = dict(zip(names, final))
         self.hyperparams_ = hp
         self.module_ = module
-        self._finish(plain, module, paths, final, noise, pre, prefix, X_val, y_val, X, y)
+        self._finish(plain, module, dict(zip(names, final)), paths, data, X, y)
         return self
 
     def _hyperparams(self, plain, prefix):
@@ -473,39 +455,30 @@ class CuttingPlaneTuner(BaseSearchCV):
 
     # -- results --------------------------------------------------------------------------------
 
-    def _finish(self, plain, module, paths, final, noise, pre, prefix, X_val, y_val, X, y):
+    def _finish(self, plain, module, final, paths, data, X, y):
         """best_estimator_ (the plain net with the general weights, or a refit) and
         cv_results_."""
         plain.module_.load_state_dict(general_state_dict(module.cpu()))
         layers = dropout_layers(plain.module_)
-        for path, rate in zip(paths, final):
+        for path, rate in zip(paths, final.values()):
             layers[path].p = rate
         plain.module_.eval()
-        net, _ = find_net(self.estimator)
-        plain.set_params(max_epochs=net.max_epochs, train_split=net.train_split)
-        model = plain if pre is None else Pipeline([*pre.steps, (self.estimator.steps[-1][0], plain)])
+        plain.set_params(max_epochs=data.net.max_epochs, train_split=data.net.train_split)
+        model = self._with_preprocessing(data, plain)
         t0 = time.perf_counter()
-        score = self.scorer_(model, X_val, y_val)
-        score_time = time.perf_counter() - t0
-        self.cv_results_ = results_table([dict(self.best_params_)], [score],
-                                         [self.search_time_], [score_time])
-        self.cv_results_["val_loss"] = np.array([self.history_["valid_loss"][-1]])
-        self.best_index_ = 0
-        self.best_score_ = float(score)
-        self.n_splits_ = 1
-        self.multimetric_ = False
+        score = self.scorer_(model, data.X_val, data.y_val)
+        self._one_split_results([final], [score], [self.search_time_],
+                                [time.perf_counter() - t0], [self.history_["valid_loss"][-1]], 0)
         self.refit_time_ = 0.0
         if not self.refit:
             self.best_estimator_ = model
             return
-        if noise is not None:
-            raise ValueError("refit=True cannot retrain with input_noise: a plain net has no "
-                             "such parameter; use refit=False")
         t0 = time.perf_counter()
-        params = plain_net_params(self.estimator, prefix, self.best_params_, int(net.max_epochs), {})
+        epochs = int(data.net.max_epochs)
+        params = plain_net_params(self.estimator, data.prefix, self.best_params_, epochs, {})
         self.best_estimator_ = clone(self.estimator).set_params(**params).fit(X, y)
         self.refit_time_ = time.perf_counter() - t0
-        self.n_epochs_ += int(net.max_epochs)
+        self.n_epochs_ += epochs
 
     # best_estimator_ exists with refit=False too (the general weights): delegate to it
     # rather than to BaseSearchCV's methods, which require refit
@@ -525,10 +498,6 @@ class CuttingPlaneTuner(BaseSearchCV):
         """``scoring`` (``scorer_``) of ``best_estimator_`` on ``(X, y)``."""
         check_is_fitted(self, "best_estimator_")
         return self.scorer_(self.best_estimator_, X, y, **params)
-
-    @property
-    def classes_(self):
-        return self.best_estimator_.classes_
 
 
 

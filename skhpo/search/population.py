@@ -39,19 +39,15 @@ from joblib import Parallel, delayed
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from sklearn.base import clone
-from sklearn.metrics import check_scoring
-from sklearn.model_selection._search import BaseSearchCV
-from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ..hyper import (apply_hyperparams, as_box, lookahead_loss, replace_dropout,
                      resolve_hyperparam)
-from ..nets import (TrainingDivergedError, batch_size_of, check_param_names, find_net,
+from ..nets import (TrainingDivergedError, batch_size_of, check_param_names,
                     free_estimator, seed_everything, spawn_seeds, trial_params)
-from ._base import (_check_fit_data, as_float_array, fit_preprocessing, history_columns,
-                    holdout_split, plain_net_params, results_table)
+from ._base import HoldoutSearch, history_columns, plain_net_params
 
 __all__ = ["PopulationMutationSearch", "Teacher", "run_hpm", "RANDOM_RANGE"]
 
@@ -345,7 +341,7 @@ class _NetPopulation:
 # the estimator
 # --------------------------------------------------------------------------------------------
 
-class PopulationMutationSearch(BaseSearchCV):
+class PopulationMutationSearch(HoldoutSearch):
     """Hyper-parameter schedules by a population trained with hypergradients (HPM).
 
     A population of ``population_size`` copies of the net trains side by side; each student's
@@ -511,51 +507,41 @@ class PopulationMutationSearch(BaseSearchCV):
         -------
         self : object
         """
-        if fit_params:
-            raise TypeError(f"PopulationMutationSearch.fit got fit parameters "
-                            f"{sorted(fit_params)}; they are not supported")
         self._validate_params()
-        net, prefix = find_net(self.estimator)
-        _check_fit_data(X, y, bare_net=(prefix == ""))
-        if y is None:
-            raise ValueError("PopulationMutationSearch needs y (supervised nets only)")
+        rng = check_random_state(self.random_state)
+        seeds = spawn_seeds(rng, self.population_size + 2)
+        data = self._holdout(X, y, fit_params, int(seeds[-1] % (2**31 - 1)))
         boxes = {name: as_box(name, spec) for name, spec in self.param_bounds.items()}
         if not boxes:
             raise ValueError("param_bounds is empty: give at least one hyper-parameter box")
-        rng = check_random_state(self.random_state)
-        seeds = spawn_seeds(rng, self.population_size + 2)
-        self.scorer_ = check_scoring(self.estimator, self.scoring)
-        X_tr, X_val, y_tr, y_val = holdout_split(self.estimator, X, y, self.validation_fraction,
-                                          int(seeds[-1] % (2**31 - 1)))
-        pre, net = fit_preprocessing(self.estimator, X_tr, y_tr)
-        Xt, Xv = as_float_array(pre, X_tr), as_float_array(pre, X_val)
-        template, yt, yv_t, hypers, classes = self._resolve(net, prefix, boxes, Xt, y_tr, y_val)
+        hypers, y_enc, yv_enc, classes = self._resolve(data, boxes)
 
         start = time.perf_counter()
-        problem = _NetPopulation(self, template, hypers, Xt, np.asarray(y_tr), yt,
-                                 torch.as_tensor(Xv), yv_t, seeds[:self.population_size],
+        problem = _NetPopulation(self, clone(data.net), hypers, data.Xt, data.y_tr, y_enc,
+                                 torch.as_tensor(data.Xv), yv_enc, seeds[:self.population_size],
                                  classes)
         students, losses, self.teacher_, rows = run_hpm(
             problem, population_size=self.population_size, truncation=self.truncation,
             n_steps=self.n_steps, mutation=self.mutation, teacher_keys=self.teacher_keys,
             teacher_lr=self.teacher_lr, teacher_input=self.teacher_input, rng=rng,
             on_step=self._report if self.verbose else None)
+        self.search_time_ = time.perf_counter() - start
         self.history_ = history_columns(rows)
         epochs_per_step = 1.0 if self.step == "epoch" else min(
-            1.0, self.step * problem.batch_size / len(Xt))
+            1.0, self.step * problem.batch_size / len(data.Xt))
         self.n_epochs_ = epochs_per_step * len(rows)
-        self._results(students, losses, problem, Xv, y_val, time.perf_counter() - start)
+        self._results(students, losses, problem, data)
         best = students[self.best_index_]
         for k, s in enumerate(students):
             if k != self.best_index_:
                 free_estimator(s)
-        self._set_best_estimator(best, pre, prefix, X, y, epochs_per_step)
+        self._set_best_estimator(best, data, X, y, epochs_per_step)
         return self
 
-    def _resolve(self, net, prefix, boxes, Xt, y_tr, y_val):
-        """Names -> HyperParams on an initialised (untrained) copy of the net; encoded
-        targets. Everything here happens before any training."""
-        bare = {}
+    def _resolve(self, data, boxes):
+        """Names -> HyperParams on an initialised (untrained) copy of the net, the encoded
+        targets and the classes every student must know. No training happens here."""
+        prefix, bare = data.prefix, {}
         for name in boxes:
             if not name.startswith(prefix):
                 raise ValueError(f"param_bounds: {name!r} must start with the Pipeline prefix "
@@ -564,8 +550,7 @@ class PopulationMutationSearch(BaseSearchCV):
         plain = [name for name, b in bare.items() if "[" not in b]
         if plain:
             check_param_names(self.estimator, plain, where="param_bounds")
-        template = clone(net).set_params(max_epochs=0, train_split=None)
-        template.fit(Xt, y_tr)  # max_epochs=0: initialises the module, trains nothing
+        template, y_enc, yv_enc = self._initialised_net(data)
         replace_dropout(template.module_)
         hypers = [resolve_hyperparam(template, name, bare[name], box)
                   for name, box in boxes.items()]
@@ -575,59 +560,44 @@ class PopulationMutationSearch(BaseSearchCV):
                                  f"the box ({hp.box.lo}, {hp.box.hi})")
         self._coefs = (template.penalty_coefficients()
                        if hasattr(template, "penalty_coefficients") else {})
-        encode = getattr(template, "_check_y", None)
-        yt = encode(y_tr, reset=False) if encode else np.asarray(y_tr)
-        yv = encode(y_val, reset=False) if encode else np.asarray(y_val)
-        free_estimator(template)
         classes = None
-        if net.get_params(deep=False).get("classes", "absent") is None:
+        if data.net.get_params(deep=False).get("classes", "absent") is None:
             classes = getattr(template, "classes_", None)
-        return clone(net), yt, torch.as_tensor(yv), hypers, classes
+        free_estimator(template)
+        return hypers, y_enc, yv_enc, classes
 
-    def _results(self, students, losses, problem, Xv, y_val, total_time):
-        names = problem.names
-        finals = [dict(zip(names, (float(v) for v in problem.values(s)))) for s in students]
+    def _results(self, students, losses, problem, data):
+        finals = [dict(zip(problem.names, (float(v) for v in problem.values(s))))
+                  for s in students]
         scores, score_times = [], []
         for s, loss in zip(students, losses):
             t0 = time.perf_counter()
-            scores.append(self.scorer_(s, Xv, y_val) if np.isfinite(loss) else np.nan)
+            scores.append(self.scorer_(s, data.Xv, data.y_val) if np.isfinite(loss) else np.nan)
             score_times.append(time.perf_counter() - t0)
-        self.cv_results_ = results_table(finals, scores, problem.fit_time, score_times)
-        self.cv_results_["val_loss"] = np.asarray(losses, dtype=float)
-        self.best_index_ = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
-        self.best_params_ = finals[self.best_index_]
-        self.best_score_ = float(scores[self.best_index_])
-        self.n_splits_ = 1
-        self.multimetric_ = False
-        self.search_time_ = total_time
+        best = np.nanargmin(np.where(np.isfinite(losses), losses, np.nan))
+        self._one_split_results(finals, scores, problem.fit_time, score_times, losses, best)
 
-    def _set_best_estimator(self, best, pre, prefix, X, y, epochs_per_step):
+    def _set_best_estimator(self, best, data, X, y, epochs_per_step):
         self.refit_time_ = 0.0
         if self.refit == "student":
             # the user's training settings again (the hyper-parameters stay at their final
             # values: without validation data the student's HyperStep does nothing)
-            net, _ = find_net(self.estimator)
-            best.set_params(max_epochs=net.max_epochs, warm_start=net.warm_start,
-                            train_split=net.train_split)
-            self.best_estimator_ = best if pre is None else Pipeline(
-                [*pre.steps, (self.estimator.steps[-1][0], best)])
+            best.set_params(max_epochs=data.net.max_epochs, warm_start=data.net.warm_start,
+                            train_split=data.net.train_split)
+            self.best_estimator_ = self._with_preprocessing(data, best)
             return
         free_estimator(best)
         if not self.refit:
             return
         t0 = time.perf_counter()
-        params = plain_net_params(self.estimator, prefix, self.best_params_,
-                               max(1, round(self.n_steps * epochs_per_step)), self._coefs)
+        params = plain_net_params(self.estimator, data.prefix, self.best_params_,
+                                  max(1, round(self.n_steps * epochs_per_step)), self._coefs)
         self.best_estimator_ = clone(self.estimator).set_params(**params).fit(X, y)
         self.refit_time_ = time.perf_counter() - t0
-        self.n_epochs_ += params[f"{prefix}max_epochs"]
+        self.n_epochs_ += params[f"{data.prefix}max_epochs"]
 
     def _report(self, step, rows):
         losses = [r["val_loss"] for r in rows]
         print(f"[HPM] step {step + 1}/{self.n_steps}: best val loss {np.nanmin(losses):.4f}, "
               f"{sum(r['exploited_from'] >= 0 for r in rows)} exploited, "
               f"{sum(r['diverged'] for r in rows)} diverged", flush=True)
-
-    @property
-    def classes_(self):
-        return self.best_estimator_.classes_
