@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_walk"]
+__all__ = ["plot_schedules", "plot_walk"]
 
 
 def _pyplot():
@@ -59,5 +59,58 @@ def plot_walk(search, axes=None):
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_schedules(search, axes=None):
+    """Each tuned hyper-parameter over training, one panel per hyper-parameter.
+
+    For a fitted :class:`~skhpo.PopulationMutationSearch`: every student's value after each
+    step (thin lines; a dot where it copied a top student and was mutated), the best student
+    in bold. For a fitted :class:`~skhpo.CuttingPlaneTuner`: the value after every hyper step.
+    Returns the matplotlib ``Figure``. ``axes``: one Axes per hyper-parameter, or None.
+    """
+    history = getattr(search, "history_", None)
+    if history is None or not hasattr(search, "best_params_"):
+        raise ValueError("plot_schedules needs a fitted PopulationMutationSearch or "
+                         "CuttingPlaneTuner")
+    population = "student" in history
+    if not population and not hasattr(search, "hyper_history_"):
+        raise ValueError("plot_schedules draws PopulationMutationSearch and CuttingPlaneTuner "
+                         f"schedules; got a {type(search).__name__}")
+    plt = _pyplot()
+    names = list(search.best_params_)
+    if axes is None:
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+        axes = axes[0]
+    else:
+        axes = np.atleast_1d(axes)
+        fig = axes[0].figure
+    for ax, name in zip(axes, names):
+        if population:
+            step = np.array(history["step"])
+            student = np.array(history["student"])
+            values = np.array(history[name], float)
+            copied = np.array(history["exploited_from"]) >= 0
+            for k in np.unique(student):
+                sel = student == k
+                best = k == search.best_index_
+                ax.plot(step[sel], values[sel], color="black" if best else "tab:blue",
+                        linewidth=2 if best else 0.8, alpha=1 if best else 0.4,
+                        label="best student" if best else None)
+            ax.scatter(step[copied], values[copied], s=10, color="tab:red", zorder=3,
+                       label="exploited (copied, then mutated)")
+            ax.set_xlabel("step")
+        else:
+            values = np.array(search.hyper_history_.get(name, []), float)
+            ax.plot(np.arange(1, len(values) + 1), values, color="tab:blue")
+            ax.set_xlabel("hyper step")
+        if np.all(values > 0) and values.max() / values.min() > 100:
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize="small")
+        ax.grid(alpha=0.3)
+    if population:
+        axes[0].legend(fontsize="small")
     fig.tight_layout()
     return fig

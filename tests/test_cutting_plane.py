@@ -309,3 +309,14 @@ def test_pickle_round_trip(fitted, digits):
                                             warmup_epochs=1, train_steps=1, random_state=0)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_plot_schedules_draws_the_hyper_steps(fitted):
+    import matplotlib
+    matplotlib.use("Agg")
+    from skhpo.plotting import plot_schedules
+
+    fig = plot_schedules(fitted)
+    assert len(fig.axes) == 3
+    name = list(fitted.best_params_)[1]
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), fitted.hyper_history_[name])

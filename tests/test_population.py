@@ -331,3 +331,21 @@ def test_string_labels_and_minibatch_steps_keep_every_class():
     assert search.classes_.tolist() == ["setosa", "versicolor", "virginica"]
     assert set(search.predict(X.astype(np.float32))) <= set(labels)
     assert search.n_epochs_ == pytest.approx(2 * 3 * 16 / 120)  # one minibatch of 120 rows per step
+
+
+def test_plot_schedules_draws_every_student(fitted):
+    import matplotlib
+    matplotlib.use("Agg")
+    from skhpo.plotting import plot_schedules
+
+    fig = plot_schedules(fitted)
+    assert len(fig.axes) == len(BOUNDS)
+    ax = fig.axes[0]
+    assert len(ax.lines) == fitted.population_size
+    bold = [line for line in ax.lines if line.get_linewidth() == 2]
+    assert len(bold) == 1
+    hist = pd.DataFrame(fitted.history_)
+    best = hist[hist.student == fitted.best_index_][list(BOUNDS)[0]].to_numpy()
+    np.testing.assert_allclose(bold[0].get_ydata(), best)
+    with pytest.raises(ValueError, match="fitted"):
+        plot_schedules(PopulationMutationSearch(_pipe(), BOUNDS))
