@@ -320,3 +320,49 @@ def test_plot_schedules_draws_the_hyper_steps(fitted):
     assert len(fig.axes) == 3
     name = list(fitted.best_params_)[1]
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), fitted.hyper_history_[name])
+
+
+def test_cutout_zeroes_clipped_squares_per_example():
+    from skhpo.hyper import cutout
+    torch.manual_seed(0)
+    x = torch.ones(3, 64)
+    out = cutout(x, torch.tensor([0.0, 1.0, 2.9]), torch.tensor([4.0, 4.7, 3.0]), (1, 8, 8))
+    assert torch.equal(out[0], x[0])                      # no holes
+    zeros = (out[1] == 0).reshape(8, 8)
+    rows, cols = zeros.any(1).nonzero().flatten(), zeros.any(0).nonzero().flatten()
+    assert len(rows) <= 4 and len(cols) <= 4               # one square of side floor(4.7) = 4
+    assert int(zeros.sum()) == len(rows) * len(cols)        # a (clipped) rectangle
+    assert 0 < int((out[2] == 0).sum()) <= 2 * 9            # two holes of side 3
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_cutout_and_noise_tuned_on_images(digits):
+    X, y = digits
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _cnn()
+
+        def forward(self, X):
+            return self.body(X.reshape(-1, 1, 8, 8))
+
+    net = NeuralNetClassifier(Net, criterion=nn.CrossEntropyLoss, max_epochs=3, lr=0.05,
+                              train_split=None, batch_size=64)
+    spec = {"cutout_holes": (0.0, 3.0, 1.0), "cutout_length": (1.0, 6.0, 3.0),
+            "dropout[body.3]": (0.0, 0.9)}
+    with pytest.raises(ValueError, match="image_shape"):
+        CuttingPlaneTuner(net, spec).fit(X[:100] / 16, y[:100])
+    with pytest.raises(ValueError, match="both cutout_holes and cutout_length"):
+        CuttingPlaneTuner(net, {"cutout_holes": (0.0, 3.0)}, image_shape=(1, 8, 8)).fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match="does not match"):
+        CuttingPlaneTuner(net, spec, image_shape=(1, 4, 4)).fit(X[:100], y[:100])
+    t = CuttingPlaneTuner(net, spec, image_shape=(8, 8), warmup_epochs=1, train_steps=2,
+                          random_state=0).fit(X[:600] / 16, y[:600])
+    assert list(t.best_params_) == ["dropout[body.3]", "cutout_holes", "cutout_length"]
+    assert t.image_shape_ == (1, 8, 8)
+    for name in ("cutout_holes", "cutout_length"):
+        assert t.applied_params_[name] == int(np.floor(t.best_params_[name]))
+        assert t.hyper_history_[name][-1] != spec[name][2]  # it moved
+    assert t.applied_params_["dropout[body.3]"] == t.best_params_["dropout[body.3]"]
+    assert t.best_score_ > 0.5

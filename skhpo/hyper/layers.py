@@ -25,7 +25,8 @@ from skorch.callbacks import Callback
 from torch import nn
 
 __all__ = ["ConcreteDropout", "DropoutRates", "HyperContext", "HyperDropout", "HyperLayer",
-           "convert_module", "dropout_layers", "entropy", "general_state_dict", "replace_dropout"]
+           "convert_module", "cutout", "dropout_layers", "entropy", "general_state_dict",
+           "replace_dropout"]
 
 
 class ConcreteDropout(nn.Module):
@@ -255,3 +256,30 @@ def general_state_dict(converted):
 def entropy(sigma):
     """Entropy of the Gaussian perturbation with scales ``sigma``: sum log(sigma sqrt(2 pi e))."""
     return torch.log(sigma * math.sqrt(2 * math.pi * math.e)).sum()
+
+
+def cutout(x, holes, length, image_shape):
+    """Cutout (DeVries & Taylor 2017) with one number of holes and one side length per
+    example, as the Delta-STN code applies it: ``floor(holes)`` squares of side
+    ``floor(length)``, each centred on a uniformly drawn pixel and clipped to the image, are
+    set to zero. ``x``: ``(batch, ...)`` holding ``image_shape`` = (C, H, W) per example;
+    ``holes`` and ``length``: tensors of shape ``(batch,)`` or scalars (no gradient)."""
+    c, h, w = image_shape
+    n = x.shape[0]
+    holes = torch.as_tensor(holes, device=x.device).detach().floor().expand(n)
+    length = torch.as_tensor(length, device=x.device).detach().floor().expand(n)
+    n_max = int(holes.max()) if n else 0
+    if n_max <= 0:
+        return x
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    half = (length / 2).view(n, 1, 1)
+    keep = torch.ones(n, h, w, dtype=torch.bool, device=x.device)
+    for j in range(n_max):
+        cy = torch.randint(h, (n, 1, 1), device=x.device)
+        cx = torch.randint(w, (n, 1, 1), device=x.device)
+        y0, y1 = (cy - half).clamp(0, h).long(), (cy + half).clamp(0, h).long()
+        x0, x1 = (cx - half).clamp(0, w).long(), (cx + half).clamp(0, w).long()
+        active = ((j < holes) & (length > 0)).view(n, 1, 1)
+        keep &= ~(active & (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))
+    return (x.reshape(n, c, h, w) * keep.unsqueeze(1).to(x.dtype)).reshape(x.shape)

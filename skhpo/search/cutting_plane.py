@@ -1,7 +1,7 @@
 """CuttingPlaneTuner: CPMLHO (Yang et al., "CPMLHO: Hyperparameter Tuning via Cutting Plane
 and Mixed-Level Optimization", arXiv 2212.06150), on top of Delta-STN (Bae & Grosse 2020).
 
-One training run tunes the net's dropout rates (and optionally an input-noise scale). Every
+One training run tunes the net's dropout rates (and optionally input noise and cutout). Every
 ``nn.Linear`` / ``nn.Conv2d`` of the user's module becomes a self-tuning layer whose weight is
 ``W_e + diag(s_w(h)) W_h2`` (:mod:`skhpo.hyper.layers`); the hyper-parameters lambda = box(u)
 carry a Gaussian perturbation of learned scale sigma. The loop (spec cpmlho.md §1.4, §2, §3):
@@ -28,6 +28,7 @@ import math
 import time
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
@@ -38,14 +39,18 @@ from sklearn.utils.validation import check_is_fitted
 from torch.func import jvp
 
 from ..hyper import as_box
-from ..hyper.layers import (HyperLayer, convert_module, dropout_layers, entropy,
+from ..hyper.layers import (HyperLayer, convert_module, cutout, dropout_layers, entropy,
                             general_state_dict)
 from ..nets import TrainingDivergedError, batch_size_of, find_net, seed_everything
 from ._base import HoldoutSearch, history_columns, plain_net_params
 
 __all__ = ["CuttingPlaneTuner", "cut_penalty"]
 
-DEFAULT_BOX, DEFAULT_INIT, NOISE_BOX = (0.0, 0.95), 0.05, (0.0, 1.0)
+DEFAULT_BOX, DEFAULT_INIT = (0.0, 0.95), 0.05
+#: hyper-parameters that act on the training inputs (dropout rates act in the module)
+AUGMENTATIONS = ("input_noise", "cutout_holes", "cutout_length")
+#: the discrete ones, applied as floor(value)
+DISCRETE = ("cutout_holes", "cutout_length")
 
 
 def cut_penalty(pairs, signs, mu, eps2, mode="hinge"):
@@ -96,7 +101,7 @@ class _HyperParams(torch.nn.Module):
 
 
 class CuttingPlaneTuner(HoldoutSearch):
-    """Dropout rates (and input noise) tuned within one training run: Delta-STN with a
+    """Dropout rates (and input noise, cutout) tuned within one training run: Delta-STN with a
     cutting-plane penalty and a mixed-level hyper objective (CPMLHO).
 
     Parameters
@@ -110,9 +115,12 @@ class CuttingPlaneTuner(HoldoutSearch):
     hyperparams : dict or None, default=None
         ``name -> (low, high)`` or ``(low, high, init)``. Names: ``dropout[path]`` for the
         dropout layer at ``path`` of ``module_.named_modules()`` (with the Pipeline prefix,
-        e.g. ``net__dropout[layers.2]``), and ``input_noise`` (Gaussian noise of this standard
-        deviation added to the inputs in training). None: every dropout layer in [0, 0.95]
-        from 0.05 (the Delta-STN setting). Rates must lie in [0, 1).
+        e.g. ``net__dropout[layers.2]``), ``input_noise`` (Gaussian noise of this standard
+        deviation added to the inputs in training), and ``cutout_holes`` with
+        ``cutout_length`` (cutout of the training images, both floored where applied; needs
+        ``image_shape`` for flat inputs). Default init: the layer's rate, or the box's middle.
+        None: every dropout layer in [0, 0.95] from 0.05 (the Delta-STN setting). Rates must
+        lie in [0, 1), the others in [0, inf).
     warmup_epochs : int, default=5
         Epochs of weight training only, before the first hyper step.
     train_steps, valid_steps : int, default=5, 1
@@ -140,6 +148,9 @@ class CuttingPlaneTuner(HoldoutSearch):
         False: through the hyper term directly.
     hyper_lr : float, default=1e-2
         RMSprop learning rate of u and of the scales.
+    image_shape : tuple or None, default=None
+        ``(C, H, W)`` (or ``(H, W)``) of one example, for cutout on flat rows; None: the net's
+        ``image_shape_`` (SmallCNNClassifier) or the shape of ``X``'s examples.
     scoring : str, callable or None, default=None
         Score of ``cv_results_`` / ``best_score_`` on the held-out part.
     refit : bool, default=False
@@ -154,7 +165,9 @@ class CuttingPlaneTuner(HoldoutSearch):
     Attributes
     ----------
     best_params_ : dict
-        The final hyper-parameters.
+        The final hyper-parameters (continuous values).
+    applied_params_ : dict
+        The same, with the discrete ones (cutout) as the integers applied to the data.
     best_score_ : float
         ``scoring`` on the held-out part (optimistic: the hyper-parameters followed it).
     best_estimator_ : estimator
@@ -178,7 +191,7 @@ class CuttingPlaneTuner(HoldoutSearch):
     Deviations (docs/cutting_plane.md): the split is shuffled (the reference splits by index,
     which fails on class-sorted data); the weights train with the net's own optimiser and lr
     (Delta-STN: SGD 0.01, momentum 0.9; set them on the net to reproduce it); mu is fixed (no
-    dual update); ``input_noise`` replaces the reference's cutout for tabular data.
+    dual update); ``input_noise`` is our addition for tabular data.
 
     References
     ----------
@@ -202,6 +215,7 @@ class CuttingPlaneTuner(HoldoutSearch):
         "tune_scales": ["boolean"],
         "linearize": ["boolean"],
         "hyper_lr": [Interval(Real, 0, None, closed="left")],
+        "image_shape": [tuple, list, None],
         "scoring": [str, callable, None],
         "refit": ["boolean"],
         "random_state": ["random_state"],
@@ -211,8 +225,8 @@ class CuttingPlaneTuner(HoldoutSearch):
     def __init__(self, estimator, hyperparams=None, *, warmup_epochs=5, train_steps=5,
                  valid_steps=1, validation_fraction=0.15, mu=1e-3, eps2=1e-8,
                  cut_mode="hinge", cut_memory="last", theta=1.0, entropy_weight=1e-3,
-                 tune_scales=True, linearize=True, hyper_lr=1e-2, scoring=None, refit=False,
-                 random_state=None, verbose=0):
+                 tune_scales=True, linearize=True, hyper_lr=1e-2, image_shape=None, scoring=None,
+                 refit=False, random_state=None, verbose=0):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.warmup_epochs = warmup_epochs
@@ -228,6 +242,7 @@ class CuttingPlaneTuner(HoldoutSearch):
         self.tune_scales = tune_scales
         self.linearize = linearize
         self.hyper_lr = hyper_lr
+        self.image_shape = image_shape
         self.scoring = scoring
         self.refit = refit
         self.random_state = random_state
@@ -255,77 +270,106 @@ class CuttingPlaneTuner(HoldoutSearch):
         data = self._holdout(X, y, fit_params, int(split_seed))
         seed_everything(int(torch_seed))
         plain, y_enc, yv_enc = self._initialised_net(data)
-        names, boxes, inits, paths, noise = self._hyperparams(plain, data.prefix)
-        if self.refit and noise is not None:
-            raise ValueError("refit=True cannot retrain with input_noise: a plain net has no "
-                             "such parameter; use refit=False")
+        names, boxes, inits, paths, extra = self._hyperparams(plain, data.prefix, data.Xt)
+        if self.refit and extra:
+            raise ValueError(f"refit=True cannot retrain with {', '.join(extra)}: a plain net "
+                             "has no such parameter; use refit=False")
 
         module = copy.deepcopy(plain.module_)
         context = convert_module(module, paths, len(names))
         hp = _HyperParams(boxes, inits)
         start = time.perf_counter()
-        self._train(plain, module, context, hp, names, noise,
+        self._train(plain, module, context, hp, names, extra,
                     torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc)
         self.search_time_ = time.perf_counter() - start
         with torch.no_grad():
             final = [float(v) for v in hp.values()]
+        self.applied_params_ = dict(zip(names, final))
+        for name in DISCRETE:
+            if name in extra:
+                self.applied_params_[names[extra[name]]] = math.floor(final[extra[name]])
         self.hyperparams_ = hp
         self.module_ = module
         self._finish(plain, module, dict(zip(names, final)), paths, data, X, y)
         return self
 
-    def _hyperparams(self, plain, prefix):
-        """(names, boxes, inits, dropout paths, index of input_noise or None), checked."""
+    def _hyperparams(self, plain, prefix, X):
+        """(names, boxes, inits, dropout paths, ``{augmentation: index}``), checked; the
+        dropout rates come first (index i of ``paths`` is hyper-parameter i)."""
         layers = dropout_layers(plain.module_)
         spec = self.hyperparams
         if spec is None:
             if not layers:
                 raise ValueError("hyperparams=None tunes every dropout layer, but the module "
-                                 "has none; add nn.Dropout layers or name input_noise")
+                                 "has none; add nn.Dropout layers or name input_noise / "
+                                 "cutout_holes and cutout_length")
             spec = {f"{prefix}dropout[{p}]": (*DEFAULT_BOX, DEFAULT_INIT) for p in layers}
         if not spec:
-            raise ValueError("hyperparams is empty: name at least one dropout layer or "
-                             "input_noise")
-        names, boxes, inits, paths, noise = [], [], [], [], None
+            raise ValueError("hyperparams is empty: name at least one dropout layer, "
+                             "input_noise or cutout_holes and cutout_length")
+        rates, augment = [], {}
         for name, value in spec.items():
             bare = name[len(prefix):] if name.startswith(prefix) else None
             if not (isinstance(value, (tuple, list)) and len(value) in (2, 3)):
                 raise ValueError(f"hyperparams[{name!r}]: expected (low, high) or (low, high, "
                                  f"init); got {value!r}")
             box = as_box(name, tuple(value[:2]), where="hyperparams")
-            if bare == "input_noise":
-                noise = len(names)
+            if bare in AUGMENTATIONS:
+                if box.lo < 0:
+                    raise ValueError(f"hyperparams[{name!r}]: {bare} must be >= 0; got the box "
+                                     f"({box.lo}, {box.hi})")
                 init = value[2] if len(value) == 3 else 0.5 * (box.lo + box.hi)
-            elif bare is not None and bare.startswith("dropout[") and bare.endswith("]"):
-                path = bare[len("dropout["):-1]
-                if path not in layers:
-                    raise ValueError(f"hyperparams[{name!r}]: the module has no dropout layer "
-                                     f"{path!r}; its dropout layers are {sorted(layers)}")
-                if box.lo < 0 or box.hi >= 1:
-                    raise ValueError(f"hyperparams[{name!r}]: a dropout rate's box must lie in "
-                                     f"[0, 1); got ({box.lo}, {box.hi})")
-                paths.append(path)
-                init = value[2] if len(value) == 3 else min(max(
-                    float(getattr(layers[path], "p", DEFAULT_INIT)), box.lo), box.hi)
-            else:
+                augment[bare] = (name, box, init)
+                continue
+            if not (bare is not None and bare.startswith("dropout[") and bare.endswith("]")):
                 raise ValueError(f"hyperparams: {name!r} is not tunable here; accepted: "
                                  f"{prefix}dropout[<path of a dropout layer>] (the module's "
-                                 f"are {sorted(layers)}) and {prefix}input_noise")
+                                 f"are {sorted(layers)}), " + ", ".join(
+                                     prefix + a for a in AUGMENTATIONS))
+            path = bare[len("dropout["):-1]
+            if path not in layers:
+                raise ValueError(f"hyperparams[{name!r}]: the module has no dropout layer "
+                                 f"{path!r}; its dropout layers are {sorted(layers)}")
+            if box.lo < 0 or box.hi >= 1:
+                raise ValueError(f"hyperparams[{name!r}]: a dropout rate's box must lie in "
+                                 f"[0, 1); got ({box.lo}, {box.hi})")
+            init = value[2] if len(value) == 3 else min(max(
+                float(getattr(layers[path], "p", DEFAULT_INIT)), box.lo), box.hi)
+            rates.append((path, name, box, init))
+        if ("cutout_holes" in augment) != ("cutout_length" in augment):
+            raise ValueError("hyperparams: cutout needs both cutout_holes and cutout_length")
+        if "cutout_holes" in augment:
+            self.image_shape_ = self._image_shape(plain, X)
+        entries = [(n, b, i) for _, n, b, i in rates] + [augment[a] for a in AUGMENTATIONS
+                                                          if a in augment]
+        for name, box, init in entries:
             if not box.lo <= init <= box.hi:
                 raise ValueError(f"hyperparams[{name!r}]: init {init} is outside the box "
                                  f"({box.lo}, {box.hi})")
-            names.append(name)
-            boxes.append(box)
-            inits.append(box.clip(init))
-        if noise is not None and noise < len(paths):  # dropout rates come first
-            order = [i for i in range(len(names)) if i != noise] + [noise]
-            names, boxes, inits = ([seq[i] for i in order] for seq in (names, boxes, inits))
-            noise = len(names) - 1
-        return names, boxes, inits, paths, noise
+        names = [n for n, _, _ in entries]
+        extra = {a: names.index(augment[a][0]) for a in augment}
+        return (names, [b for _, b, _ in entries], [b.clip(i) for _, b, i in entries],
+                [p for p, _, _, _ in rates], extra)
+
+    def _image_shape(self, plain, X):
+        """(C, H, W) of one example, for cutout: ``image_shape``, else the net's
+        ``image_shape_`` (SmallCNNClassifier), else the shape of ``X``'s examples if 3-D/4-D."""
+        shape = self.image_shape or getattr(plain, "image_shape_", None)
+        if shape is None and np.ndim(X) in (3, 4):
+            shape = np.shape(X)[1:]
+        if shape is None:
+            raise ValueError("cutout needs the images' shape: pass image_shape=(C, H, W) (the "
+                             "inputs are flat rows)")
+        shape = tuple(int(v) for v in shape)
+        shape = (1, *shape) if len(shape) == 2 else shape
+        if len(shape) != 3 or int(np.prod(shape)) != int(np.prod(np.shape(X)[1:])):
+            raise ValueError(f"image_shape {shape} does not match the {np.shape(X)[1:]} "
+                             "features of each example")
+        return shape
 
     # -- the Delta-STN / CPMLHO loop ------------------------------------------------------------
 
-    def _train(self, plain, module, context, hp, names, noise, Xt, yt, Xv, yv):
+    def _train(self, plain, module, context, hp, names, extra, Xt, yt, Xv, yv):
         device = torch.device(plain.device)
         module.to(device)
         hp.to(device)
@@ -339,7 +383,7 @@ class CuttingPlaneTuner(HoldoutSearch):
         opt_u = torch.optim.RMSprop([hp.u], lr=self.hyper_lr)
         opt_rho = torch.optim.RMSprop([hp.rho], lr=self.hyper_lr)
         loss_fn = lambda y_pred, y: plain.get_loss(y_pred, y, training=False)  # noqa: E731
-        n_rates = len(names) - (noise is not None)
+        n_rates = len(names) - len(extra)
         batch = batch_size_of(plain, len(yt))
         pairs = [(m.base.weight, m.response.weight) for m in hyper_layers]
         state = {"signs": None, "step": 0, "hyper_steps": 0}
@@ -349,9 +393,15 @@ class CuttingPlaneTuner(HoldoutSearch):
         val_iter = _batches(len(yv), batch)
 
         def inputs(x, lam):
-            if noise is None:
-                return x
-            return x + lam[..., noise].reshape(-1, *([1] * (x.dim() - 1))) * torch.randn_like(x)
+            """The training inputs under the augmentations at ``lam`` (one row, or one per
+            example)."""
+            if "input_noise" in extra:
+                scale = lam[..., extra["input_noise"]].reshape(-1, *([1] * (x.dim() - 1)))
+                x = x + scale * torch.randn_like(x)
+            if "cutout_holes" in extra:
+                x = cutout(x, lam[..., extra["cutout_holes"]], lam[..., extra["cutout_length"]],
+                           self.image_shape_)
+            return x
 
         def check(loss, epoch, where):
             if not torch.isfinite(loss):
