@@ -16,6 +16,15 @@ def _pyplot():
     return plt
 
 
+def _panels(plt, axes, n, size):
+    """``(figure, axes)``: the given Axes, or a new row of ``n`` panels of ``size`` each."""
+    if axes is None:
+        fig, axes = plt.subplots(1, n, figsize=(size[0] * n, size[1]), squeeze=False)
+        return fig, axes[0]
+    axes = np.atleast_1d(axes)
+    return axes[0].figure, axes
+
+
 def plot_walk(search, axes=None):
     """Z against each tuned hyper-parameter with the trust-region walk drawn on it (the
     picture of autoHyper's Figure 3) for a fitted :class:`~skhpo.AutoHyperSearchCV`.
@@ -28,12 +37,7 @@ def plot_walk(search, axes=None):
         raise ValueError("plot_walk needs a fitted AutoHyperSearchCV (no steps_ attribute)")
     plt = _pyplot()
     names = list(search.best_params_)
-    if axes is None:
-        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
-        axes = axes[0]
-    else:
-        axes = np.atleast_1d(axes)
-        fig = axes[0].figure
+    fig, axes = _panels(plt, axes, len(names), (4.5, 3.5))
     params, z = search.history_["params"], np.array(search.history_["z"], float)
     diverged = np.array([s == "diverged" for s in search.history_["status"]])
     by_value = {tuple(p.values()): zi for p, zi in zip(params, z)}
@@ -81,12 +85,7 @@ def plot_schedules(search, axes=None):
                          f"schedules; got a {type(search).__name__}")
     plt = _pyplot()
     names = list(search.best_params_)
-    if axes is None:
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
-        axes = axes[0]
-    else:
-        axes = np.atleast_1d(axes)
-        fig = axes[0].figure
+    fig, axes = _panels(plt, axes, len(names), (4.2, 3.4))
     for ax, name in zip(axes, names):
         if population:
             step = np.array(history["step"])

@@ -29,6 +29,22 @@ def _cnn():
                          nn.Dropout2d(0.2), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
 
 
+class _ImageModule(nn.Module):
+    """_cnn() on flat 64-feature rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _cnn()
+
+    def forward(self, X):
+        return self.body(X.reshape(-1, 1, 8, 8))
+
+
+def _image_net():
+    return NeuralNetClassifier(_ImageModule, criterion=nn.CrossEntropyLoss, max_epochs=3,
+                               lr=0.05, train_split=None, batch_size=64)
+
+
 def test_hyper_layers_equal_plain_layers_when_the_hyper_term_is_zero():
     torch.manual_seed(0)
     module = _cnn()
@@ -233,17 +249,7 @@ def test_mu_zero_and_theta_none_ignore_cut_settings(digits):
 
 def test_plain_skorch_cnn_and_refit(digits):
     X, y = digits
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = _cnn()
-
-        def forward(self, X):
-            return self.body(X.reshape(-1, 1, 8, 8))
-
-    net = NeuralNetClassifier(Net, criterion=nn.CrossEntropyLoss, max_epochs=3, lr=0.05,
-                              train_split=None, batch_size=64)
+    net = _image_net()
     t = CuttingPlaneTuner(net, {"dropout[body.3]": (0.0, 0.9, 0.5), "input_noise": (0.0, 0.5, 0.1)},
                           warmup_epochs=1, random_state=0).fit(X[:600] / 16, y[:600])
     assert list(t.best_params_) == ["dropout[body.3]", "input_noise"]
@@ -338,17 +344,7 @@ def test_cutout_zeroes_clipped_squares_per_example():
 
 def test_cutout_and_noise_tuned_on_images(digits):
     X, y = digits
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = _cnn()
-
-        def forward(self, X):
-            return self.body(X.reshape(-1, 1, 8, 8))
-
-    net = NeuralNetClassifier(Net, criterion=nn.CrossEntropyLoss, max_epochs=3, lr=0.05,
-                              train_split=None, batch_size=64)
+    net = _image_net()
     spec = {"cutout_holes": (0.0, 3.0, 1.0), "cutout_length": (1.0, 6.0, 3.0),
             "dropout[body.3]": (0.0, 0.9)}
     with pytest.raises(ValueError, match="image_shape"):
