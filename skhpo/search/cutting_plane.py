@@ -406,7 +406,7 @@ class CuttingPlaneTuner(HoldoutSearch):
         def check(loss, epoch, where):
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"CuttingPlaneTuner: the {where} loss became "
-                                            f"{float(loss)} at epoch {epoch + 1}")
+                                            f"{loss.item()} at epoch {epoch + 1}")
 
         def hyper_term(x, y):
             n = x.shape[0]
