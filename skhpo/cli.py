@@ -26,8 +26,10 @@ def _bench_parser(sub):
     p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
     p.add_argument("--methods", nargs="+", default=["random", "flatness"],
                    help="methods to run: random, flatness, grid, halving, optuna (needs "
-                   "the extra 'bench'; skipped with a message without it), and the "
-                   "lr-only pair autohyper and lr-grid (20-point log grid of lr)")
+                   "the extra 'bench'; skipped with a message without it), the "
+                   "lr-only pair autohyper and lr-grid (20-point log grid of lr), hpm "
+                   "(PopulationMutationSearch on the space's lr and weight decay boxes) and "
+                   "cpmlho (CuttingPlaneTuner on the net's dropout layers, one run)")
     p.add_argument("--budget", choices=["epochs", "trials"], default="epochs",
                    help="epochs: every method gets random search's training epochs "
                    "(FlatnessSearchCV trains as many finalists as fit); trials: flatness "

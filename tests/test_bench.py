@@ -159,6 +159,19 @@ def test_autohyper_against_the_lr_grid_counts_every_trial():
     assert trials >= 3 and auto["epochs"] == trials * 5 + 2 * 2 + 2
 
 
+def test_hpm_and_cpmlho_in_the_bench_count_their_epochs():
+    budget = Budget(n_trials=4, n_finalists=1, max_epochs=5, cv=2)
+    rows = {r["method"]: r for r in run_benchmark(["hpm", "cpmlho", "random"], ["iris"], [0],
+                                                   budget)}
+    hpm, cp, rnd = rows["hpm"], rows["cpmlho"], rows["random"]
+    # 4 students x (4 trials x 2 folds x 5 epochs / 4) steps = random search's 40 CV epochs
+    assert hpm["epochs"] == 40 and hpm["n_trainings"] == 4
+    assert rnd["epochs"] == 40 + 5
+    assert set(hpm["best_params"]) == {"net__lr", "net__optimizer__weight_decay"}
+    assert cp["epochs"] == 5 and cp["n_trainings"] == 1
+    assert set(cp["best_params"]) == {"net__dropout[layers.2]", "net__dropout[layers.5]"}
+
+
 def test_quick_end_to_end(tmp_path, capsys):
     """The README's main job, exactly as a user runs it (about a minute on 2 cores)."""
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0

@@ -18,8 +18,9 @@ from sklearn.model_selection import (GridSearchCV, HalvingRandomSearchCV, Random
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skhpo import (AutoHyperSearchCV, FlatnessSearchCV, SmallCNNClassifier,
-                   TabularMLPClassifier, TabularMLPRegressor)
+from skhpo import (AutoHyperSearchCV, CuttingPlaneTuner, FlatnessSearchCV,
+                   PopulationMutationSearch, SmallCNNClassifier, TabularMLPClassifier,
+                   TabularMLPRegressor)
 
 from ..nets import seed_everything
 from .data import load_csv
@@ -240,8 +241,24 @@ def _lr_grid(estimator, space, budget, seed, n_jobs):
     return GridSearchCV(estimator, {"net__lr": list(LR_GRID)}, cv=budget.cv, n_jobs=n_jobs)
 
 
+def _hpm(estimator, space, budget, seed, n_jobs):
+    # the space's continuous boxes (lr, weight decay): HPM cannot copy weights across
+    # architectures. Equal epochs: min(20, n_trials) students share random search's epochs.
+    bounds = {k: v for k, v in space.items() if hasattr(v, "rvs")}
+    population = max(2, min(20, budget.n_trials))
+    return PopulationMutationSearch(estimator, bounds, population_size=population,
+                                    n_steps=max(1, budget.epochs // population),
+                                    random_state=seed, n_jobs=n_jobs)
+
+
+def _cpmlho(estimator, space, budget, seed, n_jobs):
+    # one self-tuning run of max_epochs tuning every dropout layer of the default net
+    return CuttingPlaneTuner(estimator, random_state=seed)
+
+
 METHODS = {"random": _random, "flatness": _flatness, "grid": _grid, "halving": _halving,
-           "optuna": _optuna, "autohyper": _autohyper, "lr-grid": _lr_grid}
+           "optuna": _optuna, "autohyper": _autohyper, "lr-grid": _lr_grid, "hpm": _hpm,
+           "cpmlho": _cpmlho}
 
 #: methods that need an optional extra: name -> (modules, install hint)
 OPTIONAL = {"optuna": (("optuna", "optuna_integration"),
@@ -283,8 +300,12 @@ def _n_splits(search):
 
 
 def n_trainings(search):
-    n = _n_candidates(search) * _n_splits(search) + int(bool(search.refit))
     history = getattr(search, "history_", {})
+    if "student" in history:  # PopulationMutationSearch: the students (and a refit)
+        return search.population_size + int(search.refit is True)
+    if "hyper_steps" in history:  # CuttingPlaneTuner: one self-tuning run (and a refit)
+        return 1 + int(bool(search.refit))
+    n = _n_candidates(search) * _n_splits(search) + int(bool(search.refit))
     if "screen_epochs" in history:  # FlatnessSearchCV's screening fits
         n += len(history["screen_epochs"])
     elif "z" in history:  # AutoHyperSearchCV's trials
