@@ -172,6 +172,16 @@ def test_hpm_and_cpmlho_in_the_bench_count_their_epochs():
     assert set(cp["best_params"]) == {"net__dropout[layers.2]", "net__dropout[layers.5]"}
 
 
+def test_baselines_are_reproducible_with_workers():
+    """With n_jobs=2 the baselines fit in worker processes: the net's own random_state makes
+    a rerun give the same scores and the same chosen candidate."""
+    budget = Budget(n_trials=4, n_finalists=1, max_epochs=3, cv=2)
+    runs = [run_benchmark(["random"], ["wine"], [0, 1], budget, n_jobs=2) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert a["test_score"] == b["test_score"] and a["cv_score"] == b["cv_score"]
+        assert a["best_params"] == b["best_params"]
+
+
 def test_quick_end_to_end(tmp_path, capsys):
     """The README's main job, exactly as a user runs it (about a minute on 2 cores)."""
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0

@@ -260,6 +260,9 @@ METHODS = {"random": _random, "flatness": _flatness, "grid": _grid, "halving": _
            "optuna": _optuna, "autohyper": _autohyper, "lr-grid": _lr_grid, "hpm": _hpm,
            "cpmlho": _cpmlho}
 
+#: the methods that are not skhpo's: their nets are seeded through ``random_state``
+BASELINES = ("random", "grid", "halving", "optuna", "lr-grid")
+
 #: methods that need an optional extra: name -> (modules, install hint)
 OPTIONAL = {"optuna": (("optuna", "optuna_integration"),
                        'pip install "skhpo[bench]" (optuna and optuna-integration)')}
@@ -320,7 +323,11 @@ def run_one(method, task, seed, budget, n_jobs=None):
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed,
                                           stratify=stratify)
     estimator = default_estimator(kind, budget.max_epochs)
-    seed_everything(seed)  # baselines draw the nets' weights from the global generators
+    seed_everything(seed)
+    if method in BASELINES:
+        # scikit-learn's and Optuna's searches fit in worker processes whose generators
+        # nobody seeds (with n_jobs > 1): the net seeds itself at every fit instead
+        estimator.set_params(net__random_state=seed)
     with warnings.catch_warnings():
         if method == "optuna":  # OptunaSearchCV is "experimental"; optuna's own deprecations
             warnings.filterwarnings("ignore", message=".*experimental.*")
