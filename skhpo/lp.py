@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import linprog
 
-__all__ = ["LinearProgram", "LPSolution", "LPSolverError", "solve_lp", "SOLVERS"]
+__all__ = ["LinearProgram", "LPSolution", "LPSolverError", "LPStep", "lp_direction", "solve_lp",
+           "SOLVERS"]
 
 SOLVERS = ("highs", "gurobi")
 _TOL = 1e-9
@@ -142,3 +144,29 @@ def solve_lp(lp, solver="highs", seed=0, tie_break=1e-7):
     x = (_solve_highs if solver == "highs" else _solve_gurobi)(c, A, b, lp.lower, lp.upper)
     return LPSolution(x=x, objective=float(lp.c @ x), solver=solver, n_rows=A.shape[0],
                       n_vars=c.size, solve_time=time.perf_counter() - start)
+
+
+class LPStep(NamedTuple):
+    """The settings of one LP step of the hyper local search: the slack ``delta`` of the
+    linearised optimality rows, the boxes on the hyper-parameter and weight moves, and the
+    ``solver``."""
+
+    delta: float
+    box_hparams: float
+    box_weights: float
+    solver: str
+
+
+def lp_direction(g, H_wl, H_ww, step, seed, iteration=0):
+    """The LP of one step: minimise ``g . dw`` subject to ``|H_wl dλ + H_ww dw| <= delta``,
+    ``|dλ| <= box_hparams``, ``|dw| <= box_weights`` (``H_wl``: rows x k, ``H_ww``: rows x n,
+    ``g``: n). Returns the :class:`LPSolution` (x = [dλ, dw]) and its ``history_`` row."""
+    k, n = H_wl.shape[1], len(g)
+    lp = LinearProgram(c=np.concatenate([np.zeros(k), g]), A=np.hstack([H_wl, H_ww]),
+                       delta=step.delta,
+                       lower=np.r_[np.full(k, -step.box_hparams), np.full(n, -step.box_weights)],
+                       upper=np.r_[np.full(k, step.box_hparams), np.full(n, step.box_weights)])
+    sol = solve_lp(lp, step.solver, seed=seed)
+    return sol, {"kind": "lp", "iteration": iteration, "rows": sol.n_rows,
+                 "variables": sol.n_vars, "objective": sol.objective,
+                 "solve_time": sol.solve_time}

@@ -23,6 +23,7 @@ from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
 from torch import nn
 
+from .hyper.space import penalty_term
 from .nets import ArrayBatchIterator, FiniteLossGuard, seed_everything
 
 __all__ = ["TabularMLPClassifier", "TabularMLPRegressor", "SmallCNNClassifier",
@@ -186,9 +187,9 @@ class _SkhpoNetMixin:
         total = torch.zeros((), device=next(self.module_.parameters()).device)
         for layer, a, b in zip(self.penalized_layers(), coefs["l2"], coefs["l1"]):
             if a:
-                total = total + a * layer.weight.pow(2).sum()
+                total = total + a * penalty_term("l2", [layer.weight])
             if b:
-                total = total + b * layer.weight.abs().sum()
+                total = total + b * penalty_term("l1", [layer.weight])
         return total
 
     def get_loss(self, y_pred, y_true, X=None, training=False):

@@ -219,7 +219,7 @@ def test_theta_none_draws_no_training_term(digits, monkeypatch):
     batch."""
     X, y = digits
     calls = {}
-    import skhpo.search.cutting_plane as cp
+    import skhpo.search._delta_stn as cp
     original = cp._batches
 
     def counting(n, batch):

@@ -11,7 +11,7 @@ from torch import nn
 from skhpo import TabularMLPClassifier
 from skhpo.hyper import (Box, ConcreteDropout, DropoutRates, apply_hyperparams, as_box,
                          current_values, hypergradient, lookahead_loss, replace_dropout,
-                         resolve_hyperparam, stretched_sigmoid)
+                         parse_name, resolve_hyperparam, stretched_sigmoid)
 
 
 @pytest.mark.parametrize("box", [Box(0.0, 0.75), Box(1e-5, 1e-1, log=True), Box(0.0, math.inf, True),
@@ -103,7 +103,7 @@ def _loss_fn(net):
 def test_hypergradient_matches_central_differences(bare):
     net, tr, va = _mlp()
     box = Box(0.0, 0.9) if "dropout" in bare else Box(1e-6, 1.0, log=True)
-    hp = resolve_hyperparam(net, bare, bare, box)
+    hp = resolve_hyperparam(net, parse_name(bare), box)
     values = {bare: 0.3 if hp.kind == "dropout" else 0.01}
     loss_fn = _loss_fn(net)
 
@@ -122,8 +122,8 @@ def test_hypergradient_matches_central_differences(bare):
 def test_lr_and_weight_decay_closed_forms():
     net, tr, va = _mlp()
     module, loss_fn = net.module_, _loss_fn(net)
-    hps = [resolve_hyperparam(net, "lr", "lr", Box(1e-4, 1, True)),
-           resolve_hyperparam(net, "optimizer__weight_decay", "optimizer__weight_decay",
+    hps = [resolve_hyperparam(net, parse_name("lr"), Box(1e-4, 1, True)),
+           resolve_hyperparam(net, parse_name("optimizer__weight_decay"),
                               Box(1e-6, 1, True))]
     eta, wd = 0.05, 1e-3
     module.eval()  # no dropout: the training gradient is deterministic
@@ -147,7 +147,7 @@ def test_lr_and_weight_decay_closed_forms():
 
 def test_apply_and_read_values():
     net, _, _ = _mlp(dtype=torch.float32)
-    hps = [resolve_hyperparam(net, n, n, b) for n, b in [
+    hps = [resolve_hyperparam(net, parse_name(n), b) for n, b in [
         ("lr", Box(1e-4, 1, True)), ("optimizer__weight_decay", Box(1e-6, 1, True)),
         ("l2[0]", Box(1e-6, 1, True)), ("dropout[layers.2]", Box(0, 0.9))]]
     values = {"lr": 0.02, "optimizer__weight_decay": 1e-3, "l2[0]": 0.05,
@@ -167,7 +167,7 @@ def test_apply_and_read_values():
 def test_resolve_rejects(bare, box, message):
     net, _, _ = _mlp(dtype=torch.float32)
     with pytest.raises(ValueError, match=message):
-        resolve_hyperparam(net, bare, bare, box)
+        resolve_hyperparam(net, parse_name(bare), box)
 
 
 def test_dropout_rates_callback_sets_plain_layers():

@@ -289,11 +289,12 @@ def test_dropout_bound_needs_a_dropout_layer():
 
 def test_plain_skorch_net_with_dropout(digits):
     X, y = digits
+    torch.manual_seed(0)  # the module instance's weights are the students' start
     module = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10),
                            nn.Softmax(dim=-1))
     net = NeuralNetClassifier(module, max_epochs=3, lr=0.1, batch_size=64)
     search = PopulationMutationSearch(net, {"dropout[2]": (0.0, 0.75), "lr": loguniform(1e-2, 0.5)},
-                                      population_size=3, n_steps=3, random_state=0)
+                                      population_size=3, n_steps=5, random_state=0)
     search.fit(X / 16.0, y)
     assert search.best_score_ > 0.7
     assert 0 < search.best_params_["dropout[2]"] < 0.75

@@ -18,13 +18,13 @@ The virtual step is plain SGD whatever the net's optimiser is (as in DARTS).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
 
-from .layers import ConcreteDropout, dropout_layers
+from .layers import dropout_layers, set_dropout_rate
+from .space import check_domain, penalty_term
 from .transforms import Box
 
 __all__ = ["KINDS", "HyperParam", "resolve_hyperparam", "apply_hyperparams", "lookahead_loss",
@@ -32,7 +32,6 @@ __all__ = ["KINDS", "HyperParam", "resolve_hyperparam", "apply_hyperparams", "lo
 
 #: how a hyper-parameter enters training
 KINDS = ("lr", "weight_decay", "l2", "l1", "dropout")
-_LAYER_NAME = re.compile(r"^(l2|l1|dropout)\[(.+)\]$")
 ACCEPTED = ("lr, optimizer__weight_decay, l2, l1 (skhpo models), l2[i] / l1[i] (the i-th "
             "linear layer), dropout or module__dropout (every dropout layer), dropout[path] "
             "(one dropout layer, path as in module.named_modules())")
@@ -54,49 +53,42 @@ class HyperParam:
     layers: tuple = ()
 
 
-def resolve_hyperparam(net, name, bare, box):
-    """The :class:`HyperParam` the user's ``name`` (``bare``: without the Pipeline prefix)
-    means for the initialised ``net``; a ``ValueError`` if the module does not use it."""
-    module = net.module_
-    params = [n for n, p in module.named_parameters() if p.requires_grad]
-    match = _LAYER_NAME.match(bare)
-    if bare in ("lr", "optimizer__lr"):
+def resolve_hyperparam(net, pname, box, where="param_bounds"):
+    """The :class:`HyperParam` that the parsed name ``pname``
+    (:class:`~skhpo.hyper.space.ParamName`) means for the initialised ``net``; a
+    ``ValueError`` if the module does not use it."""
+    module, name, kind = net.module_, pname.name, pname.kind
+    check_domain(where, pname, box.lo, box.hi, what="box")
+    if kind == "lr":
         return HyperParam(name, "lr", box)
-    if bare == "optimizer__weight_decay":
+    if kind == "weight_decay":
+        params = [n for n, p in module.named_parameters() if p.requires_grad]
         return HyperParam(name, "weight_decay", box, tuple(params))
-    if bare in ("l2", "l1") or (match and match.group(1) in ("l2", "l1")):
-        kind = bare[:2]
+    if kind in ("l2", "l1"):
         if not hasattr(net, "penalized_layers") or not hasattr(net, kind):
-            raise ValueError(f"param_bounds[{name!r}]: {type(net).__name__} has no {kind} "
+            raise ValueError(f"{where}[{name!r}]: {type(net).__name__} has no {kind} "
                              "penalty; use a skhpo model (TabularMLPClassifier, ...) or "
                              "optimizer__weight_decay")
         layers = net.penalized_layers()
-        index = range(len(layers))
-        if match:
-            try:
-                index = [int(match.group(2))]
-                layers[index[0]]
-            except (ValueError, IndexError):
-                raise ValueError(f"param_bounds[{name!r}]: the module has {len(layers)} linear "
-                                 f"layers (l2[0] ... l2[{len(layers) - 1}])") from None
+        index = range(len(layers)) if pname.index is None else [pname.index]
+        if pname.index is not None and pname.index >= len(layers):
+            raise ValueError(f"{where}[{name!r}]: the module has {len(layers)} linear "
+                             f"layers ({kind}[0] ... {kind}[{len(layers) - 1}])")
         by_id = {id(p): n for n, p in module.named_parameters()}
         return HyperParam(name, kind, box, tuple(by_id[id(layers[i].weight)] for i in index),
                           tuple(index))
-    if bare in ("dropout", "module__dropout") or (match and match.group(1) == "dropout"):
+    if kind == "dropout":
         layers = dropout_layers(module)
-        if match:
-            if match.group(2) not in layers:
-                raise ValueError(f"param_bounds[{name!r}]: the module has no dropout layer "
-                                 f"{match.group(2)!r}; its dropout layers are {sorted(layers)}")
-            layers = {match.group(2): layers[match.group(2)]}
+        if pname.path is not None:
+            if pname.path not in layers:
+                raise ValueError(f"{where}[{name!r}]: the module has no dropout layer "
+                                 f"{pname.path!r}; its dropout layers are {sorted(layers)}")
+            layers = {pname.path: layers[pname.path]}
         if not layers:
-            raise ValueError(f"param_bounds[{name!r}]: the module has no nn.Dropout layer, so "
+            raise ValueError(f"{where}[{name!r}]: the module has no nn.Dropout layer, so "
                              "a dropout rate has nothing to act on")
-        if box.lo < 0 or box.hi >= 1:
-            raise ValueError(f"param_bounds[{name!r}]: a dropout rate must lie in [0, 1); "
-                             f"got the box ({box.lo}, {box.hi})")
         return HyperParam(name, "dropout", box, tuple(f"{p}.p" if p else "p" for p in layers))
-    raise ValueError(f"param_bounds: {name!r} is not a hyper-parameter the look-ahead "
+    raise ValueError(f"{where}: {name!r} is not a hyper-parameter the look-ahead "
                      f"hypergradient can tune; accepted: {ACCEPTED}")
 
 
@@ -118,7 +110,7 @@ def current_values(net, hypers):
 
 def apply_hyperparams(net, hypers, values):
     """Make the net train with ``values`` (``{name: float}``): optimiser groups, penalties,
-    dropout buffers (the module must hold :class:`ConcreteDropout` or ``nn.Dropout``)."""
+    dropout rates (:func:`~skhpo.hyper.layers.set_dropout_rate`)."""
     for hp in hypers:
         v = float(values[hp.name])
         if hp.kind in ("lr", "weight_decay"):
@@ -132,11 +124,7 @@ def apply_hyperparams(net, hypers, values):
             net._penalized = True
         else:
             for target in hp.targets:
-                layer = net.module_.get_submodule(target.rpartition(".")[0])
-                if isinstance(layer, ConcreteDropout):
-                    layer.p.fill_(v)
-                else:
-                    layer.p = v
+                set_dropout_rate(net.module_.get_submodule(target.rpartition(".")[0]), v)
 
 
 def lookahead_loss(module, loss_fn, hypers, values, train_batch, val_batch, *, lr,
@@ -162,11 +150,8 @@ def lookahead_loss(module, loss_fn, hypers, values, train_batch, val_batch, *, l
             eta = v
         elif hp.kind == "weight_decay":
             wd = v
-        elif hp.kind == "l2":
-            penalty = penalty + v * sum(params[t].pow(2).sum() for t in hp.targets)
-            double = True
-        elif hp.kind == "l1":
-            penalty = penalty + v * sum(params[t].abs().sum() for t in hp.targets)
+        elif hp.kind in ("l2", "l1"):
+            penalty = penalty + v * penalty_term(hp.kind, [params[t] for t in hp.targets])
             double = True
         else:
             rates.update({t: v for t in hp.targets})

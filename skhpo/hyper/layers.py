@@ -26,7 +26,7 @@ from torch import nn
 
 __all__ = ["ConcreteDropout", "DropoutRates", "HyperContext", "HyperDropout", "HyperLayer",
            "convert_module", "cutout", "dropout_layers", "entropy", "general_state_dict",
-           "replace_dropout"]
+           "replace_dropout", "set_dropout_rate"]
 
 
 class ConcreteDropout(nn.Module):
@@ -111,11 +111,16 @@ class DropoutRates(Callback):
             if path not in layers:
                 raise ValueError(f"DropoutRates: the module has no dropout layer {path!r}; "
                                  f"it has {sorted(layers)}")
-            layer = layers[path]
-            if isinstance(layer, (ConcreteDropout, HyperDropout)):
-                layer.p.fill_(float(rate))
-            else:
-                layer.p = float(rate)
+            set_dropout_rate(layers[path], rate)
+
+
+def set_dropout_rate(layer, rate):
+    """Set the rate of one dropout layer: the buffer of a :class:`ConcreteDropout` (in place,
+    so a ``functional_call`` sees it), else ``layer.p``."""
+    if isinstance(layer, ConcreteDropout):
+        layer.p.fill_(float(rate))
+    else:
+        layer.p = float(rate)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Box", "as_box", "logit", "stretched_sigmoid"]
+__all__ = ["Box", "logit", "stretched_sigmoid"]
 
 
 def logit(p):
@@ -95,33 +95,3 @@ class Box:
         if self.log:
             return self.clip(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))))
         return self.clip(rng.uniform(self.lo, self.hi))
-
-
-def as_box(name, spec, where="param_bounds"):
-    """Read a ``(low, high)`` tuple or a ``scipy.stats.loguniform(low, high)`` as a
-    :class:`Box`; a clear ``ValueError`` naming ``where[name]`` otherwise."""
-    log = False
-    if hasattr(spec, "rvs") and hasattr(spec, "support"):
-        dist = getattr(getattr(spec, "dist", None), "name", "")
-        if dist not in ("loguniform", "reciprocal", "uniform"):
-            raise ValueError(f"{where}[{name!r}]: only uniform and loguniform "
-                             f"distributions define a box; got {dist or type(spec).__name__}")
-        lo, hi = (float(v) for v in spec.support())
-        log = dist != "uniform"
-    elif isinstance(spec, (tuple, list)) and len(spec) == 2:
-        try:
-            lo, hi = float(spec[0]), float(spec[1])
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}[{name!r}]: bounds must be numbers; got "
-                             f"{spec!r}") from None
-    else:
-        raise ValueError(f"{where}[{name!r}]: expected a (low, high) tuple or "
-                         f"scipy.stats.loguniform(low, high); got {spec!r}")
-    if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or not lo < hi:
-        raise ValueError(f"{where}[{name!r}]: the box ({lo}, {hi}) is empty or inverted; "
-                         "low must be finite and < high")
-    if log and lo <= 0:
-        raise ValueError(f"{where}[{name!r}]: a log box needs low > 0; got {lo}")
-    if math.isinf(hi):
-        log = True
-    return Box(lo, hi, log)

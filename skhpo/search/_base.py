@@ -16,8 +16,8 @@ import math
 import time
 from abc import abstractmethod
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from numbers import Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,61 +31,23 @@ from sklearn.pipeline import Pipeline
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import check_cv
 from sklearn.model_selection._search import BaseSearchCV
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import _num_samples
 
 from ..hyper.layers import DropoutRates
+from ..hyper.space import check_space, parse_name
 from ..nets import (TrainingDivergedError, check_param_names, find_net, free_estimator,
                     seed_everything, spawn_seeds, trial_params)
 
 __all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns",
-           "results_table", "HoldoutSearch", "Holdout", "holdout_split", "fit_preprocessing", "as_float_array",
-           "plain_net_params"]
+           "results_table", "HoldoutSearch", "HoldoutResult", "Holdout", "holdout_split",
+           "fit_preprocessing", "as_float_array", "plain_net_params"]
 
 
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
-
-def check_space(space, name="param_distributions"):
-    """Validate a RandomizedSearchCV-style space; return it as a list of dicts.
-
-    Accepted: a dict (or list of dicts) mapping parameter names to a non-empty list of values
-    or to an object with an ``rvs`` method (a scipy.stats distribution).
-    """
-    dicts = [space] if isinstance(space, Mapping) else space
-    if not isinstance(dicts, Sequence) or isinstance(dicts, str) or not dicts:
-        raise ValueError(f"{name}: expected a non-empty dict of parameter name -> list or "
-                         f"distribution (or a list of such dicts); got {space!r}")
-    for d in dicts:
-        if not isinstance(d, Mapping) or not d:
-            raise ValueError(f"{name}: every entry must be a non-empty dict of parameter name "
-                             f"-> list or distribution; got {d!r} (an empty space has nothing "
-                             "to search)")
-        for key, values in d.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{name}: parameter names must be strings; got {key!r}")
-            if hasattr(values, "rvs"):
-                _check_distribution(name, key, values)
-            elif isinstance(values, str) or not isinstance(values, (Sequence, np.ndarray)):
-                raise ValueError(f"{name}[{key!r}]: expected a non-empty list of values or a "
-                                 f"scipy.stats distribution; got {values!r}")
-            elif len(values) == 0:
-                raise ValueError(f"{name}[{key!r}]: the list of values is empty")
-    return list(dicts)
-
-
-def _check_distribution(name, key, dist):
-    support = getattr(dist, "support", None)
-    if support is None:
-        return
-    try:
-        low, high = (float(v) for v in support())
-    except (TypeError, ValueError):
-        return
-    if not (low <= high) or math.isnan(low) or math.isnan(high):
-        raise ValueError(f"{name}[{key!r}]: the distribution has an empty or inverted range "
-                         f"[{low}, {high}]")
-
 
 def check_finite_input(X, where="X"):
     """Raise a ``ValueError`` if a numeric array ``X`` holds NaN or infinity."""
@@ -341,9 +303,73 @@ class NetSearchCV(BaseSearchCV):
 # --------------------------------------------------------------------------------------------
 
 class HoldoutSearch(BaseSearchCV):
-    """Base of the methods that train their models jointly on one held-out split instead of
-    cross-validating candidates (PopulationMutationSearch, CuttingPlaneTuner): the data
-    checks, the split and the preprocessing before training, and the one-split results."""
+    """Template of the methods that train their models on one held-out split instead of
+    cross-validating candidates (PopulationMutationSearch, CuttingPlaneTuner,
+    HyperLocalRefiner).
+
+    ``fit`` runs, in this order: parameter validation (``_parameter_constraints``), the
+    ``_check_search_params`` hook (checks between arguments, no data), ``_draw_seeds(rng)``
+    (the leaf's seeds: the split's and its own), ``_holdout`` (data checks, the split and the
+    preprocessing, no training), ``_search(data, seeds, rng)`` (the method, which returns a
+    :class:`HoldoutResult`), then the results (``cv_results_`` with one split, ``best_*``,
+    ``history_``, ``n_epochs_``, ``n_trainings_``) and the refit policy. A leaf implements
+    ``_search`` and ``_draw_seeds`` only; ``predict``, ``predict_proba``, ``score``,
+    ``transform``, ``classes_`` and ``n_features_in_`` are scikit-learn's, forwarded to
+    ``best_estimator_``.
+
+    ``refit``: a string (``"student"``, ``"tuned"``) keeps the model the method trained as
+    ``best_estimator_``; ``True`` retrains the estimator on all of ``X`` with the chosen
+    hyper-parameters held fixed; ``False`` keeps no model.
+    """
+
+    _parameter_constraints: dict = {
+        "estimator": [HasMethods(["fit"])],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "scoring": [str, callable, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def fit(self, X, y=None, **params):
+        """Split off the validation part, run the method, then apply the refit policy.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Targets.
+        **params : dict
+            Not supported by the methods that train with their own loop (a ``TypeError``
+            names them); see the class for the ones it takes.
+
+        Returns
+        -------
+        self : object
+            The fitted search.
+        """
+        self._validate_params()
+        self._check_search_params()
+        rng = check_random_state(self.random_state)
+        split_seed, seeds = self._draw_seeds(rng)
+        data = self._holdout(X, y, params, split_seed)
+        start = time.perf_counter()
+        result = self._search(data, seeds, rng)
+        self.search_time_ = time.perf_counter() - start
+        self._set_results(result)
+        self._set_best_estimator(result, data, X, y)
+        return self
+
+    def _check_search_params(self):
+        """Hook: checks between constructor arguments (no data, no training). None here."""
+
+    @abstractmethod
+    def _draw_seeds(self, rng):
+        """``(seed of the validation split, the method's own seeds)`` drawn from ``rng``."""
+
+    @abstractmethod
+    def _search(self, data, seeds, rng):
+        """Run the method on ``data`` (a :class:`Holdout`); return a :class:`HoldoutResult`."""
 
     def _holdout(self, X, y, fit_params, seed):
         """Checks (no training), then ``X``, ``y`` split by ``validation_fraction`` and passed
@@ -381,19 +407,66 @@ class HoldoutSearch(BaseSearchCV):
             return net
         return Pipeline([*data.pre.steps, (self.estimator.steps[-1][0], net)])
 
-    def _one_split_results(self, params, scores, fit_times, score_times, val_losses, best):
-        """``cv_results_`` (one split, plus ``val_loss``) and the ``best_*`` attributes."""
-        self.cv_results_ = results_table(params, scores, fit_times, score_times)
-        self.cv_results_["val_loss"] = np.asarray(val_losses, dtype=float)
-        self.best_index_ = int(best)
-        self.best_params_ = dict(params[best])
-        self.best_score_ = float(scores[best])
+    def _set_results(self, result):
+        """``cv_results_`` (one split, plus ``val_loss``), ``best_*``, ``history_`` and the
+        cost counters, from the method's result."""
+        self.cv_results_ = results_table(result.params, result.scores, result.fit_times,
+                                         result.score_times)
+        if result.val_losses is not None:
+            self.cv_results_["val_loss"] = np.asarray(result.val_losses, dtype=float)
+        self.best_index_ = int(result.best)
+        self.best_params_ = dict(result.params[result.best])
+        self.best_score_ = float(result.scores[result.best])
         self.n_splits_ = 1
         self.multimetric_ = False
+        self.history_ = history_columns(result.history)
+        self.n_epochs_ = result.epochs
+        self.n_trainings_ = result.trainings
 
-    @property
-    def classes_(self):
-        return self.best_estimator_.classes_
+    def _set_best_estimator(self, result, data, X, y):
+        """The refit policy (see the class docstring)."""
+        self.refit_time_ = 0.0
+        if isinstance(self.refit, str):
+            self.best_estimator_ = result.model
+            return
+        if result.model is not None:
+            free_estimator(result.model)
+        if not self.refit:
+            return
+        t0 = time.perf_counter()
+        params = plain_net_params(self.estimator, data.prefix, self.best_params_,
+                                  result.refit_epochs, result.coefs)
+        self.best_estimator_ = clone(self.estimator).set_params(**params).fit(X, y)
+        self.refit_time_ = time.perf_counter() - t0
+        self.n_epochs_ += result.refit_epochs
+        self.n_trainings_ += 1
+
+
+@dataclass
+class HoldoutResult:
+    """What a hold-out method hands back to :class:`HoldoutSearch`.
+
+    ``params``, ``scores`` (on the validation part; NaN for a failed row), ``fit_times``,
+    ``score_times`` and ``val_losses`` (or None): one entry per row of ``cv_results_``;
+    ``best``: the chosen row; ``model``: the chosen model as the method trained it (the
+    ``best_estimator_`` of a string ``refit``), behind the preprocessing; ``history``: the
+    rows of ``history_``; ``epochs`` and ``trainings``: the cost, without a refit;
+    ``refit_epochs`` and ``coefs`` (the net's per-layer ``l2``/``l1`` before tuning): what
+    ``refit=True`` retrains with.
+    """
+
+    params: list
+    scores: list
+    best: int
+    model: object
+    history: list
+    epochs: float
+    trainings: int
+    fit_times: list | None = None
+    score_times: list | None = None
+    val_losses: list | None = None
+    refit_epochs: int = 0
+    coefs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -446,13 +519,13 @@ def plain_net_params(estimator, prefix, best, max_epochs, coefs):
     net, _ = find_net(estimator)
     out, rates = {f"{prefix}max_epochs": max_epochs}, {}
     for name, value in best.items():
-        bare = name[len(prefix):]
-        if bare.startswith("dropout["):
-            rates[bare[len("dropout["):-1]] = value
-        elif bare[:3] in ("l2[", "l1["):
-            key = f"{prefix}{bare[:2]}"
-            layer_coefs = out.setdefault(key, list(coefs[bare[:2]]))
-            layer_coefs[int(bare[3:-1])] = value
+        pname = parse_name(name, prefix)
+        if pname.kind == "dropout" and pname.path is not None:
+            rates[pname.path] = value
+        elif pname.kind in ("l2", "l1") and pname.index is not None:
+            key = f"{prefix}{pname.kind}"
+            layer_coefs = out.setdefault(key, list(coefs[pname.kind]))
+            layer_coefs[pname.index] = value
         else:
             out[name] = value
     if rates:

@@ -21,7 +21,7 @@ from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from sklearn.pipeline import Pipeline
 
 from ..linesearch import bounding_phase, golden_section
-from ..lp import LinearProgram, solve_lp
+from ..lp import lp_direction
 
 LINEAR = (ElasticNet, Lasso, Ridge)
 _FLOOR = 1e-10
@@ -72,9 +72,11 @@ def _derivatives(model, Xt, lam):
     return H, np.column_stack(cols), Xa, w
 
 
-def refine_linear(refiner, base, prefix, Xt, yt, Xv, yv, rng):
-    """One LP direction for the penalties, then a line search with exact refits. Returns the
-    refined model, its params and the record (history rows, timings, losses)."""
+def refine_linear(step, base, prefix, Xt, yt, Xv, yv, rng, *, line_step, gss_tol):
+    """One LP direction for the penalties (``step``: :class:`~skhpo.lp.LPStep`), then a
+    line search with exact refits (bounding phase from ``line_step``, golden section to
+    ``gss_tol``). Returns the refined model (None if no step was accepted), its params and the
+    record (history rows, timings, losses)."""
     model = base.steps[-1][1] if isinstance(base, Pipeline) else base
     head = Pipeline(base.steps[:-1]) if isinstance(base, Pipeline) and len(base.steps) > 1 \
         else None
@@ -89,15 +91,10 @@ def refine_linear(refiner, base, prefix, Xt, yt, Xv, yv, rng):
     Xva = np.hstack([Xv_, np.ones((len(Xv_), 1))]) if model.fit_intercept else Xv_
     g = 2 * Xva.T @ (Xva @ w - yv) / len(yv)  # gradient of the validation MSE
     timings["hessian"] = time.perf_counter() - t0
-    k, n = H_wl.shape[1], H_ww.shape[0]
-    box_w = 100.0 if refiner.box_weights is None else refiner.box_weights
-    lp = LinearProgram(c=np.r_[np.zeros(k), g], A=np.hstack([H_wl, H_ww]), delta=refiner.delta,
-                       lower=np.r_[np.full(k, -refiner.box_hparams), np.full(n, -box_w)],
-                       upper=np.r_[np.full(k, refiner.box_hparams), np.full(n, box_w)])
-    sol = solve_lp(lp, refiner.lp_solver, seed=int(rng.randint(2**31 - 1)))
+    k = H_wl.shape[1]
+    sol, record = lp_direction(g, H_wl, H_ww, step, seed=int(rng.randint(2**31 - 1)))
     timings["lp"] = sol.solve_time
-    log = [{"kind": "lp", "iteration": 0, "rows": sol.n_rows, "variables": sol.n_vars,
-            "objective": sol.objective, "solve_time": sol.solve_time}]
+    log = [record]
 
     def fitted(lam):
         m = clone(model).set_params(**_as_params(model, lam, ""))
@@ -114,9 +111,7 @@ def refine_linear(refiner, base, prefix, Xt, yt, Xv, yv, rng):
     if np.linalg.norm(d_lam) > 0 and sol.objective < 0:
         d = d_lam / np.linalg.norm(d_lam)
         t0 = time.perf_counter()
-        step = 1e-3 if refiner.line_step is None else refiner.line_step
-        tol = 1e-6 if refiner.gss_tol is None else refiner.gss_tol
-        lo, hi = golden_section(phi, *bounding_phase(phi, step), tol)
+        lo, hi = golden_section(phi, *bounding_phase(phi, line_step), gss_tol)
         t_star = lo if phi(lo) <= phi(hi) else hi  # the better endpoint (the authors' rule)
         loss = phi(t_star)
         timings["line_search"] = time.perf_counter() - t0

@@ -27,22 +27,18 @@ import copy
 import math
 import time
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.base import clone
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted
-from torch.func import jvp
 
-from ..hyper import as_box
-from ..hyper.layers import (HyperLayer, convert_module, cutout, dropout_layers, entropy,
-                            general_state_dict)
-from ..nets import TrainingDivergedError, batch_size_of, find_net, seed_everything
-from ._base import HoldoutSearch, history_columns, plain_net_params
+from ..hyper import Box, parse_name, read_dimension, set_dropout_rate
+from ..hyper.layers import convert_module, dropout_layers, general_state_dict
+from ..nets import batch_size_of, find_net, seed_everything
+from ._base import HoldoutResult, HoldoutSearch, history_columns
+from ._delta_stn import DeltaSTNTrainer, STNSettings, cut_penalty
+from ._delta_stn import HyperParams as _HyperParams
 
 __all__ = ["CuttingPlaneTuner", "cut_penalty"]
 
@@ -53,51 +49,17 @@ AUGMENTATIONS = ("input_noise", "cutout_holes", "cutout_length")
 DISCRETE = ("cutout_holes", "cutout_length")
 
 
-def cut_penalty(pairs, signs, mu, eps2, mode="hinge"):
-    """mu * sum over layers and elements of pen(S * (W_e - W_h2) - eps2).
+class _Space(NamedTuple):
+    """The tuned hyper-parameters, dropout rates first: ``names``, ``boxes``, ``inits``, the
+    dropout ``paths`` (index i of ``paths`` is hyper-parameter i), ``augment`` (``{input_noise
+    | cutout_holes | cutout_length: index}``) and the examples' ``image_shape`` for cutout."""
 
-    ``pairs``: ``[(W_e, W_h2), ...]`` (W_e is treated as a constant); ``signs``: per layer a
-    tensor of +-1/0 (``cut_memory="last"``) or a pair ``(seen_plus, seen_minus)`` of boolean
-    masks (``"all"``: the maximum over the cuts seen so far). ``mode``: ``"hinge"``
-    (pen = max(0, .)) or ``"linear"`` (pen = identity, the literal Eq. 12).
-    """
-    total = 0.0
-    for (w_e, w_h2), s in zip(pairs, signs):
-        d = w_e.detach() - w_h2
-        if isinstance(s, tuple):
-            plus, minus = s
-            z = torch.maximum(torch.where(plus, d - eps2, -math.inf),
-                              torch.where(minus, -d - eps2, -math.inf))
-            z = torch.where(plus | minus, z, torch.zeros_like(z))
-        else:
-            z = torch.where(s != 0, s * d - eps2, torch.zeros_like(d))
-        total = total + (F.relu(z) if mode == "hinge" else z).sum()
-    return mu * total
-
-
-def _estimator_has(attr):
-    def check(self):
-        getattr(getattr(self, "best_estimator_", self.estimator), attr)
-        return True
-    return check
-
-
-class _HyperParams(torch.nn.Module):
-    """u (unconstrained values) and rho (sigma = softplus(rho)) of the tuned hyper-parameters."""
-
-    def __init__(self, boxes, inits, scale=1.0):
-        super().__init__()
-        self.boxes = boxes
-        self.u = torch.nn.Parameter(torch.tensor([float(b.inverse(v)) for b, v in zip(boxes, inits)]))
-        self.rho = torch.nn.Parameter(torch.full((len(boxes),), math.log(math.expm1(scale))))
-
-    def sigma(self):
-        return F.softplus(self.rho)
-
-    def values(self, u=None):
-        """lambda = box(u) for u of shape (..., n)."""
-        u = self.u if u is None else u
-        return torch.stack([b.forward(u[..., i]) for i, b in enumerate(self.boxes)], dim=-1)
+    names: list
+    boxes: list
+    inits: list
+    paths: list
+    augment: dict
+    image_shape: tuple | None
 
 
 class CuttingPlaneTuner(HoldoutSearch):
@@ -113,9 +75,13 @@ class CuttingPlaneTuner(HoldoutSearch):
         ``optimizer__*``, ``batch_size`` and ``max_epochs`` (warm-up included) drive the
         training of the weights.
     hyperparams : dict or None, default=None
-        ``name -> (low, high)`` or ``(low, high, init)``. Names: ``dropout[path]`` for the
+        The space, in scikit-learn's grammar: ``name ->`` a ``scipy.stats.uniform`` /
+        ``loguniform`` distribution (the box), a one-value list ``[init]`` (a start value in
+        the default box [0, 0.95]; rates only), or the shorthand ``(low, high)`` /
+        ``(low, high, init)``. Names: ``dropout[path]`` for the
         dropout layer at ``path`` of ``module_.named_modules()`` (with the Pipeline prefix,
-        e.g. ``net__dropout[layers.2]``), ``input_noise`` (Gaussian noise of this standard
+        e.g. ``net__dropout[layers.2]``), ``dropout`` or ``module__dropout`` (every dropout
+        layer, each tuned on its own as ``dropout[path]``), ``input_noise`` (Gaussian noise of this standard
         deviation added to the inputs in training), and ``cutout_holes`` with
         ``cutout_length`` (cutout of the training images, both floored where applied; needs
         ``image_shape`` for flat inputs). Default init: the layer's rate, or the box's middle.
@@ -153,10 +119,11 @@ class CuttingPlaneTuner(HoldoutSearch):
         ``image_shape_`` (SmallCNNClassifier) or the shape of ``X``'s examples.
     scoring : str, callable or None, default=None
         Score of ``cv_results_`` / ``best_score_`` on the held-out part.
-    refit : bool, default=False
-        False: ``best_estimator_`` is the user's plain net carrying the general weights (what
-        the self-tuning net predicts with at the final hyper-parameters) and the final rates.
-        True: the user's net retrained on all of X with the final rates fixed.
+    refit : {"tuned", True, False}, default="tuned"
+        ``"tuned"``: ``best_estimator_`` is the user's plain net carrying the general weights
+        (what the self-tuning net predicts with at the final hyper-parameters) and the final
+        rates (before 0.2 this was ``refit=False``). True: the user's net retrained on all of X
+        with the final rates fixed. False: no ``best_estimator_`` (as in ``GridSearchCV``).
     random_state : int, RandomState or None, default=None
         Seeds the split, the weights, dropout masks and perturbations.
     verbose : int, default=0
@@ -201,11 +168,11 @@ class CuttingPlaneTuner(HoldoutSearch):
     """
 
     _parameter_constraints: dict = {
+        **HoldoutSearch._parameter_constraints,
         "hyperparams": [dict, None],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "train_steps": [Interval(Integral, 1, None, closed="left")],
         "valid_steps": [Interval(Integral, 1, None, closed="left")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "mu": [Interval(Real, 0, None, closed="left")],
         "eps2": [Interval(Real, 0, None, closed="left")],
         "cut_mode": [StrOptions({"hinge", "linear"})],
@@ -216,17 +183,14 @@ class CuttingPlaneTuner(HoldoutSearch):
         "linearize": ["boolean"],
         "hyper_lr": [Interval(Real, 0, None, closed="left")],
         "image_shape": [tuple, list, None],
-        "scoring": [str, callable, None],
-        "refit": ["boolean"],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        "refit": ["boolean", StrOptions({"tuned"})],
     }
 
     def __init__(self, estimator, hyperparams=None, *, warmup_epochs=5, train_steps=5,
                  valid_steps=1, validation_fraction=0.15, mu=1e-3, eps2=1e-8,
                  cut_mode="hinge", cut_memory="last", theta=1.0, entropy_weight=1e-3,
                  tune_scales=True, linearize=True, hyper_lr=1e-2, image_shape=None, scoring=None,
-                 refit=False, random_state=None, verbose=0):
+                 refit="tuned", random_state=None, verbose=0):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.warmup_epochs = warmup_epochs
@@ -248,54 +212,65 @@ class CuttingPlaneTuner(HoldoutSearch):
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- fit ------------------------------------------------------------------------------
+    # -- the method (HoldoutSearch.fit calls these) -----------------------------------------
 
-    def fit(self, X, y=None, **fit_params):
-        """Split off the validation part and run the self-tuning training.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
-        **fit_params : dict
-            Not supported (a ``TypeError`` names them).
-
-        Returns
-        -------
-        self : object
-        """
-        self._validate_params()
-        rng = check_random_state(self.random_state)
+    def _draw_seeds(self, rng):
         split_seed, torch_seed = rng.randint(2**31 - 1, size=2)
-        data = self._holdout(X, y, fit_params, int(split_seed))
-        seed_everything(int(torch_seed))
+        return int(split_seed), int(torch_seed)
+
+    def _search(self, data, torch_seed, rng):
+        seed_everything(torch_seed)
         plain, y_enc, yv_enc = self._initialised_net(data)
-        names, boxes, inits, paths, extra = self._hyperparams(plain, data.prefix, data.Xt)
-        if self.refit and extra:
-            raise ValueError(f"refit=True cannot retrain with {', '.join(extra)}: a plain net "
-                             "has no such parameter; use refit=False")
-
+        space = self._space(plain, data.prefix, data.Xt)
+        if self.refit is True and space.augment:
+            raise ValueError(f"refit=True cannot retrain with {', '.join(space.augment)}: a "
+                             "plain net has no such parameter; use refit='tuned'")
+        if space.image_shape is not None:
+            self.image_shape_ = space.image_shape
         module = copy.deepcopy(plain.module_)
-        context = convert_module(module, paths, len(names))
-        hp = _HyperParams(boxes, inits)
+        context = convert_module(module, space.paths, len(space.names))
+        hp = _HyperParams(space.boxes, space.inits)
         start = time.perf_counter()
-        self._train(plain, module, context, hp, names, extra,
-                    torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc)
-        self.search_time_ = time.perf_counter() - start
-        with torch.no_grad():
-            final = [float(v) for v in hp.values()]
-        self.applied_params_ = dict(zip(names, final))
-        for name in DISCRETE:
-            if name in extra:
-                self.applied_params_[names[extra[name]]] = math.floor(final[extra[name]])
-        self.hyperparams_ = hp
-        self.module_ = module
-        self._finish(plain, module, dict(zip(names, final)), paths, data, X, y)
-        return self
+        trainer = DeltaSTNTrainer(self._settings(), plain, module, context, hp, space.names,
+                                  len(space.paths), space.augment, space.image_shape)
+        max_epochs = int(find_net(self.estimator)[0].max_epochs)
+        trainer.run(torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc,
+                    batch_size_of(plain, len(y_enc)), max_epochs)
+        fit_time = time.perf_counter() - start
+        self.hyper_history_ = history_columns(trainer.hyper_rows)
+        final = trainer.current()
+        self.applied_params_ = dict(final)
+        for name, index in space.augment.items():
+            if name in DISCRETE:
+                self.applied_params_[space.names[index]] = math.floor(final[space.names[index]])
+        self.hyperparams_, self.module_ = hp, module
+        model = self._tuned_model(plain, module, final, space.paths, data)
+        t0 = time.perf_counter()
+        score = self.scorer_(model, data.X_val, data.y_val)
+        return HoldoutResult(params=[final], scores=[score], best=0, model=model,
+                             history=trainer.rows, epochs=max_epochs, trainings=1,
+                             fit_times=[fit_time], score_times=[time.perf_counter() - t0],
+                             val_losses=[trainer.rows[-1]["valid_loss"]],
+                             refit_epochs=int(data.net.max_epochs))
 
-    def _hyperparams(self, plain, prefix, X):
-        """(names, boxes, inits, dropout paths, ``{augmentation: index}``), checked; the
-        dropout rates come first (index i of ``paths`` is hyper-parameter i)."""
+    def _settings(self):
+        return STNSettings(self.warmup_epochs, self.train_steps, self.valid_steps, self.mu,
+                           self.eps2, self.cut_mode, self.cut_memory, self.theta,
+                           self.entropy_weight, self.tune_scales, self.linearize, self.hyper_lr,
+                           self.verbose)
+
+    def _tuned_model(self, plain, module, final, paths, data):
+        """The user's plain net carrying the general weights and the final rates."""
+        plain.module_.load_state_dict(general_state_dict(module.cpu()))
+        layers = dropout_layers(plain.module_)
+        for path, rate in zip(paths, final.values()):
+            set_dropout_rate(layers[path], rate)
+        plain.module_.eval()
+        plain.set_params(max_epochs=data.net.max_epochs, train_split=data.net.train_split)
+        return self._with_preprocessing(data, plain)
+
+    def _space(self, plain, prefix, X):
+        """``hyperparams`` read by the shared vocabulary and checked against the module."""
         layers = dropout_layers(plain.module_)
         spec = self.hyperparams
         if spec is None:
@@ -309,47 +284,53 @@ class CuttingPlaneTuner(HoldoutSearch):
                              "input_noise or cutout_holes and cutout_length")
         rates, augment = [], {}
         for name, value in spec.items():
-            bare = name[len(prefix):] if name.startswith(prefix) else None
-            if not (isinstance(value, (tuple, list)) and len(value) in (2, 3)):
-                raise ValueError(f"hyperparams[{name!r}]: expected (low, high) or (low, high, "
-                                 f"init); got {value!r}")
-            box = as_box(name, tuple(value[:2]), where="hyperparams")
-            if bare in AUGMENTATIONS:
-                if box.lo < 0:
-                    raise ValueError(f"hyperparams[{name!r}]: {bare} must be >= 0; got the box "
-                                     f"({box.lo}, {box.hi})")
-                init = value[2] if len(value) == 3 else 0.5 * (box.lo + box.hi)
-                augment[bare] = (name, box, init)
-                continue
-            if not (bare is not None and bare.startswith("dropout[") and bare.endswith("]")):
+            dim = read_dimension("hyperparams", parse_name(name, prefix, "hyperparams"), value)
+            if dim.name.kind in AUGMENTATIONS:
+                augment[dim.name.kind] = self._augmentation(dim)
+            elif dim.name.kind == "dropout":
+                rates += self._rates(dim, layers, prefix)
+            else:
                 raise ValueError(f"hyperparams: {name!r} is not tunable here; accepted: "
                                  f"{prefix}dropout[<path of a dropout layer>] (the module's "
-                                 f"are {sorted(layers)}), " + ", ".join(
-                                     prefix + a for a in AUGMENTATIONS))
-            path = bare[len("dropout["):-1]
-            if path not in layers:
-                raise ValueError(f"hyperparams[{name!r}]: the module has no dropout layer "
-                                 f"{path!r}; its dropout layers are {sorted(layers)}")
-            if box.lo < 0 or box.hi >= 1:
-                raise ValueError(f"hyperparams[{name!r}]: a dropout rate's box must lie in "
-                                 f"[0, 1); got ({box.lo}, {box.hi})")
-            init = value[2] if len(value) == 3 else min(max(
-                float(getattr(layers[path], "p", DEFAULT_INIT)), box.lo), box.hi)
-            rates.append((path, name, box, init))
+                                 f"are {sorted(layers)}), {prefix}dropout (every dropout "
+                                 "layer), " + ", ".join(prefix + a for a in AUGMENTATIONS))
         if ("cutout_holes" in augment) != ("cutout_length" in augment):
             raise ValueError("hyperparams: cutout needs both cutout_holes and cutout_length")
-        if "cutout_holes" in augment:
-            self.image_shape_ = self._image_shape(plain, X)
-        entries = [(n, b, i) for _, n, b, i in rates] + [augment[a] for a in AUGMENTATIONS
-                                                          if a in augment]
-        for name, box, init in entries:
-            if not box.lo <= init <= box.hi:
-                raise ValueError(f"hyperparams[{name!r}]: init {init} is outside the box "
-                                 f"({box.lo}, {box.hi})")
-        names = [n for n, _, _ in entries]
-        extra = {a: names.index(augment[a][0]) for a in augment}
-        return (names, [b for _, b, _ in entries], [b.clip(i) for _, b, i in entries],
-                [p for p, _, _, _ in rates], extra)
+        shape = self._image_shape(plain, X) if "cutout_holes" in augment else None
+        entries = rates + [augment[a] for a in AUGMENTATIONS if a in augment]
+        names = [n for n, _, _, _ in entries]
+        return _Space(names, [b for _, b, _, _ in entries], [b.clip(i) for _, b, i, _ in entries],
+                      [p for _, _, _, p in rates],
+                      {a: names.index(augment[a][0]) for a in augment}, shape)
+
+    @staticmethod
+    def _augmentation(dim):
+        if dim.box is None:
+            raise ValueError(f"hyperparams[{dim.name.name!r}]: {dim.name.kind} needs a range "
+                             "(low, high[, init]) or a uniform / loguniform distribution")
+        init = dim.init if dim.init is not None else 0.5 * (dim.box.lo + dim.box.hi)
+        return dim.name.name, dim.box, init, None
+
+    @staticmethod
+    def _rates(dim, layers, prefix):
+        """One entry per dropout layer that ``dim`` names (``dropout``: every one)."""
+        if dim.name.path is None:
+            if not layers:
+                raise ValueError(f"hyperparams[{dim.name.name!r}]: the module has no dropout "
+                                 "layer")
+            names = {path: f"{prefix}dropout[{path}]" for path in layers}
+        elif dim.name.path not in layers:
+            raise ValueError(f"hyperparams[{dim.name.name!r}]: the module has no dropout layer "
+                             f"{dim.name.path!r}; its dropout layers are {sorted(layers)}")
+        else:
+            names = {dim.name.path: dim.name.name}
+        box = dim.box if dim.box is not None else Box(*DEFAULT_BOX)
+        if dim.init is not None and not box.lo <= dim.init <= box.hi:
+            raise ValueError(f"hyperparams[{dim.name.name!r}]: the start value {dim.init} is "
+                             f"outside the box ({box.lo}, {box.hi})")
+        return [(name, box, dim.init if dim.init is not None else min(max(
+            float(getattr(layers[path], "p", DEFAULT_INIT)), box.lo), box.hi), path)
+            for path, name in names.items()]
 
     def _image_shape(self, plain, X):
         """(C, H, W) of one example, for cutout: ``image_shape``, else the net's
@@ -367,218 +348,4 @@ class CuttingPlaneTuner(HoldoutSearch):
                              "features of each example")
         return shape
 
-    # -- the Delta-STN / CPMLHO loop ------------------------------------------------------------
 
-    def _train(self, plain, module, context, hp, names, extra, Xt, yt, Xv, yv):
-        device = torch.device(plain.device)
-        module.to(device)
-        hp.to(device)
-        hyper_layers = [m for m in module.modules() if isinstance(m, HyperLayer)]
-        response_ids = {id(p) for m in hyper_layers for p in (*m.response.parameters(), m.h1)}
-        general = [p for p in module.parameters() if id(p) not in response_ids]
-        response = [p for p in module.parameters() if id(p) in response_ids]
-        opt_kwargs = {"lr": plain.lr, **plain.get_params_for("optimizer")}
-        opt_general = plain.optimizer(general, **opt_kwargs)
-        opt_response = plain.optimizer(response, **opt_kwargs)
-        opt_u = torch.optim.RMSprop([hp.u], lr=self.hyper_lr)
-        opt_rho = torch.optim.RMSprop([hp.rho], lr=self.hyper_lr)
-        loss_fn = lambda y_pred, y: plain.get_loss(y_pred, y, training=False)  # noqa: E731
-        n_rates = len(names) - len(extra)
-        batch = batch_size_of(plain, len(yt))
-        pairs = [(m.base.weight, m.response.weight) for m in hyper_layers]
-        state = {"signs": None, "step": 0, "hyper_steps": 0}
-        rows, hyper_rows = [], []
-        max_epochs = int(find_net(self.estimator)[0].max_epochs)
-        train_iter = _batches(len(yt), batch)  # the theta term's own training batches
-        val_iter = _batches(len(yv), batch)
-
-        def inputs(x, lam):
-            """The training inputs under the augmentations at ``lam`` (one row, or one per
-            example)."""
-            if "input_noise" in extra:
-                scale = lam[..., extra["input_noise"]].reshape(-1, *([1] * (x.dim() - 1)))
-                x = x + scale * torch.randn_like(x)
-            if "cutout_holes" in extra:
-                x = cutout(x, lam[..., extra["cutout_holes"]], lam[..., extra["cutout_length"]],
-                           self.image_shape_)
-            return x
-
-        def check(loss, epoch, where):
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"CuttingPlaneTuner: the {where} loss became "
-                                            f"{loss.item()} at epoch {epoch + 1}")
-
-        def hyper_term(x, y):
-            n = x.shape[0]
-            if self.tune_scales:
-                u_tilde = hp.u + hp.sigma() * torch.randn(n, len(names), device=device)
-            else:
-                u_tilde = hp.u.expand(n, -1)
-            context.h_net = u_tilde - hp.u.detach()
-            return loss_fn(module(x), y)
-
-        for epoch in range(max_epochs):
-            for idx in torch.randperm(len(yt)).split(batch):
-                x, y = Xt[idx].to(device), yt[idx].to(device)
-                with torch.no_grad():
-                    lam = hp.values()
-                    sigma = hp.sigma()
-                # (a) general sub-step at the current lambda, hyper term off [Eq. 13]
-                module.train()
-                context.h_net = None
-                context.rates = lam[:n_rates]
-                loss = loss_fn(module(inputs(x, lam)), y)
-                check(loss, epoch, "training")
-                opt_general.zero_grad()
-                loss.backward()
-                opt_general.step()
-                # (b) response sub-step at per-example perturbed lambdas + cut [Eq. 14]
-                delta = sigma * torch.randn(len(idx), len(names), device=device)
-                lam_t = hp.values(hp.u.detach() + delta)
-                context.rates = lam_t[:, :n_rates]
-                x_in = inputs(x, lam_t)
-                if self.linearize:
-                    def f(h):
-                        context.h_net = h
-                        return module(x_in)
-                    out, tangent = jvp(f, (torch.zeros_like(delta),), (delta,))
-                    pred = out + tangent
-                else:
-                    context.h_net = delta
-                    pred = module(x_in)
-                loss = loss_fn(pred, y)
-                if self.mu > 0 and state["signs"] is not None:
-                    loss = loss + cut_penalty(pairs, state["signs"], self.mu, self.eps2,
-                                              self.cut_mode)
-                check(loss, epoch, "response")
-                opt_response.zero_grad()
-                loss.backward()
-                opt_response.step()
-                state["step"] += 1
-                # hyper steps: mixed-level objective [Eq. 15/16]
-                if epoch >= self.warmup_epochs and state["step"] % self.train_steps == 0:
-                    module.eval()
-                    context.rates = None
-                    for _ in range(self.valid_steps):
-                        vi = next(val_iter)
-                        h_loss = hyper_term(Xv[vi].to(device), yv[vi].to(device))
-                        if self.theta is not None:
-                            ti = next(train_iter)
-                            h_loss = hyper_term(Xt[ti].to(device), yt[ti].to(device)) \
-                                + self.theta * h_loss
-                        if self.tune_scales:
-                            h_loss = h_loss - self.entropy_weight * entropy(hp.sigma())
-                        check(h_loss, epoch, "hyper")
-                        opt_u.zero_grad()
-                        opt_rho.zero_grad()
-                        h_loss.backward()
-                        opt_u.step()
-                        if self.tune_scales:
-                            opt_rho.step()
-                        state["hyper_steps"] += 1
-                        with torch.no_grad():
-                            hyper_rows.append({"epoch": epoch + 1, **dict(zip(
-                                names, (float(v) for v in hp.values())))})
-            # epoch end: evaluate, rebuild the cut
-            context.h_net, context.rates = None, None
-            with torch.no_grad():
-                row = {"epoch": epoch + 1, **dict(zip(names, (float(v) for v in hp.values())))}
-            row.update(_evaluate(module, loss_fn, Xt, yt, batch, device, "train"))
-            row.update(_evaluate(module, loss_fn, Xv, yv, batch, device, "valid"))
-            with torch.no_grad():
-                gaps = torch.cat([(a - b).abs().reshape(-1) for a, b in pairs])
-                row.update(gap=float(gaps.mean()), mu=self.mu,
-                           sigma=[float(s) for s in hp.sigma()],
-                           hyper_steps=state["hyper_steps"])
-                state["signs"] = _cut(pairs, state["signs"], self.cut_memory)
-            if not math.isfinite(row["train_loss"]):
-                raise TrainingDivergedError(f"CuttingPlaneTuner: the training loss became "
-                                            f"{row['train_loss']} at epoch {epoch + 1}")
-            rows.append(row)
-            if self.verbose:
-                print(f"[CPMLHO] epoch {epoch + 1}/{max_epochs} train {row['train_loss']:.4f} "
-                      f"valid {row['valid_loss']:.4f} gap {row['gap']:.4f} " + " ".join(
-                          f"{n}={row[n]:.4f}" for n in names), flush=True)
-        self.history_ = history_columns(rows)
-        self.hyper_history_ = history_columns(hyper_rows)
-        self.n_epochs_ = max_epochs
-
-    # -- results --------------------------------------------------------------------------------
-
-    def _finish(self, plain, module, final, paths, data, X, y):
-        """best_estimator_ (the plain net with the general weights, or a refit) and
-        cv_results_."""
-        plain.module_.load_state_dict(general_state_dict(module.cpu()))
-        layers = dropout_layers(plain.module_)
-        for path, rate in zip(paths, final.values()):
-            layers[path].p = rate
-        plain.module_.eval()
-        plain.set_params(max_epochs=data.net.max_epochs, train_split=data.net.train_split)
-        model = self._with_preprocessing(data, plain)
-        t0 = time.perf_counter()
-        score = self.scorer_(model, data.X_val, data.y_val)
-        self._one_split_results([final], [score], [self.search_time_],
-                                [time.perf_counter() - t0], [self.history_["valid_loss"][-1]], 0)
-        self.refit_time_ = 0.0
-        if not self.refit:
-            self.best_estimator_ = model
-            return
-        t0 = time.perf_counter()
-        epochs = int(data.net.max_epochs)
-        params = plain_net_params(self.estimator, data.prefix, self.best_params_, epochs, {})
-        self.best_estimator_ = clone(self.estimator).set_params(**params).fit(X, y)
-        self.refit_time_ = time.perf_counter() - t0
-        self.n_epochs_ += epochs
-
-    # best_estimator_ exists with refit=False too (the general weights): delegate to it
-    # rather than to BaseSearchCV's methods, which require refit
-
-    def predict(self, X):
-        """``best_estimator_.predict(X)``."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict(X)
-
-    @available_if(_estimator_has("predict_proba"))
-    def predict_proba(self, X):
-        """``best_estimator_.predict_proba(X)``."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict_proba(X)
-
-    def score(self, X, y=None, **params):
-        """``scoring`` (``scorer_``) of ``best_estimator_`` on ``(X, y)``."""
-        check_is_fitted(self, "best_estimator_")
-        return self.scorer_(self.best_estimator_, X, y, **params)
-
-
-
-def _batches(n, batch):
-    """An endless iterator of index batches (reshuffled at every pass)."""
-    while True:
-        yield from torch.randperm(n).split(batch)
-
-
-def _evaluate(module, loss_fn, X, y, batch, device, name):
-    module.eval()
-    losses, correct = [], 0
-    with torch.no_grad():
-        for idx in torch.arange(len(y)).split(max(batch, 512)):
-            out = module(X[idx].to(device))
-            target = y[idx].to(device)
-            losses.append(float(loss_fn(out, target)) * len(idx))
-            if out.dim() == 2 and out.shape[1] > 1 and not torch.is_floating_point(target):
-                correct += int((out.argmax(dim=1) == target).sum())
-    out = {f"{name}_loss": sum(losses) / len(y)}
-    if not torch.is_floating_point(y):
-        out[f"{name}_acc"] = correct / len(y)
-    return out
-
-
-def _cut(pairs, previous, memory):
-    """The cut at the current weights: S = sign(W_e - W_h2) per layer (``"last"``), or the
-    signs seen so far as two masks (``"all"``)."""
-    signs = [torch.sign(a - b).detach() for a, b in pairs]
-    if memory == "last":
-        return signs
-    if previous is None:
-        return [(s > 0, s < 0) for s in signs]
-    return [(p | (s > 0), m | (s < 0)) for (p, m), s in zip(previous, signs)]

@@ -151,7 +151,7 @@ class FlatnessSearchCV(NetSearchCV):
                              f"{self.n_candidates}: only screened candidates can be finalists")
 
     def _setup_search(self, X, y, fit_params):
-        check_space(self.param_distributions)
+        check_space(self.param_distributions, prefix=find_net(self.estimator)[1])
         rng = check_random_state(self.random_state)
         self._candidates = list(ParameterSampler(self.param_distributions, self.n_candidates,
                                                  random_state=rng))

@@ -24,22 +24,25 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
-from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
+from sklearn.base import clone
+from sklearn.metrics import check_scoring
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ..hyper.space import (check_space, parse_name, penalty_gradient, penalty_term,
+                           read_dimension)
 from ..linesearch import line_search
-from ..lp import SOLVERS, LinearProgram, solve_lp
+from ..lp import SOLVERS, LPStep, lp_direction
 from ..nets import find_net, net_input
 from ..probes.curvature import (SR1Snapshots, flat_gradient, flat_params, hessian_rows,
                                 objective, sr1_rows, trainable)
-from ._base import history_columns, results_table
+from ._base import HoldoutResult, HoldoutSearch, holdout_split
 from ._hyperlocal_linear import find_linear, penalty_names, refine_linear
 
 __all__ = ["HyperLocalRefiner"]
@@ -55,31 +58,28 @@ _DECOUPLED = ("AdamW",)
 _PENALTY_NAMES = ("l2", "l1", "optimizer__weight_decay")
 
 
-class _Penalty:
-    """One continuous hyper-parameter: its name, the coefficient's place in the net's value
-    (``index`` into a per-layer sequence, or None), and the weights its term R touches."""
+class _Penalty(NamedTuple):
+    """One continuous hyper-parameter: its name, the net's attribute, the coefficient's place
+    in the net's value (``index`` into a per-layer sequence, or None), its ``kind`` (``l2``,
+    ``l1`` or ``weight_decay``), the weights its term R touches and its ``box`` (or None)."""
 
-    def __init__(self, name, attr, index, kind, params):
-        self.name, self.attr, self.index, self.kind, self.params = name, attr, index, kind, params
+    name: str
+    attr: str
+    index: int | None
+    kind: str
+    params: list
+    box: object = None
 
     def term(self, weights):
         """R_j(w) on ``{param name: tensor}``."""
-        if self.kind == "l2":
-            return sum(weights[p].pow(2).sum() for p in self.params)
-        if self.kind == "l1":
-            return sum(weights[p].abs().sum() for p in self.params)
-        return 0.5 * sum(weights[p].pow(2).sum() for p in self.params)  # coupled decay
+        return penalty_term(self.kind, [weights[p] for p in self.params])
 
     def column(self, weights):
         """dR_j/dw as ``{param name: tensor}`` (the H_wλ column, up to flattening)."""
-        if self.kind == "l2":
-            return {p: 2 * weights[p] for p in self.params}
-        if self.kind == "l1":
-            return {p: torch.sign(weights[p]) for p in self.params}
-        return {p: weights[p] for p in self.params}
+        return {p: penalty_gradient(self.kind, weights[p]) for p in self.params}
 
 
-class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
+class HyperLocalRefiner(HoldoutSearch):
     """Refine the best model of any search by an LP descent direction in (penalties, weights).
 
     Parameters
@@ -161,7 +161,7 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "search": [object],
-        "continuous": [list, None],
+        "continuous": [list, dict, None],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "rows": [Interval(Real, 0, 1, closed="right"), Interval(Integral, 1, None,
                                                                  closed="left"),
@@ -199,32 +199,46 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- fit ----------------------------------------------------------------------------------
+    #: the refined model is always kept as ``best_estimator_`` (there is no ``refit``
+    #: parameter); scikit-learn's forwarders (``predict``, ``score``, ...) read this
+    refit = "refined"
 
-    def fit(self, X, y, X_train=None, y_train=None):
-        """Fit the base search (if unfitted) and refine its best model.
+    @property
+    def estimator(self):
+        """The estimator being refined: ``search`` (scikit-learn's tags and forwarders read
+        it)."""
+        return self.search
 
-        Parameters
-        ----------
-        X, y : the data to search and refine on (unfitted ``search``), or the validation data
-            (fitted ``search``).
-        X_train, y_train : the training data of a fitted ``search`` (needed for the Hessian).
-        """
-        self._validate_params()
-        rng = check_random_state(self.random_state)
+    # -- the method (HoldoutSearch.fit calls these) -----------------------------------------
+
+    def _check_search_params(self):
         self._check_names_before_training()
-        if _is_fitted(self.search):
+
+    def _draw_seeds(self, rng):
+        # no split (and no draw) for a fitted search: its training data comes with fit
+        return (None if _is_fitted(self.search) else int(rng.randint(2**31 - 1))), None
+
+    def _holdout(self, X, y, fit_params, seed):
+        """``(X_train, y_train, X_val, y_val)``: the split of ``X`` (unfitted ``search``) or
+        ``X_train``/``y_train`` from ``fit`` and ``X``, ``y`` as the validation data."""
+        unknown = sorted(set(fit_params) - {"X_train", "y_train"})
+        if unknown:
+            raise TypeError(f"HyperLocalRefiner.fit got unexpected arguments {unknown}; it "
+                            "takes X, y and, for a fitted search, X_train and y_train")
+        X_train, y_train = fit_params.get("X_train"), fit_params.get("y_train")
+        if seed is None:
             if X_train is None or y_train is None:
                 raise ValueError("search is already fitted: pass its training data too, "
                                  "fit(X_val, y_val, X_train=..., y_train=...); the Hessian of "
                                  "the training objective needs it")
-            fitted, (Xt, yt, Xv, yv) = self.search, (X_train, y_train, X, y)
-        else:
-            stratify = y if is_classifier(self.search) else None
-            Xt, Xv, yt, yv = train_test_split(X, y, test_size=self.validation_fraction,
-                                              random_state=rng.randint(2**31 - 1),
-                                              stratify=stratify)
-            fitted = clone(self.search).fit(Xt, yt)
+            return X_train, y_train, X, y
+        Xt, Xv, yt, yv = holdout_split(self.search, X, y, self.validation_fraction, seed)
+        return Xt, yt, Xv, yv
+
+    def _search(self, data, seeds, rng):
+        Xt, yt, Xv, yv = data
+        prefit = _is_fitted(self.search)
+        fitted = self.search if prefit else clone(self.search).fit(Xt, yt)
         base = getattr(fitted, "best_estimator_", None)
         if base is None:
             if hasattr(fitted, "cv_results_"):
@@ -233,20 +247,27 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
             base = fitted
         base_params = dict(getattr(fitted, "best_params_", {}))
         self.base_estimator_ = base
+        self.scorer_ = check_scoring(base)
+        epochs, trainings = (0, 0) if prefit else _base_cost(fitted)
         if find_linear(base) is not None:
-            return self._refine_linear(base, base_params, Xt, yt, Xv, yv, rng)
-        net, prefix = find_net(base)
-        penalties = self._penalties(net, prefix, base_params)
-        if self.hessian == "sr1":
-            snaps = [cb for _, cb in getattr(net, "callbacks_", []) if
-                     isinstance(cb, SR1Snapshots)]
-            if not snaps or len(snaps[0].weights_) < 2:
-                raise ValueError("hessian='sr1' needs the base net trained with "
-                                 "skhpo.probes.curvature.SR1Snapshots() among its callbacks "
-                                 "(at least 2 epochs); or use hessian='hvp'")
-            self._snapshots = snaps[0]
-        self._refine(base, prefix, penalties, base_params, Xt, yt, Xv, yv, rng)
-        return self
+            result = self._refine_linear(base, base_params, Xt, yt, Xv, yv, rng)
+        else:
+            net, prefix = find_net(base)
+            penalties = self._penalties(net, prefix, base_params)
+            snapshots = None
+            if self.hessian == "sr1":
+                snaps = [cb for _, cb in getattr(net, "callbacks_", []) if
+                         isinstance(cb, SR1Snapshots)]
+                if not snaps or len(snaps[0].weights_) < 2:
+                    raise ValueError("hessian='sr1' needs the base net trained with "
+                                     "skhpo.probes.curvature.SR1Snapshots() among its "
+                                     "callbacks (at least 2 epochs); or use hessian='hvp'")
+                snapshots = snaps[0]
+            result = self._refine(base, prefix, penalties, base_params, Xt, yt, Xv, yv, rng,
+                                  snapshots)
+        result.epochs += epochs
+        result.trainings += trainings
+        return result
 
     def _check_names_before_training(self):
         """Reject names that can never be refined before the base search trains anything."""
@@ -255,35 +276,51 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         if linear is not None:
             model, prefix = linear
             allowed = [prefix + n for n in penalty_names(model)]
-            bad = [n for n in (self.continuous or []) if n not in allowed]
-            if bad or self.continuous == []:
+            requested = self._requested(prefix)
+            bad = [n for n in (requested or []) if n not in allowed]
+            if bad or requested == {}:
                 raise ValueError(f"{type(model).__name__}: continuous may name {allowed} "
                                  f"(its penalties); got {self.continuous}")
             return
         net, prefix = find_net(est)
-        names = self.continuous
-        if names is None:
+        requested = self._requested(prefix)
+        if requested is None:
             names = _declared_names(self.search)
             if names is not None:
-                names = [k for k in names if _bare(k, prefix) in _PENALTY_NAMES]
-                if not names:
-                    raise ValueError("continuous=None, but the base search tunes no penalty "
-                                     "(l2, l1, optimizer__weight_decay); name the penalties to "
-                                     "refine, e.g. continuous=['l2']")
+                _check_some_penalty([k for k in names if _bare(k, prefix) in _PENALTY_NAMES],
+                                    "tunes")
             return
-        if not names:
-            raise ValueError("continuous is empty: name at least one penalty")
-        for name in names:
+        _check_some_penalty(list(requested), None)
+        for name in requested:
             self._check_name(net, prefix, name)
 
+    def _requested(self, prefix):
+        """``continuous`` read by the shared vocabulary: ``{name: box or None}`` (a
+        distribution or a ``(low, high)`` tuple bounds the refined value; a list of values,
+        e.g. the base search's grid, does not), or None."""
+        if self.continuous is None:
+            return None
+        if not isinstance(self.continuous, Mapping):
+            return dict.fromkeys(self.continuous)
+        out = {}
+        for name, spec in self.continuous.items():
+            own = prefix if isinstance(name, str) and name.startswith(prefix) else ""
+            pname = parse_name(name, own, "continuous")
+            if hasattr(spec, "rvs") or isinstance(spec, tuple):
+                out[name] = read_dimension("continuous", pname, spec).box
+            else:
+                check_space({name: spec}, "continuous", prefix=own)
+                out[name] = None
+        return out
+
     def _check_name(self, net, prefix, name):
-        bare = _bare(name, prefix)
-        last = bare.rsplit("__", 1)[-1]
-        if bare in ("l2", "l1"):
+        pname = parse_name(name, prefix if name.startswith(prefix) else "", "continuous")
+        bare, last = pname.bare, pname.bare.rsplit("__", 1)[-1]
+        if pname.kind in ("l2", "l1") and not pname.per_layer:
             if not hasattr(net, "penalized_layers"):
                 raise ValueError(f"{name!r}: only skhpo's models have l2/l1 penalties in "
                                  "their training loss; use optimizer__weight_decay")
-        elif bare == "optimizer__weight_decay":
+        elif pname.kind == "weight_decay":
             optimizer = getattr(net, "optimizer", None)
             if getattr(optimizer, "__name__", "") in _DECOUPLED:
                 raise ValueError(f"{name!r}: {optimizer.__name__} decouples weight decay "
@@ -302,36 +339,33 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
     def _penalties(self, net, prefix, base_params):
         """The continuous hyper-parameters as :class:`_Penalty` terms (one per layer for a
         per-layer coefficient), from the fitted base model."""
-        names = self.continuous
-        if names is None:
-            names = [k for k in base_params if _bare(k, prefix) in _PENALTY_NAMES]
-            if not names:
-                raise ValueError("continuous=None, but the base search tuned no penalty "
-                                 "(l2, l1, optimizer__weight_decay); name the penalties to "
-                                 "refine, e.g. continuous=['l2']")
-        if not names:
-            raise ValueError("continuous is empty: name at least one penalty")
+        requested = self._requested(prefix)
+        if requested is None:
+            requested = dict.fromkeys(k for k in base_params if _bare(k, prefix) in
+                                      _PENALTY_NAMES)
+            _check_some_penalty(list(requested), "tuned")
+        _check_some_penalty(list(requested), None)
         weights = dict(trainable(net.module_))
         by_id = {id(p): n for n, p in weights.items()}
         out = []
-        for name in names:
+        for name, box in requested.items():
             self._check_name(net, prefix, name)
             bare = _bare(name, prefix)
             if bare == "optimizer__weight_decay":
-                out.append(_Penalty(name, bare, None, "decay", list(weights)))
+                out.append(_Penalty(name, bare, None, "weight_decay", list(weights), box))
                 continue
             layer_params = [by_id[id(layer.weight)] for layer in net.penalized_layers()
                             if id(layer.weight) in by_id]
             if np.ndim(getattr(net, bare)) == 0:
-                out.append(_Penalty(name, bare, None, bare, layer_params))
+                out.append(_Penalty(name, bare, None, bare, layer_params, box))
             else:
-                out += [_Penalty(f"{name}[{k}]", bare, k, bare, [p])
+                out += [_Penalty(f"{name}[{k}]", bare, k, bare, [p], box)
                         for k, p in enumerate(layer_params)]
         return out
 
     # -- the method ---------------------------------------------------------------------------
 
-    def _refine(self, base, prefix, penalties, base_params, Xt, yt, Xv, yv, rng):
+    def _refine(self, base, prefix, penalties, base_params, Xt, yt, Xv, yv, rng, snapshots):
         model = copy.deepcopy(base)
         mnet, _ = find_net(model)
         module, criterion = mnet.module_, mnet.criterion_
@@ -348,8 +382,8 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
             start_loss = float(val(flat_params(module)))
         self.improved_ = False
         for it in range(self.max_iter):
-            step = self._one_step(module, criterion, penalties, lam, Xtr, ytr, Xva, yva, rng,
-                                  it, rows_log)
+            step = self._one_step(module, criterion, penalties, lam, (Xtr, ytr, Xva, yva), rng,
+                                  it, rows_log, snapshots)
             if step is None:
                 break
             w_new, lam = step
@@ -360,36 +394,39 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         with torch.no_grad():
             end_loss = float(val(flat_params(module)))
         after_score = model.score(Xv, yv)
-        refined = {p.name: float(v) for p, v in zip(penalties, lam)}
-        self.best_estimator_ = model
-        self.best_params_ = {**base_params, **_regroup(penalties, lam, prefix)}
-        self.best_score_ = after_score
-        self.history_ = history_columns(rows_log)
         self.validation_loss_ = (start_loss, end_loss)
-        self.refined_penalties_ = refined
-        self.cv_results_ = results_table([base_params, self.best_params_], [before_score, after_score])
-        return self
+        self.refined_penalties_ = {p.name: float(v) for p, v in zip(penalties, lam)}
+        best_params = {**base_params, **_regroup(penalties, lam, prefix)}
+        return HoldoutResult(params=[base_params, best_params], scores=[before_score, after_score],
+                             best=1, model=model, history=rows_log, epochs=0, trainings=0)
 
     def _refine_linear(self, base, base_params, Xt, yt, Xv, yv, rng):
         _, prefix = find_linear(base)
-        refined, params, log, timings, losses = refine_linear(self, base, prefix, Xt, yt, Xv,
-                                                             yv, rng)
+        refined, params, log, timings, losses = refine_linear(
+            self._lp_settings(box_weights=100.0), base, prefix, Xt, yt, Xv, yv, rng,
+            line_step=1e-3 if self.line_step is None else self.line_step,
+            gss_tol=1e-6 if self.gss_tol is None else self.gss_tol)
         self.improved_ = refined is not None
-        self.best_estimator_ = refined if refined is not None else copy.deepcopy(base)
-        self.best_params_ = {**base_params, **params}
-        before, after = base.score(Xv, yv), self.best_estimator_.score(Xv, yv)
-        self.best_score_ = after
+        model = refined if refined is not None else copy.deepcopy(base)
         self.timings_ = timings
         self.validation_loss_ = losses
         self.refined_penalties_ = params
-        self.history_ = history_columns(log)
-        self.cv_results_ = results_table(
-            [{**base_params, **{k: base.get_params()[k] for k in params}}, self.best_params_],
-            [before, after])
-        return self
+        n_refits = sum(row["kind"] == "line_search" for row in log) + int(refined is not None)
+        return HoldoutResult(
+            params=[{**base_params, **{k: base.get_params()[k] for k in params}},
+                    {**base_params, **params}],
+            scores=[base.score(Xv, yv), model.score(Xv, yv)], best=1, model=model,
+            history=log, epochs=0, trainings=n_refits)
 
-    def _one_step(self, module, criterion, penalties, lam, Xtr, ytr, Xva, yva, rng, it, log):
+    def _lp_settings(self, box_weights):
+        """The LP's settings (``box_weights``: the default for this kind of model)."""
+        return LPStep(self.delta, self.box_hparams,
+                      box_weights if self.box_weights is None else self.box_weights,
+                      self.lp_solver)
+
+    def _one_step(self, module, criterion, penalties, lam, tensors, rng, it, log, snapshots):
         """One LP + line search from the module's current weights; None if no descent."""
+        Xtr, ytr, Xva, yva = tensors
         t0 = time.perf_counter()
         w0 = flat_params(module)
         g = flat_gradient(module, criterion, Xva, yva)
@@ -409,22 +446,17 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
 
         t0 = time.perf_counter()
         if self.hessian == "sr1":
-            H_ww = sr1_rows(self._snapshots.weights_, self._snapshots.gradients_, rows)
+            H_ww = sr1_rows(snapshots.weights_, snapshots.gradients_, rows)
         else:
             H_ww = hessian_rows(module, criterion, Xtr, ytr, rows, penalty=penalty)
         self.timings_["hessian"] += time.perf_counter() - t0
 
-        n, k = w0.numel(), len(penalties)
-        box_w = 1.0 if self.box_weights is None else self.box_weights
-        A = np.hstack([H_wl[rows].numpy().astype(float), H_ww.numpy().astype(float)])
-        lp = LinearProgram(c=np.concatenate([np.zeros(k), g.numpy().astype(float)]), A=A,
-                           delta=self.delta,
-                           lower=np.r_[np.full(k, -self.box_hparams), np.full(n, -box_w)],
-                           upper=np.r_[np.full(k, self.box_hparams), np.full(n, box_w)])
-        sol = solve_lp(lp, self.lp_solver, seed=int(rng.randint(2**31 - 1)))
+        k = len(penalties)
+        sol, record = lp_direction(g.numpy().astype(float), H_wl[rows].numpy().astype(float),
+                                   H_ww.numpy().astype(float), self._lp_settings(1.0),
+                                   seed=int(rng.randint(2**31 - 1)), iteration=it)
         self.timings_["lp"] += sol.solve_time
-        log.append({"kind": "lp", "iteration": it, "rows": sol.n_rows, "variables": sol.n_vars,
-                    "objective": sol.objective, "solve_time": sol.solve_time})
+        log.append(record)
         norm = float(np.linalg.norm(sol.x))
         if norm == 0 or sol.objective >= 0:
             return None
@@ -449,7 +481,10 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
                   f"validation loss {phi0:.5f} -> {phi_star:.5f}")
         if not phi_star < phi0:
             return None
-        return w0 + t_star * d_w, np.maximum(lam + t_star * d_lam, 0.0)
+        lam = np.maximum(lam + t_star * d_lam, 0.0)
+        return w0 + t_star * d_w, np.array([v if p.box is None else min(max(v, p.box.lo),
+                                                                         p.box.hi)
+                                            for p, v in zip(penalties, lam)])
 
     def _row_subset(self, candidates, n, rng):
         if len(candidates) == 0:
@@ -463,21 +498,6 @@ class HyperLocalRefiner(MetaEstimatorMixin, BaseEstimator):
         r = min(r, len(candidates), 2000)
         return np.sort(rng.choice(candidates, r, replace=False))
 
-    # -- delegation -------------------------------------------------------------------------
-
-    def predict(self, X):
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict(X)
-
-    def predict_proba(self, X):
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict_proba(X)
-
-    def score(self, X, y):
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.score(X, y)
-
-
 # -- helpers ------------------------------------------------------------------------------------
 
 def _is_fitted(est):
@@ -488,6 +508,36 @@ def _is_fitted(est):
     except Exception:
         return False
     return True
+
+
+def _check_some_penalty(names, verb):
+    """The one message for "nothing to refine" (``verb``: how the base search was asked)."""
+    if names:
+        return
+    if verb is None:
+        raise ValueError("continuous is empty: name at least one penalty")
+    raise ValueError(f"continuous=None, but the base search {verb} no penalty (l2, l1, "
+                     "optimizer__weight_decay); name the penalties to refine, e.g. "
+                     "continuous=['l2']")
+
+
+def _base_cost(fitted):
+    """``(epochs, trainings)`` the base search spent: its own counters (an skhpo search),
+    else its fits (candidates x splits + refit) with each net's ``max_epochs``; a plain
+    estimator is one training."""
+    if hasattr(fitted, "n_trainings_") and hasattr(fitted, "n_epochs_"):
+        return fitted.n_epochs_, fitted.n_trainings_
+    params = fitted.cv_results_["params"] if hasattr(fitted, "cv_results_") else [{}]
+    splits = getattr(fitted, "n_splits_", 1) if hasattr(fitted, "cv_results_") else 1
+    refit = int(hasattr(fitted, "cv_results_") and bool(getattr(fitted, "refit", False)))
+    est = getattr(fitted, "estimator", fitted)
+    try:
+        net, prefix = find_net(est)
+    except TypeError:  # a linear model: no epochs
+        return 0, len(params) * splits + refit
+    epochs = [int(p.get(f"{prefix}max_epochs", net.max_epochs)) for p in params]
+    best = getattr(fitted, "best_params_", {}).get(f"{prefix}max_epochs", net.max_epochs)
+    return sum(epochs) * splits + refit * int(best), len(params) * splits + refit
 
 
 def _declared_names(search):

@@ -32,6 +32,7 @@ import copy
 import math
 import time
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,11 +44,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from ..hyper import (apply_hyperparams, as_box, lookahead_loss, replace_dropout,
-                     resolve_hyperparam)
+from ..hyper import (apply_hyperparams, lookahead_loss, parse_name, read_dimension,
+                     replace_dropout, resolve_hyperparam)
 from ..nets import (TrainingDivergedError, batch_size_of, check_param_names,
                     free_estimator, seed_everything, spawn_seeds, trial_params)
-from ._base import HoldoutSearch, history_columns, plain_net_params
+from ._base import HoldoutResult, HoldoutSearch
 
 __all__ = ["PopulationMutationSearch", "Teacher", "run_hpm", "RANDOM_RANGE"]
 
@@ -252,13 +253,30 @@ def _train_student(net, X, y, Xv_t, yv_t, seed, rows):
     return net, loss if math.isfinite(loss) else math.inf, time.perf_counter() - start
 
 
+class PopulationSettings(NamedTuple):
+    """How the students train: the hyper-optimiser's ``hyper_lr`` and ``hyper_every``, the
+    ``step`` ("epoch" or a number of minibatches), ``n_jobs`` and the teacher's
+    ``teacher_max_batches``."""
+
+    hyper_lr: float
+    hyper_every: int
+    step: object
+    n_jobs: object
+    teacher_max_batches: object
+
+
+def _settings(search):
+    return PopulationSettings(search.hyper_lr, search.hyper_every, search.step, search.n_jobs,
+                              search.teacher_max_batches)
+
+
 class _NetPopulation:
     """The :func:`run_hpm` problem for skorch students. ``y`` (the user's labels) is what the
     students train on; ``y_enc`` and ``yv_t`` are the targets as the net's loss takes them
     (class indices for skhpo classifiers), for the look-ahead steps."""
 
-    def __init__(self, search, net, hypers, X, y, y_enc, Xv_t, yv_t, seeds, classes=None):
-        self.search, self.net, self.hypers = search, net, hypers
+    def __init__(self, settings, net, hypers, X, y, y_enc, Xv_t, yv_t, seeds, classes=None):
+        self.settings, self.net, self.hypers = settings, net, hypers
         self.boxes = [hp.box for hp in hypers]
         self.names = [hp.name for hp in hypers]
         self.X, self.y, self.y_enc, self.Xv_t, self.yv_t = X, y, y_enc, Xv_t, yv_t
@@ -271,7 +289,8 @@ class _NetPopulation:
 
     def init(self, k, rng):
         values = {hp.name: hp.box.sample(rng) for hp in self.hypers}
-        hyper = HyperStep(self.hypers, values, self.search.hyper_lr, self.search.hyper_every,
+        hyper = HyperStep(self.hypers, values, self.settings.hyper_lr,
+                          self.settings.hyper_every,
                           self.batch_size)
         overrides = {"max_epochs": 1, "train_split": None, "warm_start": True}
         if self.classes is not None:  # a step on a subset must still know every class
@@ -283,7 +302,7 @@ class _NetPopulation:
         return clone(self.net).set_params(**params)
 
     def _rows(self):
-        step = self.search.step
+        step = self.settings.step
         if step == "epoch":
             return slice(None)
         n = min(step * self.batch_size, len(self.X))
@@ -294,7 +313,7 @@ class _NetPopulation:
     def train(self, students, step):
         rows = self._rows()
         seeds = spawn_seeds(self.seeds[0] + step, len(students))
-        parallel = Parallel(n_jobs=self.search.n_jobs)
+        parallel = Parallel(n_jobs=self.settings.n_jobs)
         out = parallel(delayed(_train_student)(s, self.X, self.y, self.Xv_t, self.yv_t, sd, rows)
                        for s, sd in zip(students, seeds))
         self.fit_time += [t for _, _, t in out]
@@ -313,12 +332,12 @@ class _NetPopulation:
         return new
 
     def teacher_objectives(self, student):
-        search = self.search
+        max_batches = self.settings.teacher_max_batches
         n_val = len(self.yv_t)
         order = torch.randperm(n_val)
         batches = [order[i:i + self.batch_size] for i in range(0, n_val, self.batch_size)]
-        if search.teacher_max_batches is not None:
-            batches = batches[:search.teacher_max_batches]
+        if max_batches is not None:
+            batches = batches[:max_batches]
         group = student.optimizer_.param_groups[0]
         module, loss_fn = student.module_, _loss_fn(student)
         Xt = torch.as_tensor(self.X)
@@ -445,6 +464,7 @@ class PopulationMutationSearch(HoldoutSearch):
     """
 
     _parameter_constraints: dict = {
+        **HoldoutSearch._parameter_constraints,
         "param_bounds": [dict],
         "population_size": [Interval(Integral, 2, None, closed="left")],
         "truncation": [Interval(Real, 0, 0.5, closed="right")],
@@ -457,12 +477,8 @@ class PopulationMutationSearch(HoldoutSearch):
         "teacher_lr": [Interval(Real, 0, None, closed="left")],
         "teacher_input": [StrOptions({"normalized", "raw"})],
         "teacher_max_batches": [Interval(Integral, 1, None, closed="left"), None],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "scoring": [str, callable, None],
         "refit": ["boolean", StrOptions({"student"})],
         "n_jobs": [Integral, None],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(self, estimator, param_bounds, *, population_size=20, truncation=0.2,
@@ -490,83 +506,24 @@ class PopulationMutationSearch(HoldoutSearch):
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- fit ------------------------------------------------------------------------------
+    # -- the method (HoldoutSearch.fit calls these) -----------------------------------------
 
-    def fit(self, X, y=None, **fit_params):
-        """Split off the validation part, run the population, then (``refit=True``) retrain.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
-        **fit_params : dict
-            Not supported (a ``TypeError`` names them): the students are trained by the
-            search's own loop.
-
-        Returns
-        -------
-        self : object
-        """
-        self._validate_params()
-        rng = check_random_state(self.random_state)
+    def _draw_seeds(self, rng):
         seeds = spawn_seeds(rng, self.population_size + 2)
-        data = self._holdout(X, y, fit_params, int(seeds[-1] % (2**31 - 1)))
-        boxes = {name: as_box(name, spec) for name, spec in self.param_bounds.items()}
-        if not boxes:
-            raise ValueError("param_bounds is empty: give at least one hyper-parameter box")
-        hypers, y_enc, yv_enc, classes = self._resolve(data, boxes)
+        return int(seeds[-1] % (2**31 - 1)), seeds[:self.population_size]
 
-        start = time.perf_counter()
-        problem = _NetPopulation(self, clone(data.net), hypers, data.Xt, data.y_tr, y_enc,
-                                 torch.as_tensor(data.Xv), yv_enc, seeds[:self.population_size],
-                                 classes)
+    def _search(self, data, seeds, rng):
+        dims = self._dimensions(data.prefix)
+        hypers, y_enc, yv_enc, classes, coefs = self._resolve(data, dims)
+        problem = _NetPopulation(_settings(self), clone(data.net), hypers, data.Xt, data.y_tr,
+                                 y_enc, torch.as_tensor(data.Xv), yv_enc, seeds, classes)
         students, losses, self.teacher_, rows = run_hpm(
             problem, population_size=self.population_size, truncation=self.truncation,
             n_steps=self.n_steps, mutation=self.mutation, teacher_keys=self.teacher_keys,
             teacher_lr=self.teacher_lr, teacher_input=self.teacher_input, rng=rng,
             on_step=self._report if self.verbose else None)
-        self.search_time_ = time.perf_counter() - start
-        self.history_ = history_columns(rows)
         epochs_per_step = 1.0 if self.step == "epoch" else min(
             1.0, self.step * problem.batch_size / len(data.Xt))
-        self.n_epochs_ = epochs_per_step * len(rows)
-        self._results(students, losses, problem, data)
-        best = students[self.best_index_]
-        for k, s in enumerate(students):
-            if k != self.best_index_:
-                free_estimator(s)
-        self._set_best_estimator(best, data, X, y, epochs_per_step)
-        return self
-
-    def _resolve(self, data, boxes):
-        """Names -> HyperParams on an initialised (untrained) copy of the net, the encoded
-        targets and the classes every student must know. No training happens here."""
-        prefix, bare = data.prefix, {}
-        for name in boxes:
-            if not name.startswith(prefix):
-                raise ValueError(f"param_bounds: {name!r} must start with the Pipeline prefix "
-                                 f"{prefix!r}")
-            bare[name] = name[len(prefix):]
-        plain = [name for name, b in bare.items() if "[" not in b]
-        if plain:
-            check_param_names(self.estimator, plain, where="param_bounds")
-        template, y_enc, yv_enc = self._initialised_net(data)
-        replace_dropout(template.module_)
-        hypers = [resolve_hyperparam(template, name, bare[name], box)
-                  for name, box in boxes.items()]
-        for hp in hypers:
-            if hp.kind != "dropout" and hp.box.lo < 0:
-                raise ValueError(f"param_bounds[{hp.name!r}]: a {hp.kind} must be >= 0; got "
-                                 f"the box ({hp.box.lo}, {hp.box.hi})")
-        self._coefs = (template.penalty_coefficients()
-                       if hasattr(template, "penalty_coefficients") else {})
-        classes = None
-        if data.net.get_params(deep=False).get("classes", "absent") is None:
-            classes = getattr(template, "classes_", None)
-        free_estimator(template)
-        return hypers, y_enc, yv_enc, classes
-
-    def _results(self, students, losses, problem, data):
         finals = [dict(zip(problem.names, (float(v) for v in problem.values(s))))
                   for s in students]
         scores, score_times = [], []
@@ -574,27 +531,51 @@ class PopulationMutationSearch(HoldoutSearch):
             t0 = time.perf_counter()
             scores.append(self.scorer_(s, data.Xv, data.y_val) if np.isfinite(loss) else np.nan)
             score_times.append(time.perf_counter() - t0)
-        best = np.nanargmin(np.where(np.isfinite(losses), losses, np.nan))
-        self._one_split_results(finals, scores, problem.fit_time, score_times, losses, best)
+        best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+        for k, s in enumerate(students):
+            if k != best:
+                free_estimator(s)
+        # the user's training settings again (the hyper-parameters stay at their final
+        # values: without validation data the student's HyperStep does nothing)
+        model = students[best].set_params(max_epochs=data.net.max_epochs,
+                                          warm_start=data.net.warm_start,
+                                          train_split=data.net.train_split)
+        return HoldoutResult(
+            params=finals, scores=scores, best=best, model=self._with_preprocessing(data, model),
+            history=rows, epochs=epochs_per_step * len(rows), trainings=self.population_size,
+            fit_times=problem.fit_time, score_times=score_times, val_losses=losses,
+            refit_epochs=max(1, round(self.n_steps * epochs_per_step)), coefs=coefs)
 
-    def _set_best_estimator(self, best, data, X, y, epochs_per_step):
-        self.refit_time_ = 0.0
-        if self.refit == "student":
-            # the user's training settings again (the hyper-parameters stay at their final
-            # values: without validation data the student's HyperStep does nothing)
-            best.set_params(max_epochs=data.net.max_epochs, warm_start=data.net.warm_start,
-                            train_split=data.net.train_split)
-            self.best_estimator_ = self._with_preprocessing(data, best)
-            return
-        free_estimator(best)
-        if not self.refit:
-            return
-        t0 = time.perf_counter()
-        params = plain_net_params(self.estimator, data.prefix, self.best_params_,
-                                  max(1, round(self.n_steps * epochs_per_step)), self._coefs)
-        self.best_estimator_ = clone(self.estimator).set_params(**params).fit(X, y)
-        self.refit_time_ = time.perf_counter() - t0
-        self.n_epochs_ += params[f"{data.prefix}max_epochs"]
+    def _dimensions(self, prefix):
+        """``param_bounds`` read by the shared vocabulary: every entry needs a box."""
+        if not self.param_bounds:
+            raise ValueError("param_bounds is empty: give at least one hyper-parameter box")
+        dims = [read_dimension("param_bounds", parse_name(name, prefix, "param_bounds"), spec)
+                for name, spec in self.param_bounds.items()]
+        for dim in dims:
+            if dim.box is None:
+                raise ValueError(f"param_bounds[{dim.name.name!r}]: the students draw their "
+                                 "start values from a range; give loguniform(low, high), "
+                                 "uniform(low, width) or (low, high)")
+        return dims
+
+    def _resolve(self, data, dims):
+        """Names -> HyperParams on an initialised (untrained) copy of the net, the encoded
+        targets, the classes every student must know and the net's penalty coefficients. No
+        training happens here."""
+        plain = [d.name.name for d in dims if not d.name.per_layer]
+        if plain:
+            check_param_names(self.estimator, plain, where="param_bounds")
+        template, y_enc, yv_enc = self._initialised_net(data)
+        replace_dropout(template.module_)
+        hypers = [resolve_hyperparam(template, d.name, d.box) for d in dims]
+        coefs = (template.penalty_coefficients()
+                 if hasattr(template, "penalty_coefficients") else {})
+        classes = None
+        if data.net.get_params(deep=False).get("classes", "absent") is None:
+            classes = getattr(template, "classes_", None)
+        free_estimator(template)
+        return hypers, y_enc, yv_enc, classes, coefs
 
     def _report(self, step, rows):
         losses = [r["val_loss"] for r in rows]
