@@ -303,17 +303,11 @@ def _n_splits(search):
 
 
 def n_trainings(search):
-    history = getattr(search, "history_", {})
-    if "student" in history:  # PopulationMutationSearch: the students (and a refit)
-        return search.population_size + int(search.refit is True)
-    if "hyper_steps" in history:  # CuttingPlaneTuner: one self-tuning run (and a refit)
-        return 1 + int(bool(search.refit))
-    n = _n_candidates(search) * _n_splits(search) + int(bool(search.refit))
-    if "screen_epochs" in history:  # FlatnessSearchCV's screening fits
-        n += len(history["screen_epochs"])
-    elif "z" in history:  # AutoHyperSearchCV's trials
-        n += len(history["z"])
-    return n
+    """Nets a fitted search trained: its own ``n_trainings_`` (every skhpo search), else its
+    CV fits and refit (scikit-learn's and Optuna's searches)."""
+    if hasattr(search, "n_trainings_"):
+        return search.n_trainings_
+    return _n_candidates(search) * _n_splits(search) + int(bool(search.refit))
 
 
 def run_one(method, task, seed, budget, n_jobs=None):

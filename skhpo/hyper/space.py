@@ -54,6 +54,9 @@ _DOMAINS = {
     "cutout_holes": (0.0, False, math.inf, True),
     "cutout_length": (0.0, False, math.inf, True),
 }
+_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "l2": "l2 coefficient",
+           "l1": "l1 coefficient", "dropout": "dropout rate", "input_noise": "noise scale",
+           "cutout_holes": "number of cutout holes", "cutout_length": "cutout length"}
 _RANGE_FORMS = ("a range: scipy.stats.loguniform(low, high) (log scale), "
                 "scipy.stats.uniform(low, width) (linear scale), or a (low, high) or (low, high, "
                 "init) tuple")
@@ -129,18 +132,18 @@ def _domain_text(kind):
 
 def check_domain(where, pname, low, high=None, *, what="value"):
     """Raise a ``ValueError`` if ``[low, high]`` (or the value ``low``) leaves the domain of
-    ``pname``'s kind. A box may touch an open end it can never reach (a log box of ``lr``
-    never reaches 0); values may not."""
+    ``pname``'s kind. A box may touch an open end it never reaches (a log box of ``lr`` never
+    reaches 0, a box up to ``inf``); values may not, and a dropout box must end below 1."""
     if pname.kind not in _DOMAINS:
         return
     lo, lo_open, hi, hi_open = _DOMAINS[pname.kind]
     high = low if high is None else high
     is_box = what == "box"
     bad_low = low < lo or (lo_open and low == lo and not is_box)
-    bad_high = high > hi or (hi_open and high == hi)
+    bad_high = high > hi or (hi_open and high == hi and not (is_box and math.isinf(hi)))
     if bad_low or bad_high:
         shown = f"({low:g}, {high:g})" if is_box else f"{low!r}"
-        raise ValueError(f"{where}[{pname.name!r}]: a {pname.kind.replace('_', ' ')} must be "
+        raise ValueError(f"{where}[{pname.name!r}]: a {_LABELS.get(pname.kind, pname.kind)} must be "
                          f"{_domain_text(pname.kind)}; got the {what} {shown}")
 
 
@@ -275,6 +278,8 @@ def read_dimension(where, pname, spec):
     elif isinstance(spec, tuple) and len(spec) in (2, 3):
         box = _tuple_box(where, name, spec[:2])
         init = _start(where, name, spec[2]) if len(spec) == 3 else None
+    elif isinstance(spec, (list, np.ndarray)) and len(spec) == 0:
+        raise ValueError(f"{where}[{name!r}]: the list of values is empty")
     elif isinstance(spec, (list, np.ndarray)) and len(spec) == 1:
         init = _start(where, name, spec[0])
     elif isinstance(spec, Real) and not isinstance(spec, bool):

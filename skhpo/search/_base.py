@@ -283,6 +283,8 @@ class NetSearchCV(BaseSearchCV):
             return
         if hasattr(self, "n_epochs_"):
             self.n_epochs_ += self._nominal_epochs(self.best_params_)
+        if hasattr(self, "n_trainings_"):
+            self.n_trainings_ += 1
         net, _ = find_net(self.best_estimator_)
         try:
             losses = net.history[:, "train_loss"]

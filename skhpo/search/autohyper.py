@@ -34,6 +34,7 @@ from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..hyper.space import parse_name, read_dimension
 from ..nets import find_net, net_input
 from ..probes.sharpness import final_linear, iter_batches
 from ..probes.stable_rank import StableRankRecorder, layer_matrices
@@ -65,13 +66,16 @@ def _kind(name):
     return "lr" if last == "lr" else "weight_decay" if last == "weight_decay" else None
 
 
-def parse_params(params):
+def parse_params(params, prefix=""):
     """``params`` of :class:`AutoHyperSearchCV` -> a list of :class:`HyperParameter`.
 
-    Accepted per name: ``None`` (the defaults of its kind: names ending in ``lr`` or
-    ``weight_decay``), a start value, a tuple ``(start, factor[, minimum])`` or a dict with any
-    of ``start``, ``factor``, ``minimum``, ``low``, ``high``. A list of names means defaults for
-    all. Errors name the parameter and what is accepted.
+    Accepted per name: scikit-learn's grammar (a ``uniform`` / ``loguniform`` distribution:
+    the walk's bounds ``low``/``high``, starting at the kind's default start clipped into
+    them, or at ``low``; a one-value list ``[start]``), ``None`` (the defaults of its kind:
+    names ending in ``lr`` or ``weight_decay``), a start value, a tuple
+    ``(start, factor[, minimum])`` or a dict with any of ``start``, ``factor``, ``minimum``,
+    ``low``, ``high``. A list of names means defaults for all. Errors name the parameter and
+    what is accepted.
     """
     if isinstance(params, str) or not isinstance(params, (Mapping, Sequence)):
         raise ValueError("params must be a dict {name: spec} or a list of names, got "
@@ -81,7 +85,14 @@ def parse_params(params):
     for name, spec in items:
         kind = _kind(name)
         start, factor, minimum, low, high = _DEFAULTS.get(kind, (None, None, 0.0, 0.0, math.inf))
-        if isinstance(spec, Mapping):
+        if hasattr(spec, "rvs") or isinstance(spec, list):  # scikit-learn's grammar
+            own = prefix if isinstance(name, str) and name.startswith(prefix) else ""
+            dim = read_dimension("params", parse_name(name, own, "params"), spec)
+            if dim.box is not None:
+                low, high = dim.box.lo, dim.box.hi
+                start = low if start is None else min(max(start, low), high)
+            start = dim.init if dim.init is not None else start
+        elif isinstance(spec, Mapping):
             unknown = set(spec) - {"start", "factor", "minimum", "low", "high"}
             if unknown:
                 raise ValueError(f"params[{name!r}]: unknown keys {sorted(unknown)}; accepted: "
@@ -162,10 +173,15 @@ def trust_region_walk(evaluate, hparams, *, start_threshold=0.85, power=0.8, pla
         for n, z in zip(new, evaluate(new)):
             cache[_key(n)] = (n, float(z), len(steps))
         B = [cache[_key(n)][1] for n in neighbours]
+        start_move = None
         if establish and max(B) < start_threshold and all(
                 v >= h.minimum for v, h in zip(point, hparams)):
-            phase, best = "start", powers[int(np.argmax(B))]  # first maximum
-            move = tuple([-1] * d) if best == centre else best
+            best = powers[int(np.argmax(B))]  # first maximum
+            start_move = tuple([-1] * d) if best == centre else best
+            if _move(point, factors, start_move, hparams, zero_step) == point:
+                start_move = None  # held at the bounds: the start phase cannot go on
+        if start_move is not None:
+            phase, move = "start", start_move
         else:
             establish = False
             phase = "descent"
@@ -262,6 +278,8 @@ class AutoHyperSearchCV(NetSearchCV):
     n_trials_ : int
     n_epochs_ : int
         Trials x epochs_per_trial + the final CV + the refit.
+    n_trainings_ : int
+        Nets trained: the trials, the final point's CV fits and the refit.
 
     References
     ----------
@@ -306,7 +324,7 @@ class AutoHyperSearchCV(NetSearchCV):
     # -- before any training ----------------------------------------------------------------
 
     def _setup_search(self, X, y, fit_params):
-        self._hparams = parse_params(self.params)
+        self._hparams = parse_params(self.params, prefix=find_net(self.estimator)[1])
         self._check_candidate_names([{h.name: h.start for h in self._hparams}], where="params")
         rng = check_random_state(self.random_state)
         self._trial_seed, self._cv_seed = self._spawn_seeds(rng, 2)
@@ -361,6 +379,7 @@ class AutoHyperSearchCV(NetSearchCV):
         cached = cache.get(_key(point))
         self.n_epochs_ = len(rows) * self.epochs_per_trial + \
             self._nominal_epochs(best) * self._n_splits
+        self.n_trainings_ = len(rows) + self._n_splits
         self._evaluate(evaluate_candidates, [best], [self._cv_seed],
                        more_results={"stable_rank": [cached[1] if cached else math.nan]},
                        callback_ctx=callback_ctx)

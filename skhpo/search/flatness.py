@@ -97,6 +97,8 @@ class FlatnessSearchCV(NetSearchCV):
     n_epochs_ : int
         Training epochs the search spent (screening + cross-validation + refit), counted
         from ``max_epochs`` (an upper bound if a callback stops training early).
+    n_trainings_ : int
+        Nets trained: the screened candidates, the finalists' CV fits and the refit.
 
     Notes
     -----
@@ -196,6 +198,7 @@ class FlatnessSearchCV(NetSearchCV):
         self.finalists_ = [self._candidates[i] for i in self._select(screened)]
         self.history_ = history_columns(screened)
         self.n_epochs_ = sum(row["screen_epochs"] for row in screened)
+        self.n_trainings_ = len(screened)
         return self
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
@@ -206,6 +209,7 @@ class FlatnessSearchCV(NetSearchCV):
             screened[i]["cv_epochs"] = self._nominal_epochs(screened[i]["params"]) * self._n_splits
         self.history_ = history_columns(screened)
         self.n_epochs_ = sum(row["screen_epochs"] + row["cv_epochs"] for row in screened)
+        self.n_trainings_ = len(screened) + len(finalists) * self._n_splits
         self._evaluate(evaluate_candidates,
                        [self._candidates[i] for i in finalists],
                        [self._seeds[i] for i in finalists],

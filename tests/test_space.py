@@ -1,0 +1,273 @@
+"""One search-space vocabulary (skhpo.hyper.space) and one template for the five searches."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import loguniform, norm, randint, uniform
+from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import RandomizedSearchCV
+from sklearn.model_selection._search import BaseSearchCV
+from sklearn.preprocessing import StandardScaler
+
+from skhpo import (AutoHyperSearchCV, CuttingPlaneTuner, FlatnessSearchCV, HyperLocalRefiner,
+                   PopulationMutationSearch, TabularMLPClassifier)
+from skhpo.hyper import Box, check_space, parse_name, penalty_gradient, penalty_term, \
+    read_dimension
+from skhpo.search.autohyper import parse_params
+
+CLASSES = [FlatnessSearchCV, AutoHyperSearchCV, HyperLocalRefiner, PopulationMutationSearch,
+           CuttingPlaneTuner]
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    return X[:240], y[:240]
+
+
+def _net(**kw):
+    return TabularMLPClassifier(**{"width": 8, "max_epochs": 2, "dropout": 0.1, **kw})
+
+
+# -- names ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, prefix, kind, index, path", [
+    ("lr", "", "lr", None, None),
+    ("net__optimizer__lr", "net__", "lr", None, None),
+    ("optimizer__weight_decay", "", "weight_decay", None, None),
+    ("l2", "", "l2", None, None),
+    ("net__l1[2]", "net__", "l1", 2, None),
+    ("dropout", "", "dropout", None, None),
+    ("module__dropout", "", "dropout", None, None),
+    ("dropout[layers.2]", "", "dropout", None, "layers.2"),
+    ("input_noise", "", "input_noise", None, None),
+    ("module__width", "", "other", None, None),
+])
+def test_parse_name_reads_every_form(name, prefix, kind, index, path):
+    p = parse_name(name, prefix)
+    assert (p.name, p.bare, p.kind, p.index, p.path) == (name, name[len(prefix):], kind, index,
+                                                         path)
+    assert p.per_layer == (index is not None or path is not None)
+
+
+@pytest.mark.parametrize("name, prefix, message", [
+    ("lr", "net__", "Pipeline prefix 'net__'"),
+    ("l2[a]", "", "integer index"),
+    ("dropout[]", "", "names no layer"),
+    (3, "", "must be strings"),
+])
+def test_parse_name_rejects(name, prefix, message):
+    with pytest.raises(ValueError, match=message):
+        parse_name(name, prefix, where="space")
+
+
+# -- continuous dimensions -----------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, box, init", [
+    (loguniform(1e-4, 1e-1), Box(1e-4, 1e-1, True), None),
+    (uniform(0.0, 0.5), Box(0.0, 0.5, False), None),
+    ((0.0, 0.5), Box(0.0, 0.5, False), None),
+    ((0.0, 0.5, 0.2), Box(0.0, 0.5, False), 0.2),
+    ((1e-3, math.inf), Box(1e-3, math.inf, True), None),
+    ([0.3], None, 0.3),
+    (0.3, None, 0.3),
+])
+def test_read_dimension_box_scale_and_start(spec, box, init):
+    dim = read_dimension("space", parse_name("l2"), spec)
+    if box is None:
+        assert dim.box is None
+    else:
+        assert dim.box.log == box.log
+        assert (dim.box.lo, dim.box.hi) == pytest.approx((box.lo, box.hi))
+    assert dim.init == init
+
+
+@pytest.mark.parametrize("box", [Box(1e-4, 1e-1, True), Box(0.0, 0.5)])
+def test_box_round_trips_through_the_unconstrained_coordinate(box):
+    values = np.array([box.lo + 0.1 * (box.hi - box.lo), 0.5 * (box.lo + box.hi),
+                       box.hi - 0.1 * (box.hi - box.lo)])
+    back = box.forward(box.inverse(values)).numpy()
+    np.testing.assert_allclose(back, values, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name, spec, message", [
+    ("dropout", randint(0, 3), "only uniform and loguniform"),
+    ("lr", norm(0, 1), "only uniform and loguniform"),
+    ("dropout", [], "empty"),
+    ("dropout", [0.1, 0.2], "list of 2 values is a grid"),
+    ("dropout", (0.5, 0.1), "empty or inverted"),
+    ("dropout", (0.3, 0.3), "empty or inverted"),
+    ("lr", loguniform(1e-1, 1e-4), "empty or inverted"),
+    ("dropout", uniform(0.2, 0.0), "empty or inverted"),
+    ("dropout", (0.0, 1.0), r"in \[0, 1\)"),
+    ("dropout", uniform(0.5, 0.7), r"in \[0, 1\)"),
+    ("lr", (-1e-3, 1e-1), "must be > 0"),
+    ("lr", [-0.1], "must be > 0"),
+    ("optimizer__weight_decay", (-1e-3, 1e-2), "must be >= 0"),
+    ("dropout", (0.0, 0.5, 0.7), "outside the box"),
+    ("dropout", "0.1", "expected"),
+])
+def test_read_dimension_rejects(name, spec, message):
+    with pytest.raises(ValueError, match=message) as info:
+        read_dimension("space", parse_name(name), spec)
+    assert repr(name) in str(info.value)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"lr": []}, "empty"),
+    ({}, "non-empty"),
+    ({"lr": loguniform(1e-1, 1e-3)}, "empty or inverted"),
+    ({"dropout": [0.1, 1.2]}, r"in \[0, 1\)"),
+    ({"net__lr": [0.1, -1.0]}, "must be > 0"),
+    ({"l2": [[1e-3, -1e-3]]}, "must be >= 0"),
+])
+def test_check_space_rejects(space, message):
+    with pytest.raises(ValueError, match=message):
+        check_space(space, prefix="net__")
+
+
+def test_penalty_formula_and_its_gradient():
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for kind, value in (("l2", (w ** 2).sum()), ("l1", w.abs().sum()),
+                        ("weight_decay", 0.5 * (w ** 2).sum())):
+        term = penalty_term(kind, [w])
+        assert float(term) == pytest.approx(float(value), rel=1e-12)
+        (grad,) = torch.autograd.grad(term, [w])
+        torch.testing.assert_close(grad, penalty_gradient(kind, w.detach()))
+
+
+def test_autohyper_reads_a_distribution_as_its_bounds():
+    (lr, wd) = parse_params({"lr": loguniform(1e-3, 1e-1),
+                             "optimizer__weight_decay": loguniform(1e-6, 1e-2)})
+    assert (lr.low, lr.high, lr.start, lr.factor) == pytest.approx((1e-3, 1e-1, 1e-3, 1.45))
+    assert (wd.low, wd.high, wd.start) == pytest.approx((1e-6, 1e-2, 1e-6))
+    (start,) = parse_params({"lr": [3e-3]})
+    assert start.start == 3e-3 and start.factor == 1.45
+
+
+# -- one space for all five classes --------------------------------------------------------
+
+SPACE = {"lr": loguniform(1e-3, 1e-1), "optimizer__weight_decay": loguniform(1e-6, 1e-2),
+         "dropout": uniform(0.0, 0.5)}
+
+
+def _five(space, **overrides):
+    """Each class with the part of ``space`` its method can tune."""
+    def part(*names):
+        return {k: space[k] for k in names if k in space}
+    base = RandomizedSearchCV(_net(), part("optimizer__weight_decay"), n_iter=2, cv=2,
+                              random_state=0)
+    return [
+        FlatnessSearchCV(_net(), space, n_candidates=3, n_finalists=1, cv=2, random_state=0),
+        AutoHyperSearchCV(_net(), part("lr", "optimizer__weight_decay"), epochs_per_trial=1,
+                          max_trials=9, cv=2, random_state=0),
+        HyperLocalRefiner(base, part("optimizer__weight_decay"), random_state=0),
+        PopulationMutationSearch(_net(), space, population_size=2, n_steps=1, random_state=0),
+        CuttingPlaneTuner(_net(max_epochs=2), part("dropout"), warmup_epochs=1,
+                          random_state=0),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=[c.__name__ for c in CLASSES])
+def test_the_same_space_is_accepted_by_all_five_classes(cancer, index):
+    X, y = cancer
+    search = _five(SPACE)[index]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search.fit(X, y)
+    assert isinstance(search, BaseSearchCV)
+    assert search.n_trainings_ >= 1 and search.n_epochs_ >= 0
+    boxes = {"lr": (1e-3, 1e-1), "optimizer__weight_decay": (1e-6, 1e-2), "dropout": (0, 0.5)}
+    for name, value in search.best_params_.items():
+        key = "dropout" if name.startswith("dropout") else name
+        lo, hi = boxes[key]
+        assert lo * (1 - 1e-9) <= value <= hi * (1 + 1e-9), (name, value)
+    # inherited forwarding: scikit-learn's predict / score / classes_ / n_features_in_
+    assert search.predict(X[:5]).shape == (5,)
+    assert search.predict_proba(X[:5]).shape == (5, 2)
+    assert 0 <= search.score(X, y) <= 1
+    assert list(search.classes_) == [0, 1] and search.n_features_in_ == X.shape[1]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_no_leaf_overrides_fit_predict_or_score(cls):
+    assert issubclass(cls, BaseSearchCV)
+    for method in ("fit", "predict", "predict_proba", "score", "transform"):
+        assert method not in vars(cls), f"{cls.__name__} overrides {method}"
+    for method in ("fit", "predict", "predict_proba", "score", "transform", "classes_",
+                   "n_features_in_"):
+        owner = next(k for k in cls.__mro__ if method in vars(k))
+        assert owner is BaseSearchCV or (method == "fit" and owner.__module__ ==
+                                         "skhpo.search._base"), (method, owner)
+
+
+BAD = [
+    ({"dropout": randint(0, 3)}, "only uniform and loguniform|dropout rate"),
+    ({"dropout": uniform(0.2, 0.9)}, r"in \[0, 1\)"),
+    ({"optimizer__weight_decay": loguniform(1e-2, 1e-6)}, "empty or inverted"),
+    ({"lr": [-1e-3]}, "must be > 0"),
+    ({"optimizer__weight_decay": []}, "empty|expected"),
+]
+
+
+@pytest.mark.parametrize("space, message", BAD)
+@pytest.mark.parametrize("index", range(5), ids=[c.__name__ for c in CLASSES])
+def test_every_class_rejects_a_malformed_space_before_training(cancer, space, message, index):
+    X, y = cancer
+    name = next(iter(space))
+    search = _five({**SPACE, **space}, )[index]
+    fits = []
+    original = TabularMLPClassifier.partial_fit
+
+    def counting(self, *args, **kwargs):
+        if self.max_epochs:
+            fits.append(1)
+        return original(self, *args, **kwargs)
+
+    TabularMLPClassifier.partial_fit = counting
+    try:
+        tuned = _tuned_names(search)
+        if name not in tuned:
+            pytest.skip(f"{type(search).__name__} does not tune {name}")
+        with pytest.raises(ValueError, match=message) as info:
+            search.fit(X, y)
+    finally:
+        TabularMLPClassifier.partial_fit = original
+    assert name in str(info.value)
+    assert not fits, "a net trained before the error"
+    assert not hasattr(search, "cv_results_")
+
+
+def _tuned_names(search):
+    for attr in ("param_distributions", "params", "param_bounds", "hyperparams", "continuous"):
+        value = getattr(search, attr, None)
+        if isinstance(value, dict):
+            return set(value)
+    return set()
+
+
+@pytest.mark.parametrize("search", [
+    lambda: FlatnessSearchCV(_net(), {"no_such_param": [1, 2]}, n_candidates=2, n_finalists=1),
+    lambda: AutoHyperSearchCV(_net(), {"no_such_param": loguniform(1e-3, 1e-1)}),
+    lambda: PopulationMutationSearch(_net(), {"no_such_param": loguniform(1e-3, 1e-1)}),
+    lambda: CuttingPlaneTuner(_net(), {"no_such_param": uniform(0, 0.5)}),
+    lambda: HyperLocalRefiner(_net(), {"no_such_param": loguniform(1e-3, 1e-1)}),
+], ids=[c.__name__ for c in CLASSES])
+def test_every_class_rejects_a_name_the_net_does_not_have(cancer, search):
+    X, y = cancer
+    with pytest.raises(ValueError, match="no_such_param"):
+        search().fit(X, y)
+
+
+def test_hyperlocal_keeps_the_refined_value_in_the_distribution(cancer):
+    X, y = cancer
+    base = RandomizedSearchCV(_net(max_epochs=5), {"optimizer__weight_decay": [1e-3, 2e-3]},
+                              n_iter=2, cv=2, random_state=0)
+    box = uniform(1e-3, 1e-6)  # [1e-3, 1e-3 + 1e-6]: any LP step leaves it
+    h = HyperLocalRefiner(base, {"optimizer__weight_decay": box}, box_hparams=1.0,
+                          random_state=0).fit(X, y)
+    assert 1e-3 <= h.best_params_["optimizer__weight_decay"] <= 1e-3 + 1e-6
