@@ -12,6 +12,7 @@ from skhpo import TabularMLPClassifier
 from skhpo.lp import LinearProgram, solve_lp
 from skhpo.probes.curvature import flat_params
 from skhpo import HyperLocalRefiner
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +220,10 @@ def test_sr1_hessian_needs_snapshots_and_refines(digits):
     h = HyperLocalRefiner(net, ["l2"], hessian="sr1", random_state=0).fit(Xtr, ytr)
     assert h.validation_loss_[1] <= h.validation_loss_[0]
     assert h.history_["kind"][0] == "lp" and h.timings_["hessian"] > 0
+
+
+@parametrize_with_checks([HyperLocalRefiner(TabularMLPClassifier(max_epochs=20, width=16, lr=1e-2,
+                                                                 l2=1e-4, random_state=0),
+                                            ["l2"], random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

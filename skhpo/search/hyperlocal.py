@@ -152,6 +152,8 @@ class HyperLocalRefiner(HoldoutSearch):
         Seconds spent in ``gradients``, ``hessian``, ``lp`` and ``line_search``.
     improved_ : bool
         Whether a step was accepted.
+    n_iter_ : int
+        Steps accepted (at most ``max_iter``).
     validation_loss_ : tuple of float
         The unregularised validation loss before and after.
     refined_penalties_ : dict
@@ -380,7 +382,7 @@ class HyperLocalRefiner(HoldoutSearch):
         val = objective(module, criterion, Xva, yva)
         with torch.no_grad():
             start_loss = float(val(flat_params(module)))
-        self.improved_ = False
+        self.improved_, self.n_iter_ = False, 0
         for it in range(self.max_iter):
             step = self._one_step(module, criterion, penalties, lam, (Xtr, ytr, Xva, yva), rng,
                                   it, rows_log, snapshots)
@@ -391,6 +393,7 @@ class HyperLocalRefiner(HoldoutSearch):
             for p, v in zip(penalties, lam):
                 _set_value(mnet, p, v)
             self.improved_ = True
+            self.n_iter_ += 1
         with torch.no_grad():
             end_loss = float(val(flat_params(module)))
         after_score = model.score(Xv, yv)
@@ -407,6 +410,7 @@ class HyperLocalRefiner(HoldoutSearch):
             line_step=1e-3 if self.line_step is None else self.line_step,
             gss_tol=1e-6 if self.gss_tol is None else self.gss_tol)
         self.improved_ = refined is not None
+        self.n_iter_ = int(self.improved_)
         model = refined if refined is not None else copy.deepcopy(base)
         self.timings_ = timings
         self.validation_loss_ = losses
