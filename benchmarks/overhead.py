@@ -114,7 +114,8 @@ def main(argv=None):
           f"{args.repeats} interleaved repeats")
     print(f"  {'runner':28s} {'median':>8s} {'ratio':>6s} {'min':>8s} {'ratio':>6s}")
     for name, (med, low) in results.items():
-        print(f"  {name:28s} {med:7.3f}s {med / base_med:5.2f}x {low:7.3f}s {low / base_min:5.2f}x")
+        print(f"  {name:28s} {med:7.3f}s {med / base_med:5.2f}x "
+              f"{low:7.3f}s {low / base_min:5.2f}x")
 
 
 if __name__ == "__main__":

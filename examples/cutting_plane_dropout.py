@@ -28,4 +28,5 @@ print("final rates:", {k: round(v, 4) for k, v in tuner.best_params_.items()})
 print(f"validation accuracy {tuner.best_score_:.4f}, test accuracy "
       f"{tuner.score(X_test, y_test):.4f}")
 history = pd.DataFrame(tuner.history_)
-print(history[["epoch", *tuner.best_params_, "valid_loss", "gap"]].iloc[::10].to_string(index=False))
+columns = ["epoch", *tuner.best_params_, "valid_loss", "gap"]
+print(history[columns].iloc[::10].to_string(index=False))

@@ -28,7 +28,8 @@ search = PopulationMutationSearch(pipe, bounds, population_size=10, n_steps=20,
                                   random_state=0, verbose=1)
 search.fit(X_train, y_train)
 
-print("best final hyper-parameters:", {k: float(f"{v:.3g}") for k, v in search.best_params_.items()})
+print("best final hyper-parameters:",
+      {k: float(f"{v:.3g}") for k, v in search.best_params_.items()})
 print(f"validation accuracy {search.best_score_:.4f}, test accuracy "
       f"{search.score(X_test, y_test):.4f}, {search.n_epochs_:.0f} epochs in all")
 history = pd.DataFrame(search.history_)

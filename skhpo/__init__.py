@@ -3,8 +3,13 @@ search estimators around skorch."""
 
 from .models import SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 from .nets import ArrayBatchIterator, FiniteLossGuard, TrainingDivergedError
-from .search import (AutoHyperSearchCV, CuttingPlaneTuner, FlatnessSearchCV, HyperLocalRefiner,
-                     PopulationMutationSearch)
+from .search import (
+                     AutoHyperSearchCV,
+                     CuttingPlaneTuner,
+                     FlatnessSearchCV,
+                     HyperLocalRefiner,
+                     PopulationMutationSearch,
+)
 
 __version__ = "0.1.0"
 

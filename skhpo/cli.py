@@ -17,7 +17,8 @@ def _bench_parser(sub):
                        description="Run each method on each task and seed with the same space, "
                        "split and per-trial epochs; print test score, wall time and epochs.")
     p.add_argument("--quick", action="store_true",
-                   help="the 2-minute check: breast_cancer, 5 seeds, 12 trials, 15 epochs, 3 folds")
+                   help="the 2-minute check: breast_cancer, 5 seeds, 12 trials, 15 epochs, "
+                   "3 folds")
     p.add_argument("--tasks", nargs="+", default=["breast_cancer", "digits"],
                    help="bundled tasks (iris wine breast_cancer digits digits_images diabetes)")
     p.add_argument("--csv", default=None, metavar="PATH",
@@ -47,8 +48,14 @@ def _bench_parser(sub):
 
 
 def bench(args):
-    from .bench.runner import (METHODS, Budget, missing_requirement, register_csv,
-                               run_benchmark, summarize)
+    from .bench.runner import (
+        METHODS,
+        Budget,
+        missing_requirement,
+        register_csv,
+        run_benchmark,
+        summarize,
+    )
 
     if args.quick:
         for key, value in QUICK.items():
@@ -376,8 +383,13 @@ def _cpmlho_parser(sub):
 
 
 def cpmlho(args):
-    from .bench.cutting_plane_protocol import (CP_METHODS, plot_sensitivity, run_compare,
-                                               run_sensitivity, summarize_compare)
+    from .bench.cutting_plane_protocol import (
+        CP_METHODS,
+        plot_sensitivity,
+        run_compare,
+        run_sensitivity,
+        summarize_compare,
+    )
 
     _check_positive(args, "seeds", "epochs", "n_random")
     start = time.perf_counter()

@@ -15,9 +15,8 @@ import inspect
 import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array, check_random_state, column_or_1d
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils import check_array, column_or_1d
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
@@ -108,7 +107,8 @@ class _SkhpoNetMixin:
         constructor, the others (architecture, ``random_state``) become attributes."""
         args = {k: v for k, v in args.items() if k not in ("self", "__class__")}
         kwargs = args.pop("kwargs")
-        base = next(c for c in type(self).__mro__ if c in (NeuralNetClassifier, NeuralNetRegressor))
+        base = next(c for c in type(self).__mro__
+                    if c in (NeuralNetClassifier, NeuralNetRegressor))
         accepted = set(inspect.signature(base.__init__).parameters)
         accepted |= set(inspect.signature(NeuralNet.__init__).parameters)
         base.__init__(self, **{k: v for k, v in args.items() if k in accepted or "__" in k},
@@ -339,7 +339,8 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
 
     def __init__(self, module=MLPModule, *, depth=2, width=128, dropout=0.0, activation="relu",
                  input_dropout=None, l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
-                 optimizer=torch.optim.Adam, criterion=nn.CrossEntropyLoss, train_split=None, random_state=None,
+                 optimizer=torch.optim.Adam, criterion=nn.CrossEntropyLoss, train_split=None,
+                 random_state=None,
                  device="cpu", verbose=0, iterator_train=ArrayBatchIterator,
                  iterator_valid=ArrayBatchIterator, iterator_train__shuffle=True, **kwargs):
         self._init_net(locals())
@@ -423,7 +424,8 @@ class TabularMLPRegressor(_SkhpoNetMixin, NeuralNetRegressor):
 
     def __init__(self, module=MLPModule, *, depth=2, width=128, dropout=0.0, activation="relu",
                  input_dropout=None, l2=0.0, l1=0.0, lr=1e-3, batch_size=64, max_epochs=20,
-                 optimizer=torch.optim.Adam, criterion=nn.MSELoss, train_split=None, random_state=None, device="cpu",
+                 optimizer=torch.optim.Adam, criterion=nn.MSELoss, train_split=None,
+                 random_state=None, device="cpu",
                  verbose=0, iterator_train=ArrayBatchIterator, iterator_valid=ArrayBatchIterator,
                  iterator_train__shuffle=True, **kwargs):
         self._init_net(locals())

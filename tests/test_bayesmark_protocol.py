@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
-from skhpo.bench.bayesmark_protocol import (MLP_ADAM, WarpedUniform, flattest, load_raw,
-                                            load_results, objective, run_study,
-                                            sample_configs, score_results)
+from skhpo.bench.bayesmark_protocol import (
+    MLP_ADAM,
+    WarpedUniform,
+    flattest,
+    load_raw,
+    load_results,
+    objective,
+    run_study,
+    sample_configs,
+    score_results,
+)
 from skhpo.cli import main
 
 
@@ -20,7 +28,7 @@ def test_integer_draws_round_half_to_even_so_endpoints_get_half_mass():
 def test_warped_draws_stay_in_the_box_and_follow_the_warp():
     rng = np.random.default_rng(1)
     configs = sample_configs(rng, 2000)
-    for name, (kind, warp, low, high) in MLP_ADAM.items():
+    for name, (kind, _warp, low, high) in MLP_ADAM.items():
         values = np.array([c[name] for c in configs])
         assert values.min() >= low and values.max() <= high, name
         if kind == "int":

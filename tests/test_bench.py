@@ -133,6 +133,7 @@ def test_missing_optional_method_is_skipped_with_a_message(monkeypatch, capsys, 
 
 def test_plot_has_one_panel_per_task(tmp_path):
     import matplotlib.image as mpimg
+
     from skhpo.bench.plot import plot_results
     rows = [{"task": t, "method": m, "seed": s, "wall_time": 1.0 + s, "test_score": 0.5 + s / 10}
             for t in ("iris", "wine", "digits") for m in ("random", "flatness") for s in (0, 1)]

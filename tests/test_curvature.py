@@ -3,8 +3,14 @@ import pytest
 import torch
 from torch import nn
 
-from skhpo.probes.curvature import (flat_gradient, flat_params, hessian_rows, objective,
-                                    trainable, unflatten)
+from skhpo.probes.curvature import (
+    flat_gradient,
+    flat_params,
+    hessian_rows,
+    objective,
+    trainable,
+    unflatten,
+)
 
 
 def tiny():
@@ -66,6 +72,7 @@ def test_unflatten_round_trip_and_errors():
 def test_sr1_snapshots_pair_weights_with_their_gradients():
     """Full-batch SGD on a quadratic: each recorded pair satisfies y = H s exactly."""
     from skorch import NeuralNetRegressor
+
     from skhpo.probes.curvature import SR1Snapshots
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 3)).astype(np.float32)

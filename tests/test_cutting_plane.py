@@ -17,10 +17,14 @@ from torch import nn
 
 from skhpo import CuttingPlaneTuner, TabularMLPClassifier
 from skhpo.hyper import Box
-from skhpo.hyper.layers import (HyperDropout, HyperLayer, convert_module, entropy,
-                                general_state_dict)
+from skhpo.hyper.layers import (
+    HyperDropout,
+    HyperLayer,
+    convert_module,
+    entropy,
+    general_state_dict,
+)
 from skhpo.search.cutting_plane import _HyperParams, cut_penalty
-
 
 # -- layers and surgery ---------------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ def test_transform_round_trip(box):
     assert hp.sigma()[0].item() == pytest.approx(1.0)
 
 
-# -- the cut -----------------------------------------------------------------------------------------
+# -- the cut --------------------------------------------------------------------------------------
 
 def test_cut_value_and_gradient():
     w_e = torch.tensor([1.0, -1.0, 0.5, 0.2])
@@ -186,7 +190,8 @@ def test_digits_smoke_rates_in_box_and_accuracy(fitted, digits):
         assert ((hist[n] > 0) & (hist[n] < 0.95)).all()
     assert len(hist) == 8 and t.n_epochs_ == 8
     assert hist["valid_acc"].iloc[-1] > 0.9
-    assert t.best_score_ == pytest.approx(hist["valid_acc"].iloc[-1])  # general weights = estimator
+    # general weights = estimator
+    assert t.best_score_ == pytest.approx(hist["valid_acc"].iloc[-1])
     assert hist["hyper_steps"].iloc[1] == 0 and hist["hyper_steps"].iloc[-1] > 0
     moved = [abs(t.hyper_history_[n][-1] - 0.05) for n in names]
     assert max(moved) > 1e-3
@@ -197,7 +202,8 @@ def test_digits_smoke_rates_in_box_and_accuracy(fitted, digits):
 
 def test_cv_results_schema(fitted, digits):
     X, y = digits
-    grid = GridSearchCV(_mlp(max_epochs=1), {"tabularmlpclassifier__lr": [1e-2]}, cv=2).fit(X[:300], y[:300])
+    grid = GridSearchCV(_mlp(max_epochs=1), {"tabularmlpclassifier__lr": [1e-2]},
+                        cv=2).fit(X[:300], y[:300])
     structural = {k for k in grid.cv_results_ if not k.startswith("param") and "split1" not in k}
     assert structural <= set(fitted.cv_results_)
     assert fitted.cv_results_["rank_test_score"].tolist() == [1]
@@ -242,7 +248,8 @@ def test_mu_zero_and_theta_none_ignore_cut_settings(digits):
     X, y = digits
     kw = dict(warmup_epochs=1, theta=None, mu=0.0, random_state=3)
     a = CuttingPlaneTuner(_mlp(max_epochs=3), cut_mode="hinge", **kw).fit(X[:500], y[:500])
-    b = CuttingPlaneTuner(_mlp(max_epochs=3), cut_mode="linear", cut_memory="all", **kw).fit(X[:500], y[:500])
+    b = CuttingPlaneTuner(_mlp(max_epochs=3), cut_mode="linear", cut_memory="all",
+                          **kw).fit(X[:500], y[:500])
     assert a.best_params_ == b.best_params_
     assert a.history_["valid_loss"] == b.history_["valid_loss"]
 
@@ -250,7 +257,8 @@ def test_mu_zero_and_theta_none_ignore_cut_settings(digits):
 def test_plain_skorch_cnn_and_refit(digits):
     X, y = digits
     net = _image_net()
-    t = CuttingPlaneTuner(net, {"dropout[body.3]": (0.0, 0.9, 0.5), "input_noise": (0.0, 0.5, 0.1)},
+    t = CuttingPlaneTuner(net, {"dropout[body.3]": (0.0, 0.9, 0.5),
+                                "input_noise": (0.0, 0.5, 0.1)},
                           warmup_epochs=1, random_state=0).fit(X[:600] / 16, y[:600])
     assert list(t.best_params_) == ["dropout[body.3]", "input_noise"]
     assert 0 < t.best_params_["dropout[body.3]"] < 0.9
@@ -350,7 +358,8 @@ def test_cutout_and_noise_tuned_on_images(digits):
     with pytest.raises(ValueError, match="image_shape"):
         CuttingPlaneTuner(net, spec).fit(X[:100] / 16, y[:100])
     with pytest.raises(ValueError, match="both cutout_holes and cutout_length"):
-        CuttingPlaneTuner(net, {"cutout_holes": (0.0, 3.0)}, image_shape=(1, 8, 8)).fit(X[:100], y[:100])
+        CuttingPlaneTuner(net, {"cutout_holes": (0.0, 3.0)},
+                          image_shape=(1, 8, 8)).fit(X[:100], y[:100])
     with pytest.raises(ValueError, match="does not match"):
         CuttingPlaneTuner(net, spec, image_shape=(1, 4, 4)).fit(X[:100], y[:100])
     t = CuttingPlaneTuner(net, spec, image_shape=(8, 8), warmup_epochs=1, train_steps=2,

@@ -9,12 +9,24 @@ from scipy.stats import loguniform
 from torch import nn
 
 from skhpo import TabularMLPClassifier
-from skhpo.hyper import (Box, ConcreteDropout, DropoutRates, apply_hyperparams, as_box,
-                         current_values, hypergradient, lookahead_loss, replace_dropout,
-                         parse_name, resolve_hyperparam, stretched_sigmoid)
+from skhpo.hyper import (
+    Box,
+    ConcreteDropout,
+    DropoutRates,
+    apply_hyperparams,
+    as_box,
+    current_values,
+    hypergradient,
+    lookahead_loss,
+    parse_name,
+    replace_dropout,
+    resolve_hyperparam,
+    stretched_sigmoid,
+)
 
 
-@pytest.mark.parametrize("box", [Box(0.0, 0.75), Box(1e-5, 1e-1, log=True), Box(0.0, math.inf, True),
+@pytest.mark.parametrize("box", [Box(0.0, 0.75), Box(1e-5, 1e-1, log=True),
+                                 Box(0.0, math.inf, True),
                                  Box(-5.0, 10.0)])
 def test_box_round_trip_and_interior(box):
     rng = np.random.default_rng(0)
@@ -134,7 +146,8 @@ def test_lr_and_weight_decay_closed_forms():
                           lr=eta)
     params = dict(module.named_parameters())
     g = torch.autograd.grad(loss_fn(module(tr[0]), tr[1]), list(params.values()))
-    stepped = {n: p.detach() - eta * (gi + wd * p.detach()) for (n, p), gi in zip(params.items(), g)}
+    stepped = {n: p.detach() - eta * (gi + wd * p.detach())
+               for (n, p), gi in zip(params.items(), g)}
     stepped = {n: t.requires_grad_(True) for n, t in stepped.items()}
     val = loss_fn(torch.func.functional_call(module, stepped, (va[0],)), va[1])
     u = torch.autograd.grad(val, list(stepped.values()))

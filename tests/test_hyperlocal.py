@@ -5,14 +5,13 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier
 from torch import nn
 
-from skhpo import TabularMLPClassifier
+from skhpo import HyperLocalRefiner, TabularMLPClassifier
 from skhpo.lp import LinearProgram, solve_lp
 from skhpo.probes.curvature import flat_params
-from skhpo import HyperLocalRefiner
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 
 @pytest.fixture(scope="module")

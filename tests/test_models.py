@@ -6,7 +6,12 @@ from sklearn.datasets import load_diabetes, load_digits, load_iris
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from skhpo.models import SmallCNNClassifier, SmallCNNModule, TabularMLPClassifier, TabularMLPRegressor
+from skhpo.models import (
+    SmallCNNClassifier,
+    SmallCNNModule,
+    TabularMLPClassifier,
+    TabularMLPRegressor,
+)
 
 
 @parametrize_with_checks([TabularMLPClassifier(), TabularMLPRegressor(), SmallCNNClassifier()])

@@ -12,9 +12,18 @@ from skorch.dataset import Dataset
 from torch.utils.data import Subset
 
 from skhpo.models import MLPModule, TabularMLPClassifier
-from skhpo.nets import (ArrayBatchIterator, FiniteLossGuard, TaskSeed, TrainingDivergedError,
-                        batch_size_of, check_param_names, find_net, net_input, spawn_seeds,
-                        trial_params)
+from skhpo.nets import (
+    ArrayBatchIterator,
+    FiniteLossGuard,
+    TaskSeed,
+    TrainingDivergedError,
+    batch_size_of,
+    check_param_names,
+    find_net,
+    net_input,
+    spawn_seeds,
+    trial_params,
+)
 
 
 def plain_net(**kw):

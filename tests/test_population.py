@@ -20,7 +20,6 @@ from skhpo import PopulationMutationSearch, TabularMLPClassifier
 from skhpo.hyper import Box
 from skhpo.search.population import RANDOM_RANGE, Teacher, run_hpm
 
-
 # -- the teacher --------------------------------------------------------------------------------
 
 def test_teacher_gradient_is_the_corrected_eq12_not_the_printed_one():
@@ -147,7 +146,7 @@ def test_all_students_diverging_is_an_error():
                 rng=0)
 
 
-# -- the estimator ----------------------------------------------------------------------------------
+# -- the estimator --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def digits():
@@ -183,7 +182,8 @@ def test_fit_results(fitted, digits):
         assert ((hist[name] > lo) & (hist[name] < hi)).all()
         assert lo < s.best_params_[name] < hi
     # hyper-parameters moved by their hypergradient within a step (not only by mutation)
-    kept = hist[(hist.step == 1) & (hist.student.isin(hist[(hist.step == 0) & (hist.exploited_from < 0)].student))]
+    first = hist[(hist.step == 0) & (hist.exploited_from < 0)].student
+    kept = hist[(hist.step == 1) & (hist.student.isin(first))]
     prev = hist[hist.step == 0].set_index("student").loc[kept.student]
     assert (np.abs(kept["tabularmlpclassifier__dropout[layers.2]"].to_numpy()
                    - prev["tabularmlpclassifier__dropout[layers.2]"].to_numpy()) > 1e-4).all()
@@ -205,14 +205,16 @@ def test_cv_results_schema_matches_gridsearch(fitted, digits):
     for key in structural:
         assert np.asarray(ours[key]).dtype.kind == np.asarray(theirs[key]).dtype.kind, key
     assert pd.DataFrame(ours).shape[0] == 4
-    assert isinstance(ours["param_tabularmlpclassifier__optimizer__weight_decay"], np.ma.MaskedArray)
+    column = ours["param_tabularmlpclassifier__optimizer__weight_decay"]
+    assert isinstance(column, np.ma.MaskedArray)
 
 
 def test_best_estimator_is_the_student_with_user_settings(fitted):
     net = fitted.best_estimator_[-1]
     assert net.max_epochs == 20 and net.warm_start is False
     layer = net.module_.layers[5]
-    assert float(layer.p) == pytest.approx(fitted.best_params_["tabularmlpclassifier__dropout[layers.5]"])
+    rate = fitted.best_params_["tabularmlpclassifier__dropout[layers.5]"]
+    assert float(layer.p) == pytest.approx(rate)
 
 
 def test_refit_true_retrains_a_plain_net(digits):
@@ -235,7 +237,8 @@ def test_l2_per_layer_refit(digits):
                                       population_size=2, n_steps=1, refit=True,
                                       random_state=0).fit(X, y)
     coefs = search.best_estimator_.penalty_coefficients()["l2"]
-    assert coefs[0] == 0 and coefs[2] == 0 and coefs[1] == pytest.approx(search.best_params_["l2[1]"])
+    assert coefs[0] == 0 and coefs[2] == 0
+    assert coefs[1] == pytest.approx(search.best_params_["l2[1]"])
 
 
 def test_results_do_not_depend_on_n_jobs(digits):
@@ -254,7 +257,8 @@ def test_user_inputs_are_not_mutated(digits):
     params = {k: v for k, v in est.get_params().items() if isinstance(v, (int, float, str))}
     PopulationMutationSearch(est, bounds, population_size=2, n_steps=1, random_state=0).fit(X, y)
     assert bounds.keys() == BOUNDS.keys()
-    assert {k: v for k, v in est.get_params().items() if isinstance(v, (int, float, str))} == params
+    plain = {k: v for k, v in est.get_params().items() if isinstance(v, (int, float, str))}
+    assert plain == params
     assert not hasattr(est[-1], "module_")
 
 
@@ -293,7 +297,8 @@ def test_plain_skorch_net_with_dropout(digits):
     module = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10),
                            nn.Softmax(dim=-1))
     net = NeuralNetClassifier(module, max_epochs=3, lr=0.1, batch_size=64)
-    search = PopulationMutationSearch(net, {"dropout[2]": (0.0, 0.75), "lr": loguniform(1e-2, 0.5)},
+    search = PopulationMutationSearch(net, {"dropout[2]": (0.0, 0.75),
+                                            "lr": loguniform(1e-2, 0.5)},
                                       population_size=3, n_steps=5, random_state=0)
     search.fit(X / 16.0, y)
     assert search.best_score_ > 0.7
@@ -331,7 +336,8 @@ def test_string_labels_and_minibatch_steps_keep_every_class():
     search.fit(X.astype(np.float32), labels)
     assert search.classes_.tolist() == ["setosa", "versicolor", "virginica"]
     assert set(search.predict(X.astype(np.float32))) <= set(labels)
-    assert search.n_epochs_ == pytest.approx(2 * 3 * 16 / 120)  # one minibatch of 120 rows per step
+    # one minibatch of 120 rows per step
+    assert search.n_epochs_ == pytest.approx(2 * 3 * 16 / 120)
 
 
 def test_plot_schedules_draws_every_student(fitted):

@@ -12,10 +12,22 @@ from sklearn.model_selection import RandomizedSearchCV
 from sklearn.model_selection._search import BaseSearchCV
 from sklearn.preprocessing import StandardScaler
 
-from skhpo import (AutoHyperSearchCV, CuttingPlaneTuner, FlatnessSearchCV, HyperLocalRefiner,
-                   PopulationMutationSearch, TabularMLPClassifier)
-from skhpo.hyper import Box, check_space, parse_name, penalty_gradient, penalty_term, \
-    read_dimension
+from skhpo import (
+    AutoHyperSearchCV,
+    CuttingPlaneTuner,
+    FlatnessSearchCV,
+    HyperLocalRefiner,
+    PopulationMutationSearch,
+    TabularMLPClassifier,
+)
+from skhpo.hyper import (
+    Box,
+    check_space,
+    parse_name,
+    penalty_gradient,
+    penalty_term,
+    read_dimension,
+)
 from skhpo.search.autohyper import parse_params
 
 CLASSES = [FlatnessSearchCV, AutoHyperSearchCV, HyperLocalRefiner, PopulationMutationSearch,

@@ -3,8 +3,14 @@ import pytest
 import torch
 from torch import nn
 
-from skhpo.probes.stable_rank import (evbmf, knowledge_gain, layer_matrices, tau_bar, unfold,
-                                      z_of_epoch)
+from skhpo.probes.stable_rank import (
+    evbmf,
+    knowledge_gain,
+    layer_matrices,
+    tau_bar,
+    unfold,
+    z_of_epoch,
+)
 
 
 def diagonal(L, M, values):

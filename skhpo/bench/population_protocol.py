@@ -64,13 +64,15 @@ def _search(method, seed, population, n_steps, cv, n_jobs):
     bounds = {"net__dropout[layers.2]": DROPOUT_BOX, "net__dropout[layers.5]": DROPOUT_BOX,
               "net__optimizer__weight_decay": loguniform(*DECAY_BOX)}
     return PopulationMutationSearch(_estimator(n_steps), bounds, population_size=population,
-                                    n_steps=n_steps, mutation="teacher" if method == "hpm" else "random",
+                                    n_steps=n_steps,
+                                    mutation="teacher" if method == "hpm" else "random",
                                     random_state=seed, n_jobs=n_jobs)
 
 
 def run_networks(tasks=("digits", "wine"), seeds=5, methods=NET_METHODS, population=20,
                  n_steps=30, cv=3, n_jobs=None, progress=None):
-    """One row per (task, seed, method): test accuracy (``test_score``) and log loss, the search's own
+    """One row per (task, seed, method): test accuracy (``test_score``) and log loss, the
+    search's own
     validation score, wall time, training epochs and the chosen hyper-parameters."""
     jobs = [(t, s, m) for t in tasks for s in range(seeds) for m in methods]
     rows = []

@@ -13,14 +13,24 @@ from scipy.stats import loguniform
 from sklearn import datasets
 from sklearn.base import clone
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-from sklearn.model_selection import (GridSearchCV, HalvingRandomSearchCV, RandomizedSearchCV,
-                                     train_test_split)
+from sklearn.model_selection import (
+    GridSearchCV,
+    HalvingRandomSearchCV,
+    RandomizedSearchCV,
+    train_test_split,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skhpo import (AutoHyperSearchCV, CuttingPlaneTuner, FlatnessSearchCV,
-                   PopulationMutationSearch, SmallCNNClassifier, TabularMLPClassifier,
-                   TabularMLPRegressor)
+from skhpo import (
+    AutoHyperSearchCV,
+    CuttingPlaneTuner,
+    FlatnessSearchCV,
+    PopulationMutationSearch,
+    SmallCNNClassifier,
+    TabularMLPClassifier,
+    TabularMLPRegressor,
+)
 
 from ..nets import seed_everything
 from .data import load_csv
@@ -116,7 +126,8 @@ def load_task(name):
 def default_estimator(kind, max_epochs):
     """The net each method tunes: scaler + skhpo model (no scaling for images in [0, 1])."""
     if kind == "images":
-        return Pipeline([("scale", "passthrough"), ("net", SmallCNNClassifier(max_epochs=max_epochs))])
+        return Pipeline([("scale", "passthrough"),
+                         ("net", SmallCNNClassifier(max_epochs=max_epochs))])
     model = TabularMLPRegressor if kind == "regression" else TabularMLPClassifier
     return Pipeline([("scale", StandardScaler()), ("net", model(max_epochs=max_epochs))])
 
@@ -196,8 +207,7 @@ def _flatness(estimator, space, budget, seed, n_jobs):
 def optuna_space(space):
     """The bench space as Optuna distributions: lists become categorical, scipy's
     ``loguniform`` / ``uniform`` / ``randint`` their Optuna counterparts."""
-    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                      IntDistribution)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     out = {}
     for key, value in space.items():

@@ -8,13 +8,39 @@
 * :mod:`~skhpo.hyper.hypergrad` — one-step look-ahead hypergradients.
 """
 
-from .hypergrad import (HyperParam, apply_hyperparams, current_values, hypergradient,
-                        lookahead_loss, resolve_hyperparam)
-from .layers import (ConcreteDropout, DropoutRates, HyperContext, HyperDropout, HyperLayer,
-                     convert_module, cutout, dropout_layers, entropy, general_state_dict,
-                     replace_dropout, set_dropout_rate)
-from .space import (Dimension, ParamName, as_box, check_domain, check_space, parse_name,
-                    penalty_gradient, penalty_term, read_dimension)
+from .hypergrad import (
+                        HyperParam,
+                        apply_hyperparams,
+                        current_values,
+                        hypergradient,
+                        lookahead_loss,
+                        resolve_hyperparam,
+)
+from .layers import (
+                        ConcreteDropout,
+                        DropoutRates,
+                        HyperContext,
+                        HyperDropout,
+                        HyperLayer,
+                        convert_module,
+                        cutout,
+                        dropout_layers,
+                        entropy,
+                        general_state_dict,
+                        replace_dropout,
+                        set_dropout_rate,
+)
+from .space import (
+                        Dimension,
+                        ParamName,
+                        as_box,
+                        check_domain,
+                        check_space,
+                        parse_name,
+                        penalty_gradient,
+                        penalty_term,
+                        read_dimension,
+)
 from .transforms import Box, logit, stretched_sigmoid
 
 __all__ = ["Box", "ConcreteDropout", "Dimension", "DropoutRates", "HyperContext",

@@ -143,7 +143,8 @@ def check_domain(where, pname, low, high=None, *, what="value"):
     bad_high = high > hi or (hi_open and high == hi and not (is_box and math.isinf(hi)))
     if bad_low or bad_high:
         shown = f"({low:g}, {high:g})" if is_box else f"{low!r}"
-        raise ValueError(f"{where}[{pname.name!r}]: a {_LABELS.get(pname.kind, pname.kind)} must be "
+        label = _LABELS.get(pname.kind, pname.kind)
+        raise ValueError(f"{where}[{pname.name!r}]: a {label} must be "
                          f"{_domain_text(pname.kind)}; got the {what} {shown}")
 
 

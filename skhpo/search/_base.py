@@ -14,31 +14,37 @@ from __future__ import annotations
 
 import math
 import time
-from abc import abstractmethod
 import warnings
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from numbers import Real
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.stats import rankdata
 from joblib import Parallel, delayed
+from scipy.stats import rankdata
 from sklearn.base import clone, is_classifier
-from sklearn.metrics import check_scoring
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
 from sklearn.exceptions import FitFailedWarning
-from sklearn.model_selection import check_cv
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import check_cv, train_test_split
 from sklearn.model_selection._search import BaseSearchCV
+from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import _num_samples
 
 from ..hyper.layers import DropoutRates
 from ..hyper.space import check_space, parse_name
-from ..nets import (TrainingDivergedError, check_param_names, find_net, free_estimator,
-                    seed_everything, spawn_seeds, trial_params)
+from ..nets import (
+    TrainingDivergedError,
+    check_param_names,
+    find_net,
+    free_estimator,
+    seed_everything,
+    spawn_seeds,
+    trial_params,
+)
 
 __all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns",
            "results_table", "HoldoutSearch", "HoldoutResult", "Holdout", "holdout_split",

@@ -42,6 +42,8 @@ from ._base import NetSearchCV, check_finite_input, history_columns
 
 __all__ = ["AutoHyperSearchCV", "HyperParameter", "trust_region_walk"]
 
+#: the default factor shrink, exp(-2.5)
+SHRINK = math.exp(-2.5)
 #: defaults of spec §4.1 by the kind of parameter: (start, factor, minimum, low, high)
 _DEFAULTS = {"lr": (1e-4, 1.45, 1e-6, 1e-7, 10.0),
              "weight_decay": (0.0, 2.0, 0.0, 0.0, 1.0)}
@@ -147,7 +149,7 @@ def _move(point, factors, powers, hparams, zero_step):
 
 
 def trust_region_walk(evaluate, hparams, *, start_threshold=0.85, power=0.8, plateau=5e-3,
-                      shrink=math.exp(-2.5), stop_tol=5e-3, max_trials=200, zero_step=1e-7):
+                      shrink=SHRINK, stop_tol=5e-3, max_trials=200, zero_step=1e-7):
     """autoHyper's walk over ``hparams`` with ``evaluate(points) -> [Z, ...]`` (a batch: the
     new neighbours of one step, which may be evaluated in parallel).
 
@@ -302,7 +304,7 @@ class AutoHyperSearchCV(NetSearchCV):
     }
 
     def __init__(self, estimator, params, *, epochs_per_trial=5, start_threshold=0.85,
-                 power=0.8, plateau=5e-3, shrink=math.exp(-2.5), stop_tol=5e-3,
+                 power=0.8, plateau=5e-3, shrink=SHRINK, stop_tol=5e-3,
                  max_trials=200, zero_step=1e-7, include_linear="auto", cv=None,
                  scoring=None, refit=True, n_jobs=None, random_state=None, verbose=0,
                  pre_dispatch="2*n_jobs", error_score=np.nan):

@@ -81,8 +81,8 @@ class CuttingPlaneTuner(HoldoutSearch):
         ``(low, high, init)``. Names: ``dropout[path]`` for the
         dropout layer at ``path`` of ``module_.named_modules()`` (with the Pipeline prefix,
         e.g. ``net__dropout[layers.2]``), ``dropout`` or ``module__dropout`` (every dropout
-        layer, each tuned on its own as ``dropout[path]``), ``input_noise`` (Gaussian noise of this standard
-        deviation added to the inputs in training), and ``cutout_holes`` with
+        layer, each tuned on its own as ``dropout[path]``), ``input_noise`` (Gaussian noise
+        of this standard deviation added to the inputs in training), and ``cutout_holes`` with
         ``cutout_length`` (cutout of the training images, both floored where applied; needs
         ``image_shape`` for flat inputs). Default init: the layer's rate, or the box's middle.
         None: every dropout layer in [0, 0.95] from 0.05 (the Delta-STN setting). Rates must

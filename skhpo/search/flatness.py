@@ -22,8 +22,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..nets import find_net, net_input
-from ..probes.sharpness import (AGGREGATES, BATCH_NORMS, VARIANTS, final_linear, iter_batches,
-                                sharpness_bound)
+from ..probes.sharpness import (
+    AGGREGATES,
+    BATCH_NORMS,
+    VARIANTS,
+    final_linear,
+    iter_batches,
+    sharpness_bound,
+)
 from ._base import NetSearchCV, check_finite_input, check_space, history_columns
 
 __all__ = ["FlatnessSearchCV"]

@@ -35,13 +35,19 @@ from sklearn.metrics import check_scoring
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..hyper.space import (check_space, parse_name, penalty_gradient, penalty_term,
-                           read_dimension)
+from ..hyper.space import check_space, parse_name, penalty_gradient, penalty_term, read_dimension
 from ..linesearch import line_search
 from ..lp import SOLVERS, LPStep, lp_direction
 from ..nets import find_net, net_input
-from ..probes.curvature import (SR1Snapshots, flat_gradient, flat_params, hessian_rows,
-                                objective, sr1_rows, trainable)
+from ..probes.curvature import (
+    SR1Snapshots,
+    flat_gradient,
+    flat_params,
+    hessian_rows,
+    objective,
+    sr1_rows,
+    trainable,
+)
 from ._base import HoldoutResult, HoldoutSearch, holdout_split
 from ._hyperlocal_linear import find_linear, penalty_names, refine_linear
 
@@ -182,7 +188,8 @@ class HyperLocalRefiner(HoldoutSearch):
     }
 
     def __init__(self, search, continuous=None, *, validation_fraction=0.2, rows=0.01,
-                 hessian="hvp", delta=1e-4, box_hparams=1.0, box_weights=None, line_step=None, gss_tol=None,
+                 hessian="hvp", delta=1e-4, box_hparams=1.0, box_weights=None, line_step=None,
+                 gss_tol=None,
                  max_iter=1, lp_solver="highs", hessian_samples=4096, random_state=None,
                  verbose=0):
         self.search = search

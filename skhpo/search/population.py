@@ -37,17 +37,30 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from joblib import Parallel, delayed
-from skorch.callbacks import Callback
-from skorch.utils import to_tensor
 from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from skorch.callbacks import Callback
+from skorch.utils import to_tensor
 from torch import nn
 
-from ..hyper import (apply_hyperparams, lookahead_loss, parse_name, read_dimension,
-                     replace_dropout, resolve_hyperparam)
-from ..nets import (TrainingDivergedError, batch_size_of, check_param_names,
-                    free_estimator, seed_everything, spawn_seeds, trial_params)
+from ..hyper import (
+    apply_hyperparams,
+    lookahead_loss,
+    parse_name,
+    read_dimension,
+    replace_dropout,
+    resolve_hyperparam,
+)
+from ..nets import (
+    TrainingDivergedError,
+    batch_size_of,
+    check_param_names,
+    free_estimator,
+    seed_everything,
+    spawn_seeds,
+    trial_params,
+)
 from ._base import HoldoutResult, HoldoutSearch
 
 __all__ = ["PopulationMutationSearch", "Teacher", "run_hpm", "RANDOM_RANGE"]
@@ -342,6 +355,7 @@ class _NetPopulation:
         module, loss_fn = student.module_, _loss_fn(student)
         Xt = torch.as_tensor(self.X)
         yt = torch.as_tensor(self.y_enc)
+        device = student.device
 
         def objective(val_idx):
             train_idx = torch.randint(len(yt), (self.batch_size,))
@@ -349,8 +363,9 @@ class _NetPopulation:
             def f(h_prime):
                 values = {hp.name: h_prime[i].float() for i, hp in enumerate(self.hypers)}
                 return lookahead_loss(module, loss_fn, self.hypers, values,
-                                      (Xt[train_idx].to(student.device), yt[train_idx].to(student.device)),
-                                      (self.Xv_t[val_idx].to(student.device), self.yv_t[val_idx].to(student.device)),
+                                      (Xt[train_idx].to(device), yt[train_idx].to(device)),
+                                      (self.Xv_t[val_idx].to(device),
+                                       self.yv_t[val_idx].to(device)),
                                       lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
             return f
         return [objective(b) for b in batches]
