@@ -144,7 +144,7 @@ def test_plot_has_one_panel_per_task(tmp_path):
 
 
 def test_progress_bar():
-    from skhpo.cli import _bar
+    from skhpo.bench.core import bar as _bar
     assert _bar(3, 12, 30.0) == "[#####...............] 3/12 1:30 left"
     assert _bar(12, 12, 30.0).startswith("[" + "#" * 20 + "] 12/12 0:00")
 

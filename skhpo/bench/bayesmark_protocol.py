@@ -34,6 +34,7 @@ from sklearn.model_selection import cross_validate, train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from .bayesmark import normalized_scores
+from .core import run_jobs
 
 __all__ = ["MLP_ADAM", "WarpedUniform", "sample_configs", "objective", "run_study",
            "run_protocol", "load_results", "score_results", "DATASETS", "METHODS"]
@@ -210,8 +211,6 @@ def run_protocol(out, datasets=DATASETS, methods=METHODS, n_studies=20, n_calls=
                  n_jobs=None, progress=None):
     """Run every (dataset, method, study) not yet saved under ``out`` (so a stopped run
     resumes), one JSON file per study; studies run in parallel with joblib."""
-    from joblib import Parallel, delayed
-
     for d in datasets:
         load_raw(d)
     for m in methods:
@@ -219,11 +218,8 @@ def run_protocol(out, datasets=DATASETS, methods=METHODS, n_studies=20, n_calls=
             raise ValueError(f"unknown method {m!r}; the protocol runs {', '.join(METHODS)}")
     todo = [(d, m, s) for d in datasets for m in methods for s in range(n_studies)
             if not os.path.exists(_path(out, d, m, s))]
-    jobs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_run_and_save)(out, d, m, s, n_calls) for d, m, s in todo)
-    for i, result in enumerate(jobs, 1):
-        if progress is not None:
-            progress(i, len(todo), result)
+    run_jobs(todo, lambda d, m, s: _run_and_save(out, d, m, s, n_calls), n_jobs=n_jobs,
+             progress=progress)
     return len(todo)
 
 

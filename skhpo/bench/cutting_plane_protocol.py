@@ -35,12 +35,12 @@ from torch import nn
 from skhpo import CuttingPlaneTuner, TabularMLPClassifier
 
 from ..nets import seed_everything
-from .population_protocol import PerLayer
+from .core import Column, epochs_spent, plain_params, run_jobs, summarize
 from .runner import load_task
-from .stats import describe
+from .spaces import PerLayer
 
-__all__ = ["CP_METHODS", "DigitsCNN", "run_compare", "run_sensitivity", "summarize_compare",
-           "plot_sensitivity"]
+__all__ = ["COLUMNS", "CP_METHODS", "DigitsCNN", "describe_row", "plot_sensitivity",
+           "run_compare", "run_one", "run_sensitivity", "summarize_compare"]
 
 CP_METHODS = ("cpmlho", "delta-stn", "random", "random-full")
 BOX = (0.0, 0.95)
@@ -103,60 +103,62 @@ def _tuner(model, method, seed, epochs, starts=None):
 def run_compare(models=("mlp", "cnn"), seeds=5, epochs=50, n_random=4, methods=CP_METHODS,
                 progress=None):
     """One row per (model, seed, method)."""
-    X, y, _ = load_task("digits")
     jobs = [(m, s, meth) for m in models for s in range(seeds) for meth in methods]
-    rows = []
-    for i, (model, seed, method) in enumerate(jobs):
-        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed,
-                                              stratify=y)
-        seed_everything(seed)
-        start = time.perf_counter()
-        if method.startswith("random"):
-            per_trial = epochs if method == "random-full" else max(1, epochs // (n_random + 1))
-            search = RandomizedSearchCV(
-                _estimator(model, per_trial), _random_space(model), n_iter=n_random,
-                scoring="neg_log_loss", random_state=seed,
-                cv=ShuffleSplit(n_splits=1, test_size=VALID, random_state=seed))
-            search.fit(Xtr, ytr)
-            val_loss = -float(search.best_score_)
-            spent = n_random * per_trial + per_trial
-            params = _plain(search.best_params_)
-        else:
-            search = _tuner(model, method, seed, epochs).fit(Xtr, ytr)
-            val_loss = float(search.history_["valid_loss"][-1])
-            spent = search.n_epochs_
-            params = _plain(search.best_params_)
-        wall = time.perf_counter() - start
-        proba = search.predict_proba(Xte)
-        rows.append({"model": model, "seed": seed, "method": method, "val_loss": val_loss,
-                     "test_score": float(np.mean(search.predict(Xte) == yte)),
-                     "test_loss": float(log_loss(yte, proba, labels=np.arange(10))),
-                     "wall_time": wall, "epochs": spent, "params": params})
-        if progress is not None:
-            progress(i + 1, len(jobs), rows[-1])
-    return rows
+    return run_jobs(jobs, lambda *job: run_one(*job, epochs, n_random), progress=progress)
 
 
-def _plain(params):
-    return {k: (round(float(v), 4) if np.ndim(v) == 0 else [round(float(a), 4) for a in v])
-            for k, v in params.items()}
+def run_one(model, seed, method, epochs=50, n_random=4):
+    """One method on one model and seed; the result row."""
+    X, y, _ = load_task("digits")
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=y)
+    seed_everything(seed)
+    start = time.perf_counter()
+    if method.startswith("random"):
+        per_trial = epochs if method == "random-full" else max(1, epochs // (n_random + 1))
+        search = RandomizedSearchCV(
+            _estimator(model, per_trial), _random_space(model), n_iter=n_random,
+            scoring="neg_log_loss", random_state=seed,
+            cv=ShuffleSplit(n_splits=1, test_size=VALID, random_state=seed)).fit(Xtr, ytr)
+        val_loss = -float(search.best_score_)
+    else:
+        per_trial = epochs
+        search = _tuner(model, method, seed, epochs).fit(Xtr, ytr)
+        val_loss = float(search.history_["valid_loss"][-1])
+    wall = time.perf_counter() - start
+    proba = search.predict_proba(Xte)
+    return {"model": model, "seed": seed, "method": method, "val_loss": val_loss,
+            "test_score": float(np.mean(search.predict(Xte) == yte)),
+            "test_loss": float(log_loss(yte, proba, labels=np.arange(10))),
+            "wall_time": wall, "epochs": epochs_spent(search, per_trial),
+            "params": plain_params(search.best_params_, digits=4)}
 
 
 def summarize_compare(rows):
     """Per (model, method): mean +- std of the final validation loss, test accuracy and
     test loss over seeds; median wall time and epochs."""
-    out = []
-    for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
-        sel = [r for r in rows if r["model"] == model and r["method"] == method]
-        entry = {"model": model, "method": method, "n": len(sel)}
-        for key in ("val_loss", "test_score", "test_loss"):
-            v = np.array([r[key] for r in sel])
-            entry[f"mean_{key}"], entry[f"std_{key}"] = float(v.mean()), float(v.std())
-        entry["median_test_score"] = describe([r["test_score"] for r in sel])["median"]
-        entry["median_wall"] = float(np.median([r["wall_time"] for r in sel]))
-        entry["epochs"] = float(np.median([r["epochs"] for r in sel]))
-        out.append(entry)
-    return out
+    metrics = {}
+    for key in ("val_loss", "test_score", "test_loss"):
+        metrics.update({f"mean_{key}": ("mean", key), f"std_{key}": ("std", key)})
+    metrics.update({"median_test_score": ("median", "test_score"),
+                    "median_wall": ("median", "wall_time"), "epochs": ("median", "epochs")})
+    return summarize(rows, ("model", "method"), metrics, order="seen")
+
+
+def _mean_std(key):
+    return lambda s: f"{s['mean_' + key]:8.4f} +- {s['std_' + key]:.4f}"
+
+
+COLUMNS = [Column("model", "model", "5s"), Column("method", "method", "11s"),
+           Column("val loss", _mean_std("val_loss"), ">16s"),
+           Column("test acc", _mean_std("test_score"), ">16s"),
+           Column("test loss", _mean_std("test_loss"), ">16s"),
+           Column("wall s", "median_wall", "6.1f"), Column("epochs", "epochs", "6.0f")]
+
+
+def describe_row(row):
+    """The progress line of one run."""
+    return (f"{row['model']} seed {row['seed']} {row['method']:11s} val loss "
+            f"{row['val_loss']:.4f} test acc {row['test_score']:.4f} {row['wall_time']:5.1f}s")
 
 
 def run_sensitivity(starts=(0.1, 0.2, 0.5, 0.8), epochs=50, seed=0,

@@ -1,4 +1,4 @@
-"""The benchmark of the LP hyper local search (issue 5; spec hyperlocal.md §5).
+"""The benchmark of the LP hyper local search (the paper's Section 5 protocol).
 
 Each run: split the data into train / validation / test (seeded), run a base search of
 ``n_trials`` trials with one of Optuna's four samplers (grid, random, TPE, QMC, the paper's
@@ -26,6 +26,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from skhpo import HyperLocalRefiner, TabularMLPClassifier
+
+from .core import Column, run_jobs
+from .core import summarize as summarize_rows
 
 SAMPLERS = ("grid", "random", "tpe", "qmc")
 
@@ -132,7 +135,12 @@ def run_one(task, sampler, seed, n_trials=12, max_epochs=30):
     import torch
 
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message=".*experimental.*")  # QMCSampler, in workers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's experimental samplers, sklearn's FutureWarnings
+        return _run_one(task, sampler, seed, n_trials, max_epochs)
+
+
+def _run_one(task, sampler, seed, n_trials, max_epochs):
     if task[0] == "mlp":
         before, after, tb, tr, ref = _mlp_run(task[1], task[2], sampler, seed, n_trials,
                                               max_epochs)
@@ -150,36 +158,35 @@ def run_one(task, sampler, seed, n_trials=12, max_epochs=30):
 def summarize(rows):
     """Per (task, base): runs, share improved (validation loss fell), median changes of the
     metrics (after - before), median added time."""
-    out = []
-    for task, base in sorted({(r["task"], r["base"]) for r in rows}):
-        sel = [r for r in rows if r["task"] == task and r["base"] == base]
-        s = {"task": task, "base": base, "runs": len(sel),
-             "improved": float(np.mean([r["val_loss_after"] < r["val_loss_before"]
-                                        for r in sel])),
-             "added_time": float(np.median([r["added_time"] for r in sel]))}
-        for k in ("val_loss", "test_loss", "val_acc", "test_acc"):
-            if f"{k}_before" in sel[0]:
-                s[f"d_{k}"] = float(np.median([r[f"{k}_after"] - r[f"{k}_before"]
-                                               for r in sel]))
-        out.append(s)
-    return out
+    metrics = {"improved": ("mean", lambda r: r["val_loss_after"] < r["val_loss_before"]),
+               "added_time": ("median", "added_time")}
+    for k in ("val_loss", "test_loss", "val_acc", "test_acc"):
+        metrics[f"d_{k}"] = ("median", lambda r, k=k: r[f"{k}_after"] - r[f"{k}_before"])
+    return summarize_rows(rows, ("task", "base"), metrics, count="runs")
+
+
+COLUMNS = [Column("task", "task", "16s"), Column("base", "base", "6s"),
+           Column("runs", "runs", "4d"),
+           Column("improved", lambda s: 100 * s["improved"], "7.0f", "%"),
+           Column("d val loss", "d_val_loss", "10.4g"),
+           Column("d test loss", "d_test_loss", "11.4g"),
+           Column("d val acc", "d_val_acc", "9.4f"), Column("d test acc", "d_test_acc", "10.4f"),
+           Column("added time", lambda s: 100 * s["added_time"], "9.1f", "%")]
+
+
+def describe_row(row):
+    """The progress line of one run."""
+    return (f"{row['task']:16s} {row['base']:6s} seed {row['seed']} val loss "
+            f"{row['val_loss_before']:.4g} -> {row['val_loss_after']:.4g}  "
+            f"+{100 * row['added_time']:.0f}% time")
 
 
 TASKS = [("mlp", n_hp, size) for n_hp in (1, 2, 4) for size in (1000, None)] + [("enet",)]
 
 
 def run_protocol(seeds, n_trials=12, max_epochs=30, n_jobs=None, progress=None):
-    """Every (task, base, seed) of the benchmark, in parallel; rows in completion order."""
-    from joblib import Parallel, delayed
-
+    """Every (task, base, seed) of the benchmark, ``n_jobs`` runs in parallel; rows in job
+    order."""
     jobs = [(t, b, s) for t in TASKS for b in SAMPLERS for s in range(seeds)]
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            delayed(run_one)(t, b, s, n_trials, max_epochs) for t, b, s in jobs)
-        for i, row in enumerate(out, 1):
-            rows.append(row)
-            if progress is not None:
-                progress(i, len(jobs), row)
-    return rows
+    return run_jobs(jobs, lambda t, b, s: run_one(t, b, s, n_trials, max_epochs),
+                    n_jobs=n_jobs, progress=progress)

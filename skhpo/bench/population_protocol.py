@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from scipy.stats import loguniform, uniform
 from sklearn.metrics import log_loss
 from sklearn.model_selection import RandomizedSearchCV, train_test_split
@@ -27,25 +26,16 @@ from sklearn.preprocessing import StandardScaler
 from skhpo import PopulationMutationSearch, TabularMLPClassifier
 
 from ..nets import seed_everything
+from .core import Column, epochs_spent, plain_params, run_jobs, summarize
 from .runner import load_task
-from .stats import describe
+from .spaces import PerLayer
 
-__all__ = ["NET_METHODS", "PerLayer", "run_networks", "summarize_networks"]
+__all__ = ["COLUMNS", "NET_METHODS", "describe_row", "run_networks", "run_one",
+           "summarize_networks"]
 
 NET_METHODS = ("random", "hpm-wo-t", "hpm")
 DROPOUT_BOX = (0.0, 0.75)
 DECAY_BOX = (1e-6, 1e-2)
-
-
-class PerLayer:
-    """A distribution of one value per layer (``rvs`` returns a list), for
-    RandomizedSearchCV over ``dropout`` sequences."""
-
-    def __init__(self, dist, n):
-        self.dist, self.n = dist, n
-
-    def rvs(self, random_state=None):
-        return [float(self.dist.rvs(random_state=random_state)) for _ in range(self.n)]
 
 
 def _estimator(n_steps):
@@ -72,47 +62,48 @@ def _search(method, seed, population, n_steps, cv, n_jobs):
 def run_networks(tasks=("digits", "wine"), seeds=5, methods=NET_METHODS, population=20,
                  n_steps=30, cv=3, n_jobs=None, progress=None):
     """One row per (task, seed, method): test accuracy (``test_score``) and log loss, the
-    search's own
-    validation score, wall time, training epochs and the chosen hyper-parameters."""
+    search's own validation score, wall time, training epochs and the chosen
+    hyper-parameters. ``n_jobs`` is each search's own."""
     jobs = [(t, s, m) for t in tasks for s in range(seeds) for m in methods]
-    rows = []
-    for i, (task, seed, method) in enumerate(jobs):
-        X, y, _ = load_task(task)
-        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed,
-                                              stratify=y)
-        seed_everything(seed)
-        search = _search(method, seed, population, n_steps, cv, n_jobs)
-        start = time.perf_counter()
-        search.fit(Xtr, ytr)
-        wall = time.perf_counter() - start
-        if method == "random":
-            epochs = len(search.cv_results_["params"]) * cv * n_steps + n_steps
-        else:
-            epochs = search.n_epochs_
-        proba = search.predict_proba(Xte)
-        rows.append({"task": task, "seed": seed, "method": method,
-                     "test_score": float(search.score(Xte, yte)),  # accuracy
-                     "test_loss": float(log_loss(yte, proba, labels=search.classes_)),
-                     "val_score": float(search.best_score_), "wall_time": wall,
-                     "epochs": float(epochs),
-                     "best_params": {k: (v if np.ndim(v) == 0 else list(v))
-                                     for k, v in search.best_params_.items()}})
-        if progress is not None:
-            progress(i + 1, len(jobs), rows[-1])
-    return rows
+    return run_jobs(jobs, lambda *job: run_one(*job, population, n_steps, cv, n_jobs),
+                    progress=progress)
+
+
+def run_one(task, seed, method, population=20, n_steps=30, cv=3, n_jobs=None):
+    """One search on one task and seed; the result row."""
+    X, y, _ = load_task(task)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=y)
+    seed_everything(seed)
+    search = _search(method, seed, population, n_steps, cv, n_jobs)
+    start = time.perf_counter()
+    search.fit(Xtr, ytr)
+    wall = time.perf_counter() - start
+    proba = search.predict_proba(Xte)
+    return {"task": task, "seed": seed, "method": method,
+            "test_score": float(search.score(Xte, yte)),  # accuracy
+            "test_loss": float(log_loss(yte, proba, labels=search.classes_)),
+            "val_score": float(search.best_score_), "wall_time": wall,
+            "epochs": float(epochs_spent(search, n_steps)),
+            "best_params": plain_params(search.best_params_)}
 
 
 def summarize_networks(rows):
     """Per (task, method): median test accuracy (IQR), mean test log loss, median wall time
     and epochs."""
-    out = []
-    for task, method in dict.fromkeys((r["task"], r["method"]) for r in rows):
-        sel = [r for r in rows if r["task"] == task and r["method"] == method]
-        acc = describe([r["test_score"] for r in sel])
-        out.append({"task": task, "method": method, "n": acc["n"],
-                    "median_test_acc": acc["median"], "iqr_test_acc": acc["iqr"],
-                    "mean_test_acc": acc["mean"],
-                    "mean_test_loss": float(np.mean([r["test_loss"] for r in sel])),
-                    "median_wall": float(np.median([r["wall_time"] for r in sel])),
-                    "median_epochs": float(np.median([r["epochs"] for r in sel]))})
-    return out
+    return summarize(rows, ("task", "method"), {
+        "median_test_acc": ("median", "test_score"), "iqr_test_acc": ("iqr", "test_score"),
+        "mean_test_acc": ("mean", "test_score"), "mean_test_loss": ("mean", "test_loss"),
+        "median_wall": ("median", "wall_time"), "median_epochs": ("median", "epochs")},
+        order="seen")
+
+
+COLUMNS = [Column("task", "task", "8s"), Column("method", "method", "9s"),
+           Column("median acc", "median_test_acc", "10.4f"),
+           Column("IQR", "iqr_test_acc", "6.4f"), Column("mean loss", "mean_test_loss", "9.4f"),
+           Column("wall s", "median_wall", "7.1f"), Column("epochs", "median_epochs", "6.0f")]
+
+
+def describe_row(row):
+    """The progress line of one run."""
+    return (f"{row['task']:8s} seed {row['seed']} {row['method']:9s} test acc "
+            f"{row['test_score']:.4f} {row['wall_time']:6.1f}s {row['epochs']:.0f} epochs")

@@ -33,8 +33,9 @@ from skhpo import (
 )
 
 from ..nets import seed_everything
+from .core import Column, epochs_spent, plain_params, run_jobs, trainings_spent
+from .core import summarize as core_summarize
 from .data import load_csv
-from .stats import describe
 
 TASKS = {
     "iris": ("classification", datasets.load_iris),
@@ -293,33 +294,6 @@ def missing_requirement(method):
     return f"{method} needs {', '.join(missing)}: {hint}" if missing else None
 
 
-def epochs_spent(search, budget):
-    """Training epochs a fitted search spent (screening + CV + refit), from ``max_epochs``."""
-    refit = budget.max_epochs if search.refit else 0
-    if hasattr(search, "n_epochs_"):
-        return int(search.n_epochs_)
-    if "n_resources" in search.cv_results_:  # successive halving over max_epochs
-        return int(np.sum(search.cv_results_["n_resources"])) * _n_splits(search) + refit
-    n_fits = _n_candidates(search) * _n_splits(search)
-    return n_fits * budget.max_epochs + refit
-
-
-def _n_candidates(search):
-    return len(search.cv_results_["mean_test_score"])
-
-
-def _n_splits(search):
-    return search.n_splits_ if hasattr(search, "n_splits_") else search.cv
-
-
-def n_trainings(search):
-    """Nets a fitted search trained: its own ``n_trainings_`` (every skhpo search), else its
-    CV fits and refit (scikit-learn's and Optuna's searches)."""
-    if hasattr(search, "n_trainings_"):
-        return search.n_trainings_
-    return _n_candidates(search) * _n_splits(search) + int(bool(search.refit))
-
-
 def run_one(method, task, seed, budget, n_jobs=None):
     """Run one method on one task and seed; return the result row."""
     X, y, kind = load_task(task)
@@ -343,46 +317,52 @@ def run_one(method, task, seed, budget, n_jobs=None):
     return {"method": method, "task": task, "seed": seed,
             "test_score": float(search.score(Xte, yte)),
             "cv_score": float(search.best_score_), "wall_time": wall,
-            "epochs": epochs_spent(search, budget), "n_trainings": n_trainings(search),
-            "best_params": {k: _plain(v) for k, v in search.best_params_.items()}}
+            "epochs": int(epochs_spent(search, budget.max_epochs)),
+            "n_trainings": trainings_spent(search),
+            "best_params": plain_params(search.best_params_)}
 
 
-def _plain(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
-
-
-def run_benchmark(methods, tasks, seeds, budget, n_jobs=None, progress=None):
-    """All (task, seed, method) runs, in that order; ``progress(done, total, row)`` is called
-    after each."""
+def check_methods(methods, tasks, budget):
+    """Everything about a run that can fail before any training: unknown or unavailable
+    methods, tasks that do not load, a budget too small for flatness."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
         if missing_requirement(m):
             raise ValueError(missing_requirement(m))
     if "flatness" in methods:
-        budget.flatness_sizes()  # a budget too small fails here, before any training
+        budget.flatness_sizes()
     for t in tasks:
         load_task(t)
-    jobs = [(m, t, s) for t in tasks for s in seeds for m in methods]
-    rows = []
-    for i, (m, t, s) in enumerate(jobs):
-        rows.append(run_one(m, t, s, budget, n_jobs=n_jobs))
-        if progress is not None:
-            progress(i + 1, len(jobs), rows[-1])
-    return rows
+
+
+def jobs(methods, tasks, seeds):
+    """Every (method, task, seed), tasks outermost, then seeds."""
+    return [(m, t, s) for t in tasks for s in seeds for m in methods]
+
+
+def run_benchmark(methods, tasks, seeds, budget, n_jobs=None, progress=None):
+    """All (task, seed, method) runs, in that order; ``progress(done, total, row)`` is called
+    after each. ``n_jobs`` is each search's own."""
+    check_methods(methods, tasks, budget)
+    return run_jobs(jobs(methods, tasks, seeds),
+                    lambda m, t, s: run_one(m, t, s, budget, n_jobs=n_jobs), progress=progress)
 
 
 def summarize(rows):
     """Per (task, method): median test score, IQR, median wall time and epochs."""
-    out = []
-    keys = sorted({(r["task"], r["method"]) for r in rows})
-    for task, method in keys:
-        sel = [r for r in rows if r["task"] == task and r["method"] == method]
-        test = describe([r["test_score"] for r in sel])
-        out.append({"task": task, "method": method, "n": test["n"],
-                    "median_test": test["median"], "iqr_test": test["iqr"],
-                    "median_wall": float(np.median([r["wall_time"] for r in sel])),
-                    "median_epochs": float(np.median([r["epochs"] for r in sel]))})
-    return out
+    return core_summarize(rows, ("task", "method"), {
+        "median_test": ("median", "test_score"), "iqr_test": ("iqr", "test_score"),
+        "median_wall": ("median", "wall_time"), "median_epochs": ("median", "epochs")})
+
+
+COLUMNS = [Column("task", "task", "14s"), Column("method", "method", "10s"),
+           Column("runs", "n", "4d"), Column("median test", "median_test", "11.4f"),
+           Column("IQR", "iqr_test", "7.4f"), Column("median wall", "median_wall", "10.1f", "s"),
+           Column("epochs", "median_epochs", "7.0f")]
+
+
+def describe_row(row):
+    """The progress line of one run."""
+    return (f"{row['task']:14s} seed {row['seed']} {row['method']:9s} test "
+            f"{row['test_score']:.4f} {row['wall_time']:6.1f}s {row['epochs']} epochs")

@@ -25,6 +25,7 @@ import torch
 
 from ..hyper import Box
 from ..search.population import run_hpm
+from .core import run_jobs
 
 __all__ = ["FUNCTIONS", "METHODS", "best_so_far", "plot_synthetic", "run_method", "run_synthetic",
            "summarize"]
@@ -198,14 +199,11 @@ def run_synthetic(functions=tuple(FUNCTIONS), methods=METHODS, seeds=10, budget=
                   grad_clip=None):
     """Rows ``{function, method, seed, budget, best}`` for budgets every, 2 every, ..., budget."""
     budgets = list(range(every, budget + 1, every))
-    rows = []
-    for function in functions:
-        for method in methods:
-            for seed in range(seeds):
-                trace = run_method(method, function, budget, seed, grad_clip)
-                rows += [{"function": function, "method": method, "seed": seed, "budget": b,
-                          "best": v} for b, v in zip(budgets, best_so_far(trace, budgets))]
-    return rows
+    jobs = [(f, m, s) for f in functions for m in methods for s in range(seeds)]
+    traces = run_jobs(jobs, lambda f, m, s: run_method(m, f, budget, s, grad_clip))
+    return [{"function": f, "method": m, "seed": s, "budget": b, "best": v}
+            for (f, m, s), trace in zip(jobs, traces)
+            for b, v in zip(budgets, best_so_far(trace, budgets))]
 
 
 def summarize(rows, budget=None):
@@ -217,6 +215,14 @@ def summarize(rows, budget=None):
         if r["budget"] == budget:
             out.setdefault((r["function"], r["method"]), []).append(r["best"])
     return {k: (float(np.mean(v)), float(np.std(v))) for k, v in out.items()}
+
+
+def table(summary):
+    """The summary as printable rows: one per function, ``mean +- std`` per method."""
+    functions = dict.fromkeys(f for f, _ in summary)
+    methods = dict.fromkeys(m for _, m in summary)
+    return [{"function": f, **{m: f"{summary[(f, m)][0]:>10.4g} +- {summary[(f, m)][1]:<5.2g}"
+                               for m in methods}} for f in functions]
 
 
 def plot_synthetic(rows, path):

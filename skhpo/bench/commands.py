@@ -1,0 +1,362 @@
+"""The ``skhpo`` command: each sub-command parses its options, hands the protocol's jobs to
+the one runner (:mod:`skhpo.bench.core`) and prints the protocol's summary table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .core import (
+    Column,
+    print_pairwise,
+    print_table,
+    progress_printer,
+    run_jobs,
+    write_csv,
+    write_results,
+)
+
+QUICK = dict(tasks=["breast_cancer"], seeds=5, n_trials=12, n_finalists=3, max_epochs=15, cv=3)
+
+
+def _bench_parser(sub):
+    p = sub.add_parser("bench", help="run skhpo's searches against scikit-learn's, side by side",
+                       description="Run each method on each task and seed with the same space, "
+                       "split and per-trial epochs; print test score, wall time and epochs.")
+    p.add_argument("--quick", action="store_true",
+                   help="the 2-minute check: breast_cancer, 5 seeds, 12 trials, 15 epochs, "
+                   "3 folds")
+    p.add_argument("--tasks", nargs="+", default=["breast_cancer", "digits"],
+                   help="bundled tasks (iris wine breast_cancer digits digits_images diabetes)")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="add a task from a CSV file (header row; categoricals are one-hot "
+                   "encoded); needs --target")
+    p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
+    p.add_argument("--methods", nargs="+", default=["random", "flatness"],
+                   help="methods to run: random, flatness, grid, halving, optuna (needs "
+                   "the extra 'bench'; skipped with a message without it), the "
+                   "lr-only pair autohyper and lr-grid (20-point log grid of lr), hpm "
+                   "(PopulationMutationSearch on the space's lr and weight decay boxes) and "
+                   "cpmlho (CuttingPlaneTuner on the net's dropout layers, one run)")
+    p.add_argument("--budget", choices=["epochs", "trials"], default="epochs",
+                   help="epochs: every method gets random search's training epochs "
+                   "(FlatnessSearchCV trains as many finalists as fit); trials: flatness "
+                   "screens --n-trials and trains --n-finalists (the paper's setting)")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
+    p.add_argument("--n-trials", type=int, default=50,
+                   help="random: n_iter; flatness: n_candidates")
+    p.add_argument("--n-finalists", type=int, default=10, help="flatness: n_finalists")
+    p.add_argument("--max-epochs", type=int, default=30, help="epochs of every full training")
+    p.add_argument("--cv", type=int, default=3, help="cross-validation folds")
+    p.add_argument("--n-jobs", type=int, default=None, help="joblib workers per search")
+    p.add_argument("--out", default=None,
+                   help="folder for results.csv, results.json and results.png")
+    return p
+
+
+def bench(args):
+    from .runner import (
+        COLUMNS,
+        METHODS,
+        Budget,
+        check_methods,
+        describe_row,
+        jobs,
+        missing_requirement,
+        register_csv,
+        run_one,
+        summarize,
+    )
+
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), **QUICK})
+    _check_positive(args, "seeds", "n_trials", "n_finalists", "max_epochs", "cv")
+    if (args.csv is None) != (args.target is None):
+        raise ValueError("--csv and --target go together: --csv PATH --target COL")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; available: {', '.join(METHODS)}")
+    for method in [m for m in args.methods if missing_requirement(m)]:
+        print(f"skipping {missing_requirement(method)}", file=sys.stderr)
+    methods = [m for m in args.methods if not missing_requirement(m)]
+    if not methods:
+        raise ValueError("no method left to run")
+    tasks = args.tasks
+    if args.csv is not None:
+        csv_task = register_csv(args.csv, args.target)
+        tasks = [csv_task] if args.quick else [*tasks, csv_task]
+    budget = Budget(n_trials=args.n_trials, n_finalists=min(args.n_finalists, args.n_trials),
+                    max_epochs=args.max_epochs, cv=args.cv, mode=args.budget)
+    check_methods(methods, tasks, budget)
+    start = time.perf_counter()
+    rows = run_jobs(jobs(methods, tasks, range(args.seeds)),
+                    lambda m, t, s: run_one(m, t, s, budget, n_jobs=args.n_jobs),
+                    progress=progress_printer(describe_row, start))
+    print_table(summarize(rows), COLUMNS, title="")
+    print_pairwise(rows)
+    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        write_csv(os.path.join(args.out, "results.csv"),
+                  [{**r, "best_params": json.dumps(r["best_params"])} for r in rows])
+        print(f"results in {args.out}/results.csv and results.json")
+        try:
+            from .plot import plot_results
+            plot_results(rows, os.path.join(args.out, "results.png"))
+            print(f"plot in {args.out}/results.png")
+        except ValueError as exc:  # no matplotlib: the numbers are saved, say why no plot
+            print(f"no plot: {exc}", file=sys.stderr)
+    return 0
+
+
+def _check_positive(args, *names, **values):
+    """``--name`` >= 1 for each of ``names`` (read from ``args``) and ``values``."""
+    for name, value in {**{n: getattr(args, n) for n in names}, **values}.items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _finish(start, out=None):
+    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    if out:
+        print(f"results in {out}")
+    return 0
+
+
+def _bayesmark_parser(sub):
+    from .bayesmark_protocol import DATASETS, METHODS
+
+    p = sub.add_parser("bayesmark", help="the FGHPO paper's Bayesmark protocol (MLP-adam)",
+                       description="Run studies of the Bayesmark protocol (45 suggestions of "
+                       "the MLP-adam space scored by a 5-fold CV of sklearn's MLPClassifier) "
+                       "and print the normalised scores, computed in one pool of every method "
+                       "run. Studies are saved one file each under --out; a rerun resumes.")
+    p.add_argument("--out", required=True, help="folder of the saved studies")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--studies", type=int, default=20, help="studies per method (seeds 0..N-1)")
+    p.add_argument("--calls", type=int, default=45, help="suggestions per study")
+    p.add_argument("--n-jobs", type=int, default=None, help="studies run in parallel")
+    p.add_argument("--score-only", action="store_true",
+                   help="only score what is saved under --out")
+    p.add_argument("--pool", nargs="+", default=None, choices=METHODS,
+                   help="score only these methods, normalised in their own pool (must "
+                   "include random); default: every method saved")
+    return p
+
+
+def bayesmark(args):
+    from .bayesmark_protocol import load_results, run_protocol, score_results
+
+    _check_positive(args, "studies", "calls")
+    start = time.perf_counter()
+
+    def describe(study):
+        return (f"{study['dataset']:14s} {study['method']:12s} seed {study['seed']:2d}  best "
+                f"acc {-min(study['acc']):.4f}  best nll {min(study['nll']):.4f}  "
+                f"{study['wall_time']:6.1f}s")
+
+    if not args.score_only:
+        run_protocol(args.out, args.datasets, args.methods, args.studies, args.calls,
+                     n_jobs=args.n_jobs, progress=progress_printer(describe, start))
+    results = load_results(args.out)
+    results = {k: v for k, v in results.items() if k[0] in args.datasets}
+    if not results:
+        raise ValueError(f"no saved studies under {args.out}")
+    if args.pool is not None and "random" not in args.pool:
+        raise ValueError("--pool must include random: clip is the median of its evaluations")
+    rows = score_results(results, pool=args.pool)
+    if not rows:
+        raise ValueError(f"nothing to score under {args.out} for the pool {args.pool}")
+    print_table(rows, [Column("dataset", "dataset", "14s"), Column("method", "method", "12s"),
+                       Column("studies", "n", "7d"), Column("mean", "mean", "7.2f"),
+                       Column("median", "median", "7.2f"),
+                       Column("wall/study", "wall_per_study", "9.1f", "s"),
+                       Column("pool", "pool", "s")], title="")
+    print_pairwise(rows, group="dataset", score="scores", each=True,
+                   title="wins / ties / losses over datasets (two-sided Mann-Whitney U on "
+                   "per-study scores, Benjamini-Hochberg at 5 %)")
+    name = "scores.csv" if args.pool is None else f"scores_{'+'.join(sorted(args.pool))}.csv"
+    write_csv(os.path.join(args.out, name), rows, exclude=("scores",))
+    print(f"\nscores in {args.out}/{name}; total {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _hyperlocal_parser(sub):
+    p = sub.add_parser("hyperlocal", help="HyperLocalRefiner on the paper's four bases",
+                       description="Optuna grid/random/TPE/QMC base searches of per-layer L2 "
+                       "coefficients (digits MLPs with 1, 2, 4 layers on 1,000 and all "
+                       "training samples) and of an elastic net (diabetes), each refined by "
+                       "HyperLocalRefiner; validation/test loss and accuracy before and after.")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--n-trials", type=int, default=12, help="trials of each base search")
+    p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--n-jobs", type=int, default=None, help="runs in parallel")
+    p.add_argument("--out", default=None, help="folder for results.csv and summary.csv")
+    return p
+
+
+def hyperlocal(args):
+    from .hyperlocal_protocol import COLUMNS, describe_row, run_protocol, summarize
+
+    _check_positive(args, "seeds", "n_trials", "max_epochs")
+    start = time.perf_counter()
+    rows = run_protocol(args.seeds, args.n_trials, args.max_epochs, args.n_jobs,
+                        progress_printer(describe_row, start))
+    summary = summarize(rows)
+    print_table(summary, COLUMNS, title="")
+    print("(medians over seeds of after - before)")
+    if args.out:
+        write_results(args.out, rows, summary)
+    return _finish(start, args.out)
+
+
+def _hpm_parser(sub):
+    p = sub.add_parser("hpm", help="PopulationMutationSearch: the paper's synthetic functions, "
+                       "and MLP dropout/decay against RandomizedSearchCV",
+                       description="synthetic: HPM's synthetic-function protocol (Branin, "
+                       "Hartmann-6, Rosenbrock, Bohachevsky; population 5, SGD lr 0.01, "
+                       "M = 64) against random search, PBT, one hypergradient run and HPM "
+                       "without teacher. nets: dropout rates and weight decay of an MLP on "
+                       "digits and wine, against RandomizedSearchCV with the same epochs.")
+    p.add_argument("part", choices=["synthetic", "nets"])
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds (default: 10 for synthetic, 5 for nets)")
+    p.add_argument("--budget", type=int, default=300,
+                   help="synthetic: function evaluations per run (reported every 30)")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="synthetic: cap the gradient norm of the SGD steps (off in the paper)")
+    p.add_argument("--tasks", nargs="+", default=["digits", "wine"], help="nets: tasks")
+    p.add_argument("--population", type=int, default=20, help="nets: students")
+    p.add_argument("--n-steps", type=int, default=30, help="nets: one-epoch steps")
+    p.add_argument("--cv", type=int, default=3, help="nets: folds of RandomizedSearchCV")
+    p.add_argument("--n-jobs", type=int, default=None, help="nets: joblib workers")
+    p.add_argument("--out", default=None, help="folder for results.csv, summary.csv (and "
+                   "synthetic.png)")
+    return p
+
+
+def hpm(args):
+    start = time.perf_counter()
+    if args.part == "synthetic":
+        from .synthetic import METHODS, plot_synthetic, run_synthetic, summarize, table
+
+        seeds = 10 if args.seeds is None else args.seeds
+        _check_positive(args, seeds=seeds)
+        if args.budget < 30:
+            raise ValueError(f"--budget must be >= 30, got {args.budget}")
+        if args.grad_clip is not None and not args.grad_clip > 0:
+            raise ValueError(f"--grad-clip must be > 0, got {args.grad_clip}")
+        rows = run_synthetic(seeds=seeds, budget=args.budget, grad_clip=args.grad_clip)
+        summary = summarize(rows)
+        print_table(table(summary), [Column("function", "function", "12s"),
+                                     *(Column(m, m, ">19s") for m in METHODS)],
+                    title=f"best f after {args.budget} evaluations, mean +- std over {seeds} "
+                    "seeds")
+        if args.out:
+            write_results(args.out, rows,
+                          [{"function": f, "method": m, "budget": args.budget, "mean": v[0],
+                            "std": v[1]} for (f, m), v in summary.items()])
+            plot_synthetic(rows, os.path.join(args.out, "synthetic.png"))
+        return _finish(start, args.out)
+    from .population_protocol import COLUMNS, describe_row, run_networks, summarize_networks
+
+    seeds = 5 if args.seeds is None else args.seeds
+    _check_positive(args, "population", "n_steps", "cv", seeds=seeds)
+    rows = run_networks(args.tasks, seeds, population=args.population, n_steps=args.n_steps,
+                        cv=args.cv, n_jobs=args.n_jobs,
+                        progress=progress_printer(describe_row, start))
+    summary = summarize_networks(rows)
+    print_table(summary, COLUMNS, title="")
+    print_pairwise(rows)
+    if args.out:
+        write_results(args.out, rows, summary)
+    return _finish(start, args.out)
+
+
+def _cpmlho_parser(sub):
+    p = sub.add_parser("cpmlho", help="CuttingPlaneTuner: digits MLP/CNN against Delta-STN and "
+                       "RandomizedSearchCV, and the dropout0 sensitivity figure",
+                       description="compare: CPMLHO, Delta-STN (theta=None, mu=0) and "
+                       "RandomizedSearchCV over the same dropout boxes at an equal number of "
+                       "epochs, on digits as an MLP and as a small CNN. sensitivity: dropout0 "
+                       "of the MLP started at 0.1, 0.2, 0.5, 0.8 (the paper's Figure 2).")
+    p.add_argument("part", choices=["compare", "sensitivity"])
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--seeds", type=int, default=5, help="compare: seeds")
+    p.add_argument("--epochs", type=int, default=50,
+                   help="epochs of one self-tuning run (random search spends the same)")
+    p.add_argument("--n-random", type=int, default=4, help="compare: random-search candidates")
+    p.add_argument("--methods", nargs="+", default=None,
+                   choices=["cpmlho", "delta-stn", "random", "random-full"],
+                   help="compare: methods (default: all four; random-full trains each "
+                   "candidate the full --epochs)")
+    p.add_argument("--out", default=None, help="folder for the CSV files (and sensitivity.png)")
+    return p
+
+
+def cpmlho(args):
+    from .cutting_plane_protocol import (
+        COLUMNS,
+        CP_METHODS,
+        describe_row,
+        plot_sensitivity,
+        run_compare,
+        run_sensitivity,
+        summarize_compare,
+    )
+
+    _check_positive(args, "seeds", "epochs", "n_random")
+    start = time.perf_counter()
+    if args.part == "sensitivity":
+        trajectories = run_sensitivity(epochs=args.epochs)
+        print(f"dropout0 after {args.epochs} epochs (digits MLP, seed 0)")
+        for (method, start0), traj in trajectories.items():
+            print(f"  {method:9s} start {start0:.1f} -> {traj[-1]:.4f} "
+                  f"({len(traj) - 1} hyper steps)")
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            write_csv(os.path.join(args.out, "sensitivity.csv"),
+                      [{"method": m, "start": s0, "step": i, "dropout0": v}
+                       for (m, s0), traj in trajectories.items() for i, v in enumerate(traj)])
+            plot_sensitivity(trajectories, os.path.join(args.out, "sensitivity.png"))
+        return _finish(start)
+    if args.epochs < args.n_random + 1:
+        raise ValueError(f"--epochs must be >= --n-random + 1 = {args.n_random + 1} (each "
+                         "random candidate and the refit train at least one epoch)")
+    rows = run_compare(args.models, args.seeds, args.epochs, args.n_random,
+                       methods=args.methods or CP_METHODS,
+                       progress=progress_printer(describe_row, start))
+    summary = summarize_compare(rows)
+    print_table(summary, COLUMNS, title="")
+    for model in args.models:
+        print_pairwise([{**r, "task": r["model"]} for r in rows if r["model"] == model])
+    if args.out:
+        write_results(args.out, rows, summary)
+    return _finish(start, args.out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="skhpo", description="skhpo command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _bench_parser(sub)
+    _bayesmark_parser(sub)
+    _hyperlocal_parser(sub)
+    _hpm_parser(sub)
+    _cpmlho_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return {"bench": bench, "bayesmark": bayesmark, "hyperlocal": hyperlocal,
+                "hpm": hpm, "cpmlho": cpmlho}[args.command](args)
+    except ValueError as exc:
+        print(f"skhpo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
