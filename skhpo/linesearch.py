@@ -1,4 +1,4 @@
-"""The 1-D line search of the LP hyper local search (spec hyperlocal.md §1, step 7).
+"""The 1-D line search of the LP hyper local search (step 7 of the method).
 
 ``phi(t)`` is minimised over t >= 0: a bounding phase from t = 0 with increment ``step``
 (doubling while phi keeps falling) brackets a minimum, then a golden-section search shrinks the

@@ -1,6 +1,6 @@
 """Linear programs of the form the LP hyper local search solves, by HiGHS or Gurobi.
 
-One canonical form (spec hyperlocal.md §4)::
+One canonical form (see docs/hyperlocal.md)::
 
     minimise    c @ x
     subject to  -delta <= A @ x <= delta     (row bounds; delta a scalar or one per row)

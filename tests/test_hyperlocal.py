@@ -32,7 +32,7 @@ def grid():
 
 def test_ridge_lp_is_a_sign_step_on_the_ift_hypergradient():
     """All rows, tiny delta, loose weight box: the LP's hyper-parameter move is
-    -sign(IFT hypergradient) and its weight move the implicit response (spec §4)."""
+    -sign(IFT hypergradient) and its weight move the implicit response."""
     rng = np.random.default_rng(0)
     X, Xv = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
     w_true = np.array([1.0, -2.0, 0.5])

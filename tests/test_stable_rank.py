@@ -19,7 +19,7 @@ def diagonal(L, M, values):
     return Y
 
 
-# spec autohyper.md §3.3.6: (L, M, singular values) -> K, sigma^2, threshold, d
+# reference cases: (L, M, singular values) -> K, sigma^2, threshold, d
 VECTORS = [
     (5, 20, [10, 5, 1, 0.9, 0.8], 2, 0.04925, 1.6325, [9.8766, 4.7517]),
     (5, 20, [3, 1.2, 1.1, 1.0, 0.9], 1, 0.06012, 1.8035, [2.4829]),
@@ -76,7 +76,7 @@ def test_edge_cases():
     with pytest.raises(ValueError, match="needs a matrix"):
         evbmf(np.zeros(3))
     assert evbmf(np.ones((1, 5))).rank in (0, 1)  # min(L, M) = 1 works
-    # the exact tau_bar is the approximation's root to within the spec's ratios
+    # the exact tau_bar is the approximation's root to within the stated ratios
     assert tau_bar(1.0, exact=True) == pytest.approx(tau_bar(1.0), rel=1e-3)
     assert tau_bar(0.1, exact=True) / tau_bar(0.1) == pytest.approx(1.035, abs=2e-3)
 

@@ -1,4 +1,5 @@
-"""Bayesmark's normalised score, computed in one pool of methods (FGHPO spec §5.3).
+"""Bayesmark's normalised score, computed in one pool of methods (Bayesmark's definition, as
+the FGHPO paper uses it).
 
 ``evaluations[test_case][method]`` is an array of shape ``(n_trials, n_iterations)`` holding
 the *visible* loss of each suggestion (lower is better; a failed evaluation is ``+inf``). For

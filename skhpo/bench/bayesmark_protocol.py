@@ -1,4 +1,4 @@
-"""The Bayesmark protocol of the FGHPO paper (spec fghpo.md §2.1, §3.2, §3.4, §5), without
+"""The Bayesmark protocol of the FGHPO paper (docs/bench.md), without
 Bayesmark.
 
 A *study* gives a method ``n_calls`` (45) suggestions on one dataset; each suggestion is a
@@ -42,7 +42,7 @@ __all__ = ["MLP_ADAM", "WarpedUniform", "sample_configs", "objective", "run_stud
 DATASETS = ("iris", "wine", "breast_cancer", "digits")
 METRICS = ("acc", "nll")
 
-#: Bayesmark's MLP-adam space (spec §3.2): name -> (type, warp, low, high), bounds inclusive.
+#: Bayesmark's MLP-adam space: name -> (type, warp, low, high), bounds inclusive.
 MLP_ADAM = {
     "hidden_layer_sizes": ("int", "linear", 50, 200),
     "alpha": ("real", "log", 1e-5, 10.0),
@@ -59,7 +59,7 @@ _WARPS = {"linear": (lambda v: v, lambda v: v), "log": (np.log, np.exp), "logit"
 
 
 class WarpedUniform:
-    """Bayesmark's random-search draw of one parameter (spec §3.4): uniform in
+    """Bayesmark's random-search draw of one parameter: uniform in
     [warp(low), warp(high)], mapped back, clipped to [low, high], integers rounded half to
     even. Has ``rvs`` so ``ParameterSampler`` accepts it too."""
 
@@ -253,7 +253,7 @@ def score_results(results, pool=None):
     Returns rows ``{dataset, method, pool, n, mean, median, wall_per_study, scores}``
     (``scores``: the per-study scores, by seed); the per-study
     score is 100 (1 - (N_acc + N_nll) / 2) at the last suggestion, the normalisation (opt, clip)
-    computed from the pool (spec §5.3)."""
+    computed from the pool."""
     rows = []
     for dataset in sorted({d for d, _ in results}):
         methods = sorted(m for d, m in results if d == dataset and (pool is None or m in pool))

@@ -1,4 +1,4 @@
-"""CuttingPlaneTuner benchmarks (spec cpmlho.md §5, issue 7).
+"""CuttingPlaneTuner benchmarks (docs/cutting_plane.md).
 
 **compare**: digits as an MLP and as a small CNN, three dropout rates each in [0, 0.95]:
 

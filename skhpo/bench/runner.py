@@ -134,7 +134,7 @@ def default_estimator(kind, max_epochs):
 
 
 def default_space(kind):
-    """FGHPO's OpenML MLP space (seed 004, Table 3), narrowed to what trains in seconds on
+    """FGHPO's OpenML MLP space (the FGHPO paper, Table 3), narrowed to what trains in seconds on
     2 cores, with ``alpha`` applied as Adam weight decay."""
     space = {"net__batch_size": [16, 32, 64, 128],
              "net__lr": loguniform(1e-4, 3e-2),

@@ -1,5 +1,6 @@
 """Statistics across seeds: median and IQR, pairwise Mann-Whitney U tests with
-Benjamini-Hochberg correction, and wins / ties / losses (the protocol of FGHPO, seed 004).
+Benjamini-Hochberg correction, and wins / ties / losses (the protocol of the FGHPO
+paper).
 
 A method *wins* against another on a task when the corrected test rejects equality at level
 ``alpha`` and its median is better; it *loses* when the test rejects and its median is worse;

@@ -1,4 +1,4 @@
-"""HPM's synthetic-function experiment (spec hpm.md §6; supplement of Tao et al. 2020).
+"""HPM's synthetic-function experiment (the supplement of Tao et al. 2020).
 
 Four test functions, minimised by five methods under a budget of function evaluations
 (every evaluation of f by any member counts once; f and its gradient together count once):
@@ -12,7 +12,7 @@ Four test functions, minimised by five methods under a budget of function evalua
 * ``hpm``: the same with the teacher (M = 64 keys, SGD lr 0.01, one step per call; the
   teacher's evaluation of f at the mutated point counts as one evaluation).
 
-Students are SGD iterates clipped to the domain (spec §5 item 10). Results: the best f seen
+Students are SGD iterates clipped to the domain (docs/bench.md). Results: the best f seen
 after 30, 60, ..., 300 evaluations, 10 seeds.
 """
 

@@ -1,4 +1,4 @@
-"""One-step look-ahead hypergradients for any skorch module (spec hpm §3.2).
+"""One-step look-ahead hypergradients for any skorch module (HPM's hypergradient).
 
 For weights ``theta`` and hyper-parameters ``h``, on a training batch and a validation batch::
 

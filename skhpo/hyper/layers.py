@@ -1,8 +1,9 @@
 """Layers whose regularisation strength is a hyper-parameter, and module surgery.
 
-* :class:`ConcreteDropout` — dropout with the concrete (relaxed Bernoulli) mask of spec hpm
-  §3.2, so that the training loss is differentiable in the rate ``p``. The rate is a buffer:
-  :func:`torch.func.functional_call` can replace it by a tensor that requires gradients.
+* :class:`ConcreteDropout` — dropout with the concrete (relaxed Bernoulli) mask of HPM
+  (Gal et al. 2017), so that the training loss is differentiable in the rate ``p``. The rate
+  is a buffer: :func:`torch.func.functional_call` can replace it by a tensor that requires
+  gradients.
 * :func:`replace_dropout` — swaps the ``nn.Dropout`` layers of a user's module for
   :class:`ConcreteDropout` in place (the module's ``forward`` is untouched).
 * :class:`DropoutRates` — a skorch callback that sets per-layer dropout rates of an ordinary

@@ -52,7 +52,7 @@ class Box:
 
     @property
     def eps(self):
-        """The margin kept from the box ends after a mutation (spec hpm §3.5)."""
+        """The margin kept from the box ends after a mutation (HPM)."""
         if math.isinf(self.hi):
             return 1e-6 * max(abs(self.lo), 1e-12)
         return 1e-6 * (self.hi - self.lo)

@@ -10,7 +10,7 @@ layer "has learned nothing" when K = 0. Freshly initialised layers are pure nois
 * Z = the mean of Z_t over the epochs of a trial: 1 means nothing learned, 0 means every layer
   has structure.
 
-Our choices (spec autohyper.md §3.3.5, §5): a matrix taller than wide is transposed (EVBMF is
+Our choices (docs/autohyper.md): a matrix taller than wide is transposed (EVBMF is
 symmetric in its roles only that way); the noise variance is searched on the scale-free problem
 (Y divided by its RMS), so the rank does not depend on the weights' scale; a hidden linear layer
 counts once (its two "unfoldings" are W and W^T, with the same EVBMF answer).

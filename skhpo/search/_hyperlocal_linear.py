@@ -1,4 +1,5 @@
-"""The LP hyper local search for scikit-learn's linear models (spec hyperlocal.md §3, step 8b).
+"""The LP hyper local search for scikit-learn's linear models (step 8 where the
+weights can be re-solved exactly).
 
 The lower level can be re-solved exactly, so the LP only chooses the direction of the penalty
 coefficients; every line-search trial refits the model at the new coefficients. Exact

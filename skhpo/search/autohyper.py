@@ -1,7 +1,7 @@
 """AutoHyperSearchCV: autoHyper's trust-region walk on a stable-rank response surface.
 
 The paper's Algorithm 1 (Tuli, Hosseini and Plataniotis, 2021), with the constants of the
-authors' code (spec autohyper.md §4):
+authors' code (listed in docs/autohyper.md):
 
 1. around the current point, form the 3^d neighbours lambda_i * alpha_i^p, p in {-1, 0, +1}
    (0 * alpha^{+1} becomes ``zero_step``);
@@ -44,7 +44,7 @@ __all__ = ["AutoHyperSearchCV", "HyperParameter", "trust_region_walk"]
 
 #: the default factor shrink, exp(-2.5)
 SHRINK = math.exp(-2.5)
-#: defaults of spec §4.1 by the kind of parameter: (start, factor, minimum, low, high)
+#: defaults of the authors' code by the kind of parameter: (start, factor, minimum, low, high)
 _DEFAULTS = {"lr": (1e-4, 1.45, 1e-6, 1e-7, 10.0),
              "weight_decay": (0.0, 2.0, 0.0, 0.0, 1.0)}
 
@@ -224,8 +224,8 @@ class AutoHyperSearchCV(NetSearchCV):
         The hyper-parameters to tune, by the estimator's ``get_params`` names (``lr``,
         ``optimizer__weight_decay``, ``net__lr``), each mapped to ``None`` (defaults), a start
         value, ``(start, factor[, minimum])`` or a dict with keys ``start``, ``factor``,
-        ``minimum``, ``low``, ``high``. Defaults (spec §4.1): names ending in ``lr`` start at
-        1e-4, factor 1.45, minimum 1e-6, bounds [1e-7, 10]; names ending in ``weight_decay``
+        ``minimum``, ``low``, ``high``. Defaults (the authors' code): names ending in ``lr`` start
+        at 1e-4, factor 1.45, minimum 1e-6, bounds [1e-7, 10]; names ending in ``weight_decay``
         start at 0, factor 2.0, minimum 0, bounds [0, 1]. Other names need start and factor.
         Any number of hyper-parameters (3^d neighbours per step).
     epochs_per_trial : int, default=5
@@ -253,8 +253,9 @@ class AutoHyperSearchCV(NetSearchCV):
         As in ``GridSearchCV`` (used for the cross-validation of the final point and the
         refit). ``n_jobs`` also trains each step's new neighbours in parallel.
     random_state : int, RandomState or None, default=None
-        Every trial starts from the same seeded initialisation and data order (spec §4.3, so
-        that Z changes only with the hyper-parameters); the CV and refit get derived seeds.
+        Every trial starts from the same seeded initialisation and data order (as the authors'
+        code does, so that Z changes only with the hyper-parameters); the CV and refit get
+        derived seeds.
 
     Attributes
     ----------
@@ -348,7 +349,7 @@ class AutoHyperSearchCV(NetSearchCV):
         try:
             layer_matrices(net.module_, self.include_linear, exclude)
         except ValueError:
-            exclude = ()  # a single linear layer: read the output layer (spec §5)
+            exclude = ()  # a single linear layer: read the output layer
             layer_matrices(net.module_, self.include_linear, exclude)
         return exclude
 

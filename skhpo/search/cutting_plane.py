@@ -4,7 +4,8 @@ and Mixed-Level Optimization", arXiv 2212.06150), on top of Delta-STN (Bae & Gro
 One training run tunes the net's dropout rates (and optionally input noise and cutout). Every
 ``nn.Linear`` / ``nn.Conv2d`` of the user's module becomes a self-tuning layer whose weight is
 ``W_e + diag(s_w(h)) W_h2`` (:mod:`skhpo.hyper.layers`); the hyper-parameters lambda = box(u)
-carry a Gaussian perturbation of learned scale sigma. The loop (spec cpmlho.md §1.4, §2, §3):
+carry a Gaussian perturbation of learned scale sigma. The loop (the paper's
+Algorithm 1; docs/cutting_plane.md):
 
 1. ``warmup_epochs`` epochs of training steps only, then alternate ``train_steps`` training
    steps with ``valid_steps`` hyper steps until the net's ``max_epochs``;

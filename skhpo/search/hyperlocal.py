@@ -1,7 +1,7 @@
 """HyperLocalRefiner: the LP hyper local search (Sinha & Gunwal, Oper. Res. Letters 2025).
 
 Starting from the best model of any search — its penalty coefficients lambda and its trained
-weights w — one step of the method (spec hyperlocal.md §3):
+weights w — one step of the method (the paper's Algorithm 1):
 
 1. the gradient g of the *unregularised* validation loss F at w;
 2. the mixed derivatives H_wλ of the training objective f = loss + sum_j lambda_j R_j(w), in
@@ -53,7 +53,7 @@ from ._hyperlocal_linear import find_linear, penalty_names, refine_linear
 
 __all__ = ["HyperLocalRefiner"]
 
-#: hyper-parameters that cannot be refined, and why (spec §2)
+#: hyper-parameters that cannot be refined, and why
 _NOT_PENALTIES = {
     "lr": "the learning rate does not enter the training objective",
     "batch_size": "the batch size does not enter the training objective",

@@ -1,8 +1,8 @@
 """PopulationMutationSearch: HPM, hypergradient-guided population with a learned teacher
 (Tao et al., "Learning to Mutate with Hypergradient Guided Population", NeurIPS 2020).
 
-The algorithm (spec hpm.md §2), for a population of K students (weights theta, hyper-parameters
-h in a box):
+The algorithm (the paper's Algorithm 1), for a population of K students (weights theta,
+hyper-parameters h in a box):
 
 1. every student starts from fresh weights and h drawn uniformly (log-uniformly) from the box;
 2. **train step** (students in parallel): one epoch (or ``step`` minibatches) of training in
@@ -18,7 +18,7 @@ h in a box):
    per hyper-parameter with ``mutation="random"``: the paper's "HPM w/o T");
 6. **teacher step** [Eq. 10]: minimise, over phi, the look-ahead validation loss at the top
    student's weights and the mutated h' = alpha * h*, one step per validation minibatch, with
-   autograd (the printed Eq. 12 has two slips, spec §2 step 7);
+   autograd (the printed Eq. 12 has two slips; docs/population.md);
 7. repeat from 2 for ``n_steps`` steps; the student with the lowest validation loss wins.
 
 :func:`run_hpm` is steps 1-7 for any *problem* (a population of networks here, a plain
@@ -78,7 +78,7 @@ class Teacher(nn.Module):
 
     W starts as U(-0.2 sqrt(M), 0.2 sqrt(M)) and V as U(-1, 1), so that the first mutations
     spread about like U[0.8, 1.2] (std 0.115; measured 0.12 across teachers, 0.03 across
-    inputs of one teacher). The PyTorch-default init the spec suggests, U(-1/sqrt(M),
+    inputs of one teacher). The PyTorch-default init, U(-1/sqrt(M),
     1/sqrt(M)) for both, gives a near-uniform attention and alpha = 1 +- 0.01: near-exact
     clones (W = 0 would make exact ones).
     """
@@ -464,11 +464,11 @@ class PopulationMutationSearch(HoldoutSearch):
 
     Notes
     -----
-    Deviations from the paper (see docs/population.md): the hypergradient is the one-step
-    look-ahead of spec §3.2 (the paper's benchmark hypergradient is not in the text we could
-    read; probably STN best responses); dropout uses the concrete relaxation (tau = 0.1) in
-    the students' training; hyper-parameters step in logit/log coordinates and mutations are
-    clipped to the box (spec §3.5); the teacher sees box-normalised input by default; the
+    Deviations from the paper (see docs/population.md): the hypergradient is the one-step look-
+    ahead of :mod:`skhpo.hyper.hypergrad` (the paper's benchmark hypergradient is not in the
+    text we could read; probably STN best responses); dropout uses the concrete relaxation (tau
+    = 0.1) in the students' training; hyper-parameters step in logit/log coordinates and
+    mutations are clipped to the box; the teacher sees box-normalised input by default; the
     teacher is trained by autograd on Eq. 10 (the printed Eq. 12 has two slips); the teacher
     updates after it produced the mutation.
 
