@@ -333,6 +333,15 @@ class TabularMLPClassifier(_ClassifierMixin, NeuralNetClassifier):
     n_features_in_ : int
         Number of features seen in ``fit``.
     module_, history_ : skorch's fitted module and training history.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from skhpo import TabularMLPClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> net = TabularMLPClassifier(max_epochs=20, random_state=0).fit(X, y)
+    >>> net.score(X, y) > 0.9, net.predict(X[:3]).shape
+    (True, (3,))
     """
 
     _module_params = ("depth", "width", "dropout", "activation", "input_dropout")
@@ -378,6 +387,16 @@ class SmallCNNClassifier(_ClassifierMixin, NeuralNetClassifier):
     lr, batch_size, max_epochs, optimizer, criterion, train_split, random_state, device, \
 verbose, **kwargs
         As in :class:`TabularMLPClassifier`.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skhpo import SmallCNNClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> images = X.reshape(-1, 1, 8, 8) / 16.0
+    >>> net = SmallCNNClassifier(max_epochs=2, random_state=0).fit(images, y)
+    >>> net.predict_proba(images[:3]).shape
+    (3, 10)
     """
 
     _module_params = ("n_blocks", "n_filters", "kernel_size", "width", "dropout", "activation")
@@ -418,6 +437,15 @@ class TabularMLPRegressor(_SkhpoNetMixin, NeuralNetRegressor):
 
     Same parameters as :class:`TabularMLPClassifier`, with ``criterion=torch.nn.MSELoss``.
     ``y`` may be 1-D or 2-D (several outputs); ``predict`` returns the same shape.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from skhpo import TabularMLPRegressor
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> net = TabularMLPRegressor(max_epochs=5, random_state=0).fit(X, y)
+    >>> net.predict(X[:2]).shape
+    (2,)
     """
 
     _module_params = ("depth", "width", "dropout", "activation", "input_dropout")

@@ -172,6 +172,21 @@ class FiniteLossGuard(Callback):
 
     Raises :class:`TrainingDivergedError` inside ``fit``, so scikit-learn's ``error_score``
     applies to the candidate instead of the net silently scoring at chance level.
+
+    Examples
+    --------
+    skhpo's models carry the guard; add it to any skorch net's callbacks:
+
+    >>> import torch
+    >>> from sklearn.datasets import load_iris
+    >>> from skhpo import TabularMLPClassifier, TrainingDivergedError
+    >>> X, y = load_iris(return_X_y=True)
+    >>> net = TabularMLPClassifier(optimizer=torch.optim.SGD, lr=1e12, random_state=0)
+    >>> try:
+    ...     net.fit(X, y)
+    ... except TrainingDivergedError as exc:
+    ...     print(exc)
+    training loss became nan in epoch 1; the candidate diverged (try a smaller learning rate)
     """
 
     def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
@@ -288,6 +303,21 @@ class ArrayBatchIterator:
     ``DataLoader`` with the same arguments.
 
     Use it as ``iterator_train=ArrayBatchIterator, iterator_valid=ArrayBatchIterator``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from skorch import NeuralNetClassifier
+    >>> from skhpo import ArrayBatchIterator
+    >>> X = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(np.int64)
+    >>> net = NeuralNetClassifier(nn.Sequential(nn.Linear(4, 2), nn.Softmax(dim=-1)),
+    ...                           max_epochs=2, train_split=None, verbose=0,
+    ...                           iterator_train=ArrayBatchIterator,
+    ...                           iterator_valid=ArrayBatchIterator).fit(X, y)
+    >>> net.predict(X[:4]).shape
+    (4,)
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, **kwargs):

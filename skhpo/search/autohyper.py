@@ -288,6 +288,22 @@ class AutoHyperSearchCV(NetSearchCV):
     ----------
     M. Tuli, M. S. Hosseini, K. N. Plataniotis. Towards Robust and Automatic Hyper-Parameter
     Tuning. OPT 2021 workshop, arXiv:2111.14056.
+
+    Examples
+    --------
+    >>> from scipy.stats import loguniform
+    >>> from sklearn.datasets import load_iris
+    >>> from skhpo import AutoHyperSearchCV, TabularMLPClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> net = TabularMLPClassifier(max_epochs=5, width=16)
+    >>> search = AutoHyperSearchCV(net, {"lr": loguniform(1e-4, 1e-1)}, epochs_per_trial=2,
+    ...                            max_trials=9, cv=2, random_state=0)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # the walk stops at max_trials here
+    ...     search = search.fit(X, y)
+    >>> 1e-4 <= search.best_params_["lr"] <= 1e-1, search.n_trials_
+    (True, 9)
     """
 
     _parameter_constraints: dict = {

@@ -166,6 +166,18 @@ class CuttingPlaneTuner(HoldoutSearch):
     Yang, Jiao, Dou, Zheng, Zhu. CPMLHO: Hyperparameter Tuning via Cutting Plane and
     Mixed-Level Optimization. arXiv 2212.06150. Bae, Grosse. Delta-STN: Efficient Bilevel
     Optimization for Neural Networks using Structured Response Jacobians. NeurIPS 2020.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from skhpo import CuttingPlaneTuner, TabularMLPClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> net = TabularMLPClassifier(dropout=0.1, max_epochs=3)
+    >>> tuner = CuttingPlaneTuner(net, warmup_epochs=1, random_state=0).fit(X, y)
+    >>> sorted(tuner.best_params_)  # every dropout layer of the module
+    ['dropout[layers.2]', 'dropout[layers.5]']
+    >>> tuner.n_epochs_, tuner.n_trainings_  # one training run
+    (3, 1)
     """
 
     _parameter_constraints: dict = {

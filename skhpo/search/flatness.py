@@ -119,6 +119,20 @@ class FlatnessSearchCV(NetSearchCV):
     ----------
     Flatness-guided hyper-parameter optimization (FGHPO), anonymous submission; code by
     R. Yedida and T. Menzies.
+
+    Examples
+    --------
+    >>> from scipy.stats import loguniform
+    >>> from sklearn.datasets import load_iris
+    >>> from skhpo import FlatnessSearchCV, TabularMLPClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> net = TabularMLPClassifier(max_epochs=5, width=16)
+    >>> search = FlatnessSearchCV(net, {"lr": loguniform(1e-3, 1e-1)}, n_candidates=6,
+    ...                           n_finalists=2, cv=2, random_state=0).fit(X, y)
+    >>> sorted(search.best_params_), len(search.cv_results_["params"])
+    (['lr'], 2)
+    >>> search.n_trainings_  # 6 screens, 2 finalists x 2 folds, 1 refit
+    11
     """
 
     _parameter_constraints: dict = {

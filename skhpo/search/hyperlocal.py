@@ -165,6 +165,21 @@ class HyperLocalRefiner(HoldoutSearch):
     refined_penalties_ : dict
         The refined value of each penalty coefficient (per layer as ``l2[k]``).
 
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from skhpo import HyperLocalRefiner, TabularMLPClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> net = TabularMLPClassifier(l2=1e-3, max_epochs=5, random_state=0)
+    >>> grid = GridSearchCV(net, {"l2": [1e-4, 1e-3]}, cv=2)
+    >>> refiner = HyperLocalRefiner(grid, random_state=0).fit(X, y)
+    >>> before, after = refiner.validation_loss_
+    >>> after <= before  # a step is kept only if the validation loss falls
+    True
+    >>> sorted(refiner.best_params_)
+    ['l2']
     """
 
     _parameter_constraints: dict = {

@@ -476,6 +476,20 @@ class PopulationMutationSearch(HoldoutSearch):
     ----------
     Tao, Li, Ding, Zhang, Zhou, Fu. Learning to Mutate with Hypergradient Guided Population.
     NeurIPS 2020.
+
+    Examples
+    --------
+    >>> from scipy.stats import uniform
+    >>> from sklearn.datasets import load_iris
+    >>> from skhpo import PopulationMutationSearch, TabularMLPClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> net = TabularMLPClassifier(dropout=0.2, max_epochs=2)
+    >>> search = PopulationMutationSearch(net, {"dropout": uniform(0, 0.5)}, population_size=2,
+    ...                                   n_steps=2, random_state=0).fit(X, y)
+    >>> len(search.cv_results_["params"]), search.n_trainings_  # one row per student
+    (2, 2)
+    >>> 0 <= search.best_params_["dropout"] <= 0.5
+    True
     """
 
     _parameter_constraints: dict = {
