@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "check_param_names",
     "find_net",
     "free_estimator",
+    "module_mode",
     "net_input",
     "seed_everything",
     "spawn_seeds",
@@ -86,6 +88,18 @@ def net_input(fitted_estimator, X):
         if param is not None and param.dtype.is_floating_point:
             X = X.astype(str(param.dtype).replace("torch.", ""), copy=False)
     return X
+
+
+@contextmanager
+def module_mode(module, training=False):
+    """Run the block with ``module`` in evaluation (or training) mode; restore its mode after,
+    whatever happens in the block."""
+    was_training = module.training
+    module.train(training)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def batch_size_of(net, n_samples=None):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from ..nets import module_mode
 from .layers import dropout_layers, set_dropout_rate
 from .space import check_domain, penalty_term
 from .transforms import Box
@@ -156,9 +157,7 @@ def lookahead_loss(module, loss_fn, hypers, values, train_batch, val_batch, *, l
         else:
             rates.update({t: v for t in hp.targets})
             double = True
-    was_training = module.training
-    try:
-        module.train()
+    with module_mode(module, training=True):
         X, y = train_batch
         train_loss = loss_fn(_call(module, {**params, **buffers, **rates}, X), y) + penalty
         grads = torch.autograd.grad(train_loss, list(params.values()), create_graph=double)
@@ -166,8 +165,6 @@ def lookahead_loss(module, loss_fn, hypers, values, train_batch, val_batch, *, l
         module.eval()
         Xv, yv = val_batch
         return loss_fn(_call(module, {**stepped, **dict(module.named_buffers())}, Xv), yv)
-    finally:
-        module.train(was_training)
 
 
 def hypergradient(module, loss_fn, hypers, values, train_batch, val_batch, *, lr,

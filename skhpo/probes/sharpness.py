@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..nets import ArrayBatchIterator, batch_size_of
+from ..nets import ArrayBatchIterator, batch_size_of, module_mode
 
 VARIANTS = ("penultimate", "output", "product")
 BATCH_NORMS = ("frobenius", "rms")
@@ -53,15 +53,12 @@ def final_linear(net, X_batch):
     order = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: order.append((mod, _first(out))))
              for m in net.module_.modules() if isinstance(m, nn.Linear)]
-    was_training = net.module_.training
     try:
-        net.module_.eval()
-        with torch.no_grad():
+        with module_mode(net.module_), torch.no_grad():
             out = _first(net.infer(X_batch))
     finally:
         for h in hooks:
             h.remove()
-        net.module_.train(was_training)
     if not order:
         raise ValueError(f"{type(net.module_).__name__} has no nn.Linear layer; the sharpness "
                          "bound needs a network whose last layer is an nn.Linear.")
@@ -100,10 +97,8 @@ def batch_sharpness(net, X, *, batch_size=None, variant="penultimate", batch_nor
     hook = head.register_forward_hook(
         lambda mod, inp, out: captured.update(a=inp[0], z=out))
     values = []
-    was_training = net.module_.training
     try:
-        net.module_.eval()
-        with torch.no_grad():
+        with module_mode(net.module_), torch.no_grad():
             for Xb in chain([first], batches):
                 net.infer(Xb)
                 a, z = captured["a"], captured["z"]
@@ -117,7 +112,6 @@ def batch_sharpness(net, X, *, batch_size=None, variant="penultimate", batch_nor
                 values.append(float(s / weight_norm))
     finally:
         hook.remove()
-        net.module_.train(was_training)
     return np.asarray(values, dtype=float)
 
 

@@ -21,8 +21,8 @@ from sklearn.base import clone
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from sklearn.pipeline import Pipeline
 
-from ..linesearch import bounding_phase, golden_section
-from ..lp import lp_direction
+from .linesearch import bounding_phase, golden_section
+from .lp import lp_direction
 
 LINEAR = (ElasticNet, Lasso, Ridge)
 _FLOOR = 1e-10
@@ -74,10 +74,10 @@ def _derivatives(model, Xt, lam):
 
 
 def refine_linear(step, base, prefix, Xt, yt, Xv, yv, rng, *, line_step, gss_tol):
-    """One LP direction for the penalties (``step``: :class:`~skhpo.lp.LPStep`), then a
-    line search with exact refits (bounding phase from ``line_step``, golden section to
-    ``gss_tol``). Returns the refined model (None if no step was accepted), its params and the
-    record (history rows, timings, losses)."""
+    """One LP direction for the penalties (``step``: :class:`~.lp.LPStep`), then a line
+    search with exact refits (bounding phase from ``line_step``, golden section to
+    ``gss_tol``). Returns the refined model (None if no step was accepted), its params and
+    the record (history rows, timings, losses)."""
     model = base.steps[-1][1] if isinstance(base, Pipeline) else base
     head = Pipeline(base.steps[:-1]) if isinstance(base, Pipeline) and len(base.steps) > 1 \
         else None

@@ -35,11 +35,10 @@ from sklearn.metrics import check_scoring
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..hyper.space import check_space, parse_name, penalty_gradient, penalty_term, read_dimension
-from ..linesearch import line_search
-from ..lp import SOLVERS, LPStep, lp_direction
-from ..nets import find_net, net_input
-from ..probes.curvature import (
+from ...hyper.space import check_space, parse_name, penalty_gradient, penalty_term, read_dimension
+from ...nets import find_net, net_input
+from .._base import HoldoutResult, HoldoutSearch, holdout_split
+from .curvature import (
     SR1Snapshots,
     flat_gradient,
     flat_params,
@@ -48,8 +47,9 @@ from ..probes.curvature import (
     sr1_rows,
     trainable,
 )
-from ._base import HoldoutResult, HoldoutSearch, holdout_split
-from ._hyperlocal_linear import find_linear, penalty_names, refine_linear
+from .linear import find_linear, penalty_names, refine_linear
+from .linesearch import line_search
+from .lp import SOLVERS, LPStep, lp_direction
 
 __all__ = ["HyperLocalRefiner"]
 
@@ -117,7 +117,7 @@ class HyperLocalRefiner(HoldoutSearch):
     hessian : {"hvp", "sr1"}, default="hvp"
         Exact Hessian rows by Hessian-vector products on the training data, or the paper's
         SR1 estimate from the last epochs of the base training, which needs the base net
-        trained with :class:`skhpo.probes.curvature.SR1Snapshots` among its callbacks (and
+        trained with :class:`skhpo.search.hyperlocal.SR1Snapshots` among its callbacks (and
         at most 30,000 weights; its gradients include the penalties). Nets only.
     delta : float, default=1e-4
         Slack of the linearised optimality rows.
@@ -284,7 +284,7 @@ class HyperLocalRefiner(HoldoutSearch):
                          isinstance(cb, SR1Snapshots)]
                 if not snaps or len(snaps[0].weights_) < 2:
                     raise ValueError("hessian='sr1' needs the base net trained with "
-                                     "skhpo.probes.curvature.SR1Snapshots() among its "
+                                     "skhpo.search.hyperlocal.SR1Snapshots() among its "
                                      "callbacks (at least 2 epochs); or use hessian='hvp'")
                 snapshots = snaps[0]
             result = self._refine(base, prefix, penalties, base_params, Xt, yt, Xv, yv, rng,

@@ -1,0 +1,161 @@
+"""Gradients and exact Hessian rows of a trained skorch net's training objective.
+
+The LP hyper local search needs, at the trained weights w:
+
+* the gradient of the (unregularised) validation loss, ∇_w F;
+* rows of the Hessian of the (regularised) training objective, H_ww[R, :], computed exactly by
+  Hessian-vector products: row i = (H e_i)^T by symmetry, ``torch.func.jvp`` of
+  ``torch.func.grad`` (reverse-over-reverse for losses whose forward-mode double derivative
+  PyTorch lacks, such as ``mse_loss``), vectorised over chunks of unit vectors with
+  ``torch.func.vmap``;
+* an SR1 estimate of those rows from per-epoch snapshots of a training run (the paper's
+  choice), for small models.
+
+Everything works on the flat vector of the module's *trainable* parameters, in
+``named_parameters()`` order, and evaluates the module in eval mode (dropout off, batch norm on
+its running statistics) through ``torch.func.functional_call``; the module itself is not
+modified.
+"""
+
+from __future__ import annotations
+
+import torch
+from skorch.callbacks import Callback
+from torch.func import functional_call, grad, jvp, vmap
+
+from ...nets import module_mode
+
+__all__ = ["trainable", "flat_params", "unflatten", "objective", "flat_gradient",
+           "hessian_rows", "SR1Snapshots", "sr1_rows"]
+
+
+def trainable(module):
+    """``[(name, parameter), ...]`` of the parameters that require gradients."""
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable weights")
+    return params
+
+
+def flat_params(module):
+    """The trainable parameters as one detached flat vector."""
+    return torch.cat([p.detach().reshape(-1) for _, p in trainable(module)])
+
+
+def unflatten(module, flat):
+    """``{name: tensor}`` views of ``flat`` shaped like the module's trainable parameters."""
+    params = trainable(module)
+    n = sum(p.numel() for _, p in params)
+    if flat.numel() != n:
+        raise ValueError(f"a flat vector of {flat.numel()} entries for {n} weights")
+    out, start = {}, 0
+    for name, p in params:
+        out[name] = flat[start:start + p.numel()].view_as(p)
+        start += p.numel()
+    return out
+
+
+def objective(module, criterion, X, y, penalty=None):
+    """``f(flat_w) -> scalar``: ``criterion(module(X), y)`` plus ``penalty(params)`` if given,
+    with the module's weights replaced by ``flat_w`` (eval mode, buffers as trained)."""
+    buffers = dict(module.named_buffers())
+
+    def f(flat):
+        params = unflatten(module, flat)
+        out = functional_call(module, {**params, **buffers}, (X,))
+        loss = criterion(out, y)
+        return loss + penalty(params) if penalty is not None else loss
+    return f
+
+
+def flat_gradient(module, criterion, X, y, penalty=None):
+    """∇_w of :func:`objective` at the module's weights (a flat vector)."""
+    with module_mode(module):
+        return grad(objective(module, criterion, X, y, penalty))(flat_params(module)).detach()
+
+
+def hessian_rows(module, criterion, X, y, rows, penalty=None, chunk=64):
+    """Rows ``rows`` of the Hessian of :func:`objective` at the module's weights, exactly, by
+    Hessian-vector products in chunks of ``chunk`` unit vectors. Returns ``(len(rows), n)``."""
+    f = objective(module, criterion, X, y, penalty)
+    w = flat_params(module)
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    g = grad(f)
+
+    def forward_over_reverse(v):
+        return jvp(g, (w,), (v,))[1]
+
+    def reverse_over_reverse(v):
+        return grad(lambda u: g(u) @ v)(w)
+
+    out, hvp = [], forward_over_reverse
+    with module_mode(module):
+        for start in range(0, len(rows), chunk):
+            idx = rows[start:start + chunk]
+            basis = torch.zeros(len(idx), w.numel(), dtype=w.dtype, device=w.device)
+            basis[torch.arange(len(idx)), idx] = 1.0
+            try:
+                out.append(vmap(hvp)(basis).detach())
+            except RuntimeError:  # a loss without forward-mode double derivatives (MSE)
+                if hvp is reverse_over_reverse:
+                    raise
+                hvp = reverse_over_reverse
+                out.append(vmap(hvp)(basis).detach())
+    return torch.cat(out) if out else torch.zeros(0, w.numel(), dtype=w.dtype)
+
+
+class SR1Snapshots(Callback):
+    """Records, for SR1 Hessian estimates, the flat trainable weights at the start of each
+    epoch and the mean mini-batch gradient over that epoch (of the loss the net minimises,
+    penalties included), keeping the last ``window`` epochs (the paper: 50).
+
+    Add it to the base net's callbacks to use ``HyperLocalRefiner(hessian="sr1")``.
+    """
+
+    def __init__(self, window=50):
+        self.window = window
+
+    def initialize(self):
+        self.weights_, self.gradients_ = [], []
+        return self
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._start = flat_params(net.module_)
+        self._sum, self._count = None, 0
+
+    def on_grad_computed(self, net, named_parameters, training=True, **kwargs):
+        if not training:
+            return
+        g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+                       .reshape(-1) for _, p in trainable(net.module_)])
+        self._sum = g.clone() if self._sum is None else self._sum + g
+        self._count += 1
+
+    def on_epoch_end(self, net, **kwargs):
+        if self._count:
+            self.weights_.append(self._start)
+            self.gradients_.append(self._sum / self._count)
+            self.weights_, self.gradients_ = (self.weights_[-self.window:],
+                                              self.gradients_[-self.window:])
+
+
+def sr1_rows(weights, gradients, rows, max_weights=30000):
+    """Rows of the SR1 Hessian estimate from consecutive (weights, mean gradient) pairs:
+    B_0 = I, B <- B + r r^T / (r^T s) with s = w_k - w_(k-1), y = g_k - g_(k-1), r = y - B s,
+    skipping an update when |r^T s| < 1e-8 ||r|| ||s|| (our safeguard). Memory is O(n^2):
+    more than ``max_weights`` weights is an error."""
+    if len(weights) < 2:
+        raise ValueError("SR1 needs snapshots of at least 2 epochs (SR1Snapshots callback)")
+    n = weights[0].numel()
+    if n > max_weights:
+        raise ValueError(f"SR1 keeps an n x n matrix; {n} weights is more than {max_weights}: "
+                         "use hessian='hvp'")
+    B = torch.eye(n, dtype=torch.float64)
+    for k in range(1, len(weights)):
+        s = (weights[k] - weights[k - 1]).double()
+        y = (gradients[k] - gradients[k - 1]).double()
+        r = y - B @ s
+        denom = float(r @ s)
+        if abs(denom) >= 1e-8 * float(r.norm() * s.norm()) and denom != 0:
+            B += torch.outer(r, r) / denom
+    return B[torch.as_tensor(rows, dtype=torch.long)].to(weights[0].dtype)
