@@ -163,7 +163,9 @@ def bayesmark(args):
 
     if not args.score_only:
         run_protocol(args.out, args.datasets, args.methods, args.studies, args.calls,
-                     n_jobs=args.n_jobs, progress=progress_printer(describe, start))
+                     n_jobs=args.n_jobs,
+                     progress=lambda done, total, study: print(f"[{done}/{total}] "
+                                                               f"{describe(study)}", flush=True))
     results = load_results(args.out)
     results = {k: v for k, v in results.items() if k[0] in args.datasets}
     if not results:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.func import jvp
 
 from ..hyper.layers import HyperLayer, cutout, entropy
+from ..log import report
 from ..nets import TrainingDivergedError
 
 __all__ = ["DeltaSTNTrainer", "HyperParams", "STNSettings", "cut_penalty"]
@@ -230,9 +231,10 @@ class DeltaSTNTrainer:
                                         f"{row['train_loss']} at epoch {epoch + 1}")
         self.rows.append(row)
         if self.s.verbose:
-            print(f"[CPMLHO] epoch {epoch + 1}/{max_epochs} train {row['train_loss']:.4f} "
-                  f"valid {row['valid_loss']:.4f} gap {row['gap']:.4f} " + " ".join(
-                      f"{n}={row[n]:.4f}" for n in self.names), flush=True)
+            report("cutting_plane", self.s.verbose,
+                   f"[CPMLHO] epoch {epoch + 1}/{max_epochs} train {row['train_loss']:.4f} "
+                   f"valid {row['valid_loss']:.4f} gap {row['gap']:.4f} "
+                   + " ".join(f"{n}={row[n]:.4f}" for n in self.names))
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..hyper.space import parse_name, read_dimension
+from ..log import report
 from ..nets import find_net, net_input
 from ..probes.sharpness import final_linear, iter_batches
 from ..probes.stable_rank import StableRankRecorder, layer_matrices
@@ -434,9 +435,9 @@ class AutoHyperSearchCV(NetSearchCV):
                          out["error"].startswith("diverged") else "failed",
                          "reason": out["error"], "epochs": self.epochs_per_trial,
                          "time": out["time"]})
-            if self.verbose > 0:
-                print(f"[AutoHyper] trial {first_index + i}: {dict(zip(names, point))} "
-                      f"Z={rows[-1]['z']:.3f} {rows[-1]['status']}")
+            report("autohyper", self.verbose,
+                   f"[AutoHyper] trial {first_index + i}: {dict(zip(names, point))} "
+                   f"Z={rows[-1]['z']:.3f} {rows[-1]['status']}")
         return rows
 
 

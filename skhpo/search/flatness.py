@@ -21,6 +21,7 @@ from sklearn.model_selection import ParameterSampler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..log import report
 from ..nets import find_net, net_input
 from ..probes.sharpness import (
     AGGREGATES,
@@ -240,9 +241,8 @@ class FlatnessSearchCV(NetSearchCV):
         """Train every candidate ``screen_epochs`` epoch(s) and read S(h) (in parallel)."""
         probe = partial(_read_sharpness, variant=self.sharpness, batch_norm=self.batch_norm,
                         aggregate_by=self.aggregate)
-        if self.verbose > 0:
-            print(f"Screening {len(self._candidates)} candidates, {self.screen_epochs} "
-                  f"epoch(s) each")
+        report("flatness", self.verbose, f"[Flatness] screening {len(self._candidates)} "
+               f"candidates, {self.screen_epochs} epoch(s) each")
         tasks = [dict(estimator=self.estimator, params=cand,
                       task_params=self._task_params(seed, i, max_epochs=self.screen_epochs,
                                                     train_split=None, verbose=0),

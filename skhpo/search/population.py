@@ -52,6 +52,7 @@ from ..hyper import (
     replace_dropout,
     resolve_hyperparam,
 )
+from ..log import report
 from ..nets import (
     TrainingDivergedError,
     batch_size_of,
@@ -608,6 +609,7 @@ class PopulationMutationSearch(HoldoutSearch):
 
     def _report(self, step, rows):
         losses = [r["val_loss"] for r in rows]
-        print(f"[HPM] step {step + 1}/{self.n_steps}: best val loss {np.nanmin(losses):.4f}, "
-              f"{sum(r['exploited_from'] >= 0 for r in rows)} exploited, "
-              f"{sum(r['diverged'] for r in rows)} diverged", flush=True)
+        report("population", self.verbose,
+               f"[HPM] step {step + 1}/{self.n_steps}: best val loss {np.nanmin(losses):.4f}, "
+               f"{sum(r['exploited_from'] >= 0 for r in rows)} exploited, "
+               f"{sum(r['diverged'] for r in rows)} diverged")

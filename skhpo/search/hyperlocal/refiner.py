@@ -36,6 +36,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ...hyper.space import check_space, parse_name, penalty_gradient, penalty_term, read_dimension
+from ...log import report
 from ...nets import find_net, net_input
 from .._base import HoldoutResult, HoldoutSearch, holdout_split
 from .curvature import (
@@ -502,9 +503,9 @@ class HyperLocalRefiner(HoldoutSearch):
         self.timings_["line_search"] += time.perf_counter() - t0
         log += [{"kind": "line_search", "iteration": it, "t": t, "validation_loss": v}
                 for t, v in trials]
-        if self.verbose:
-            print(f"[HyperLocal] step {it}: LP objective {sol.objective:.3g}, t*={t_star:.4g}, "
-                  f"validation loss {phi0:.5f} -> {phi_star:.5f}")
+        report("hyperlocal", self.verbose,
+               f"[HyperLocal] step {it}: LP objective {sol.objective:.3g}, t*={t_star:.4g}, "
+               f"validation loss {phi0:.5f} -> {phi_star:.5f}")
         if not phi_star < phi0:
             return None
         lam = np.maximum(lam + t_star * d_lam, 0.0)
