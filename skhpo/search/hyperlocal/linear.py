@@ -21,7 +21,7 @@ from sklearn.base import clone
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from sklearn.pipeline import Pipeline
 
-from .linesearch import bounding_phase, golden_section
+from .linesearch import line_search
 from .lp import lp_direction
 
 LINEAR = (ElasticNet, Lasso, Ridge)
@@ -112,8 +112,7 @@ def refine_linear(step, base, prefix, Xt, yt, Xv, yv, rng, *, line_step, gss_tol
     if np.linalg.norm(d_lam) > 0 and sol.objective < 0:
         d = d_lam / np.linalg.norm(d_lam)
         t0 = time.perf_counter()
-        lo, hi = golden_section(phi, *bounding_phase(phi, line_step), gss_tol)
-        t_star = lo if phi(lo) <= phi(hi) else hi  # the better endpoint (the authors' rule)
+        t_star, _ = line_search(phi, line_step, gss_tol)
         loss = phi(t_star)
         timings["line_search"] = time.perf_counter() - t0
         if loss < start_loss:

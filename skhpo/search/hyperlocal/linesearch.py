@@ -2,7 +2,9 @@
 
 ``phi(t)`` is minimised over t >= 0: a bounding phase from t = 0 with increment ``step``
 (doubling while phi keeps falling) brackets a minimum, then a golden-section search shrinks the
-bracket to ``tol``. A non-finite phi counts as +inf (a diverged trial never wins).
+bracket to ``tol``; the better end of the final bracket is the step. A non-finite phi counts as
++inf (a diverged trial never wins). The net and the linear-model paths of
+:class:`~skhpo.HyperLocalRefiner` both use :func:`line_search`.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def golden_section(phi, lo, hi, tol=1e-5):
 
 
 def line_search(phi, step=0.1, tol=1e-5):
-    """``(t*, trials)``: t* is the midpoint of the golden-section interval inside the
-    bounding-phase bracket; ``trials`` lists every ``(t, phi(t))`` evaluated, in order."""
+    """``(t*, trials)``: t* is the better end of the golden-section interval inside the
+    bounding-phase bracket (the lower end on a tie: the authors' rule, so the step taken is
+    one whose loss was evaluated); ``trials`` lists every ``(t, phi(t))`` evaluated, in
+    order."""
     trials = []
 
     def recorded(t):
@@ -74,4 +78,5 @@ def line_search(phi, step=0.1, tol=1e-5):
 
     lo, hi = bounding_phase(recorded, step)
     lo, hi = golden_section(recorded, lo, hi, tol)
-    return (lo + hi) / 2, trials
+    f = _safe(recorded)
+    return (lo if f(lo) <= f(hi) else hi), trials
