@@ -23,7 +23,7 @@ from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
 from torch import nn
 
 from .hyper.space import penalty_term
-from .nets import ArrayBatchIterator, FiniteLossGuard, seed_everything
+from .nets import ArrayBatchIterator, FiniteLossGuard, draw_seed, seed_everything
 
 __all__ = ["TabularMLPClassifier", "TabularMLPRegressor", "SmallCNNClassifier",
            "MLPModule", "SmallCNNModule"]
@@ -201,7 +201,7 @@ class _SkhpoNetMixin:
 
     def initialize(self):
         if self.random_state is not None:
-            seed_everything(check_random_state(self.random_state).randint(2**31 - 1))
+            seed_everything(draw_seed(check_random_state(self.random_state)))
         return super().initialize()
 
     @property

@@ -28,6 +28,7 @@ __all__ = [
     "TrainingDivergedError",
     "batch_size_of",
     "check_param_names",
+    "draw_seed",
     "find_net",
     "free_estimator",
     "module_mode",
@@ -164,6 +165,15 @@ def spawn_seeds(random_state, n):
     rng = check_random_state(random_state)
     entropy = int(rng.randint(np.iinfo(np.int32).max))
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(entropy).spawn(n)]
+
+
+def draw_seed(rng, size=None):
+    """One integer seed (or ``size`` of them) drawn from the ``RandomState`` ``rng``, in
+    [0, 2^31 - 1): the draw every method uses where a single seed is taken from its stream
+    (:func:`spawn_seeds` where several independent ones are needed)."""
+    if size is None:
+        return int(rng.randint(2**31 - 1))
+    return [int(v) for v in rng.randint(2**31 - 1, size=size)]
 
 
 def seed_everything(seed):

@@ -36,7 +36,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..hyper import Box, parse_name, read_dimension, set_dropout_rate
 from ..hyper.layers import convert_module, dropout_layers, general_state_dict
-from ..nets import batch_size_of, find_net, seed_everything
+from ..nets import batch_size_of, draw_seed, find_net, seed_everything
 from ._base import HoldoutResult, HoldoutSearch, history_columns
 from ._delta_stn import DeltaSTNTrainer, STNSettings, cut_penalty
 from ._delta_stn import HyperParams as _HyperParams
@@ -228,8 +228,8 @@ class CuttingPlaneTuner(HoldoutSearch):
     # -- the method (HoldoutSearch.fit calls these) -----------------------------------------
 
     def _draw_seeds(self, rng):
-        split_seed, torch_seed = rng.randint(2**31 - 1, size=2)
-        return int(split_seed), int(torch_seed)
+        split_seed, torch_seed = draw_seed(rng, size=2)
+        return split_seed, torch_seed
 
     def _search(self, data, torch_seed, rng):
         seed_everything(torch_seed)

@@ -57,6 +57,7 @@ from ..nets import (
     TrainingDivergedError,
     batch_size_of,
     check_param_names,
+    draw_seed,
     free_estimator,
     seed_everything,
     spawn_seeds,
@@ -113,7 +114,7 @@ def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher"
     students = [problem.init(k, rng) for k in range(population_size)]
     teacher, opt = None, None
     if mutation == "teacher":
-        torch.manual_seed(int(rng.randint(2**31 - 1)))
+        torch.manual_seed(draw_seed(rng))
         teacher = Teacher(len(boxes), teacher_keys)
         opt = torch.optim.SGD(teacher.parameters(), lr=teacher_lr)
     lo = torch.tensor([b.lo + b.eps for b in boxes], dtype=torch.float64)
@@ -153,16 +154,9 @@ def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher"
                 with torch.no_grad():
                     alpha = teacher(x_k).numpy()
             h_new = np.array([b.clip(a * v) for b, a, v in zip(boxes, alpha, h_star)])
-            # [Eq. 10]: one teacher step per objective, theta* and h* held fixed
             if teacher is not None:
-                h_star_t = torch.as_tensor(h_star, dtype=torch.float64)
-                for f in problem.teacher_objectives(students[src]):
-                    h_prime = torch.minimum(torch.maximum(teacher(x_k) * h_star_t, lo), hi)
-                    loss = f(h_prime)
-                    opt.zero_grad()
-                    loss.backward()
-                    if all(torch.isfinite(p.grad).all() for p in teacher.parameters()):
-                        opt.step()
+                _teacher_step(teacher, opt, problem.teacher_objectives(students[src]), x_k,
+                              h_star, (lo, hi))
             students[k] = problem.copy(students[src], h_new)
             step_rows[k].update(exploited_from=src, alpha=[float(a) for a in alpha])
         if on_step is not None:
@@ -170,6 +164,20 @@ def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher"
         if getattr(problem, "exhausted", False):
             break
     return students, losses, teacher, rows
+
+
+def _teacher_step(teacher, opt, objectives, x, h_star, bounds):
+    """[Eq. 10]: one SGD step of the teacher per objective (the look-ahead validation loss at
+    the top student's weights theta*), at h' = clip(alpha(x) * h*), theta* and h* held fixed;
+    a step with a non-finite gradient is skipped."""
+    lo, hi = bounds
+    h_star = torch.as_tensor(h_star, dtype=torch.float64)
+    for f in objectives:
+        loss = f(torch.minimum(torch.maximum(teacher(x) * h_star, lo), hi))
+        opt.zero_grad()
+        loss.backward()
+        if all(torch.isfinite(p.grad).all() for p in teacher.parameters()):
+            opt.step()
 
 
 def _named(problem, values):

@@ -21,6 +21,7 @@ from sklearn.base import clone
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from sklearn.pipeline import Pipeline
 
+from ...nets import draw_seed
 from .linesearch import line_search
 from .lp import lp_direction
 
@@ -93,7 +94,7 @@ def refine_linear(step, base, prefix, Xt, yt, Xv, yv, rng, *, line_step, gss_tol
     g = 2 * Xva.T @ (Xva @ w - yv) / len(yv)  # gradient of the validation MSE
     timings["hessian"] = time.perf_counter() - t0
     k = H_wl.shape[1]
-    sol, record = lp_direction(g, H_wl, H_ww, step, seed=int(rng.randint(2**31 - 1)))
+    sol, record = lp_direction(g, H_wl, H_ww, step, seed=draw_seed(rng))
     timings["lp"] = sol.solve_time
     log = [record]
 

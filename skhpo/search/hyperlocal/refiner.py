@@ -37,7 +37,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ...hyper.space import check_space, parse_name, penalty_gradient, penalty_term, read_dimension
 from ...log import report
-from ...nets import find_net, net_input
+from ...nets import draw_seed, find_net, net_input
 from .._base import HoldoutResult, HoldoutSearch, holdout_split
 from .curvature import (
     SR1Snapshots,
@@ -241,7 +241,7 @@ class HyperLocalRefiner(HoldoutSearch):
 
     def _draw_seeds(self, rng):
         # no split (and no draw) for a fitted search: its training data comes with fit
-        return (None if _is_fitted(self.search) else int(rng.randint(2**31 - 1))), None
+        return (None if _is_fitted(self.search) else draw_seed(rng)), None
 
     def _holdout(self, X, y, fit_params, seed):
         """``(X_train, y_train, X_val, y_val)``: the split of ``X`` (unfitted ``search``) or
@@ -481,7 +481,7 @@ class HyperLocalRefiner(HoldoutSearch):
         k = len(penalties)
         sol, record = lp_direction(g.numpy().astype(float), H_wl[rows].numpy().astype(float),
                                    H_ww.numpy().astype(float), self._lp_settings(1.0),
-                                   seed=int(rng.randint(2**31 - 1)), iteration=it)
+                                   seed=draw_seed(rng), iteration=it)
         self.timings_["lp"] += sol.solve_time
         log.append(record)
         norm = float(np.linalg.norm(sol.x))
