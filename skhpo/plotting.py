@@ -75,14 +75,16 @@ def plot_schedules(search, axes=None):
     in bold. For a fitted :class:`~skhpo.CuttingPlaneTuner`: the value after every hyper step.
     Returns the matplotlib ``Figure``. ``axes``: one Axes per hyper-parameter, or None.
     """
+    from .search import CuttingPlaneTuner, PopulationMutationSearch
+
+    if not isinstance(search, (PopulationMutationSearch, CuttingPlaneTuner)):
+        raise ValueError("plot_schedules draws PopulationMutationSearch and CuttingPlaneTuner "
+                         f"schedules; got a {type(search).__name__}")
     history = getattr(search, "history_", None)
     if history is None or not hasattr(search, "best_params_"):
         raise ValueError("plot_schedules needs a fitted PopulationMutationSearch or "
                          "CuttingPlaneTuner")
-    population = "student" in history
-    if not population and not hasattr(search, "hyper_history_"):
-        raise ValueError("plot_schedules draws PopulationMutationSearch and CuttingPlaneTuner "
-                         f"schedules; got a {type(search).__name__}")
+    population = isinstance(search, PopulationMutationSearch)
     plt = _pyplot()
     names = list(search.best_params_)
     fig, axes = _panels(plt, axes, len(names), (4.2, 3.4))
