@@ -34,6 +34,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import _num_samples
 
+from ..fused import FusedTask, FusedTrainer
 from ..hyper.layers import DropoutRates
 from ..hyper.space import check_space, parse_name
 from ..nets import (
@@ -242,6 +243,58 @@ class NetSearchCV(BaseSearchCV):
         """Run ``run_trial`` on each task dict through ``joblib.Parallel(n_jobs)``."""
         parallel = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch)
         return parallel(delayed(run_trial)(**task) for task in tasks)
+
+    def _train_candidates(self, candidates, seeds, X, y, fit_params, probe, **net_overrides):
+        """Train every candidate (its seed, the ``net_overrides`` such as ``max_epochs``) and
+        read ``probe(fitted, X)`` off it: in fused groups where ``engine`` allows
+        (:class:`skhpo.fused.FusedTrainer`), the others through :meth:`_run_trials`. Returns
+        :func:`run_trial`'s dicts plus ``group`` (-1: trained alone) and ``engine_reason``
+        (why alone)."""
+        engine = getattr(self, "engine", "sequential")
+        prefix = find_net(self.estimator)[1]
+        overrides = {prefix + k: v for k, v in net_overrides.items()}
+        fused = [FusedTask({**cand, **overrides}, seed=seed)
+                 for cand, seed in zip(candidates, seeds)]
+        if fit_params:
+            groups, alone = [], dict.fromkeys(range(len(fused)), "fit parameters")
+            if engine == "fused":
+                raise ValueError("engine='fused' cannot pass fit parameters to a fused group; "
+                                 f"got {sorted(fit_params)}")
+        else:
+            groups, alone = FusedTrainer(self.estimator, engine=engine).plan(fused)
+        outs = [None] * len(fused)
+        trainer = FusedTrainer(self.estimator, engine="fused" if engine == "fused" else "auto")
+        grouped = [i for group in groups for i in group]
+        for i, result in zip(grouped, trainer.fit([fused[i] for i in grouped], X, y)):
+            outs[i] = self._probe_fused(result, X, probe)
+        solo = sorted(alone)
+        tasks = [dict(estimator=self.estimator, params=candidates[i],
+                      task_params=self._task_params(seeds[i], i, **net_overrides), X=X, y=y,
+                      fit_params=fit_params, error_score=self.error_score, probe=probe)
+                 for i in solo]
+        for i, out in zip(solo, self._run_trials(tasks)):
+            outs[i] = {**out, "group": -1, "engine_reason": alone[i]}
+        return outs
+
+    def _probe_fused(self, result, X, probe):
+        """:func:`run_trial`'s dict for a task the fused engine trained."""
+        start = time.perf_counter()
+        value, error = None, result.error
+        if error and self.error_score == "raise":
+            raise (TrainingDivergedError if error.startswith("diverged") else RuntimeError)(
+                error)
+        if not error:
+            try:
+                value = probe(result.estimator, X) if probe is not None else None
+            except Exception as exc:
+                if self.error_score == "raise":
+                    raise
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                free_estimator(result.estimator)
+        return {"value": value, "error": error,
+                "time": result.fit_time + time.perf_counter() - start,
+                "group": result.group, "engine_reason": result.reason}
 
     def _evaluate(self, evaluate_candidates, candidates, seeds, more_results=None,
                   callback_ctx=None):

@@ -21,6 +21,7 @@ from sklearn.model_selection import ParameterSampler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..fused import ENGINES
 from ..log import report
 from ..nets import find_net, net_input
 from ..probes.sharpness import (
@@ -81,6 +82,13 @@ class FlatnessSearchCV(NetSearchCV):
     discard_nonpositive : bool, default=True
         Discard candidates whose bound is <= 0 ("no information"); non-finite bounds are always
         discarded.
+    engine : {"auto", "fused", "sequential"}, default="auto"
+        How the screening trains its candidates (:class:`skhpo.fused.FusedTrainer`):
+        ``"auto"`` trains candidates of skhpo's tabular MLPs that share an architecture and
+        batch size as one stacked model (each equals its own fit to float32 rounding; see
+        docs/fused.md) and the others one by one; ``"fused"`` fails if a candidate cannot be
+        fused, naming why; ``"sequential"`` trains every candidate alone, as before. The
+        cross-validation of the finalists is scikit-learn's, one fit at a time.
     scoring, cv, refit, n_jobs, verbose, pre_dispatch, error_score, return_train_score
         As in ``GridSearchCV``. ``n_jobs`` also parallelises the screening. ``error_score``
         also applies to screening fits that raise (``"raise"`` re-raises).
@@ -98,7 +106,8 @@ class FlatnessSearchCV(NetSearchCV):
     history_ : dict of lists
         One row per screened candidate: ``candidate``, ``params``, ``sharpness``, ``status``
         (``finalist``, ``screened_out``, ``discarded``, ``failed``), ``reason``,
-        ``n_batches``, ``screen_time``, ``screen_epochs``, ``cv_epochs``.
+        ``n_batches``, ``screen_time``, ``screen_epochs``, ``cv_epochs``, ``fused_group`` (the
+        group it trained in, -1: alone) and ``engine_reason`` (why alone, "" if fused).
     finalists_ : list of dict
         Parameters of the finalists, flattest first (set by ``screen`` only).
     n_epochs_ : int
@@ -146,13 +155,14 @@ class FlatnessSearchCV(NetSearchCV):
         "batch_norm": [StrOptions(set(BATCH_NORMS))],
         "aggregate": [StrOptions(set(AGGREGATES))],
         "discard_nonpositive": ["boolean"],
+        "engine": [StrOptions(set(ENGINES))],
     }
 
     def __init__(self, estimator, param_distributions, *, n_candidates=50, n_finalists=10,
                  screen_epochs=1, sharpness="penultimate", batch_norm="frobenius",
-                 aggregate="max", discard_nonpositive=True, scoring=None, cv=None, refit=True,
-                 n_jobs=None, random_state=None, verbose=0, pre_dispatch="2*n_jobs",
-                 error_score=np.nan, return_train_score=False):
+                 aggregate="max", discard_nonpositive=True, engine="auto", scoring=None, cv=None,
+                 refit=True, n_jobs=None, random_state=None, verbose=0,
+                 pre_dispatch="2*n_jobs", error_score=np.nan, return_train_score=False):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
                          error_score=error_score, return_train_score=return_train_score)
@@ -164,6 +174,7 @@ class FlatnessSearchCV(NetSearchCV):
         self.batch_norm = batch_norm
         self.aggregate = aggregate
         self.discard_nonpositive = discard_nonpositive
+        self.engine = engine
         self.random_state = random_state
 
     # -- before any training ----------------------------------------------------------------
@@ -243,19 +254,17 @@ class FlatnessSearchCV(NetSearchCV):
                         aggregate_by=self.aggregate)
         report("flatness", self.verbose, f"[Flatness] screening {len(self._candidates)} "
                f"candidates, {self.screen_epochs} epoch(s) each")
-        tasks = [dict(estimator=self.estimator, params=cand,
-                      task_params=self._task_params(seed, i, max_epochs=self.screen_epochs,
-                                                    train_split=None, verbose=0),
-                      X=X, y=y, fit_params=fit_params, error_score=self.error_score,
-                      probe=probe)
-                 for i, (cand, seed) in enumerate(zip(self._candidates, self._seeds))]
+        outs = self._train_candidates(self._candidates, self._seeds, X, y, fit_params, probe,
+                                      max_epochs=self.screen_epochs, train_split=None,
+                                      verbose=0)
         rows = []
-        for i, (cand, out) in enumerate(zip(self._candidates, self._run_trials(tasks))):
+        for i, (cand, out) in enumerate(zip(self._candidates, outs)):
             value, n_batches = out["value"] if out["value"] is not None else (math.nan, 0)
             rows.append({"candidate": i, "params": cand, "sharpness": value,
                          "status": "failed" if out["error"] else "", "reason": out["error"],
                          "n_batches": n_batches, "screen_time": out["time"],
-                         "screen_epochs": self.screen_epochs, "cv_epochs": 0})
+                         "screen_epochs": self.screen_epochs, "cv_epochs": 0,
+                         "fused_group": out["group"], "engine_reason": out["engine_reason"]})
         self._warn_failures([r["reason"] for r in rows if r["status"] == "failed"],
                             len(rows), "screening")
         return rows

@@ -1,0 +1,89 @@
+"""Adam over stacked parameters: K models on the leading dimension, each with its own learning
+rate, coupled weight decay, betas, eps and step count.
+
+The arithmetic is ``torch.optim.Adam``'s (single-tensor path, ``amsgrad=False``) per model:
+``g + wd * p``, ``m.lerp_(g, 1 - b1)``, ``v.mul_(b2).addcmul_(g, g, 1 - b2)``, bias corrections
+in double precision, ``p + (-lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)``, so a model trained in
+a group follows the same trajectory as alone (to rounding in float32, 1e-13 in float64).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["BatchedAdam"]
+
+
+class BatchedAdam:
+    """Adam for parameters of shape ``(K, ...)``.
+
+    ``lr``, ``weight_decay``, ``betas`` (a ``(K, 2)`` array or one pair) and ``eps`` are per
+    model. ``step(grads, active)``: models whose ``active`` entry is False are frozen for that
+    step (parameters, moments and step count unchanged), e.g. a CV fold with no rows left in an
+    epoch's last batch.
+    """
+
+    def __init__(self, params, lr, weight_decay, betas, eps):
+        self.params = list(params)
+        K = self.params[0].shape[0]
+        self.lr = torch.as_tensor(lr, dtype=torch.float64).reshape(K)
+        self.wd = torch.as_tensor(weight_decay, dtype=torch.float64).reshape(K)
+        betas = torch.as_tensor(betas, dtype=torch.float64).reshape(-1, 2).expand(K, 2)
+        self.b1, self.b2 = betas[:, 0].clone(), betas[:, 1].clone()
+        self.eps = torch.as_tensor(eps, dtype=torch.float64).reshape(-1).expand(K).clone()
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = torch.zeros(K, dtype=torch.float64)
+        self._cache()
+
+    def _cache(self):
+        """The per-model coefficients as each parameter's dtype, shaped to broadcast (they
+        change only when models leave the group)."""
+        self._coef = []
+        for p in self.params:
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            # 1 - beta in double, then cast: the value torch.optim.Adam passes as a scalar
+            self._coef.append({name: vec.to(device=p.device, dtype=p.dtype).view(shape)
+                               for name, vec in (("wd", self.wd), ("b2", self.b2),
+                                                 ("omb1", 1 - self.b1), ("omb2", 1 - self.b2),
+                                                 ("eps", self.eps))})
+        self._decay = bool((self.wd != 0).any())
+
+    @torch.no_grad()
+    def step(self, grads, active=None):
+        self.t += 1 if active is None else active.to(torch.float64)
+        t = self.t.clamp(min=1)
+        step_terms = torch.stack([-(self.lr / (1 - self.b1 ** t)), (1 - self.b2 ** t).sqrt()])
+        for p, g, m, v, c in zip(self.params, grads, self.m, self.v, self._coef):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            neg_step, bc2_sqrt = step_terms.to(device=p.device, dtype=p.dtype)
+            if self._decay:
+                g = g + c["wd"] * p  # grad.add(param, alpha=wd)
+            if active is not None:
+                keep = ~active.to(p.device).view(shape)
+                old = (p.clone(), m.clone(), v.clone())
+            m.lerp_(g, c["omb1"])
+            # addcmul_(g, g, value) computes (value * g) * g; addcdiv_(m, denom, value) computes
+            # (value * m) / denom: the same products, in the same order, per model
+            v.mul_(c["b2"]).addcmul_(c["omb2"] * g, g)
+            denom = v.sqrt().div_(bc2_sqrt.view(shape)).add_(c["eps"])
+            p.addcdiv_(neg_step.view(shape) * m, denom)
+            if active is not None:
+                for new, was in zip((p, m, v), old):
+                    new.copy_(torch.where(keep, was, new))
+
+    def keep(self, index):
+        """Keep only the models at positions ``index`` (a retired model leaves the group)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        self.params = [p.detach()[index.to(p.device)].clone().requires_grad_(p.requires_grad)
+                       for p in self.params]
+        self.m = [m[index.to(m.device)].clone() for m in self.m]
+        self.v = [v[index.to(v.device)].clone() for v in self.v]
+        for name in ("lr", "wd", "b1", "b2", "eps", "t"):
+            setattr(self, name, getattr(self, name)[index])
+        self._cache()
+
+    def state_of(self, j):
+        """Model ``j``'s Adam state as ``torch.optim.Adam`` keeps it, per parameter."""
+        return [{"step": self.t[j].clone().float(), "exp_avg": m[j].detach().clone(),
+                 "exp_avg_sq": v[j].detach().clone()} for m, v in zip(self.m, self.v)]

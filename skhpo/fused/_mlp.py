@@ -1,0 +1,275 @@
+"""K of skhpo's tabular MLPs trained together: weights stacked on a leading model axis, one
+batched forward / backward (``torch.baddbmm``), one :class:`~._adam.BatchedAdam` step.
+
+Each model is handed in *initialised*: an ordinary net fitted for 0 epochs (so its module, its
+classes and its preprocessing are exactly what the net's own ``fit`` builds from the task's
+seed), with the state of torch's generator right after that initialisation. Everything the
+net's own training would draw from torch's global generator (the batch order of
+``ArrayBatchIterator``, one ``randperm`` per epoch; the dropout masks, layer by layer and batch by
+batch) is drawn from that model's own generator in the same order. So a model's training does not
+depend on the other models of its group, and it follows the trajectory of the net's own ``fit``
+(to float32 rounding: a batched matrix product sums in another order).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..hyper.space import penalty_term
+from ._adam import BatchedAdam
+
+__all__ = ["MLPGroup", "MLPMember"]
+
+
+class MLPMember:
+    """One model of a group: its initialised ``net``, the inputs ``X`` (float32, after
+    preprocessing) and targets ``y`` (as its loss takes them) that its training ``rows`` index
+    (None: all of them; members without preprocessing share one ``X``), its ``generator`` and
+    its ``epochs``."""
+
+    def __init__(self, net, X, y, generator, epochs, rows=None):
+        self.net, self.X, self.y, self.generator, self.epochs = net, X, y, generator, epochs
+        self.rows = torch.arange(len(y)) if rows is None else torch.as_tensor(rows)
+        self.losses, self.error, self.seconds = [], "", 0.0
+
+
+def _structure(module):
+    """``[("dropout", layer) | ("linear", layer) | ("act", layer)]`` of an ``MLPModule``."""
+    out = []
+    for layer in module.layers:
+        kind = "linear" if isinstance(layer, nn.Linear) else \
+            "dropout" if isinstance(layer, nn.Dropout) else "act"
+        out.append((kind, layer))
+    return out
+
+
+class MLPGroup:
+    """Train the ``members`` (same architecture and batch size) together."""
+
+    def __init__(self, members, batch_size, classifier, device="cpu"):
+        self.members, self.B, self.classifier = members, int(batch_size), classifier
+        self.device = torch.device(device)
+        first = _structure(members[0].net.module_)
+        self.kinds = [k for k, _ in first]
+        self.acts = [layer for k, layer in first if k == "act"]
+        self.rates = [[float(layer.p) for k, layer in _structure(m.net.module_) if k == "dropout"]
+                      for m in members]
+        self.shapes = [(layer.in_features, layer.out_features)
+                       for k, layer in first if k == "linear"]
+        self.widths = [out for _, out in self.shapes]
+        # every model's weights as one row of a (K, P) buffer: per linear layer W^T (in x out),
+        # then the bias; one optimiser update per step over the whole buffer
+        flat = torch.stack([torch.cat([t for layer in _linears(m.net)
+                                       for t in (layer.weight.detach().T.reshape(-1),
+                                                 layer.bias.detach())])
+                            for m in members]).to(self.device)
+        nets = [m.net for m in members]
+        groups = [n.optimizer_.param_groups[0] for n in nets]
+        self.opt = BatchedAdam([flat], [g["lr"] for g in groups],
+                               [g["weight_decay"] for g in groups],
+                               [g["betas"] for g in groups], [g["eps"] for g in groups])
+        coefs = [n.penalty_coefficients() if getattr(n, "_penalized", False) else None
+                 for n in nets]
+        self.l2 = self._coefficients(coefs, "l2")
+        self.l1 = self._coefficients(coefs, "l1")
+        self.alive = list(range(len(members)))
+        self._leaves()
+
+    def _leaves(self):
+        """Per layer, W and b as views of the buffer that autograd treats as leaves: their
+        gradients come back apart and are joined into one buffer-shaped gradient (cheaper
+        than differentiating through slices of the buffer)."""
+        self.layers = [(W.requires_grad_(True), b.requires_grad_(True))
+                       for W, b in self._layers(self.opt.params[0])]
+        self.leaves = [t for pair in self.layers for t in pair]
+
+    def _coefficients(self, coefs, kind):
+        """``(K, layers)`` coefficients, or None when no model has a non-zero one."""
+        rows = [c[kind] if c is not None else [0.0] * len(self.widths) for c in coefs]
+        if not any(any(r) for r in rows):
+            return None
+        return torch.tensor(rows, dtype=self.opt.params[0].dtype, device=self.device)
+
+    def _layers(self, flat):
+        """``[(W (k, in, out), b (k, 1, out)), ...]``: views of the rows of ``flat``."""
+        out, start = [], 0
+        for n_in, n_out in self.shapes:
+            W = flat[:, start:start + n_in * n_out].view(-1, n_in, n_out)
+            start += n_in * n_out
+            out.append((W, flat[:, start:start + n_out].view(-1, 1, n_out)))
+            start += n_out
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self):
+        start = time.perf_counter()
+        for epoch in range(max(m.epochs for m in self.members)):
+            t0 = time.perf_counter()
+            # ArrayBatchIterator: one permutation of the model's own rows per epoch
+            orders = [m.rows[torch.randperm(len(m.rows), generator=m.generator)]
+                      for m in (self.members[k] for k in self.alive)]
+            sums = torch.zeros(len(self.alive), dtype=torch.float64)
+            steps = max(math.ceil(len(o) / self.B) for o in orders)
+            for s in range(steps):
+                sums = self._step(orders, s, sums, epoch)
+                if not self.alive:
+                    break
+            for j, k in enumerate(self.alive):
+                m = self.members[k]
+                m.losses.append((float(sums[j]) / len(m.rows), time.perf_counter() - t0))
+            self._retire([j for j, k in enumerate(self.alive)
+                          if self.members[k].epochs == epoch + 1])
+            if not self.alive:
+                break
+        self._retire(range(len(self.alive)))
+        seconds = (time.perf_counter() - start) / len(self.members)
+        for m in self.members:
+            m.seconds = seconds
+        return self.members
+
+    def _step(self, orders, s, sums, epoch):
+        """One batch slot: every live model's s-th batch (a model with fewer rows may have a
+        short batch or none: it is then frozen for this step)."""
+        sizes = [max(0, min(self.B, len(o) - s * self.B)) for o in orders]
+        idx = [o[s * self.B:s * self.B + n] for o, n in zip(orders, sizes)]
+        losses = self._losses(idx, sizes)
+        grads = torch.autograd.grad(losses.sum(), self.leaves)
+        flat_grad = torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)
+        active = torch.tensor([n > 0 for n in sizes])
+        self.opt.step([flat_grad], None if bool(active.all()) else active)
+        values = losses.detach().double().cpu()
+        sums = sums + values * torch.tensor(sizes, dtype=torch.float64)
+        bad = [j for j, v in enumerate(values.tolist()) if sizes[j] and not math.isfinite(v)]
+        if bad:
+            for j in bad:
+                self.members[self.alive[j]].error = (
+                    f"diverged: training loss became {values[j].item()} in epoch {epoch + 1}; "
+                    "the candidate diverged (try a smaller learning rate)")
+            keep = self._retire(bad)
+            sums = sums[keep]
+            orders[:] = [orders[j] for j in keep]
+        return sums
+
+    def _losses(self, idx, sizes):
+        """Each live model's training loss on its batch (criterion + its penalties). Models
+        whose batches differ in size (the last batch of CV folds of unequal size) run in
+        separate products, so a model's arithmetic never depends on the others' sizes."""
+        by_size = {}
+        for j, n in enumerate(sizes):
+            if n:
+                by_size.setdefault(n, []).append(j)
+        losses = [None] * len(sizes)
+        for pos in by_size.values():
+            members = [self.members[self.alive[j]] for j in pos]
+            xb, yb = (self._gather([m.X for m in members], [idx[j] for j in pos]),
+                      self._gather([m.y for m in members], [idx[j] for j in pos]))
+            layers = self.layers if len(pos) == len(sizes) else \
+                [(W[pos], b[pos]) for W, b in self.layers]
+            out = self._forward(layers, xb, [self.alive[j] for j in pos])
+            for j, value in zip(pos, self._criterion(out, yb)):
+                losses[j] = value
+        zero = self.leaves[0].new_zeros(())
+        return torch.stack([zero if v is None else v for v in losses]) + self._penalty()
+
+    def _gather(self, arrays, rows):
+        """``(k, b, ...)``: each model's rows of its array (one gather when they share it)."""
+        if all(a is arrays[0] for a in arrays):
+            return arrays[0][torch.stack(rows)].to(self.device)
+        return torch.stack([a[r] for a, r in zip(arrays, rows)]).to(self.device)
+
+    def _forward(self, layers, xb, members):
+        h, lin, drop = xb, 0, 0
+        for kind in self.kinds:
+            if kind == "linear":
+                W, b = layers[lin]
+                h = torch.baddbmm(b, h, W)
+                lin += 1
+            elif kind == "dropout":
+                noise = self._masks(drop, h, members)
+                h = h if noise is None else h * noise
+                drop += 1
+            else:
+                h = self.acts[lin - 1](h)
+        return h
+
+    def _masks(self, layer, h, members):
+        """Dropout noise per model, drawn from its own generator as ``F.dropout`` draws it:
+        ``empty(b, width).bernoulli_(1 - p) / (1 - p)``; ones where p = 0."""
+        if all(self.rates[k][layer] == 0 for k in members):
+            return None
+        noise = torch.ones(h.shape, dtype=h.dtype)
+        for q, k in enumerate(members):
+            p = self.rates[k][layer]
+            if p > 0:
+                noise[q] = torch.empty(h.shape[1:], dtype=h.dtype).bernoulli_(
+                    1 - p, generator=self.members[k].generator).div_(1 - p)
+        return noise.to(h.device)
+
+    def _criterion(self, out, y):
+        """The mean loss of each model's batch: ``out`` (k, b, outputs), ``y`` (k, b[, ...])."""
+        k, b = out.shape[:2]
+        if self.classifier:
+            each = F.cross_entropy(out.reshape(k * b, -1), y.reshape(k * b), reduction="none")
+        else:
+            each = F.mse_loss(out, y, reduction="none")
+        return each.reshape(k, -1).mean(1)
+
+    def _penalty(self):
+        """Each live model's l2 / l1 penalty (:func:`skhpo.hyper.space.penalty_term`), one
+        reduction per model, so its value does not depend on the group's size."""
+        total = 0.0
+        for kind, coefs in (("l2", self.l2), ("l1", self.l1)):
+            if coefs is None:
+                continue
+            alive = coefs[torch.tensor(self.alive)]
+            for i, (W, _) in enumerate(self.layers):
+                terms = torch.stack([penalty_term(kind, [W[j]]) for j in range(len(W))])
+                total = total + alive[:, i] * terms
+        return total
+
+    # -- leaving the group -------------------------------------------------------------------
+
+    def _retire(self, positions):
+        """Take the models at ``positions`` of the live list out: one that did not diverge
+        gets its weights and Adam state written back into its net; return the positions
+        kept."""
+        positions = set(positions)
+        for j in sorted(positions):
+            member = self.members[self.alive[j]]
+            if not member.error:
+                self._hand_back(member, j)
+        keep = [j for j in range(len(self.alive)) if j not in positions]
+        if positions and keep:
+            self.opt.keep(keep)
+            self._leaves()
+        self.alive = [self.alive[j] for j in keep]
+        return keep
+
+    def _hand_back(self, member, j):
+        """Model ``j``'s weights into its net's module, its Adam state into its optimiser."""
+        linears = _linears(member.net)
+        row = self.opt.params[0][j:j + 1].detach()
+        state = self.opt.state_of(j)[0]
+        moments = {key: self._layers(state[key][None]) for key in ("exp_avg", "exp_avg_sq")}
+        optimizer = member.net.optimizer_
+        optimizer.state.clear()
+        with torch.no_grad():
+            for i, (layer, (W, b)) in enumerate(zip(linears, self._layers(row))):
+                layer.weight.copy_(W[0].T)
+                layer.bias.copy_(b[0, 0])
+                for p, pick in ((layer.weight, lambda t: t[0].T.contiguous()),
+                                (layer.bias, lambda t: t[0, 0].clone())):
+                    optimizer.state[p] = {
+                        "step": state["step"].clone(),
+                        **{key: pick(moments[key][i][0 if p is layer.weight else 1])
+                           for key in moments}}
+
+
+def _linears(net):
+    return [layer for kind, layer in _structure(net.module_) if kind == "linear"]

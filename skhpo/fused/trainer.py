@@ -1,0 +1,290 @@
+"""Train many candidates of one estimator at once, and hand back ordinary fitted nets.
+
+:class:`FusedTrainer` takes training tasks (a candidate's parameters, its seed, its training
+rows), plans them into groups that can train together (:meth:`FusedTrainer.plan`, a pure
+function of the tasks and the estimator), trains each group as one stacked model
+(:class:`~._mlp.MLPGroup`) and everything else alone through the estimator's own ``fit``, and
+returns one :class:`TaskResult` per task: a fitted clone of the estimator (its Pipeline steps
+fitted on the task's rows, its net's ``module_``, ``optimizer_`` state and ``history`` those of
+the training), or the reason it failed.
+
+What fuses (the *fused family*): skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor``
+(alone or as a Pipeline's last step) with their own module, Adam, their default criterion, the
+``ArrayBatchIterator`` with shuffling, no validation split, no ``warm_start`` and no callbacks
+that act during training. Within a group the tasks may differ in learning rate, weight decay,
+Adam's betas and eps, dropout rates, ``l2`` / ``l1``, ``max_epochs``, seed and training rows
+(CV folds of unequal size); they share depth, width, activation, input-dropout layer, batch
+size, device and the shapes after preprocessing. Anything else trains alone, with the reason
+in :attr:`TaskResult.reason`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from skorch.history import History
+
+from ..models import MLPModule, TabularMLPClassifier, TabularMLPRegressor
+from ..nets import (
+    ArrayBatchIterator,
+    FiniteLossGuard,
+    TaskSeed,
+    TrainingDivergedError,
+    find_net,
+    net_input,
+    trial_params,
+)
+from ._mlp import MLPGroup, MLPMember
+
+__all__ = ["ENGINES", "FusedTask", "FusedTrainer", "TaskResult"]
+
+ENGINES = ("auto", "fused", "sequential")
+_OPTIMIZER_ARGS = {"weight_decay", "betas", "eps"}
+_CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
+             TabularMLPRegressor: torch.nn.MSELoss}
+
+
+@dataclass
+class FusedTask:
+    """One training: ``params`` set on a clone of the estimator, the task's ``seed`` (as
+    :class:`~skhpo.nets.TaskSeed` applies it; a net's own ``random_state`` wins) and its
+    training ``rows`` (indices into X, or None for all rows)."""
+
+    params: dict = field(default_factory=dict)
+    seed: int | None = None
+    rows: object = None
+
+
+@dataclass
+class TaskResult:
+    """``estimator``: the fitted clone (None if the training failed); ``error``: "" or the
+    reason it failed (``"diverged: ..."`` for a non-finite training loss); ``fit_time``: its
+    share of its group's time; ``group``: the group it trained in (-1: alone); ``reason``:
+    why it trained alone ("" if fused)."""
+
+    estimator: object
+    error: str
+    fit_time: float
+    group: int
+    reason: str
+
+
+class FusedTrainer:
+    """Train tasks of one ``estimator`` in fused groups where possible.
+
+    Parameters
+    ----------
+    estimator : skorch net or Pipeline ending in one
+        The estimator every task clones.
+    engine : {"auto", "fused", "sequential"}, default="auto"
+        ``"sequential"``: every task through the estimator's own ``fit``. ``"fused"``: every
+        task in a group; a task that cannot fuse is a ``ValueError`` naming the reason.
+        ``"auto"``: groups of at least two tasks of nets with at most ``max_weights`` weights
+        fuse, the others train alone.
+    max_group : int, default=64
+        Largest group (on one CPU core the gain per model flattens from about 16-32 models).
+    max_weights : int, default=50_000
+        ``"auto"``: nets with more weights train alone (on a CPU a fused step of a big net is
+        bound by its arithmetic, so fusing stops paying).
+    """
+
+    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=50_000):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        self.estimator = estimator
+        self.engine = engine
+        self.max_group = max_group
+        self.max_weights = max_weights
+
+    # -- the plan (no training) --------------------------------------------------------------
+
+    def plan(self, tasks):
+        """``(groups, alone)``: lists of task indices that may train together, in task order
+        per fusion key, and ``{task index: reason}`` of the tasks that train alone."""
+        groups, alone = {}, {}
+        for i, task in enumerate(tasks):
+            reason = "engine='sequential'" if self.engine == "sequential" else \
+                unfusible(clone(self.estimator).set_params(**task.params))
+            if reason:
+                if self.engine == "fused":
+                    raise ValueError(f"engine='fused': task {i} cannot be fused: {reason}")
+                alone[i] = reason
+                continue
+            groups.setdefault(fusion_key(self.estimator, task.params), []).append(i)
+        planned = []
+        for members in groups.values():
+            if len(members) == 1 and self.engine == "auto":
+                alone[members[0]] = "the only task of its architecture and batch size"
+                continue
+            planned += [members[j:j + self.max_group]
+                        for j in range(0, len(members), self.max_group)]
+        return planned, alone
+
+    # -- training ----------------------------------------------------------------------------
+
+    def fit(self, tasks, X, y):
+        """Train every task; one :class:`TaskResult` per task, in task order."""
+        groups, alone = self.plan(tasks)
+        results = [None] * len(tasks)
+        with torch.random.fork_rng(devices=[]):
+            for g, members in enumerate(groups):
+                for i, result in self._fit_group(g, members, tasks, X, y, alone):
+                    results[i] = result
+        for i, reason in alone.items():
+            if results[i] is None:
+                results[i] = self._fit_alone(tasks[i], X, y, reason)
+        return results
+
+    def _fit_alone(self, task, X, y, reason):
+        start = time.perf_counter()
+        est = self._clone(task, task.params)
+        Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
+        try:
+            est.fit(Xr, yr)
+            error = ""
+        except TrainingDivergedError as exc:
+            est, error = None, f"diverged: {exc}"
+        except Exception as exc:  # the caller applies its error_score
+            est, error = None, f"{type(exc).__name__}: {exc}"
+        return TaskResult(est, error, time.perf_counter() - start, -1, reason)
+
+    def _clone(self, task, params, **overrides):
+        """A clone with the task's parameters, seed and loss guard (``overrides`` win)."""
+        extra = trial_params(self.estimator, seed=task.seed, **overrides)
+        return clone(self.estimator).set_params(**{**params, **extra})
+
+    def _fit_group(self, g, indices, tasks, X, y, alone):
+        """Initialise each task's net (0 epochs: the net's own init from its seed), split the
+        group by the shapes after preprocessing, train, hand back."""
+        inits, shared = {}, {}
+        for i in indices:
+            inits[i] = self._init(tasks[i], X, y, shared)
+        by_shape = {}
+        for i in indices:
+            est, member = inits[i]
+            if self.engine == "auto" and _n_weights(member.net) > self.max_weights:
+                alone[i] = f"{_n_weights(member.net)} weights > max_weights={self.max_weights}"
+                continue
+            key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
+                   member.net.module_.layers[-1].out_features)
+            by_shape.setdefault(key, []).append(i)
+        for same in by_shape.values():
+            if len(same) == 1 and self.engine == "auto":
+                alone[same[0]] = "the only task of its shapes after preprocessing"
+                continue
+            net = inits[same[0]][1].net
+            MLPGroup([inits[i][1] for i in same], net.batch_size,
+                     isinstance(net, TabularMLPClassifier), net.device).run()
+            for i in same:
+                yield i, self._hand_back(g, tasks[i], *inits[i])
+
+    def _init(self, task, X, y, shared):
+        """The task's net fitted for 0 epochs (its own initialisation from its seed), the
+        state of torch's generator after it, and its training data: without preprocessing
+        every member indexes one shared copy of X (and of y, for equal classes)."""
+        est = self._clone(task, task.params, max_epochs=0)
+        Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
+        est.fit(Xr, yr)
+        generator = torch.Generator().set_state(torch.get_rng_state())
+        net, _ = find_net(est)
+        epochs = int(clone(self.estimator).set_params(**task.params).get_params()[
+            _prefix(self.estimator) + "max_epochs"])
+        if est is not net:  # preprocessing fitted on the task's rows: its own data
+            Xt = torch.as_tensor(np.ascontiguousarray(net_input(est, Xr)))
+            yt = torch.as_tensor(net._check_y(yr, reset=False))
+            return est, MLPMember(net, Xt, yt, generator, epochs)
+        if "X" not in shared:
+            shared["X"] = torch.as_tensor(np.ascontiguousarray(net._check_X(X, reset=False)))
+        classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
+        if classes not in shared:
+            shared[classes] = torch.as_tensor(net._check_y(y, reset=False))
+        return est, MLPMember(net, shared["X"], shared[classes], generator, epochs, task.rows)
+
+    @staticmethod
+    def _hand_back(g, task, est, member):
+        if member.error:
+            return TaskResult(None, member.error, member.seconds, g, "")
+        net = member.net
+        history = History()
+        for epoch, (loss, seconds) in enumerate(member.losses, 1):
+            history.new_epoch()
+            history.record("epoch", epoch)
+            history.record("train_loss", loss)
+            history.record("dur", seconds)
+        net.history_ = history
+        net.max_epochs = member.epochs
+        net.module_.eval()
+        return TaskResult(est, "", member.seconds, g, "")
+
+
+# -- what fuses ------------------------------------------------------------------------------
+
+def unfusible(estimator):
+    """Why ``estimator`` (parameters set) cannot train in a fused group, or ""."""
+    try:
+        net, _ = find_net(estimator)
+    except TypeError as exc:
+        return str(exc)
+    kind = type(net)
+    if kind not in _CRITERIA:
+        return (f"{kind.__name__} is not one of skhpo's tabular MLPs (TabularMLPClassifier, "
+                "TabularMLPRegressor), the family the fused engine trains")
+    checks = [
+        (net.module is not MLPModule, "a custom module"),
+        (bool(net.get_params_for("module")), "module__ arguments"),
+        (net.optimizer is not torch.optim.Adam,
+         f"optimizer {getattr(net.optimizer, '__name__', net.optimizer)} (the fused engine "
+         "has Adam)"),
+        (not set(net.get_params_for("optimizer")) <= _OPTIMIZER_ARGS,
+         f"optimizer arguments {sorted(set(net.get_params_for('optimizer')) - _OPTIMIZER_ARGS)}"),
+        (net.criterion is not _CRITERIA[kind] or bool(net.get_params_for("criterion")),
+         "a criterion other than the model's default"),
+        (net.train_split is not None, "train_split (a validation split every epoch)"),
+        (bool(net.warm_start), "warm_start"),
+        (bool(getattr(net, "compile", False)), "compile=True"),
+        (net.iterator_train is not ArrayBatchIterator or
+         set(net.get_params_for("iterator_train")) - {"shuffle", "batch_size"} or
+         not net.get_params_for("iterator_train").get("shuffle", False),
+         "a training iterator other than ArrayBatchIterator with shuffling"),
+        (int(net.max_epochs) < 1, "max_epochs < 1"),
+    ]
+    for failed, reason in checks:
+        if failed:
+            return reason
+    for cb in net.callbacks or ():
+        cb = cb[1] if isinstance(cb, tuple) else cb
+        if not isinstance(cb, (TaskSeed, FiniteLossGuard)):
+            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
+                    "runs skhpo's seed and loss guard only)")
+    return ""
+
+
+def fusion_key(estimator, params):
+    """What tasks must share to train together (depth, width, activation, input dropout on
+    or off, batch size, device, model class)."""
+    est = clone(estimator).set_params(**params)
+    net, _ = find_net(est)
+    p = net.get_params(deep=False)
+    batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
+    return (type(net).__name__, p["depth"], p["width"], p["activation"],
+            p["input_dropout"] is None, batch, str(net.device))
+
+
+def _prefix(estimator):
+    return find_net(estimator)[1]
+
+
+def _rows(a, rows):
+    if rows is None:
+        return a
+    if hasattr(a, "iloc"):
+        return a.iloc[rows]
+    return a[rows]
+
+
+def _n_weights(net):
+    return sum(p.numel() for p in net.module_.parameters())

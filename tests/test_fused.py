@@ -1,0 +1,189 @@
+"""The fused engine: many tabular MLPs trained as one stacked model, handed back as ordinary
+fitted nets that equal the nets' own fits."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skhpo import TabularMLPClassifier, TabularMLPRegressor
+from skhpo.fused import BatchedAdam, FusedTask, FusedTrainer, unfusible
+from skhpo.nets import trial_params
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16).astype(np.float32)[:600], y[:600]
+
+
+def _net(**kw):
+    return TabularMLPClassifier(**{"depth": 2, "width": 16, "max_epochs": 2, "batch_size": 64,
+                                   **kw})
+
+
+def _alone(estimator, task, X, y):
+    rows = slice(None) if task.rows is None else task.rows
+    est = clone(estimator).set_params(**task.params, **trial_params(estimator, seed=task.seed))
+    return est.fit(X[rows], y[rows])
+
+
+def _weights(est):
+    net = est[-1] if hasattr(est, "steps") else est
+    return {k: v.detach().clone() for k, v in net.module_.named_parameters()}
+
+
+def _max_diff(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+TASKS = [
+    FusedTask({"lr": 1e-3}, seed=1),
+    FusedTask({"lr": 3e-3, "optimizer__weight_decay": 1e-4, "dropout": 0.2}, seed=2,
+              rows=np.arange(0, 600, 2)),                            # a fold of 300 rows
+    FusedTask({"lr": 1e-2, "dropout": [0.3, 0.0], "l2": [1e-3, 0.0, 1e-4], "l1": 1e-4,
+               "max_epochs": 3}, seed=3, rows=np.arange(0, 430)),    # a fold of 430 rows
+    FusedTask({"lr": 5e-4, "optimizer__betas": (0.8, 0.99), "optimizer__eps": 1e-6,
+               "max_epochs": 1}, seed=4),
+]
+
+
+def test_a_fused_model_equals_its_own_fit(digits):
+    """Per model: lr, weight decay, betas, eps, dropout (one or per layer), l2/l1 per layer,
+    epochs, seed and training rows of unequal size -- to float32 rounding."""
+    X, y = digits
+    results = FusedTrainer(_net(), engine="fused").fit(TASKS, X, y)
+    assert [r.group for r in results] == [0, 0, 0, 0] and not any(r.error for r in results)
+    for task, result in zip(TASKS, results):
+        alone = _alone(_net(), task, X, y)
+        assert _max_diff(_weights(result.estimator), _weights(alone)) < 2e-6
+        np.testing.assert_allclose(result.estimator.history[:, "train_loss"],
+                                   alone.history[:, "train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(result.estimator.predict_proba(X), alone.predict_proba(X),
+                                   atol=2e-6)
+        assert result.estimator.max_epochs == alone.max_epochs
+        fused_state = result.estimator.optimizer_.state_dict()["state"]
+        alone_state = alone.optimizer_.state_dict()["state"]
+        for key in alone_state:  # Adam's moments and step count come back too
+            assert float(fused_state[key]["step"]) == float(alone_state[key]["step"])
+            torch.testing.assert_close(fused_state[key]["exp_avg"], alone_state[key]["exp_avg"],
+                                       rtol=1e-3, atol=1e-6)
+        assert result.estimator.get_params()["lr"] == task.params["lr"]
+
+
+def test_a_result_does_not_depend_on_its_group(digits):
+    X, y = digits
+    together = FusedTrainer(_net(), engine="fused").fit(TASKS, X, y)
+    for i, task in enumerate(TASKS):
+        (alone,) = FusedTrainer(_net(), engine="fused").fit([task], X, y)
+        a, b = _weights(together[i].estimator), _weights(alone.estimator)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"task {i} changed with its group"
+
+
+def test_a_diverging_model_is_retired_alone(digits):
+    X, y = digits
+    bad = FusedTask({"lr": 1e30, "max_epochs": 2}, seed=9)
+    with_bad = FusedTrainer(_net(), engine="fused").fit([TASKS[0], bad, TASKS[1]], X, y)
+    without = FusedTrainer(_net(), engine="fused").fit([TASKS[0], TASKS[1]], X, y)
+    assert with_bad[1].estimator is None and with_bad[1].error.startswith("diverged: ")
+    with pytest.raises(FloatingPointError):  # the same task diverges alone
+        _alone(_net(), bad, X, y)
+    for i, j in ((0, 0), (2, 1)):
+        a, b = _weights(with_bad[i].estimator), _weights(without[j].estimator)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pipelines_regressors_and_the_reasons_to_train_alone(digits):
+    X, y = digits
+    pipe = make_pipeline(StandardScaler(), _net())
+    tasks = [FusedTask({"tabularmlpclassifier__lr": lr}, seed=s, rows=np.arange(100, 600))
+             for lr, s in ((1e-3, 1), (1e-2, 2))]
+    for task, result in zip(tasks, FusedTrainer(pipe).fit(tasks, X, y)):
+        assert result.group == 0
+        assert _max_diff(_weights(result.estimator), _weights(_alone(pipe, task, X, y))) < 2e-6
+    reg = TabularMLPRegressor(depth=1, width=8, max_epochs=2)
+    target = X[:, :2] @ np.array([1.0, -2.0], dtype=np.float32)
+    tasks = [FusedTask({"lr": 1e-2}, seed=1), FusedTask({"lr": 3e-3}, seed=2)]
+    for task, result in zip(tasks, FusedTrainer(reg).fit(tasks, X, target)):
+        assert result.group == 0
+        assert _max_diff(_weights(result.estimator), _weights(_alone(reg, task, X, target))) < 2e-6
+    # what cannot fuse trains alone, with its reason
+    plan = FusedTrainer(_net()).plan([FusedTask({"optimizer": torch.optim.SGD}),
+                                      FusedTask({"width": 32}), FusedTask({}), FusedTask({})])
+    assert plan[0] == [[2, 3]]
+    assert "optimizer SGD" in plan[1][0] and "only task" in plan[1][1]
+    assert "train_split" in unfusible(_net(train_split=5))
+    with pytest.raises(ValueError, match="task 0 cannot be fused: optimizer SGD"):
+        FusedTrainer(_net(), engine="fused").plan([FusedTask({"optimizer": torch.optim.SGD})])
+    with pytest.raises(ValueError, match="engine must be one of"):
+        FusedTrainer(_net(), engine="fast")
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=1e-2, betas=(0.8, 0.95), eps=1e-6)])
+def test_batched_adam_is_torch_adam_per_model(kw):
+    """float64: each slice of the batched optimiser follows torch.optim.Adam to 1e-14, with
+    per-model coefficients and a frozen model in some steps."""
+    g = torch.Generator().manual_seed(0)
+    K, shapes = 3, [(4, 5), (1, 5)]
+    params = [torch.randn(K, *s, dtype=torch.float64, generator=g) for s in shapes]
+    lrs = [1e-3, 1e-2, 3e-2]
+    batched = BatchedAdam(params, lrs, [kw.get("weight_decay", 0.0)] * K,
+                          [kw.get("betas", (0.9, 0.999))] * K, [kw.get("eps", 1e-8)] * K)
+    alone = [[p[k].clone().requires_grad_(True) for p in params] for k in range(K)]
+    opts = [torch.optim.Adam(ps, lr=lr, **kw) for ps, lr in zip(alone, lrs)]
+    for step in range(5):
+        grads = [torch.randn(K, *s, dtype=torch.float64, generator=g) for s in shapes]
+        active = torch.tensor([True, step != 2, True])
+        batched.step(grads, active)
+        for k in range(K):
+            if not active[k]:
+                continue
+            for p, gr in zip(alone[k], grads):
+                p.grad = gr[k].clone()
+            opts[k].step()
+    for k in range(K):
+        for p, q in zip(batched.params, alone[k]):
+            torch.testing.assert_close(p[k], q.detach(), rtol=1e-14, atol=1e-14)
+
+
+def test_flatness_screening_fused_and_sequential_agree(digits):
+    """The screening's sharpness values agree to float32 rounding; the same finalists and
+    the same best candidate; every screened candidate says where it trained."""
+    from scipy.stats import loguniform
+
+    from skhpo import FlatnessSearchCV
+
+    X, y = digits
+    space = {"lr": loguniform(1e-3, 3e-2), "width": [16, 32]}
+    kw = dict(n_candidates=8, n_finalists=2, cv=2, random_state=0)
+    fused = FlatnessSearchCV(_net(), space, engine="fused", **kw).fit(X, y)
+    alone = FlatnessSearchCV(_net(), space, engine="sequential", **kw).fit(X, y)
+    np.testing.assert_allclose(fused.history_["sharpness"], alone.history_["sharpness"],
+                               rtol=1e-4)
+    assert fused.best_params_ == alone.best_params_
+    assert fused.history_["status"] == alone.history_["status"]
+    assert set(fused.history_["fused_group"]) == {0, 1}  # one group per width
+    assert set(alone.history_["fused_group"]) == {-1}
+    assert set(alone.history_["engine_reason"]) == {"engine='sequential'"}
+
+
+def test_engine_fused_names_what_cannot_fuse_before_training(digits):
+    from skorch import NeuralNetClassifier
+    from torch import nn
+
+    from skhpo import FlatnessSearchCV
+
+    X, y = digits
+    net = NeuralNetClassifier(nn.Sequential(nn.Linear(64, 10), nn.Softmax(dim=-1)),
+                              max_epochs=1, train_split=None)
+    search = FlatnessSearchCV(net, {"lr": [1e-2, 1e-3]}, n_candidates=2, n_finalists=1,
+                              engine="fused")
+    with pytest.raises(ValueError, match="cannot be fused: NeuralNetClassifier is not one of"):
+        search.fit(X, y)
+    assert not hasattr(search, "history_")
+    auto = FlatnessSearchCV(net, {"lr": [1e-2, 1e-3]}, n_candidates=2, n_finalists=1, cv=2,
+                            random_state=0).fit(X, y)
+    assert all("not one of skhpo's tabular MLPs" in r for r in auto.history_["engine_reason"])
