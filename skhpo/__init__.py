@@ -4,11 +4,13 @@ search estimators around skorch."""
 from .models import SmallCNNClassifier, TabularMLPClassifier, TabularMLPRegressor
 from .nets import ArrayBatchIterator, FiniteLossGuard, TrainingDivergedError
 from .search import (
-                     AutoHyperSearchCV,
-                     CuttingPlaneTuner,
-                     FlatnessSearchCV,
-                     HyperLocalRefiner,
-                     PopulationMutationSearch,
+    AutoHyperSearchCV,
+    CuttingPlaneTuner,
+    FlatnessSearchCV,
+    FusedGridSearchCV,
+    FusedRandomizedSearchCV,
+    HyperLocalRefiner,
+    PopulationMutationSearch,
 )
 
 __version__ = "0.1.0"
@@ -19,6 +21,8 @@ __all__ = [
     "CuttingPlaneTuner",
     "FiniteLossGuard",
     "FlatnessSearchCV",
+    "FusedGridSearchCV",
+    "FusedRandomizedSearchCV",
     "HyperLocalRefiner",
     "PopulationMutationSearch",
     "SmallCNNClassifier",

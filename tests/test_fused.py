@@ -187,3 +187,105 @@ def test_engine_fused_names_what_cannot_fuse_before_training(digits):
     auto = FlatnessSearchCV(net, {"lr": [1e-2, 1e-3]}, n_candidates=2, n_finalists=1, cv=2,
                             random_state=0).fit(X, y)
     assert all("not one of skhpo's tabular MLPs" in r for r in auto.history_["engine_reason"])
+
+
+def test_cross_validation_loads_the_fused_folds(digits, monkeypatch):
+    """With engine="fused" every finalist's CV fit loads its fold from the fused group (no
+    epoch trained by scikit-learn's fit), and cv_results_ agrees with sequential training."""
+    from skhpo import FlatnessSearchCV
+    from skhpo.fused.prefit import PrefitStates
+
+    X, y = digits
+    loaded = []
+    original = PrefitStates.on_train_begin
+
+    def counting(self, net, X=None, y=None, **kwargs):
+        original(self, net, X=X, y=y, **kwargs)
+        loaded.append(self.loaded_ is not None)
+
+    monkeypatch.setattr(PrefitStates, "on_train_begin", counting)
+    space = {"lr": [1e-3, 3e-3, 1e-2, 3e-2], "dropout": [0.0, 0.2]}
+    kw = dict(n_candidates=6, n_finalists=3, cv=3, random_state=0)
+    fused = FlatnessSearchCV(_net(), space, engine="fused", **kw).fit(X, y)
+    assert loaded == [True] * 9  # 3 finalists x 3 folds; the refit trains normally
+    alone = FlatnessSearchCV(_net(), space, engine="sequential", **kw).fit(X, y)
+    assert fused.cv_results_["params"] == alone.cv_results_["params"]
+    np.testing.assert_allclose(fused.cv_results_["mean_test_score"],
+                               alone.cv_results_["mean_test_score"], atol=0.01)
+    assert fused.best_params_ == alone.best_params_
+    assert "callbacks" not in fused.best_params_
+    assert (fused.cv_results_["mean_fit_time"] > 0).all()
+
+
+# -- the drop-ins ----------------------------------------------------------------------------
+
+def test_fused_random_search_is_randomized_search_cv_with_fused_fits(digits, monkeypatch):
+    from scipy.stats import loguniform
+    from sklearn.model_selection import RandomizedSearchCV
+
+    from skhpo import FusedRandomizedSearchCV
+    from skhpo.fused.prefit import PrefitStates
+
+    X, y = digits
+    loads = []
+    original = PrefitStates.on_train_begin
+
+    def counting(self, net, X=None, y=None, **kwargs):
+        original(self, net, X=X, y=y, **kwargs)
+        loads.append(self.loaded_ is not None)
+
+    monkeypatch.setattr(PrefitStates, "on_train_begin", counting)
+    space = {"lr": loguniform(1e-3, 3e-2), "dropout": [0.0, 0.3]}
+    ours = FusedRandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0).fit(X, y)
+    assert loads == [True] * 12  # every CV fit loaded its fused fold
+    theirs = RandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0).fit(X, y)
+    assert ours.cv_results_["params"] == theirs.cv_results_["params"]  # the same candidates
+    assert set(ours.cv_results_) == set(theirs.cv_results_)
+    for key, value in theirs.cv_results_.items():
+        assert type(ours.cv_results_[key]) is type(value)
+        assert np.asarray(ours.cv_results_[key]).dtype == np.asarray(value).dtype, key
+    assert ours.best_params_ == ours.cv_results_["params"][ours.best_index_]
+    # reproducible, and n_jobs does not change it
+    again = FusedRandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0,
+                                    n_jobs=2).fit(X, y)
+    np.testing.assert_array_equal(again.cv_results_["mean_test_score"],
+                                  ours.cv_results_["mean_test_score"])
+    assert 0 <= ours.score(X, y) <= 1 and ours.predict(X[:3]).shape == (3,)
+
+
+def test_other_estimators_get_scikit_learns_search(digits):
+    from scipy.stats import loguniform
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+
+    from skhpo import FusedGridSearchCV, FusedRandomizedSearchCV
+
+    X, y = digits
+    lr = LogisticRegression(max_iter=300)
+    a = FusedRandomizedSearchCV(lr, {"C": loguniform(1e-2, 1e2)}, n_iter=3, cv=3,
+                                random_state=0).fit(X, y)
+    b = RandomizedSearchCV(lr, {"C": loguniform(1e-2, 1e2)}, n_iter=3, cv=3,
+                           random_state=0).fit(X, y)
+    np.testing.assert_array_equal(a.cv_results_["mean_test_score"],
+                                  b.cv_results_["mean_test_score"])
+    c = FusedGridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3).fit(X, y)
+    d = GridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3).fit(X, y)
+    np.testing.assert_array_equal(c.cv_results_["mean_test_score"],
+                                  d.cv_results_["mean_test_score"])
+    with pytest.raises(ValueError, match="cannot fuse this estimator: LogisticRegression"):
+        FusedGridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3, engine="fused").fit(X, y)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("skhpo").FusedRandomizedSearchCV(_net(max_epochs=10, batch_size=32),
+                                                        {"lr": [1e-2, 3e-2]}, n_iter=2, cv=2,
+                                                        random_state=0),
+    lambda: __import__("skhpo").FusedGridSearchCV(_net(max_epochs=10, batch_size=32),
+                                                  {"lr": [1e-2, 3e-2]}, cv=2, random_state=0),
+], ids=["random", "grid"])
+def test_drop_ins_pass_the_estimator_checks(make):
+    from sklearn.utils.estimator_checks import check_estimator
+
+    failed = [r["check_name"] for r in check_estimator(make(), on_fail=None)
+              if r["status"] == "failed"]
+    assert not failed

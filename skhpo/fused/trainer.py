@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.utils import _safe_indexing
 from skorch.history import History
 
 from ..models import MLPModule, TabularMLPClassifier, TabularMLPRegressor
@@ -227,8 +228,9 @@ def unfusible(estimator):
     """Why ``estimator`` (parameters set) cannot train in a fused group, or ""."""
     try:
         net, _ = find_net(estimator)
-    except TypeError as exc:
-        return str(exc)
+    except TypeError:
+        return (f"{type(estimator).__name__} is not a skorch net (the fused engine trains "
+                "skhpo's tabular MLPs)")
     kind = type(net)
     if kind not in _CRITERIA:
         return (f"{kind.__name__} is not one of skhpo's tabular MLPs (TabularMLPClassifier, "
@@ -279,11 +281,8 @@ def _prefix(estimator):
 
 
 def _rows(a, rows):
-    if rows is None:
-        return a
-    if hasattr(a, "iloc"):
-        return a.iloc[rows]
-    return a[rows]
+    """The task's rows of ``a``, indexed as scikit-learn's cross-validation indexes them."""
+    return a if rows is None else _safe_indexing(a, rows)
 
 
 def _n_weights(net):

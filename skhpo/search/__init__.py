@@ -3,8 +3,9 @@
 from .autohyper import AutoHyperSearchCV
 from .cutting_plane import CuttingPlaneTuner
 from .flatness import FlatnessSearchCV
+from .fused_search import FusedGridSearchCV, FusedRandomizedSearchCV
 from .hyperlocal import HyperLocalRefiner
 from .population import PopulationMutationSearch
 
-__all__ = ["AutoHyperSearchCV", "CuttingPlaneTuner", "FlatnessSearchCV", "HyperLocalRefiner",
-           "PopulationMutationSearch"]
+__all__ = ["AutoHyperSearchCV", "CuttingPlaneTuner", "FlatnessSearchCV", "FusedGridSearchCV",
+           "FusedRandomizedSearchCV", "HyperLocalRefiner", "PopulationMutationSearch"]

@@ -42,10 +42,8 @@ from ..nets import (
     check_param_names,
     find_net,
     free_estimator,
-    seed_everything,
-    spawn_seeds,
-    trial_params,
 )
+from ._fused_cv import FusedCVMixin
 
 __all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns",
            "results_table", "HoldoutSearch", "HoldoutResult", "Holdout", "holdout_split",
@@ -152,7 +150,7 @@ def history_columns(rows):
 # the base class
 # --------------------------------------------------------------------------------------------
 
-class NetSearchCV(BaseSearchCV):
+class NetSearchCV(FusedCVMixin, BaseSearchCV):
     """Base class of the skhpo searches (not public).
 
     Subclasses implement ``_setup_search(X, y, fit_params)`` (sampling and checks, no
@@ -231,14 +229,6 @@ class NetSearchCV(BaseSearchCV):
             raise ValueError(f"{where}: searching over {prefix}callbacks is not supported; "
                              "search over callback parameters (callbacks__<name>__<arg>)")
 
-    def _spawn_seeds(self, rng, n):
-        seeds = spawn_seeds(rng, n + 1)
-        self._refit_seed = seeds[-1]
-        return seeds[:-1]
-
-    def _task_params(self, seed, task_index, **net_overrides):
-        return trial_params(self.estimator, seed=seed, task_index=task_index, **net_overrides)
-
     def _run_trials(self, tasks):
         """Run ``run_trial`` on each task dict through ``joblib.Parallel(n_jobs)``."""
         parallel = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch)
@@ -295,37 +285,6 @@ class NetSearchCV(BaseSearchCV):
         return {"value": value, "error": error,
                 "time": result.fit_time + time.perf_counter() - start,
                 "group": result.group, "engine_reason": result.reason}
-
-    def _evaluate(self, evaluate_candidates, candidates, seeds, more_results=None,
-                  callback_ctx=None):
-        """Cross-validate ``candidates`` through sklearn, each fit guarded and seeded."""
-        tasks = []
-        for i, (cand, seed) in enumerate(zip(candidates, seeds)):
-            extra = self._task_params(seed, i)
-            self._task_keys.update(extra)
-            tasks.append({**cand, **extra})
-        if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
-            results = evaluate_candidates(tasks, more_results=more_results)
-        else:
-            ctx = callback_ctx.subcontext(
-                task_name="search", max_subtasks=len(tasks) * self._n_splits,
-                sequential_subtasks=False).call_on_fit_task_begin(estimator=self)
-            results = evaluate_candidates(tasks, more_results=more_results, callback_ctx=ctx)
-            ctx.call_on_fit_task_end(estimator=self)
-        self._seed_refit()
-        return results
-
-    def _seed_refit(self):
-        # sklearn refits the best candidate in this process right after _run_search
-        net, _ = find_net(self.estimator)
-        if getattr(net, "random_state", None) is None and hasattr(self, "_refit_seed"):
-            seed_everything(self._refit_seed)
-
-    def _format_results(self, candidate_params, n_splits, out, more_results=None):
-        # what the user sees: the candidates without skhpo's task parameters
-        public = [{k: v for k, v in p.items() if k not in self._task_keys}
-                  for p in candidate_params]
-        return super()._format_results(public, n_splits, out, more_results)
 
     def _warn_failures(self, failures, n_total, stage):
         if failures:

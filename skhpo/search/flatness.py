@@ -83,12 +83,13 @@ class FlatnessSearchCV(NetSearchCV):
         Discard candidates whose bound is <= 0 ("no information"); non-finite bounds are always
         discarded.
     engine : {"auto", "fused", "sequential"}, default="auto"
-        How the screening trains its candidates (:class:`skhpo.fused.FusedTrainer`):
-        ``"auto"`` trains candidates of skhpo's tabular MLPs that share an architecture and
-        batch size as one stacked model (each equals its own fit to float32 rounding; see
-        docs/fused.md) and the others one by one; ``"fused"`` fails if a candidate cannot be
-        fused, naming why; ``"sequential"`` trains every candidate alone, as before. The
-        cross-validation of the finalists is scikit-learn's, one fit at a time.
+        How the screening and the finalists' cross-validation train
+        (:class:`skhpo.fused.FusedTrainer`): ``"auto"`` trains candidates (and folds) of
+        skhpo's tabular MLPs that share an architecture and batch size as one stacked model
+        (each equals its own fit to float32 rounding; see docs/fused.md), and the others one
+        by one; the CV fits then load their fused folds, so scoring and ``cv_results_`` stay
+        scikit-learn's. ``"fused"`` fails before training if a candidate cannot be fused,
+        naming why; ``"sequential"`` trains every fit alone, as before.
     scoring, cv, refit, n_jobs, verbose, pre_dispatch, error_score, return_train_score
         As in ``GridSearchCV``. ``n_jobs`` also parallelises the screening. ``error_score``
         also applies to screening fits that raise (``"raise"`` re-raises).

@@ -1,0 +1,147 @@
+"""Cross-validation of candidates whose fits load folds the fused engine trained.
+
+:class:`FusedCVMixin` sits under every search that cross-validates skorch nets through
+scikit-learn's ``evaluate_candidates`` (``NetSearchCV`` and the fused drop-ins
+``FusedRandomizedSearchCV`` / ``FusedGridSearchCV``): it seeds each candidate's fits, trains
+every (candidate, fold) in fused groups first where ``engine`` allows
+(:class:`skhpo.fused.FusedTrainer`), hands scikit-learn the candidates with a
+:class:`~skhpo.fused.prefit.PrefitStates` callback and the same folds, and removes its own
+parameters from everything the user sees. The host class sets ``_search_data``
+(``(X, y, fit_params)``) and ``_task_keys`` (a set) for the duration of ``fit``.
+"""
+
+from __future__ import annotations
+
+from sklearn.base import is_classifier
+from sklearn.model_selection import check_cv
+from sklearn.utils import _safe_indexing, indexable
+
+from ..fused import FusedTask, FusedTrainer
+from ..fused.prefit import PrefitStates, fingerprint
+from ..nets import find_net, free_estimator, net_input, seed_everything, spawn_seeds, trial_params
+
+__all__ = ["FusedCVMixin"]
+
+
+class FusedCVMixin:
+    """Seeded, fused cross-validation on top of scikit-learn's ``evaluate_candidates``."""
+
+    def _spawn_seeds(self, rng, n):
+        seeds = spawn_seeds(rng, n + 1)
+        self._refit_seed = seeds[-1]
+        return seeds[:-1]
+
+    def _task_params(self, seed, task_index, **net_overrides):
+        return trial_params(self.estimator, seed=seed, task_index=task_index, **net_overrides)
+
+    def _evaluate(self, evaluate_candidates, candidates, seeds, more_results=None,
+                  callback_ctx=None):
+        """Cross-validate ``candidates`` through sklearn, each fit guarded and seeded (and,
+        where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`)."""
+        tasks = []
+        for i, (cand, seed) in enumerate(zip(candidates, seeds)):
+            extra = self._task_params(seed, i)
+            self._task_keys.update(extra)
+            tasks.append({**cand, **extra})
+        kwargs = {"more_results": more_results}
+        if getattr(self, "engine", "sequential") != "sequential":
+            kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks)
+        if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
+            results = evaluate_candidates(tasks, **kwargs)
+        else:
+            ctx = callback_ctx.subcontext(
+                task_name="search", max_subtasks=len(tasks) * self._n_splits,
+                sequential_subtasks=False).call_on_fit_task_begin(estimator=self)
+            results = evaluate_candidates(tasks, callback_ctx=ctx, **kwargs)
+            ctx.call_on_fit_task_end(estimator=self)
+        self._seed_refit()
+        return results
+
+    def _prefit(self, candidates, seeds, tasks):
+        """Train every (candidate, fold) in fused groups; return the folds (replayed to
+        scikit-learn, so both sides split alike) and the candidates' parameters, each with a
+        :class:`~skhpo.fused.prefit.PrefitStates` callback holding its trained folds."""
+        X, y, fit_params = self._search_data
+        X, y = indexable(X, y)  # as scikit-learn's fit does before it splits
+        splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(
+            X, y, fit_params.get("groups")))
+        self._fused_fit_times = [[0.0] * len(splits) for _ in candidates]
+        if set(fit_params) - {"groups"}:
+            if self.engine == "fused":
+                raise ValueError("engine='fused' cannot pass fit parameters to a fused group; "
+                                 f"got {sorted(set(fit_params) - {'groups'})}")
+            return _Splits(splits), tasks
+        fused = [FusedTask(cand, seed=seed, rows=train)
+                 for cand, seed in zip(candidates, seeds) for train, _ in splits]
+        trainer = FusedTrainer(self.estimator, engine=self.engine)
+        groups, _ = trainer.plan(fused)
+        grouped = [i for group in groups for i in group]
+        states = [{} for _ in candidates]
+        for i, result in zip(grouped, trainer.fit([fused[i] for i in grouped], X, y)):
+            if result.estimator is None:  # failed in its group: scikit-learn's fit fails alike
+                continue
+            cand, split = divmod(i, len(splits))
+            states[cand][_fold_key(result, X, y, fused[i].rows)] = _fold_state(result)
+            self._fused_fit_times[cand][split] = result.fit_time
+            free_estimator(result.estimator)
+        net, prefix = find_net(self.estimator)
+        key = f"{prefix}callbacks"
+        out = []
+        for task, cand_states in zip(tasks, states):
+            if cand_states:
+                user = net.callbacks if isinstance(net.callbacks, (list, tuple)) else []
+                base = task.get(key, list(user))
+                task = {**task, key: [*base, ("skhpo_prefit", PrefitStates(cand_states))]}
+                self._task_keys.add(key)
+            out.append(task)
+        return _Splits(splits), out
+
+    def _seed_refit(self):
+        # sklearn refits the best candidate in this process right after _run_search
+        net, _ = find_net(self.estimator)
+        if getattr(net, "random_state", None) is None and hasattr(self, "_refit_seed"):
+            seed_everything(self._refit_seed)
+
+    def _format_results(self, candidate_params, n_splits, out, more_results=None):
+        # a fit that loaded a fused fold took its share of the fused group's time
+        for j, fold in enumerate(out):
+            cand, split = divmod(j, n_splits)
+            times = getattr(self, "_fused_fit_times", [])
+            if cand < len(times) and isinstance(fold, dict) and "fit_time" in fold:
+                fold["fit_time"] += times[cand][split]
+        # what the user sees: the candidates without skhpo's task parameters
+        public = [{k: v for k, v in p.items() if k not in self._task_keys}
+                  for p in candidate_params]
+        return super()._format_results(public, n_splits, out, more_results)
+
+
+
+class _Splits:
+    """A splitter that replays fixed ``(train, test)`` folds."""
+
+    def __init__(self, splits):
+        self.splits = splits
+
+    def split(self, X=None, y=None, groups=None):
+        yield from self.splits
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        return len(self.splits)
+
+
+def _fold_key(result, X, y, rows):
+    """The fingerprint of the data a task's net trained on (after any preprocessing)."""
+    Xr = X if rows is None else _safe_indexing(X, rows)
+    yr = y if rows is None else _safe_indexing(y, rows)
+    net, _ = find_net(result.estimator)
+    return fingerprint(net_input(result.estimator, Xr), net._check_y(yr, reset=False))
+
+
+def _fold_state(result):
+    """What :class:`~skhpo.fused.prefit.PrefitStates` loads for one trained fold."""
+    net, _ = find_net(result.estimator)
+    return {"module": {k: v.detach().cpu().clone() for k, v in net.module_.state_dict().items()},
+            "optimizer": net.optimizer_.state_dict(),
+            "history": [dict(row) for row in net.history_]}
+
+
