@@ -78,7 +78,19 @@ class MLPGroup:
         self.l2 = self._coefficients(coefs, "l2")
         self.l1 = self._coefficients(coefs, "l1")
         self.alive = list(range(len(members)))
+        (self.X, self.X_shared), (self.y, self.y_shared) = self._stack("X"), self._stack("y")
         self._leaves()
+
+    def _stack(self, name):
+        """The members' data: one shared tensor (2-D), or each member's own stacked and
+        zero-padded (3-D, member first), so that a step gathers every batch at once."""
+        arrays = [getattr(m, name) for m in self.members]
+        if all(a is arrays[0] for a in arrays):
+            return arrays[0], True
+        out = arrays[0].new_zeros((len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:]))
+        for k, a in enumerate(arrays):
+            out[k, :len(a)] = a
+        return out, False
 
     def _leaves(self):
         """Per layer, W and b as views of the buffer that autograd treats as leaves: their
@@ -166,9 +178,10 @@ class MLPGroup:
                 by_size.setdefault(n, []).append(j)
         losses = [None] * len(sizes)
         for pos in by_size.values():
-            members = [self.members[self.alive[j]] for j in pos]
-            xb, yb = (self._gather([m.X for m in members], [idx[j] for j in pos]),
-                      self._gather([m.y for m in members], [idx[j] for j in pos]))
+            rows = torch.stack([idx[j] for j in pos])
+            owners = torch.tensor([self.alive[j] for j in pos])[:, None]
+            xb = (self.X[rows] if self.X_shared else self.X[owners, rows]).to(self.device)
+            yb = (self.y[rows] if self.y_shared else self.y[owners, rows]).to(self.device)
             layers = self.layers if len(pos) == len(sizes) else \
                 [(W[pos], b[pos]) for W, b in self.layers]
             out = self._forward(layers, xb, [self.alive[j] for j in pos])
@@ -176,12 +189,6 @@ class MLPGroup:
                 losses[j] = value
         zero = self.leaves[0].new_zeros(())
         return torch.stack([zero if v is None else v for v in losses]) + self._penalty()
-
-    def _gather(self, arrays, rows):
-        """``(k, b, ...)``: each model's rows of its array (one gather when they share it)."""
-        if all(a is arrays[0] for a in arrays):
-            return arrays[0][torch.stack(rows)].to(self.device)
-        return torch.stack([a[r] for a, r in zip(arrays, rows)]).to(self.device)
 
     def _forward(self, layers, xb, members):
         h, lin, drop = xb, 0, 0
@@ -206,9 +213,8 @@ class MLPGroup:
         noise = torch.ones(h.shape, dtype=h.dtype)
         for q, k in enumerate(members):
             p = self.rates[k][layer]
-            if p > 0:
-                noise[q] = torch.empty(h.shape[1:], dtype=h.dtype).bernoulli_(
-                    1 - p, generator=self.members[k].generator).div_(1 - p)
+            if p > 0:  # drawn in place: the same numbers as empty(b, width).bernoulli_
+                noise[q].bernoulli_(1 - p, generator=self.members[k].generator).div_(1 - p)
         return noise.to(h.device)
 
     def _criterion(self, out, y):
