@@ -252,3 +252,18 @@ def test_hpm_cli_synthetic_and_nets(tmp_path, capsys):
     rows = (tmp_path / "nets" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 3  # random, hpm-wo-t, hpm
     assert main(["hpm", "synthetic", "--budget", "10"]) == 2
+
+
+def test_fused_random_trains_random_search_fits(tmp_path):
+    """The fused drop-in in the bench: the same candidates and seeds as random search, so the
+    same chosen parameters and test scores (to float32 rounding)."""
+    assert main(["bench", "--tasks", "iris", "--seeds", "2", "--n-trials", "4",
+                 "--max-epochs", "3", "--cv", "2", "--methods", "random", "fused-random",
+                 "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    by = {(r["method"], r["seed"]): r for r in rows}
+    for seed in range(2):
+        ours, theirs = by["fused-random", seed], by["random", seed]
+        assert ours["best_params"] == theirs["best_params"]
+        assert abs(ours["test_score"] - theirs["test_score"]) <= 1 / 38 + 1e-9
+        assert ours["epochs"] == theirs["epochs"] and ours["n_trainings"] == theirs["n_trainings"]

@@ -36,8 +36,9 @@ def _bench_parser(sub):
                    "encoded); needs --target")
     p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
     p.add_argument("--methods", nargs="+", default=["random", "flatness"],
-                   help="methods to run: random, flatness, grid, halving, optuna (needs "
-                   "the extra 'bench'; skipped with a message without it), the "
+                   help="methods to run: random, fused-random (FusedRandomizedSearchCV: random "
+                   "search's fits trained in fused groups), flatness, grid, halving, optuna "
+                   "(needs the extra 'bench'; skipped with a message without it), the "
                    "lr-only pair autohyper and lr-grid (20-point log grid of lr), hpm "
                    "(PopulationMutationSearch on the space's lr and weight decay boxes) and "
                    "cpmlho (CuttingPlaneTuner on the net's dropout layers, one run)")

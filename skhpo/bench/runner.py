@@ -26,6 +26,7 @@ from skhpo import (
     AutoHyperSearchCV,
     CuttingPlaneTuner,
     FlatnessSearchCV,
+    FusedRandomizedSearchCV,
     PopulationMutationSearch,
     SmallCNNClassifier,
     TabularMLPClassifier,
@@ -198,6 +199,11 @@ def _random(estimator, space, budget, seed, n_jobs):
                               random_state=seed, n_jobs=n_jobs)
 
 
+def _fused_random(estimator, space, budget, seed, n_jobs):
+    return FusedRandomizedSearchCV(estimator, space, n_iter=budget.n_trials, cv=budget.cv,
+                                   random_state=seed, n_jobs=n_jobs)
+
+
 def _flatness(estimator, space, budget, seed, n_jobs):
     n_candidates, n_finalists = budget.flatness_sizes()
     return FlatnessSearchCV(estimator, space, n_candidates=n_candidates,
@@ -267,12 +273,13 @@ def _cpmlho(estimator, space, budget, seed, n_jobs):
     return CuttingPlaneTuner(estimator, random_state=seed)
 
 
-METHODS = {"random": _random, "flatness": _flatness, "grid": _grid, "halving": _halving,
-           "optuna": _optuna, "autohyper": _autohyper, "lr-grid": _lr_grid, "hpm": _hpm,
-           "cpmlho": _cpmlho}
+METHODS = {"random": _random, "fused-random": _fused_random, "flatness": _flatness,
+           "grid": _grid, "halving": _halving, "optuna": _optuna, "autohyper": _autohyper,
+           "lr-grid": _lr_grid, "hpm": _hpm, "cpmlho": _cpmlho}
 
-#: the methods that are not skhpo's: their nets are seeded through ``random_state``
-BASELINES = ("random", "grid", "halving", "optuna", "lr-grid")
+#: the methods whose nets are seeded through ``random_state`` (scikit-learn's and Optuna's
+#: searches, and the fused drop-in, which then trains exactly random search's fits)
+BASELINES = ("random", "fused-random", "grid", "halving", "optuna", "lr-grid")
 
 #: methods that need an optional extra: name -> (modules, install hint)
 OPTIONAL = {"optuna": (("optuna", "optuna_integration"),
