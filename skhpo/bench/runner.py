@@ -363,7 +363,7 @@ def summarize(rows):
         "median_wall": ("median", "wall_time"), "median_epochs": ("median", "epochs")})
 
 
-COLUMNS = [Column("task", "task", "14s"), Column("method", "method", "10s"),
+COLUMNS = [Column("task", "task", "14s"), Column("method", "method", "12s"),
            Column("runs", "n", "4d"), Column("median test", "median_test", "11.4f"),
            Column("IQR", "iqr_test", "7.4f"), Column("median wall", "median_wall", "10.1f", "s"),
            Column("epochs", "median_epochs", "7.0f")]
@@ -371,5 +371,5 @@ COLUMNS = [Column("task", "task", "14s"), Column("method", "method", "10s"),
 
 def describe_row(row):
     """The progress line of one run."""
-    return (f"{row['task']:14s} seed {row['seed']} {row['method']:9s} test "
+    return (f"{row['task']:14s} seed {row['seed']} {row['method']:12s} test "
             f"{row['test_score']:.4f} {row['wall_time']:6.1f}s {row['epochs']} epochs")
