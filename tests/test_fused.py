@@ -289,3 +289,20 @@ def test_drop_ins_pass_the_estimator_checks(make):
     failed = [r["check_name"] for r in check_estimator(make(), on_fail=None)
               if r["status"] == "failed"]
     assert not failed
+
+
+def test_autohyper_walks_the_same_with_fused_trials(digits):
+    """The trials of a step train as one group, Z read from each model's weights at every
+    epoch end (the recorder only reads the net): the same Z, walk and result."""
+    from skhpo import AutoHyperSearchCV
+
+    X, y = digits
+    kw = dict(epochs_per_trial=2, cv=2, random_state=0, max_trials=12)
+    runs = {engine: AutoHyperSearchCV(_net(width=32), {"lr": None}, engine=engine,
+                                      **kw).fit(X, y)
+            for engine in ("fused", "sequential")}
+    fused, alone = runs["fused"], runs["sequential"]
+    np.testing.assert_allclose(fused.history_["z"], alone.history_["z"], atol=1e-6)
+    assert fused.best_params_ == alone.best_params_ and fused.n_trials_ == alone.n_trials_
+    assert fused.best_score_ == pytest.approx(alone.best_score_, abs=0.01)
+    assert max(fused.history_["fused_group"]) >= 0 and set(alone.history_["fused_group"]) == {-1}

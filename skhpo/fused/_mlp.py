@@ -135,6 +135,7 @@ class MLPGroup:
             for j, k in enumerate(self.alive):
                 m = self.members[k]
                 m.losses.append((float(sums[j]) / len(m.rows), time.perf_counter() - t0))
+                self._notify_readers(m, j)
             self._retire([j for j, k in enumerate(self.alive)
                           if self.members[k].epochs == epoch + 1])
             if not self.alive:
@@ -239,6 +240,17 @@ class MLPGroup:
                 total = total + alive[:, i] * terms
         return total
 
+    def _notify_readers(self, member, j):
+        """Call the net's epoch readers (callbacks with ``reads_epochs``) with this epoch's
+        weights in its module, as its own ``fit`` would at the epoch's end."""
+        readers = [cb for _, cb in getattr(member.net, "callbacks_", ())
+                   if getattr(cb, "reads_epochs", False)]
+        if not readers:
+            return
+        self._write_weights(member, j)
+        for cb in readers:
+            cb.on_epoch_end(member.net)
+
     # -- leaving the group -------------------------------------------------------------------
 
     def _retire(self, positions):
@@ -257,18 +269,24 @@ class MLPGroup:
         self.alive = [self.alive[j] for j in keep]
         return keep
 
+    def _write_weights(self, member, j):
+        """Model ``j``'s current weights into its net's module."""
+        row = self.opt.params[0][j:j + 1].detach()
+        with torch.no_grad():
+            for layer, (W, b) in zip(_linears(member.net), self._layers(row)):
+                layer.weight.copy_(W[0].T)
+                layer.bias.copy_(b[0, 0])
+
     def _hand_back(self, member, j):
         """Model ``j``'s weights into its net's module, its Adam state into its optimiser."""
+        self._write_weights(member, j)
         linears = _linears(member.net)
-        row = self.opt.params[0][j:j + 1].detach()
         state = self.opt.state_of(j)[0]
         moments = {key: self._layers(state[key][None]) for key in ("exp_avg", "exp_avg_sq")}
         optimizer = member.net.optimizer_
         optimizer.state.clear()
         with torch.no_grad():
-            for i, (layer, (W, b)) in enumerate(zip(linears, self._layers(row))):
-                layer.weight.copy_(W[0].T)
-                layer.bias.copy_(b[0, 0])
+            for i, layer in enumerate(linears):
                 for p, pick in ((layer.weight, lambda t: t[0].T.contiguous()),
                                 (layer.bias, lambda t: t[0, 0].clone())):
                     optimizer.state[p] = {

@@ -52,12 +52,15 @@ _CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
 @dataclass
 class FusedTask:
     """One training: ``params`` set on a clone of the estimator, the task's ``seed`` (as
-    :class:`~skhpo.nets.TaskSeed` applies it; a net's own ``random_state`` wins) and its
-    training ``rows`` (indices into X, or None for all rows)."""
+    :class:`~skhpo.nets.TaskSeed` applies it; a net's own ``random_state`` wins), its
+    training ``rows`` (indices into X, or None for all rows) and ``callbacks`` the method adds
+    to the net (``(name, callback)`` pairs; to fuse, each must only read the net at epoch
+    ends: ``reads_epochs = True``)."""
 
     params: dict = field(default_factory=dict)
     seed: int | None = None
     rows: object = None
+    callbacks: tuple = ()
 
 
 @dataclass
@@ -109,7 +112,8 @@ class FusedTrainer:
         groups, alone = {}, {}
         for i, task in enumerate(tasks):
             reason = "engine='sequential'" if self.engine == "sequential" else \
-                unfusible(clone(self.estimator).set_params(**task.params))
+                unfusible(clone(self.estimator).set_params(**task.params)) or \
+                _unreadable(task.callbacks)
             if reason:
                 if self.engine == "fused":
                     raise ValueError(f"engine='fused': task {i} cannot be fused: {reason}")
@@ -155,7 +159,8 @@ class FusedTrainer:
 
     def _clone(self, task, params, **overrides):
         """A clone with the task's parameters, seed and loss guard (``overrides`` win)."""
-        extra = trial_params(self.estimator, seed=task.seed, **overrides)
+        extra = trial_params(self.estimator, seed=task.seed, extra_callbacks=task.callbacks,
+                             **overrides)
         return clone(self.estimator).set_params(**{**params, **extra})
 
     def _fit_group(self, g, indices, tasks, X, y, alone):
@@ -259,9 +264,22 @@ def unfusible(estimator):
             return reason
     for cb in net.callbacks or ():
         cb = cb[1] if isinstance(cb, tuple) else cb
-        if not isinstance(cb, (TaskSeed, FiniteLossGuard)):
+        if not isinstance(cb, (TaskSeed, FiniteLossGuard)) and not _reads_epochs(cb):
             return (f"the callback {type(cb).__name__} acts during training (the fused engine "
-                    "runs skhpo's seed and loss guard only)")
+                    "runs skhpo's seed and loss guard, and callbacks that only read the net at "
+                    "epoch ends)")
+    return ""
+
+
+def _reads_epochs(callback):
+    return bool(getattr(callback, "reads_epochs", False))
+
+
+def _unreadable(callbacks):
+    for _, cb in callbacks:
+        if not _reads_epochs(cb):
+            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
+                    "runs callbacks that only read the net at epoch ends)")
     return ""
 
 

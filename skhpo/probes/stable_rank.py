@@ -170,7 +170,12 @@ class StableRankRecorder(Callback):
     """Records Z_t and the per-matrix ranks at the end of every epoch of a skorch net.
 
     ``records`` holds one ``{"z": Z_t, "layers": [...]}`` per epoch; ``z`` is their mean Z.
+    It only reads the module at the end of each epoch (``reads_epochs``), so the fused
+    engine can train its net and call it with the weights of each epoch.
     """
+
+    #: only reads ``net.module_`` in ``on_epoch_end`` (the fused engine honours it)
+    reads_epochs = True
 
     def __init__(self, include_linear="auto", exclude=(), exact_tau=False):
         self.include_linear = include_linear

@@ -234,8 +234,10 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         parallel = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch)
         return parallel(delayed(run_trial)(**task) for task in tasks)
 
-    def _train_candidates(self, candidates, seeds, X, y, fit_params, probe, **net_overrides):
-        """Train every candidate (its seed, the ``net_overrides`` such as ``max_epochs``) and
+    def _train_candidates(self, candidates, seeds, X, y, fit_params, probe, callbacks=None,
+                          first_index=0, **net_overrides):
+        """Train every candidate (its seed, its extra ``callbacks`` — ``(name, callback)``
+        pairs, one list per candidate — and the ``net_overrides`` such as ``max_epochs``) and
         read ``probe(fitted, X)`` off it: in fused groups where ``engine`` allows
         (:class:`skhpo.fused.FusedTrainer`), the others through :meth:`_run_trials`. Returns
         :func:`run_trial`'s dicts plus ``group`` (-1: trained alone) and ``engine_reason``
@@ -243,8 +245,9 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         engine = getattr(self, "engine", "sequential")
         prefix = find_net(self.estimator)[1]
         overrides = {prefix + k: v for k, v in net_overrides.items()}
-        fused = [FusedTask({**cand, **overrides}, seed=seed)
-                 for cand, seed in zip(candidates, seeds)]
+        callbacks = callbacks or [()] * len(candidates)
+        fused = [FusedTask({**cand, **overrides}, seed=seed, callbacks=tuple(cbs))
+                 for cand, seed, cbs in zip(candidates, seeds, callbacks)]
         if fit_params:
             groups, alone = [], dict.fromkeys(range(len(fused)), "fit parameters")
             if engine == "fused":
@@ -259,8 +262,11 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
             outs[i] = self._probe_fused(result, X, probe)
         solo = sorted(alone)
         tasks = [dict(estimator=self.estimator, params=candidates[i],
-                      task_params=self._task_params(seeds[i], i, **net_overrides), X=X, y=y,
-                      fit_params=fit_params, error_score=self.error_score, probe=probe)
+                      task_params=self._task_params(seeds[i], first_index + i,
+                                                    extra_callbacks=list(callbacks[i]),
+                                                    **net_overrides),
+                      X=X, y=y, fit_params=fit_params, error_score=self.error_score,
+                      probe=probe)
                  for i in solo]
         for i, out in zip(solo, self._run_trials(tasks)):
             outs[i] = {**out, "group": -1, "engine_reason": alone[i]}

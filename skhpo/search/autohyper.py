@@ -34,6 +34,7 @@ from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..fused import ENGINES
 from ..hyper.space import parse_name, read_dimension
 from ..log import report
 from ..nets import find_net, net_input
@@ -250,6 +251,12 @@ class AutoHyperSearchCV(NetSearchCV):
         layers other than the output layer when ``True``, or with ``"auto"`` when the net has
         no convolution (an MLP; our extension of the paper, which reads convolutions only).
         The output layer is read only if nothing else is left.
+    engine : {"auto", "fused", "sequential"}, default="auto"
+        How the trials of a step and the final point's cross-validation train
+        (:class:`skhpo.fused.FusedTrainer`; docs/fused.md): ``"auto"`` trains the new
+        neighbours of a step (and the final CV's folds) of skhpo's tabular MLPs as one stacked
+        model, Z read from each model's weights at every epoch end; ``"fused"`` fails before
+        training if they cannot fuse; ``"sequential"``: one fit at a time, as before.
     cv, scoring, refit, n_jobs, verbose, pre_dispatch, error_score
         As in ``GridSearchCV`` (used for the cross-validation of the final point and the
         refit). ``n_jobs`` also trains each step's new neighbours in parallel.
@@ -272,7 +279,8 @@ class AutoHyperSearchCV(NetSearchCV):
     history_ : dict of lists
         One row per trial: ``trial``, ``params``, ``z``, ``z_epochs`` (Z_t per epoch),
         ``ranks`` (rank per layer/unfolding at the last epoch), ``status`` (``ok`` or
-        ``diverged``, which counts as Z = 1), ``reason``, ``epochs``, ``time``, ``step``,
+        ``diverged``, which counts as Z = 1), ``reason``, ``epochs``, ``time``,
+        ``fused_group`` (-1: trained alone), ``engine_reason`` (why alone), ``step``,
         ``phase``.
     steps_ : dict of lists
         One row per step of the walk: ``step``, ``point``, ``z`` (of the centre), ``phase``,
@@ -319,12 +327,13 @@ class AutoHyperSearchCV(NetSearchCV):
         "max_trials": [Interval(Integral, 1, None, closed="left")],
         "zero_step": [Interval(Real, 0, None, closed="neither")],
         "include_linear": ["boolean", StrOptions({"auto"})],
+        "engine": [StrOptions(set(ENGINES))],
     }
 
     def __init__(self, estimator, params, *, epochs_per_trial=5, start_threshold=0.85,
                  power=0.8, plateau=5e-3, shrink=SHRINK, stop_tol=5e-3,
-                 max_trials=200, zero_step=1e-7, include_linear="auto", cv=None,
-                 scoring=None, refit=True, n_jobs=None, random_state=None, verbose=0,
+                 max_trials=200, zero_step=1e-7, include_linear="auto", engine="auto",
+                 cv=None, scoring=None, refit=True, n_jobs=None, random_state=None, verbose=0,
                  pre_dispatch="2*n_jobs", error_score=np.nan):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
@@ -339,6 +348,7 @@ class AutoHyperSearchCV(NetSearchCV):
         self.max_trials = max_trials
         self.zero_step = zero_step
         self.include_linear = include_linear
+        self.engine = engine
         self.random_state = random_state
 
     # -- before any training ----------------------------------------------------------------
@@ -405,24 +415,22 @@ class AutoHyperSearchCV(NetSearchCV):
                        callback_ctx=callback_ctx)
 
     def _train(self, points, X, y, fit_params, first_index):
-        """One trial per point, in parallel: ``epochs_per_trial`` epochs, Z read at each
-        epoch's end; a diverged trial counts as Z = 1."""
+        """One trial per point (in fused groups where ``engine`` allows, else in parallel):
+        ``epochs_per_trial`` epochs, Z read at each epoch's end; a diverged trial counts as
+        Z = 1."""
         names = [h.name for h in self._hparams]
-        tasks = []
-        for i, point in enumerate(points):
-            recorder = StableRankRecorder(self.include_linear, self._exclude)
-            tasks.append(dict(
-                estimator=self.estimator, params=dict(zip(names, point)),
-                task_params=self._task_params(
-                    self._trial_seed, first_index + i, max_epochs=self.epochs_per_trial,
-                    train_split=None, verbose=0,
-                    extra_callbacks=[("skhpo_stable_rank", recorder)]),
-                X=X, y=y, fit_params=fit_params, error_score=self.error_score,
-                probe=_read_recorder))
-        rows = []
-        outs = self._run_trials(tasks)
+        candidates = [dict(zip(names, point)) for point in points]
+        recorders = [[("skhpo_stable_rank", StableRankRecorder(self.include_linear,
+                                                               self._exclude))]
+                     for _ in points]
+        outs = self._train_candidates(candidates, [self._trial_seed] * len(points), X, y,
+                                      fit_params, _read_recorder, callbacks=recorders,
+                                      first_index=first_index,
+                                      max_epochs=self.epochs_per_trial, train_split=None,
+                                      verbose=0)
         self._warn_failures([o["error"] for o in outs if o["error"] and
                              not o["error"].startswith("diverged")], len(outs), "trial")
+        rows = []
         for i, (point, out) in enumerate(zip(points, outs)):
             records = out["value"] or []
             ok = not out["error"]
@@ -434,7 +442,8 @@ class AutoHyperSearchCV(NetSearchCV):
                          "status": "ok" if ok else "diverged" if
                          out["error"].startswith("diverged") else "failed",
                          "reason": out["error"], "epochs": self.epochs_per_trial,
-                         "time": out["time"]})
+                         "time": out["time"], "fused_group": out["group"],
+                         "engine_reason": out["engine_reason"]})
             report("autohyper", self.verbose,
                    f"[AutoHyper] trial {first_index + i}: {dict(zip(names, point))} "
                    f"Z={rows[-1]['z']:.3f} {rows[-1]['status']}")
