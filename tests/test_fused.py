@@ -189,21 +189,28 @@ def test_engine_fused_names_what_cannot_fuse_before_training(digits):
     assert all("not one of skhpo's tabular MLPs" in r for r in auto.history_["engine_reason"])
 
 
-def test_cross_validation_loads_the_fused_folds(digits, monkeypatch):
-    """With engine="fused" every finalist's CV fit loads its fold from the fused group (no
-    epoch trained by scikit-learn's fit), and cv_results_ agrees with sequential training."""
-    from skhpo import FlatnessSearchCV
+@pytest.fixture
+def loaded(monkeypatch):
+    """Whether each CV fit loaded a fused fold, in the order of the fits."""
     from skhpo.fused.prefit import PrefitStates
 
-    X, y = digits
-    loaded = []
+    out = []
     original = PrefitStates.on_train_begin
 
     def counting(self, net, X=None, y=None, **kwargs):
         original(self, net, X=X, y=y, **kwargs)
-        loaded.append(self.loaded_ is not None)
+        out.append(self.loaded_ is not None)
 
     monkeypatch.setattr(PrefitStates, "on_train_begin", counting)
+    return out
+
+
+def test_cross_validation_loads_the_fused_folds(digits, loaded):
+    """With engine="fused" every finalist's CV fit loads its fold from the fused group (no
+    epoch trained by scikit-learn's fit), and cv_results_ agrees with sequential training."""
+    from skhpo import FlatnessSearchCV
+
+    X, y = digits
     space = {"lr": [1e-3, 3e-3, 1e-2, 3e-2], "dropout": [0.0, 0.2]}
     kw = dict(n_candidates=6, n_finalists=3, cv=3, random_state=0)
     fused = FlatnessSearchCV(_net(), space, engine="fused", **kw).fit(X, y)
@@ -219,25 +226,16 @@ def test_cross_validation_loads_the_fused_folds(digits, monkeypatch):
 
 # -- the drop-ins ----------------------------------------------------------------------------
 
-def test_fused_random_search_is_randomized_search_cv_with_fused_fits(digits, monkeypatch):
+def test_fused_random_search_is_randomized_search_cv_with_fused_fits(digits, loaded):
     from scipy.stats import loguniform
     from sklearn.model_selection import RandomizedSearchCV
 
     from skhpo import FusedRandomizedSearchCV
-    from skhpo.fused.prefit import PrefitStates
 
     X, y = digits
-    loads = []
-    original = PrefitStates.on_train_begin
-
-    def counting(self, net, X=None, y=None, **kwargs):
-        original(self, net, X=X, y=y, **kwargs)
-        loads.append(self.loaded_ is not None)
-
-    monkeypatch.setattr(PrefitStates, "on_train_begin", counting)
     space = {"lr": loguniform(1e-3, 3e-2), "dropout": [0.0, 0.3]}
     ours = FusedRandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0).fit(X, y)
-    assert loads == [True] * 12  # every CV fit loaded its fused fold
+    assert loaded == [True] * 12  # every CV fit loaded its fused fold
     theirs = RandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0).fit(X, y)
     assert ours.cv_results_["params"] == theirs.cv_results_["params"]  # the same candidates
     assert set(ours.cv_results_) == set(theirs.cv_results_)
