@@ -304,3 +304,15 @@ def test_autohyper_walks_the_same_with_fused_trials(digits):
     assert fused.best_params_ == alone.best_params_ and fused.n_trials_ == alone.n_trials_
     assert fused.best_score_ == pytest.approx(alone.best_score_, abs=0.01)
     assert max(fused.history_["fused_group"]) >= 0 and set(alone.history_["fused_group"]) == {-1}
+
+
+def test_groups_in_parallel_give_the_same_models(digits):
+    X, y = digits
+    tasks = TASKS + [FusedTask({"width": 32, "lr": 1e-2}, seed=5),
+                     FusedTask({"width": 32, "lr": 1e-3}, seed=6)]
+    one = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
+    two = FusedTrainer(_net(), engine="fused", n_jobs=2).fit(tasks, X, y)
+    assert [r.group for r in one] == [r.group for r in two] == [0, 0, 0, 0, 1, 1]
+    for a, b in zip(one, two):
+        wa, wb = _weights(a.estimator), _weights(b.estimator)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)

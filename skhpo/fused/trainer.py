@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.utils import _safe_indexing
 from skorch.history import History
@@ -94,15 +95,20 @@ class FusedTrainer:
     max_weights : int, default=50_000
         ``"auto"``: nets with more weights train alone (on a CPU a fused step of a big net is
         bound by its arithmetic, so fusing stops paying).
+    n_jobs : int or None, default=None
+        Groups (and tasks that train alone) run in parallel through ``joblib.Parallel``;
+        results do not depend on it.
     """
 
-    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=50_000):
+    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=50_000,
+                 n_jobs=None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         self.estimator = estimator
         self.engine = engine
         self.max_group = max_group
         self.max_weights = max_weights
+        self.n_jobs = n_jobs
 
     # -- the plan (no training) --------------------------------------------------------------
 
@@ -135,13 +141,17 @@ class FusedTrainer:
         """Train every task; one :class:`TaskResult` per task, in task order."""
         groups, alone = self.plan(tasks)
         results = [None] * len(tasks)
-        with torch.random.fork_rng(devices=[]):
-            for g, members in enumerate(groups):
-                for i, result in self._fit_group(g, members, tasks, X, y, alone):
-                    results[i] = result
-        for i, reason in alone.items():
-            if results[i] is None:
-                results[i] = self._fit_alone(tasks[i], X, y, reason)
+        parallel = Parallel(n_jobs=self.n_jobs)
+        done = parallel(delayed(self._fit_group)(g, [tasks[i] for i in members], X, y)
+                        for g, members in enumerate(groups))
+        for members, (trained, moved) in zip(groups, done):
+            for j, result in trained.items():
+                results[members[j]] = result
+            alone.update({members[j]: reason for j, reason in moved.items()})
+        solo = sorted(i for i in alone if results[i] is None)
+        for i, result in zip(solo, parallel(delayed(self._fit_alone)(tasks[i], X, y, alone[i])
+                                            for i in solo)):
+            results[i] = result
         return results
 
     def _fit_alone(self, task, X, y, reason):
@@ -163,30 +173,32 @@ class FusedTrainer:
                              **overrides)
         return clone(self.estimator).set_params(**{**params, **extra})
 
-    def _fit_group(self, g, indices, tasks, X, y, alone):
-        """Initialise each task's net (0 epochs: the net's own init from its seed), split the
-        group by the shapes after preprocessing, train, hand back."""
-        inits, shared = {}, {}
-        for i in indices:
-            inits[i] = self._init(tasks[i], X, y, shared)
+    def _fit_group(self, g, tasks, X, y):
+        """One planned group (in a worker with ``n_jobs``): initialise each task's net (0
+        epochs: the net's own init from its seed), split the group by the shapes after
+        preprocessing, train, hand back. Returns ``({position: TaskResult}, {position:
+        reason})`` for the tasks trained here and those that must train alone."""
+        trained, moved, shared = {}, {}, {}
+        with torch.random.fork_rng(devices=[]):
+            inits = [self._init(task, X, y, shared) for task in tasks]
         by_shape = {}
-        for i in indices:
-            est, member = inits[i]
+        for j, (_, member) in enumerate(inits):
             if self.engine == "auto" and _n_weights(member.net) > self.max_weights:
-                alone[i] = f"{_n_weights(member.net)} weights > max_weights={self.max_weights}"
+                moved[j] = f"{_n_weights(member.net)} weights > max_weights={self.max_weights}"
                 continue
             key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
                    member.net.module_.layers[-1].out_features)
-            by_shape.setdefault(key, []).append(i)
+            by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
             if len(same) == 1 and self.engine == "auto":
-                alone[same[0]] = "the only task of its shapes after preprocessing"
+                moved[same[0]] = "the only task of its shapes after preprocessing"
                 continue
             net = inits[same[0]][1].net
-            MLPGroup([inits[i][1] for i in same], net.batch_size,
+            MLPGroup([inits[j][1] for j in same], net.batch_size,
                      isinstance(net, TabularMLPClassifier), net.device).run()
-            for i in same:
-                yield i, self._hand_back(g, tasks[i], *inits[i])
+            for j in same:
+                trained[j] = self._hand_back(g, tasks[j], *inits[j])
+        return trained, moved
 
     def _init(self, task, X, y, shared):
         """The task's net fitted for 0 epochs (its own initialisation from its seed), the

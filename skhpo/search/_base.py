@@ -256,7 +256,8 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         else:
             groups, alone = FusedTrainer(self.estimator, engine=engine).plan(fused)
         outs = [None] * len(fused)
-        trainer = FusedTrainer(self.estimator, engine="fused" if engine == "fused" else "auto")
+        trainer = FusedTrainer(self.estimator, engine="fused" if engine == "fused" else "auto",
+                               n_jobs=self.n_jobs)
         grouped = [i for group in groups for i in group]
         for i, result in zip(grouped, trainer.fit([fused[i] for i in grouped], X, y)):
             outs[i] = self._probe_fused(result, X, probe)

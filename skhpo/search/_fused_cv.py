@@ -73,7 +73,7 @@ class FusedCVMixin:
             return _Splits(splits), tasks
         fused = [FusedTask(cand, seed=seed, rows=train)
                  for cand, seed in zip(candidates, seeds) for train, _ in splits]
-        trainer = FusedTrainer(self.estimator, engine=self.engine)
+        trainer = FusedTrainer(self.estimator, engine=self.engine, n_jobs=self.n_jobs)
         groups, _ = trainer.plan(fused)
         grouped = [i for group in groups for i in group]
         states = [{} for _ in candidates]
