@@ -116,6 +116,8 @@ def test_pipelines_regressors_and_the_reasons_to_train_alone(digits):
     assert plan[0] == [[2, 3]]
     assert "optimizer SGD" in plan[1][0] and "only task" in plan[1][1]
     assert "train_split" in unfusible(_net(train_split=5))
+    on_gpu = FusedTrainer(_net(device="cuda")).plan([FusedTask(), FusedTask()])
+    assert on_gpu[0] == [] and "CPU only" in on_gpu[1][0]  # auto: not on an unmeasured GPU
     with pytest.raises(ValueError, match="task 0 cannot be fused: optimizer SGD"):
         FusedTrainer(_net(), engine="fused").plan([FusedTask({"optimizer": torch.optim.SGD})])
     with pytest.raises(ValueError, match="engine must be one of"):

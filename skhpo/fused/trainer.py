@@ -125,6 +125,10 @@ class FusedTrainer:
                     raise ValueError(f"engine='fused': task {i} cannot be fused: {reason}")
                 alone[i] = reason
                 continue
+            if self.engine == "auto" and not _on_cpu(self.estimator, task.params):
+                alone[i] = ("engine='auto' fuses on the CPU only until the GPU path has been "
+                            "measured; engine='fused' trains GPU groups")
+                continue
             groups.setdefault(fusion_key(self.estimator, task.params), []).append(i)
         planned = []
         for members in groups.values():
@@ -304,6 +308,11 @@ def fusion_key(estimator, params):
     batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
     return (type(net).__name__, p["depth"], p["width"], p["activation"],
             p["input_dropout"] is None, batch, str(net.device))
+
+
+def _on_cpu(estimator, params):
+    net, _ = find_net(clone(estimator).set_params(**params))
+    return str(net.device).startswith("cpu")
 
 
 def _prefix(estimator):
