@@ -318,3 +318,17 @@ def test_groups_in_parallel_give_the_same_models(digits):
     for a, b in zip(one, two):
         wa, wb = _weights(a.estimator), _weights(b.estimator)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_iterator_batch_size_and_a_failing_initialisation(digits):
+    X, y = digits
+    tasks = [FusedTask({"iterator_train__batch_size": 32, "lr": 1e-2}, seed=1),
+             FusedTask({"iterator_train__batch_size": 32, "lr": 3e-3}, seed=2),
+             FusedTask({"iterator_train__batch_size": 32, "l2": [1.0, 2.0]}, seed=3)]
+    results = FusedTrainer(_net()).fit(tasks, X, y)
+    for task, result in zip(tasks[:2], results):
+        assert result.group == 0
+        assert _max_diff(_weights(result.estimator), _weights(_alone(_net(), task, X, y))) < 2e-6
+    # l2 with two coefficients for three linear layers: its own fit fails, so does this task
+    assert results[2].estimator is None and "ValueError" in results[2].error
+    assert "initialisation failed" in results[2].reason

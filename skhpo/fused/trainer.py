@@ -36,6 +36,7 @@ from ..nets import (
     FiniteLossGuard,
     TaskSeed,
     TrainingDivergedError,
+    batch_size_of,
     find_net,
     net_input,
     trial_params,
@@ -182,11 +183,19 @@ class FusedTrainer:
         epochs: the net's own init from its seed), split the group by the shapes after
         preprocessing, train, hand back. Returns ``({position: TaskResult}, {position:
         reason})`` for the tasks trained here and those that must train alone."""
-        trained, moved, shared = {}, {}, {}
+        trained, moved, shared, inits = {}, {}, {}, []
         with torch.random.fork_rng(devices=[]):
-            inits = [self._init(task, X, y, shared) for task in tasks]
+            for j, task in enumerate(tasks):
+                try:
+                    inits.append(self._init(task, X, y, shared))
+                except Exception as exc:  # trains alone, and fails there as its own fit does
+                    inits.append(None)
+                    moved[j] = f"its initialisation failed ({type(exc).__name__})"
         by_shape = {}
-        for j, (_, member) in enumerate(inits):
+        for j, init in enumerate(inits):
+            if init is None:
+                continue
+            member = init[1]
             if self.engine == "auto" and _n_weights(member.net) > self.max_weights:
                 moved[j] = f"{_n_weights(member.net)} weights > max_weights={self.max_weights}"
                 continue
@@ -197,9 +206,10 @@ class FusedTrainer:
             if len(same) == 1 and self.engine == "auto":
                 moved[same[0]] = "the only task of its shapes after preprocessing"
                 continue
-            net = inits[same[0]][1].net
-            MLPGroup([inits[j][1] for j in same], net.batch_size,
-                     isinstance(net, TabularMLPClassifier), net.device).run()
+            members = [inits[j][1] for j in same]
+            net = members[0].net
+            batch = batch_size_of(net, max(len(m.rows) for m in members))
+            MLPGroup(members, batch, isinstance(net, TabularMLPClassifier), net.device).run()
             for j in same:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
         return trained, moved
