@@ -36,6 +36,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..hyper import Box, parse_name, read_dimension, set_dropout_rate
 from ..hyper.layers import convert_module, dropout_layers, general_state_dict
+from ..hyper.space import AUGMENTATIONS
 from ..nets import batch_size_of, draw_seed, find_net, seed_everything
 from ._base import HoldoutResult, HoldoutSearch, history_columns
 from ._delta_stn import DeltaSTNTrainer, STNSettings, cut_penalty
@@ -44,8 +45,6 @@ from ._delta_stn import HyperParams as _HyperParams
 __all__ = ["CuttingPlaneTuner", "cut_penalty"]
 
 DEFAULT_BOX, DEFAULT_INIT = (0.0, 0.95), 0.05
-#: hyper-parameters that act on the training inputs (dropout rates act in the module)
-AUGMENTATIONS = ("input_noise", "cutout_holes", "cutout_length")
 #: the discrete ones, applied as floor(value)
 DISCRETE = ("cutout_holes", "cutout_length")
 
