@@ -332,3 +332,36 @@ def test_the_iterator_batch_size_and_a_failing_initialisation(digits):
     # l2 with two coefficients for three linear layers: its own fit fails, so does this task
     assert results[2].estimator is None and "ValueError" in results[2].error
     assert "initialisation failed" in results[2].reason
+
+
+def test_the_drop_in_keeps_scikit_learns_behaviours(digits, loaded):
+    """Multi-metric scoring, train scores, groups, DataFrames and error_score work as in
+    scikit-learn, with the fits loaded from their fused folds."""
+    import pandas as pd
+    from sklearn.model_selection import GroupKFold
+
+    from skhpo import FusedRandomizedSearchCV
+
+    X, y = digits
+    net = _net(width=8)
+    s = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2, 1e30]}, n_iter=3, cv=3,
+                                scoring=["accuracy", "neg_log_loss"], refit="accuracy",
+                                return_train_score=True, random_state=0).fit(X, y)
+    assert {"mean_train_accuracy", "mean_test_neg_log_loss"} <= set(s.cv_results_)
+    scores = s.cv_results_["mean_test_accuracy"]
+    diverged = [p["lr"] == 1e30 for p in s.cv_results_["params"]]
+    assert np.isnan(scores[diverged]).all() and np.isfinite(scores[~np.array(diverged)]).all()
+    assert sum(loaded) == 6  # the two healthy candidates x 3 folds; the diverged one refails
+    groups = np.arange(len(y)) % 5
+    g = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2]}, n_iter=2, cv=GroupKFold(3),
+                                random_state=0).fit(X, y, groups=groups)
+    assert g.n_splits_ == 3 and np.isfinite(g.best_score_)
+    frame = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2]}, n_iter=2, cv=3,
+                                    random_state=0).fit(pd.DataFrame(X), pd.Series(y))
+    plain = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2]}, n_iter=2, cv=3,
+                                    random_state=0).fit(X, y)
+    np.testing.assert_array_equal(frame.cv_results_["mean_test_score"],
+                                  plain.cv_results_["mean_test_score"])
+    with pytest.raises(FloatingPointError):
+        FusedRandomizedSearchCV(net, {"lr": [1e30, 1e-2]}, n_iter=2, cv=2, error_score="raise",
+                                random_state=0).fit(X, y)
