@@ -175,16 +175,19 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         y : array-like of shape (n_samples,) or (n_samples, n_outputs), default=None
             Targets.
         **params : dict
-            Passed to the estimator's ``fit`` (and to the scorer / splitter as in
-            ``GridSearchCV``).
+            Passed to the estimator's ``fit``, except ``groups``, which goes to the splitter
+            only (as in ``GridSearchCV``).
 
         Returns
         -------
         self : object
             The fitted search.
         """
-        self._prepare(X, y, params)
-        self._search_data = (X, y, params)
+        # ``groups`` goes to the splitter only, as scikit-learn routes it; the rest to the net
+        fit_params = {k: v for k, v in params.items() if k != "groups"}
+        self._groups = params.get("groups")
+        self._prepare(X, y, fit_params)
+        self._search_data = (X, y, fit_params)
         self._task_keys = set()
         try:
             super().fit(X, y, **params)
@@ -202,7 +205,7 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         _check_fit_data(X, y, bare_net=(prefix == ""))
         # scikit-learn < 1.9 sets n_splits_ only after the search: methods use _n_splits
         self._n_splits = check_cv(self.cv, y, classifier=is_classifier(self.estimator)
-                                  ).get_n_splits(X, y, groups=params.get("groups"))
+                                  ).get_n_splits(X, y, groups=self._groups)
         self._setup_search(X, y, params)
 
     def _check_search_params(self):

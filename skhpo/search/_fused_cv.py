@@ -7,7 +7,8 @@ every (candidate, fold) in fused groups first where ``engine`` allows
 (:class:`skhpo.fused.FusedTrainer`), hands scikit-learn the candidates with a
 :class:`~skhpo.fused.prefit.PrefitStates` callback and the same folds, and removes its own
 parameters from everything the user sees. The host class sets ``_search_data``
-(``(X, y, fit_params)``) and ``_task_keys`` (a set) for the duration of ``fit``.
+(``(X, y, fit_params)``, ``groups`` left out), ``_groups`` and ``_task_keys`` (a set)
+for the duration of ``fit``.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ class FusedCVMixin:
         X, y, fit_params = self._search_data
         X, y = indexable(X, y)  # as scikit-learn's fit does before it splits
         splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(
-            X, y, fit_params.get("groups")))
+            X, y, getattr(self, "_groups", None)))
         self._fused_fit_times = [[0.0] * len(splits) for _ in candidates]
-        if set(fit_params) - {"groups"}:
+        if fit_params:
             if self.engine == "fused":
                 raise ValueError("engine='fused' cannot pass fit parameters to a fused group; "
-                                 f"got {sorted(set(fit_params) - {'groups'})}")
+                                 f"got {sorted(fit_params)}")
             return _Splits(splits), tasks
         fused = [FusedTask(cand, seed=seed, rows=train)
                  for cand, seed in zip(candidates, seeds) for train, _ in splits]

@@ -29,7 +29,9 @@ class _FusedDropIn(FusedCVMixin):
     def fit(self, X, y=None, **params):
         """As scikit-learn's ``fit``; the fits of a fusible estimator train in fused groups
         first (see the class)."""
-        self._search_data, self._task_keys = (X, y, params), set()
+        fit_params = {k: v for k, v in params.items() if k != "groups"}
+        self._search_data, self._groups = (X, y, fit_params), params.get("groups")
+        self._task_keys = set()
         self._fused_fit_times = []
         try:
             return super().fit(X, y, **params)
