@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from skorch import NeuralNet
@@ -37,6 +38,7 @@ __all__ = [
     "spawn_seeds",
     "task_device",
     "trial_params",
+    "user_callbacks",
 ]
 
 #: parameters that skorch routes to one of its components by prefix
@@ -247,6 +249,14 @@ def _user_callbacks(net):
     return net.callbacks if isinstance(net.callbacks, (list, tuple)) else []
 
 
+def user_callbacks(net):
+    """Fresh copies of the callbacks the user put on ``net`` (``(name, callback)`` pairs or
+    callbacks), for a training task: the user's own objects are never trained, as
+    scikit-learn's searches clone them too."""
+    return [(cb[0], clone(cb[1], safe=False)) if isinstance(cb, tuple) else clone(cb, safe=False)
+            for cb in _user_callbacks(net)]
+
+
 def trial_params(estimator, *, seed=None, task_index=0, extra_callbacks=(), **net_overrides):
     """Parameters that turn ``estimator`` into one guarded, seeded training task.
 
@@ -268,7 +278,7 @@ def trial_params(estimator, *, seed=None, task_index=0, extra_callbacks=(), **ne
         if seed is not None and getattr(net, "random_state", None) is None:
             extra.append(("skhpo_seed", TaskSeed(seed)))
         if extra:
-            out[f"{prefix}callbacks"] = list(_user_callbacks(net)) + extra
+            out[f"{prefix}callbacks"] = user_callbacks(net) + extra
     device = task_device(net.device, task_index)
     if device != net.device:
         out[f"{prefix}device"] = device

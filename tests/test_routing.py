@@ -1,11 +1,23 @@
-"""Fit parameters are routed as scikit-learn routes them: ``groups`` to the splitter only."""
+"""Fit parameters and the user's objects are handled as scikit-learn handles them: ``groups``
+go to the splitter only; every training gets copies of the user's callbacks."""
 
 import numpy as np
 import pytest
+from scipy.stats import uniform
 from sklearn.datasets import load_iris
 from sklearn.model_selection import GridSearchCV, GroupKFold
+from skorch.callbacks import Callback
 
-from skhpo import AutoHyperSearchCV, FlatnessSearchCV, FusedGridSearchCV, TabularMLPClassifier
+from skhpo import (
+    AutoHyperSearchCV,
+    CuttingPlaneTuner,
+    FlatnessSearchCV,
+    FusedGridSearchCV,
+    FusedRandomizedSearchCV,
+    PopulationMutationSearch,
+    TabularMLPClassifier,
+)
+from skhpo.nets import find_net
 
 
 @pytest.mark.parametrize("make", [
@@ -24,3 +36,35 @@ def test_groups_reach_the_splitter_not_the_net(make):
     assert search.n_splits_ == reference.n_splits_ == 3
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
 
+
+
+class _Count(Callback):
+    """Counts the training batches it sees (not a constructor parameter: clones start at 0)."""
+
+    batches_ = 0
+
+    def on_batch_end(self, net, **kwargs):
+        self.batches_ += 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: FlatnessSearchCV(n, {"lr": [1e-2, 1e-3]}, n_candidates=2, n_finalists=1, cv=2,
+                               random_state=0),
+    lambda n: AutoHyperSearchCV(n, {"lr": [1e-2]}, epochs_per_trial=1, max_trials=3, cv=2,
+                                random_state=0),
+    lambda n: PopulationMutationSearch(n, {"dropout": uniform(0, 0.5)}, population_size=2,
+                                       n_steps=1, refit=True, random_state=0),
+    lambda n: CuttingPlaneTuner(n, warmup_epochs=1, refit=True, random_state=0),
+    lambda n: FusedRandomizedSearchCV(n, {"lr": [1e-2, 1e-3]}, n_iter=2, cv=2, random_state=0),
+], ids=["flatness", "autohyper", "population", "cutting-plane", "fused-random"])
+def test_the_users_callback_objects_are_never_trained(make):
+    """As in GridSearchCV: every training gets a copy of the user's callbacks (before, the
+    screening, the trials and the refits trained the user's own instance)."""
+    X, y = load_iris(return_X_y=True)
+    mine = _Count()
+    net = TabularMLPClassifier(width=8, max_epochs=2, dropout=0.1, callbacks=[("count", mine)])
+    search = make(net).fit(X, y)
+    assert mine.batches_ == 0
+    trained = find_net(search.best_estimator_)[0]
+    assert dict(trained.callbacks_)["count"] is not mine
+    assert dict(trained.callbacks_)["count"].batches_ > 0  # its copy did train

@@ -42,6 +42,7 @@ from ..nets import (
     check_param_names,
     find_net,
     free_estimator,
+    user_callbacks,
 )
 from ._fused_cv import FusedCVMixin
 
@@ -559,6 +560,6 @@ def plain_net_params(estimator, prefix, best, max_epochs, coefs):
         else:
             out[name] = value
     if rates:
-        callbacks = list(net.callbacks) if isinstance(net.callbacks, (list, tuple)) else []
-        out[f"{prefix}callbacks"] = callbacks + [("skhpo_dropout_rates", DropoutRates(rates))]
+        out[f"{prefix}callbacks"] = user_callbacks(net) + [("skhpo_dropout_rates",
+                                                            DropoutRates(rates))]
     return out

@@ -19,7 +19,15 @@ from sklearn.utils import _safe_indexing, indexable
 
 from ..fused import FusedTask, FusedTrainer
 from ..fused.prefit import PrefitStates, fingerprint
-from ..nets import find_net, free_estimator, net_input, seed_everything, spawn_seeds, trial_params
+from ..nets import (
+    find_net,
+    free_estimator,
+    net_input,
+    seed_everything,
+    spawn_seeds,
+    trial_params,
+    user_callbacks,
+)
 
 __all__ = ["FusedCVMixin"]
 
@@ -90,8 +98,7 @@ class FusedCVMixin:
         out = []
         for task, cand_states in zip(tasks, states):
             if cand_states:
-                user = net.callbacks if isinstance(net.callbacks, (list, tuple)) else []
-                base = task.get(key, list(user))
+                base = task.get(key, user_callbacks(net))
                 task = {**task, key: [*base, ("skhpo_prefit", PrefitStates(cand_states))]}
                 self._task_keys.add(key)
             out.append(task)
