@@ -115,7 +115,9 @@ def test_trial_params_keep_user_callbacks_and_do_not_mutate():
     before = copy.deepcopy(net.get_params(deep=False))
     params = trial_params(make_pipeline(StandardScaler(), net), seed=5, max_epochs=1)
     cbs = params["neuralnetclassifier__callbacks"]
-    assert cbs[0] is stopper
+    # the user's callback is kept as a copy: a task never trains the user's own object
+    assert isinstance(cbs[0], EarlyStopping) and cbs[0] is not stopper
+    assert cbs[0].patience == 3
     assert [name for name, _ in cbs[1:]] == ["skhpo_finite_loss", "skhpo_seed"]
     assert params["neuralnetclassifier__max_epochs"] == 1
     assert net.callbacks == [stopper] and net.max_epochs == before["max_epochs"]

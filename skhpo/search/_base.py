@@ -184,9 +184,7 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         self : object
             The fitted search.
         """
-        # ``groups`` goes to the splitter only, as scikit-learn routes it; the rest to the net
-        fit_params = {k: v for k, v in params.items() if k != "groups"}
-        self._groups = params.get("groups")
+        fit_params = self._route(params)
         self._prepare(X, y, fit_params)
         self._search_data = (X, y, fit_params)
         self._task_keys = set()
@@ -196,6 +194,12 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
             del self._search_data
         self._after_refit()
         return self
+
+    def _route(self, params):
+        """The fit parameters for the net: ``groups`` goes to the splitter only (kept in
+        ``_groups``), as scikit-learn routes it."""
+        self._groups = params.get("groups")
+        return {k: v for k, v in params.items() if k != "groups"}
 
     def _prepare(self, X, y, params):
         """Everything that happens before the first training: parameter, data and space

@@ -226,6 +226,7 @@ class FlatnessSearchCV(NetSearchCV):
             With ``finalists_`` (the finalists' parameters, flattest first) and ``history_``
             (one row per screened candidate; ``cv_epochs`` is 0).
         """
+        params = self._route(params)
         self._prepare(X, y, params)
         screened = self._screen(X, y, params)
         self.finalists_ = [self._candidates[i] for i in self._select(screened)]
