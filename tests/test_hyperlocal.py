@@ -226,3 +226,19 @@ def test_sr1_hessian_needs_snapshots_and_refines(digits):
                                             ["l2"], random_state=0)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_a_useless_base_search_is_refused_before_it_trains(digits):
+    """refit=False and hessian='sr1' without SR1Snapshots are known before any training."""
+    Xtr, _, ytr, _ = digits
+    calls = []
+
+    class Counting(GridSearchCV):
+        def fit(self, *a, **k):
+            calls.append(1)
+            return super().fit(*a, **k)
+    with pytest.raises(ValueError, match="refit=False"):
+        HyperLocalRefiner(Counting(small(), {"l2": [1e-3]}, cv=2, refit=False)).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="needs the base net trained with"):
+        HyperLocalRefiner(Counting(small(), {"l2": [1e-3]}, cv=2), hessian="sr1").fit(Xtr, ytr)
+    assert calls == []

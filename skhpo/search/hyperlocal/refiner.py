@@ -238,6 +238,27 @@ class HyperLocalRefiner(HoldoutSearch):
 
     def _check_search_params(self):
         self._check_names_before_training()
+        self._check_base_before_training()
+
+    def _check_base_before_training(self):
+        """What makes an unfitted base search useless is known before it trains: a search
+        with ``refit=False`` keeps no model to refine, and ``hessian="sr1"`` needs the
+        net's ``SR1Snapshots``."""
+        if _is_fitted(self.search):
+            return
+        if getattr(self.search, "refit", True) is False:
+            raise ValueError("the base search has refit=False, so it keeps no best_estimator_ "
+                             "to refine; set refit=True (HyperLocalRefiner refines the "
+                             "refitted best model)")
+        est = getattr(self.search, "estimator", self.search)
+        if self.hessian == "sr1" and find_linear(est) is None:
+            net, _ = find_net(est)
+            callbacks = net.callbacks if isinstance(net.callbacks, (list, tuple)) else []
+            if not any(isinstance(cb[1] if isinstance(cb, tuple) else cb, SR1Snapshots)
+                       for cb in callbacks):
+                raise ValueError("hessian='sr1' needs the base net trained with "
+                                 "skhpo.search.hyperlocal.SR1Snapshots() among its callbacks "
+                                 "(at least 2 epochs); or use hessian='hvp'")
 
     def _draw_seeds(self, rng):
         # no split (and no draw) for a fitted search: its training data comes with fit
