@@ -68,3 +68,30 @@ def test_the_users_callback_objects_are_never_trained(make):
     trained = find_net(search.best_estimator_)[0]
     assert dict(trained.callbacks_)["count"] is not mine
     assert dict(trained.callbacks_)["count"].batches_ > 0  # its copy did train
+
+
+@pytest.mark.parametrize("make", [
+    lambda net: FlatnessSearchCV(net, {"lr": [1e-3, 1e-2]}, n_candidates=2, n_finalists=1,
+                                 cv=5),
+    lambda net: AutoHyperSearchCV(net, {"lr": [1e-2]}, cv=5),
+], ids=["flatness", "autohyper"])
+def test_a_split_that_cannot_be_made_fails_before_training(make, monkeypatch):
+    """Four samples and cv=5: scikit-learn's splitter raises, now before any screening or
+    walk trains (before, the whole screening or walk ran first)."""
+    X, y = load_iris(return_X_y=True)
+    X, y = X[[0, 1, 50, 51]], y[[0, 1, 50, 51]]
+    epochs = []
+    original = TabularMLPClassifier.partial_fit
+
+    def counting(self, *args, **kwargs):
+        if self.max_epochs:
+            epochs.append(self.max_epochs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TabularMLPClassifier, "partial_fit", counting)
+    from skhpo.fused._mlp import MLPGroup
+
+    monkeypatch.setattr(MLPGroup, "run", lambda self: epochs.append("fused group"))
+    with pytest.raises(ValueError, match="n_splits=5"):
+        make(TabularMLPClassifier(width=8, max_epochs=2)).fit(X, y)
+    assert epochs == []

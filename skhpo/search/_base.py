@@ -30,7 +30,7 @@ from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv, train_test_split
 from sklearn.model_selection._search import BaseSearchCV
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, indexable
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import _num_samples
 
@@ -208,9 +208,11 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         self._check_search_params()
         _, prefix = find_net(self.estimator)
         _check_fit_data(X, y, bare_net=(prefix == ""))
-        # scikit-learn < 1.9 sets n_splits_ only after the search: methods use _n_splits
-        self._n_splits = check_cv(self.cv, y, classifier=is_classifier(self.estimator)
-                                  ).get_n_splits(X, y, groups=self._groups)
+        # the folds are drawn once here, so that a split scikit-learn cannot make (more
+        # folds than samples or than members of every class, groups missing) fails before any
+        # training; scikit-learn < 1.9 sets n_splits_ only after the search: use _n_splits
+        cv = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
+        self._n_splits = sum(1 for _ in cv.split(*indexable(X, y), groups=self._groups))
         self._setup_search(X, y, params)
 
     def _check_search_params(self):
