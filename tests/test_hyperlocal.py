@@ -127,14 +127,19 @@ def test_bad_input(digits, make, match):
     assert not hasattr(refiner.search, "cv_results_")  # the user's search is never fitted
 
 
-def test_names_are_checked_before_the_base_search_trains(digits):
-    Xtr, _, ytr, _ = digits
-    calls = []
-
+def _counting_grid(calls):
+    """A GridSearchCV that records every call of its ``fit`` in ``calls``."""
     class Counting(GridSearchCV):
         def fit(self, *a, **k):
             calls.append(1)
             return super().fit(*a, **k)
+    return Counting
+
+
+def test_names_are_checked_before_the_base_search_trains(digits):
+    Xtr, _, ytr, _ = digits
+    calls = []
+    Counting = _counting_grid(calls)
     search = Counting(small(), {"l2": [1e-3, 1e-2]}, cv=2)
     with pytest.raises(ValueError, match="the learning rate"):
         HyperLocalRefiner(search, ["lr"]).fit(Xtr, ytr)
@@ -232,11 +237,7 @@ def test_a_useless_base_search_is_refused_before_it_trains(digits):
     """refit=False and hessian='sr1' without SR1Snapshots are known before any training."""
     Xtr, _, ytr, _ = digits
     calls = []
-
-    class Counting(GridSearchCV):
-        def fit(self, *a, **k):
-            calls.append(1)
-            return super().fit(*a, **k)
+    Counting = _counting_grid(calls)
     with pytest.raises(ValueError, match="refit=False"):
         HyperLocalRefiner(Counting(small(), {"l2": [1e-3]}, cv=2, refit=False)).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="needs the base net trained with"):

@@ -187,7 +187,7 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         fit_params = self._route(params)
         self._prepare(X, y, fit_params)
         self._search_data = (X, y, fit_params)
-        self._task_keys = set()
+        self._task_keys, self._fused_fit_times = set(), []  # nothing left from an earlier fit
         try:
             super().fit(X, y, **params)
         finally:
