@@ -48,29 +48,39 @@ class BatchedAdam:
                                                  ("omb1", 1 - self.b1), ("omb2", 1 - self.b2),
                                                  ("eps", self.eps))})
         self._decay = bool((self.wd != 0).any())
+        self._buffers = {}  # scratch tensors, per parameter (reset when models leave)
 
     @torch.no_grad()
     def step(self, grads, active=None):
         self.t += 1 if active is None else active.to(torch.float64)
         t = self.t.clamp(min=1)
+        frozen = None if active is None or bool(active.all()) else \
+            (~active).nonzero().flatten()
         step_terms = torch.stack([-(self.lr / (1 - self.b1 ** t)), (1 - self.b2 ** t).sqrt()])
-        for p, g, m, v, c in zip(self.params, grads, self.m, self.v, self._coef):
+        for i, (p, g, m, v, c) in enumerate(zip(self.params, grads, self.m, self.v, self._coef)):
             shape = (-1,) + (1,) * (p.dim() - 1)
-            neg_step, bc2_sqrt = step_terms.to(device=p.device, dtype=p.dtype)
+            neg_step, bc2_sqrt = step_terms.to(device=p.device, dtype=p.dtype).view(2, *shape)
+            if frozen is not None:
+                old = [x.index_select(0, frozen.to(p.device)) for x in (p, m, v)]
             if self._decay:
-                g = g + c["wd"] * p  # grad.add(param, alpha=wd)
-            if active is not None:
-                keep = ~active.to(p.device).view(shape)
-                old = (p.clone(), m.clone(), v.clone())
+                # grad.add(param, alpha=wd), as g + (wd * p)
+                g = torch.mul(p, c["wd"], out=self._work(i, 1)).add_(g, alpha=1)
             m.lerp_(g, c["omb1"])
-            # addcmul_(g, g, value) computes (value * g) * g; addcdiv_(m, denom, value) computes
-            # (value * m) / denom: the same products, in the same order, per model
-            v.mul_(c["b2"]).addcmul_(c["omb2"] * g, g)
-            denom = v.sqrt().div_(bc2_sqrt.view(shape)).add_(c["eps"])
-            p.addcdiv_(neg_step.view(shape) * m, denom)
-            if active is not None:
+            work = torch.mul(g, c["omb2"], out=self._work(i, 0))
+            v.mul_(c["b2"]).addcmul_(work, g)
+            denom = torch.sqrt(v, out=work).div_(bc2_sqrt).add_(c["eps"])
+            p.addcdiv_(torch.mul(m, neg_step, out=self._work(i, 1)), denom)
+            if frozen is not None:  # frozen models get their state back
                 for new, was in zip((p, m, v), old):
-                    new.copy_(torch.where(keep, was, new))
+                    new.index_copy_(0, frozen.to(p.device), was)
+
+    def _work(self, i, slot):
+        """A scratch tensor shaped like parameter ``i``, kept between steps: the update runs
+        in place, with no allocation per step."""
+        key = (i, slot)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty_like(self.params[i])
+        return self._buffers[key]
 
     def keep(self, index):
         """Keep only the models at positions ``index`` (a retired model leaves the group)."""

@@ -99,6 +99,7 @@ class MLPGroup:
         self.layers = [(W.requires_grad_(True), b.requires_grad_(True))
                        for W, b in self._layers(self.opt.params[0])]
         self.leaves = [t for pair in self.layers for t in pair]
+        self._owners = torch.tensor(self.alive)[:, None]  # each live model's data row
 
     def _coefficients(self, coefs, kind):
         """``(K, layers)`` coefficients, or None when no model has a non-zero one."""
@@ -150,26 +151,25 @@ class MLPGroup:
         """One batch slot: every live model's s-th batch (a model with fewer rows may have a
         short batch or none: it is then frozen for this step)."""
         sizes = [max(0, min(self.B, len(o) - s * self.B)) for o in orders]
-        idx = [o[s * self.B:s * self.B + n] for o, n in zip(orders, sizes)]
-        losses = self._losses(idx, sizes)
+        losses = self._losses(orders, s, sizes)
         grads = torch.autograd.grad(losses.sum(), self.leaves)
         flat_grad = torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)
-        active = torch.tensor([n > 0 for n in sizes])
-        self.opt.step([flat_grad], None if bool(active.all()) else active)
+        full = min(sizes) > 0
+        self.opt.step([flat_grad], None if full else torch.tensor([n > 0 for n in sizes]))
         values = losses.detach().double().cpu()
         sums = sums + values * torch.tensor(sizes, dtype=torch.float64)
+        if bool(torch.isfinite(values).all()):
+            return sums
         bad = [j for j, v in enumerate(values.tolist()) if sizes[j] and not math.isfinite(v)]
-        if bad:
-            for j in bad:
-                self.members[self.alive[j]].error = (
-                    f"diverged: training loss became {values[j].item()} in epoch {epoch + 1}; "
-                    "the candidate diverged (try a smaller learning rate)")
-            keep = self._retire(bad)
-            sums = sums[keep]
-            orders[:] = [orders[j] for j in keep]
-        return sums
+        for j in bad:
+            self.members[self.alive[j]].error = (
+                f"diverged: training loss became {values[j].item()} in epoch {epoch + 1}; "
+                "the candidate diverged (try a smaller learning rate)")
+        keep = self._retire(bad)
+        orders[:] = [orders[j] for j in keep]
+        return sums[keep]
 
-    def _losses(self, idx, sizes):
+    def _losses(self, orders, s, sizes):
         """Each live model's training loss on its batch (criterion + its penalties). Models
         whose batches differ in size (the last batch of CV folds of unequal size) run in
         separate products, so a model's arithmetic never depends on the others' sizes."""
@@ -178,15 +178,19 @@ class MLPGroup:
             if n:
                 by_size.setdefault(n, []).append(j)
         losses = [None] * len(sizes)
-        for pos in by_size.values():
-            rows = torch.stack([idx[j] for j in pos])
-            owners = torch.tensor([self.alive[j] for j in pos])[:, None]
-            xb = (self.X[rows] if self.X_shared else self.X[owners, rows]).to(self.device)
-            yb = (self.y[rows] if self.y_shared else self.y[owners, rows]).to(self.device)
-            layers = self.layers if len(pos) == len(sizes) else \
-                [(W[pos], b[pos]) for W, b in self.layers]
-            out = self._forward(layers, xb, [self.alive[j] for j in pos])
-            for j, value in zip(pos, self._criterion(out, yb)):
+        for n, pos in by_size.items():
+            everyone = len(pos) == len(sizes)
+            rows = torch.stack([orders[j][s * self.B:s * self.B + n] for j in pos])
+            owners = self._owners if everyone else \
+                torch.tensor([self.alive[j] for j in pos])[:, None]
+            xb = _gather(self.X, self.X_shared, owners, rows)
+            yb = _gather(self.y, self.y_shared, owners, rows)
+            layers = self.layers if everyone else [(W[pos], b[pos]) for W, b in self.layers]
+            out = self._forward(layers, xb.to(self.device), [self.alive[j] for j in pos])
+            each = self._criterion(out, yb.to(self.device))
+            if everyone:
+                return each + self._penalty()
+            for j, value in zip(pos, each):
                 losses[j] = value
         zero = self.leaves[0].new_zeros(())
         return torch.stack([zero if v is None else v for v in losses]) + self._penalty()
@@ -208,15 +212,17 @@ class MLPGroup:
 
     def _masks(self, layer, h, members):
         """Dropout noise per model, drawn from its own generator as ``F.dropout`` draws it:
-        ``empty(b, width).bernoulli_(1 - p) / (1 - p)``; ones where p = 0."""
-        if all(self.rates[k][layer] == 0 for k in members):
+        ``empty(b, width).bernoulli_(1 - p)``, then ``div_(1 - p)``; ones where p = 0."""
+        rates = [self.rates[k][layer] for k in members]
+        if not any(rates):
             return None
         noise = torch.ones(h.shape, dtype=h.dtype)
-        for q, k in enumerate(members):
-            p = self.rates[k][layer]
+        for q, (k, p) in enumerate(zip(members, rates)):
             if p > 0:  # drawn in place: the same numbers as empty(b, width).bernoulli_
-                noise[q].bernoulli_(1 - p, generator=self.members[k].generator).div_(1 - p)
-        return noise.to(h.device)
+                noise[q].bernoulli_(1 - p, generator=self.members[k].generator)
+        # one division for the group: the same quotient as each model's div_(1 - p)
+        keep = torch.tensor([1 - p for p in rates], dtype=h.dtype).view(-1, *[1] * (h.dim() - 1))
+        return noise.div_(keep).to(h.device)
 
     def _criterion(self, out, y):
         """The mean loss of each model's batch: ``out`` (k, b, outputs), ``y`` (k, b[, ...])."""
@@ -263,10 +269,10 @@ class MLPGroup:
             if not member.error:
                 self._hand_back(member, j)
         keep = [j for j in range(len(self.alive)) if j not in positions]
+        self.alive = [self.alive[j] for j in keep]
         if positions and keep:
             self.opt.keep(keep)
             self._leaves()
-        self.alive = [self.alive[j] for j in keep]
         return keep
 
     def _write_weights(self, member, j):
@@ -293,6 +299,14 @@ class MLPGroup:
                         "step": state["step"].clone(),
                         **{key: pick(moments[key][i][0 if p is layer.weight else 1])
                            for key in moments}}
+
+
+def _gather(data, shared, owners, rows):
+    """``data[rows]`` (one shared tensor) or ``data[owners, rows]`` (each model's own rows of
+    a ``(models, rows, ...)`` tensor), as one ``index_select`` of whole rows."""
+    index = rows if shared else owners * data.shape[1] + rows
+    flat = data if shared else data.flatten(0, 1)
+    return flat.index_select(0, index.reshape(-1)).view(*rows.shape, *flat.shape[1:])
 
 
 def _linears(net):

@@ -118,19 +118,22 @@ class FusedTrainer:
         per fusion key, and ``{task index: reason}`` of the tasks that train alone."""
         groups, alone = {}, {}
         for i, task in enumerate(tasks):
-            reason = "engine='sequential'" if self.engine == "sequential" else \
-                unfusible(clone(self.estimator).set_params(**task.params)) or \
-                _unreadable(task.callbacks)
+            if self.engine == "sequential":
+                alone[i] = "engine='sequential'"
+                continue
+            est = clone(self.estimator).set_params(**task.params)
+            reason = unfusible(est) or _unreadable(task.callbacks)
             if reason:
                 if self.engine == "fused":
                     raise ValueError(f"engine='fused': task {i} cannot be fused: {reason}")
                 alone[i] = reason
                 continue
-            if self.engine == "auto" and not _on_cpu(self.estimator, task.params):
+            key = fusion_key(est)
+            if self.engine == "auto" and not key[-1].startswith("cpu"):
                 alone[i] = ("engine='auto' fuses on the CPU only until the GPU path has been "
                             "measured; engine='fused' trains GPU groups")
                 continue
-            groups.setdefault(fusion_key(self.estimator, task.params), []).append(i)
+            groups.setdefault(key, []).append(i)
         planned = []
         for members in groups.values():
             if len(members) == 1 and self.engine == "auto":
@@ -218,13 +221,14 @@ class FusedTrainer:
         """The task's net fitted for 0 epochs (its own initialisation from its seed), the
         state of torch's generator after it, and its training data: without preprocessing
         every member indexes one shared copy of X (and of y, for equal classes)."""
-        est = self._clone(task, task.params, max_epochs=0)
+        est = clone(self.estimator).set_params(**task.params)
+        epochs = int(find_net(est)[0].max_epochs)
+        est.set_params(**trial_params(self.estimator, seed=task.seed,
+                                      extra_callbacks=task.callbacks, max_epochs=0))
         Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
         est.fit(Xr, yr)
         generator = torch.Generator().set_state(torch.get_rng_state())
         net, _ = find_net(est)
-        epochs = int(clone(self.estimator).set_params(**task.params).get_params()[
-            _prefix(self.estimator) + "max_epochs"])
         if est is not net:  # preprocessing fitted on the task's rows: its own data
             Xt = torch.as_tensor(np.ascontiguousarray(net_input(est, Xr)))
             yt = torch.as_tensor(net._check_y(yr, reset=False))
@@ -309,24 +313,14 @@ def _unreadable(callbacks):
     return ""
 
 
-def fusion_key(estimator, params):
-    """What tasks must share to train together (depth, width, activation, input dropout on
-    or off, batch size, device, model class)."""
-    est = clone(estimator).set_params(**params)
-    net, _ = find_net(est)
+def fusion_key(estimator):
+    """What tasks must share to train together (model class, depth, width, activation, input
+    dropout on or off, batch size, device): ``estimator`` with the task's parameters set."""
+    net, _ = find_net(estimator)
     p = net.get_params(deep=False)
     batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
     return (type(net).__name__, p["depth"], p["width"], p["activation"],
             p["input_dropout"] is None, batch, str(net.device))
-
-
-def _on_cpu(estimator, params):
-    net, _ = find_net(clone(estimator).set_params(**params))
-    return str(net.device).startswith("cpu")
-
-
-def _prefix(estimator):
-    return find_net(estimator)[1]
 
 
 def _rows(a, rows):
