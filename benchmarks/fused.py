@@ -2,6 +2,7 @@
 
     python benchmarks/fused.py                      # K = 8 32 64, 1 CPU thread
     python benchmarks/fused.py --k 1 32 256 1024 --device cuda --sequential-max 64
+    python benchmarks/fused.py --k 2 8 --depth 2 --width 512 --epochs 5   # a bigger net
 
 digits (1797 x 64), TabularMLPClassifier 64-128-10 (depth 1), Adam with each model's own
 learning rate (log-uniform 3e-4..3e-2), weight decay (log-uniform 1e-6..1e-3) and seed, batch
@@ -41,6 +42,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--depth", type=int, default=1, help="hidden layers")
+    p.add_argument("--width", type=int, default=128, help="units per hidden layer")
     p.add_argument("--sequential-max", type=int, default=64,
                    help="largest K also run one model at a time")
     p.add_argument("--out", default=None, help="JSON file for the rows")
@@ -48,8 +51,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     X, y = load_digits(return_X_y=True)
     X = (X / 16).astype(np.float32)
-    net = TabularMLPClassifier(depth=1, width=128, batch_size=64, max_epochs=args.epochs,
-                               device=args.device)
+    net = TabularMLPClassifier(depth=args.depth, width=args.width, batch_size=64,
+                               max_epochs=args.epochs, device=args.device)
     rows = []
     # warm-up: one-off costs of the process (imports, first kernels) stay out of the timings
     FusedTrainer(net.set_params(max_epochs=1), engine="fused").fit(tasks(2), X, y)

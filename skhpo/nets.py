@@ -25,13 +25,17 @@ from torch.utils.data import DataLoader, Subset
 __all__ = [
     "ArrayBatchIterator",
     "FiniteLossGuard",
+    "MAX_LOSS_RATIO",
     "TaskSeed",
     "TrainingDivergedError",
     "batch_size_of",
+    "check_max_ratio",
     "check_param_names",
+    "divergence",
     "draw_seed",
     "find_net",
     "free_estimator",
+    "guard_ratio",
     "module_mode",
     "net_input",
     "seed_everything",
@@ -193,11 +197,62 @@ def task_device(device, task_index):
     return device
 
 
+#: the default ``max_ratio`` of :class:`FiniteLossGuard`: a training loss above this multiple of
+#: the fit's first training-batch loss is an explosion, not noise
+MAX_LOSS_RATIO = 1e4
+
+
+def divergence(loss, first, max_ratio=MAX_LOSS_RATIO):
+    """Why a training ``loss`` means the training diverged, or "": it is NaN or infinite, or
+    (``max_ratio`` not None, ``first`` > 0) above ``max_ratio`` times ``first``, the loss of the
+    fit's first training batch. The one rule of every skhpo training loop."""
+    if not math.isfinite(loss):
+        return f"training loss became {loss}"
+    if max_ratio is not None and first is not None and first > 0 and loss > max_ratio * first:
+        return (f"training loss became {loss:.4g}, more than max_ratio={max_ratio:.7g} times its "
+                f"first batch's {first:.4g}")
+    return ""
+
+
+def guard_ratio(net):
+    """The ``max_ratio`` of ``net``'s :class:`FiniteLossGuard` (:data:`MAX_LOSS_RATIO` when it
+    has none): for the training loops that run outside skorch's ``fit``."""
+    for callbacks in (getattr(net, "callbacks_", None), net.callbacks):
+        if callbacks in (None, "disable"):
+            continue
+        for cb in callbacks:
+            cb = cb[1] if isinstance(cb, tuple) else cb
+            if isinstance(cb, FiniteLossGuard):
+                return cb.max_ratio
+    return MAX_LOSS_RATIO
+
+
+def check_max_ratio(max_ratio, name="max_ratio"):
+    """``max_ratio`` is None (non-finite losses only) or a real number > 1."""
+    if max_ratio is None:
+        return
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float, np.floating)) or \
+            not max_ratio > 1:
+        raise ValueError(f"{name} must be None or a number > 1 (a multiple of the first "
+                         f"batch's loss); got {max_ratio!r}")
+
+
 class FiniteLossGuard(Callback):
-    """Stop a fit whose training loss becomes NaN or infinite.
+    """Stop a fit whose training diverges: its loss becomes NaN or infinite, or explodes.
 
     Raises :class:`TrainingDivergedError` inside ``fit``, so scikit-learn's ``error_score``
-    applies to the candidate instead of the net silently scoring at chance level.
+    applies to the candidate instead of the net silently scoring at chance level. A finite
+    explosion counts too: a training batch whose loss is more than ``max_ratio`` times the
+    loss of the fit's first training batch (the loss at initialisation). Ordinary training
+    stays far below the default 1e4 (measured over the bench tasks and spaces:
+    ``benchmarks/divergence_rule.py``, docs/core.md). The reference is kept across
+    ``partial_fit`` calls and reset when the net is initialised again.
+
+    Parameters
+    ----------
+    max_ratio : float > 1 or None, default=1e4
+        The explosion threshold; None checks for non-finite losses only. On skhpo's models
+        set it as ``callbacks__finite_loss__max_ratio``.
 
     Examples
     --------
@@ -215,13 +270,25 @@ class FiniteLossGuard(Callback):
     training loss became nan in epoch 1; the candidate diverged (try a smaller learning rate)
     """
 
+    def __init__(self, max_ratio=MAX_LOSS_RATIO):
+        self.max_ratio = max_ratio
+
+    def initialize(self):
+        check_max_ratio(self.max_ratio, "FiniteLossGuard: max_ratio")
+        self.first_loss_ = None
+        return super().initialize()
+
     def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
-        if training and loss is not None:
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDivergedError(
-                    f"training loss became {value} in epoch {len(net.history)}; the candidate "
-                    "diverged (try a smaller learning rate)")
+        if not training or loss is None:
+            return
+        value = loss.item()
+        if getattr(self, "first_loss_", None) is None and math.isfinite(value):
+            self.first_loss_ = value
+        reason = divergence(value, self.first_loss_, self.max_ratio)
+        if reason:
+            raise TrainingDivergedError(
+                f"{reason} in epoch {len(net.history)}; the candidate diverged (try a smaller "
+                "learning rate)")
 
 
 class TaskSeed(Callback):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from skhpo.bench.runner import Budget, load_task, run_benchmark, summarize
+from skhpo.bench.runner import Budget, fused_check, load_task, run_benchmark, summarize
 from skhpo.cli import main
 
 TINY = Budget(n_trials=3, n_finalists=1, max_epochs=2, cv=2)
@@ -188,13 +188,17 @@ def test_quick_end_to_end(tmp_path, capsys):
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert len(rows) == 10 and {r["method"] for r in rows} == {"random", "flatness"}
+    assert len(rows) == 15
+    assert {r["method"] for r in rows} == {"random", "fused-random", "flatness"}
     assert {r["task"] for r in rows} == {"breast_cancer"}
     by = {(r["method"], r["seed"]): r for r in rows}
     for seed in range(5):  # equal epoch budgets: flatness within one finalist of random
         assert 0 <= by["random", seed]["epochs"] - by["flatness", seed]["epochs"] < 3 * 15 + 4
         assert by["flatness", seed]["test_score"] > 0.85
-    assert "wins / ties / losses" in out and "10/10" in out
+    assert "wins / ties / losses" in out and "15/15" in out
+    assert "FusedRandomizedSearchCV against RandomizedSearchCV" in out
+    for seed in range(5):  # the fused drop-in trains random search's fits
+        assert by["fused-random", seed]["epochs"] == by["random", seed]["epochs"]
     assert (tmp_path / "results.png").exists()
 
 
@@ -267,3 +271,6 @@ def test_fused_random_trains_random_search_fits(tmp_path):
         assert ours["best_params"] == theirs["best_params"]
         assert abs(ours["test_score"] - theirs["test_score"]) <= 1 / 38 + 1e-9
         assert ours["epochs"] == theirs["epochs"] and ours["n_trainings"] == theirs["n_trainings"]
+    (line,) = fused_check(rows)
+    assert "iris" in line and "same best candidate in 2/2 seeds" in line
+    assert fused_check([r for r in rows if r["method"] == "random"]) == []

@@ -365,3 +365,33 @@ def test_the_drop_in_keeps_scikit_learns_behaviours(digits, loaded):
     with pytest.raises(FloatingPointError):
         FusedRandomizedSearchCV(net, {"lr": [1e30, 1e-2]}, n_iter=2, cv=2, error_score="raise",
                                 random_state=0).fit(X, y)
+
+
+def test_a_finite_explosion_is_divergence_in_a_group_as_alone():
+    """Unscaled breast_cancer: Adam at lr=3 takes the loss from 1.2 to about 1e8 while every
+    value stays finite; the guard's rule (max_ratio x the first batch's loss) retires it in
+    its group in the same epoch as its own fit fails, and leaves the others untouched."""
+    from sklearn.datasets import load_breast_cancer
+
+    from skhpo import TrainingDivergedError
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)
+    net = _net(depth=1, width=128, max_epochs=3)
+    good = [FusedTask({"lr": 1e-3}, seed=1), FusedTask({"lr": 2e-3}, seed=2)]
+    boom = FusedTask({"lr": 3.0}, seed=3)
+    with_bad = FusedTrainer(net, engine="fused").fit([good[0], boom, good[1]], X, y)
+    without = FusedTrainer(net, engine="fused").fit(good, X, y)
+    assert with_bad[1].estimator is None
+    assert "more than max_ratio=10000 times its first batch's" in with_bad[1].error
+    with pytest.raises(TrainingDivergedError, match="max_ratio") as alone:
+        _alone(net, boom, X, y)
+    epoch = with_bad[1].error.split(" in epoch ")[1].split(";")[0]
+    assert f"in epoch {epoch};" in str(alone.value)
+    for i, j in ((0, 0), (2, 1)):
+        a, b = _weights(with_bad[i].estimator), _weights(without[j].estimator)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # the rule is the net's guard's: max_ratio=None checks non-finite losses only
+    free = _net(depth=1, width=128, max_epochs=3, callbacks__finite_loss__max_ratio=None)
+    (kept,) = FusedTrainer(free, engine="fused").fit([FusedTask({"lr": 3.0}, seed=3)], X, y)
+    assert kept.error == "" and kept.estimator is not None

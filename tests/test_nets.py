@@ -167,3 +167,30 @@ def test_round_robin_device_placement(monkeypatch):
     assert params["device"] == "cuda:1"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert "device" not in trial_params(plain_net(device="cuda"), seed=1, task_index=4)
+
+
+def test_the_guard_stops_a_finite_explosion_and_is_configurable():
+    """Adam at lr=3 on unscaled breast_cancer: no loss is ever NaN, but the first epoch's
+    losses reach about 1e8 from 1.2 at initialisation; the net then sits near chance."""
+    from sklearn.datasets import load_breast_cancer
+
+    from skhpo import TabularMLPClassifier, TrainingDivergedError
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)
+    net = TabularMLPClassifier(lr=3.0, max_epochs=3, random_state=0)
+    with pytest.raises(TrainingDivergedError, match=r"more than max_ratio=10000 times its "
+                       r"first batch's 1\.24\d* in epoch 1; the candidate diverged"):
+        net.fit(X, y)
+    free = TabularMLPClassifier(lr=3.0, max_epochs=3, random_state=0,
+                                callbacks__finite_loss__max_ratio=None).fit(X, y)
+    assert np.isfinite(free.history[:, "train_loss"]).all()
+    assert max(free.history[0, "batches", :, "train_loss"]) > 1e4 * 1.24
+    # an ordinary training never comes near the bound (here: at most about 12x)
+    ok = TabularMLPClassifier(lr=1e-3, max_epochs=3, random_state=0).fit(X, y)
+    assert len(ok.history) == 3
+    for bad in (1, 0.5, "big", True, float("nan")):
+        net = TabularMLPClassifier(max_epochs=1, callbacks__finite_loss__max_ratio=bad)
+        with pytest.raises(ValueError, match="max_ratio must be None or a number > 1"):
+            net.fit(X, y)
+        assert not hasattr(net, "module_")  # raised while initialising: nothing trained

@@ -95,3 +95,33 @@ def test_a_split_that_cannot_be_made_fails_before_training(make, monkeypatch):
     with pytest.raises(ValueError, match="n_splits=5"):
         make(TabularMLPClassifier(width=8, max_epochs=2)).fit(X, y)
     assert epochs == []
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda net: FlatnessSearchCV(net, {"lr": [1.0, 2.0]}, n_candidates=2, n_finalists=1,
+                                  cv=2, random_state=0),
+     ValueError, "All (2 screened candidates were discarded or|the 2 fits) failed"),
+    (lambda net: AutoHyperSearchCV(net, {"lr": [9.0]}, epochs_per_trial=1, max_trials=3,
+                                   cv=2, random_state=0),
+     ValueError, r"All \d trials of the walk failed \(\d diverged\)"),
+    (lambda net: PopulationMutationSearch(net, {"lr": (0.5, 5.0)}, population_size=3,
+                                          n_steps=2, random_state=0),
+     FloatingPointError, r"every student diverged at step \d"),
+    (lambda net: CuttingPlaneTuner(net.set_params(dropout=0.2), random_state=0),
+     FloatingPointError, "CuttingPlaneTuner: the training loss became"),
+    (lambda net: FusedRandomizedSearchCV(net, {"lr": uniform(1.0, 1.0)}, n_iter=2, cv=2,
+                                         random_state=0),
+     ValueError, "All the 4 fits failed"),
+], ids=["flatness", "autohyper", "hpm", "cpmlho", "fused-random"])
+def test_every_training_failed_is_an_error(make, error, message):
+    """When every training of a search fails, the search fails with the reason, instead of
+    returning a best candidate: here every loss that rises at all is divergence (the guard's
+    max_ratio just above 1) under SGD at a learning rate of 1-5."""
+    import torch
+
+    X, y = load_iris(return_X_y=True)
+    net = TabularMLPClassifier(width=8, max_epochs=2, optimizer=torch.optim.SGD,
+                               callbacks__finite_loss__max_ratio=1.000001)
+    with pytest.raises(error, match=message) as info:
+        make(net).fit(X, y)
+    assert "diverged" in str(info.value) or "failed" in str(info.value)

@@ -35,13 +35,14 @@ def _bench_parser(sub):
                    help="add a task from a CSV file (header row; categoricals are one-hot "
                    "encoded); needs --target")
     p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
-    p.add_argument("--methods", nargs="+", default=["random", "flatness"],
+    p.add_argument("--methods", nargs="+", default=None,
                    help="methods to run: random, fused-random (FusedRandomizedSearchCV: random "
                    "search's fits trained in fused groups), flatness, grid, halving, optuna "
                    "(needs the extra 'bench'; skipped with a message without it), the "
                    "lr-only pair autohyper and lr-grid (20-point log grid of lr), hpm "
                    "(PopulationMutationSearch on the space's lr and weight decay boxes) and "
-                   "cpmlho (CuttingPlaneTuner on the net's dropout layers, one run)")
+                   "cpmlho (CuttingPlaneTuner on the net's dropout layers, one run); default "
+                   "random and flatness (with --quick also fused-random)")
     p.add_argument("--budget", choices=["epochs", "trials"], default="epochs",
                    help="epochs: every method gets random search's training epochs "
                    "(FlatnessSearchCV trains as many finalists as fit); trials: flatness "
@@ -65,6 +66,7 @@ def bench(args):
         Budget,
         check_methods,
         describe_row,
+        fused_check,
         jobs,
         missing_requirement,
         register_csv,
@@ -74,6 +76,9 @@ def bench(args):
 
     if args.quick:
         args = argparse.Namespace(**{**vars(args), **QUICK})
+    if args.methods is None:
+        args.methods = ["random", "fused-random", "flatness"] if args.quick else \
+            ["random", "flatness"]
     _check_positive(args, "seeds", "n_trials", "n_finalists", "max_epochs", "cv")
     if (args.csv is None) != (args.target is None):
         raise ValueError("--csv and --target go together: --csv PATH --target COL")
@@ -98,6 +103,10 @@ def bench(args):
                     progress=progress_printer(describe_row, start))
     print_table(summarize(rows), COLUMNS, title="")
     print_pairwise(rows)
+    check = fused_check(rows)
+    if check:
+        print("\nFusedRandomizedSearchCV against RandomizedSearchCV (same seeds, same fits):")
+        print("\n".join(check))
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -356,6 +356,33 @@ def run_benchmark(methods, tasks, seeds, budget, n_jobs=None, progress=None):
                     lambda m, t, s: run_one(m, t, s, budget, n_jobs=n_jobs), progress=progress)
 
 
+def fused_check(rows):
+    """Per task, FusedRandomizedSearchCV against RandomizedSearchCV on the same seeds (both
+    nets seeded alike, so the fused search trains random search's fits): in how many seeds
+    they chose the same candidate, the largest difference of their test and best CV scores,
+    and the median (min, max) of their wall-time ratio. One line per task; none without
+    both methods."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        pairs = {}
+        for r in rows:
+            if r["task"] == task and r["method"] in ("random", "fused-random"):
+                pairs.setdefault(r["seed"], {})[r["method"]] = r
+        pairs = [p for p in pairs.values() if len(p) == 2]
+        if not pairs:
+            continue
+        same = sum(p["random"]["best_params"] == p["fused-random"]["best_params"] for p in pairs)
+        ratio = [p["fused-random"]["wall_time"] / p["random"]["wall_time"] for p in pairs]
+        test = max(abs(p["random"]["test_score"] - p["fused-random"]["test_score"])
+                   for p in pairs)
+        cv = max(abs(p["random"]["cv_score"] - p["fused-random"]["cv_score"]) for p in pairs)
+        lines.append(f"  {task:14s} same best candidate in {same}/{len(pairs)} seeds, largest "
+                     f"|d test score| {test:.4f}, |d best CV score| {cv:.4f}; wall-time ratio "
+                     f"fused / scikit-learn {np.median(ratio):.2f} ({min(ratio):.2f}-"
+                     f"{max(ratio):.2f})")
+    return lines
+
+
 def summarize(rows):
     """Per (task, method): median test score, IQR, median wall time and epochs."""
     return core_summarize(rows, ("task", "method"), {

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hyper.space import penalty_term
+from ..nets import FiniteLossGuard, divergence
 from ._adam import BatchedAdam
 
 __all__ = ["MLPGroup", "MLPMember"]
@@ -30,12 +31,17 @@ class MLPMember:
     """One model of a group: its initialised ``net``, the inputs ``X`` (float32, after
     preprocessing) and targets ``y`` (as its loss takes them) that its training ``rows`` index
     (None: all of them; members without preprocessing share one ``X``), its ``generator`` and
-    its ``epochs``."""
+    its ``epochs``. Its divergence rule is its net's :class:`~skhpo.nets.FiniteLossGuard`'s
+    (``max_ratio`` times its first batch's loss; none without a guard: non-finite only)."""
 
     def __init__(self, net, X, y, generator, epochs, rows=None):
         self.net, self.X, self.y, self.generator, self.epochs = net, X, y, generator, epochs
         self.rows = torch.arange(len(y)) if rows is None else torch.as_tensor(rows)
         self.losses, self.error, self.seconds = [], "", 0.0
+        guards = [cb for _, cb in getattr(net, "callbacks_", ())
+                  if isinstance(cb, FiniteLossGuard)]
+        self.max_ratio = guards[0].max_ratio if guards else None
+        self.first_loss = None
 
 
 def _structure(module):
@@ -100,6 +106,13 @@ class MLPGroup:
                        for W, b in self._layers(self.opt.params[0])]
         self.leaves = [t for pair in self.layers for t in pair]
         self._owners = torch.tensor(self.alive)[:, None]  # each live model's data row
+        self._set_limits()
+
+    def _set_limits(self):
+        """Each live model's loss bound for the fast check (its guard: max_ratio x its first
+        batch's loss)."""
+        self._limits = torch.tensor([_limit(self.members[k]) for k in self.alive],
+                                    dtype=torch.float64)
 
     def _coefficients(self, coefs, kind):
         """``(K, layers)`` coefficients, or None when no model has a non-zero one."""
@@ -158,13 +171,22 @@ class MLPGroup:
         self.opt.step([flat_grad], None if full else torch.tensor([n > 0 for n in sizes]))
         values = losses.detach().double().cpu()
         sums = sums + values * torch.tensor(sizes, dtype=torch.float64)
-        if bool(torch.isfinite(values).all()):
+        if s == 0 and epoch == 0:  # each model's first batch: the reference of its guard
+            for j, v in enumerate(values.tolist()):
+                self.members[self.alive[j]].first_loss = v
+            self._set_limits()
+        if bool((values < self._limits).all()):  # NaN compares False: it is checked below
             return sums
-        bad = [j for j, v in enumerate(values.tolist()) if sizes[j] and not math.isfinite(v)]
-        for j in bad:
-            self.members[self.alive[j]].error = (
-                f"diverged: training loss became {values[j].item()} in epoch {epoch + 1}; "
-                "the candidate diverged (try a smaller learning rate)")
+        bad = []
+        for j, v in enumerate(values.tolist()):
+            member = self.members[self.alive[j]]
+            reason = divergence(v, member.first_loss, member.max_ratio) if sizes[j] else ""
+            if reason:
+                member.error = (f"diverged: {reason} in epoch {epoch + 1}; the candidate "
+                                "diverged (try a smaller learning rate)")
+                bad.append(j)
+        if not bad:
+            return sums
         keep = self._retire(bad)
         orders[:] = [orders[j] for j in keep]
         return sums[keep]
@@ -299,6 +321,14 @@ class MLPGroup:
                         "step": state["step"].clone(),
                         **{key: pick(moments[key][i][0 if p is layer.weight else 1])
                            for key in moments}}
+
+
+def _limit(member):
+    """The largest training loss that is not divergence for ``member`` (inf before its first
+    batch or without a ratio)."""
+    if member.max_ratio is None or member.first_loss is None or not member.first_loss > 0:
+        return math.inf
+    return member.max_ratio * member.first_loss
 
 
 def _gather(data, shared, owners, rows):

@@ -27,7 +27,7 @@ from torch.func import jvp
 
 from ..hyper.layers import HyperLayer, cutout, entropy
 from ..log import report
-from ..nets import TrainingDivergedError
+from ..nets import TrainingDivergedError, divergence, guard_ratio
 
 __all__ = ["DeltaSTNTrainer", "HyperParams", "STNSettings", "cut_penalty"]
 
@@ -122,6 +122,9 @@ class DeltaSTNTrainer:
         self.pairs = [(m.base.weight, m.response.weight) for m in layers]
         self.signs, self.steps, self.hyper_steps = None, 0, 0
         self.rows, self.hyper_rows = [], []
+        # the divergence rule of the net's FiniteLossGuard, per loss: its first value is the
+        # reference of the explosion bound
+        self.max_ratio, self.first = guard_ratio(net), {}
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -254,11 +257,16 @@ class DeltaSTNTrainer:
         with torch.no_grad():
             return dict(zip(self.names, (float(v) for v in self.hp.values())))
 
-    @staticmethod
-    def check(loss, epoch, where):
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"CuttingPlaneTuner: the {where} loss became "
-                                        f"{loss.item()} at epoch {epoch + 1}")
+    def check(self, loss, epoch, where):
+        """Fail on divergence (:func:`skhpo.nets.divergence`: non-finite, or above the net's
+        guard's ``max_ratio`` times the first value of this loss)."""
+        value = loss.item()
+        self.first.setdefault(where, value if math.isfinite(value) else None)
+        reason = divergence(value, self.first[where], self.max_ratio)
+        if reason:
+            reason = reason.replace("training loss", f"the {where} loss", 1)
+            raise TrainingDivergedError(f"CuttingPlaneTuner: {reason} at epoch {epoch + 1}; "
+                                        "the training diverged (try a smaller learning rate)")
 
 
 def _batches(n, batch):

@@ -395,6 +395,12 @@ class AutoHyperSearchCV(NetSearchCV):
             evaluate, self._hparams, start_threshold=self.start_threshold, power=self.power,
             plateau=self.plateau, shrink=self.shrink, stop_tol=self.stop_tol,
             max_trials=self.max_trials, zero_step=self.zero_step)
+        failed = [r for r in rows if r["status"] != "ok"]
+        if len(failed) == len(rows):
+            raise ValueError(
+                f"All {len(rows)} trials of the walk failed ({len(failed)} "
+                f"{'diverged' if all(r['status'] == 'diverged' for r in failed) else 'failed'})"
+                f"; nothing left to cross-validate. First reason: {failed[0]['reason']}")
         if self.stop_reason_ == "max_trials":
             warnings.warn(f"AutoHyperSearchCV stopped after {len(rows)} trials (max_trials="
                           f"{self.max_trials}) before the walk converged; best_params_ is "
