@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_random_state
-from skorch import NeuralNet
+from sklearn.utils import _safe_indexing, check_random_state
+from sklearn.utils.validation import _num_samples
+from skorch import NeuralNet, NeuralNetClassifier
 from skorch.callbacks import Callback
 from skorch.dataset import Dataset as SkorchDataset
 from torch.utils.data import DataLoader, Subset
@@ -30,6 +31,7 @@ __all__ = [
     "TrainingDivergedError",
     "batch_size_of",
     "check_max_ratio",
+    "check_module_output",
     "check_param_names",
     "divergence",
     "draw_seed",
@@ -95,6 +97,58 @@ def net_input(fitted_estimator, X):
         if param is not None and param.dtype.is_floating_point:
             X = X.astype(str(param.dtype).replace("torch.", ""), copy=False)
     return X
+
+
+def check_module_output(estimator, X, y, n_rows=64):
+    """Diagnose, before any training, the two classifier set-ups whose first batch is NaN or
+    an index error, from one forward pass of an initialised, untrained copy (no optimiser
+    step; the user's objects are not touched):
+
+    * a module that returns raw logits (negative values, or rows that do not sum to 1)
+      under ``NLLLoss``, the criterion of skorch's ``NeuralNetClassifier``, which takes the
+      log of the module's output;
+    * class targets outside the module's outputs (more classes in ``y`` than outputs).
+
+    Raises ``ValueError`` naming the cause and the fixes; returns None when nothing is
+    wrong or the estimator is not a skorch classifier this can read."""
+    net, prefix = find_net(estimator)
+    if y is None or not isinstance(net, NeuralNetClassifier):
+        return
+    est = clone(estimator).set_params(**{f"{prefix}max_epochs": 0,
+                                         f"{prefix}callbacks": "disable",
+                                         f"{prefix}train_split": None})
+    state = np.random.get_state()
+    try:  # torch's and numpy's generators come out as they went in
+        with torch.random.fork_rng(devices=[]):
+            est.fit(X, y)
+            fitted, _ = find_net(est)
+            rows = net_input(est, _safe_indexing(X, np.arange(min(n_rows, _num_samples(X)))))
+            with torch.no_grad(), module_mode(fitted.module_):
+                out = fitted.forward(rows, training=False)
+    except Exception:  # a set-up this cannot read: the training reports its own error
+        return
+    finally:
+        np.random.set_state(state)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.is_floating_point():
+        return
+    n_classes = len(getattr(fitted, "classes_", ()))
+    if n_classes > out.shape[1]:
+        raise ValueError(
+            f"y has {n_classes} classes but the module returns {out.shape[1]} outputs per "
+            "row: the loss would index outputs that do not exist. Give the module one "
+            "output per class (e.g. module__n_outputs or the last layer's size).")
+    if isinstance(fitted.criterion_, torch.nn.NLLLoss):
+        sums = out.sum(dim=1)
+        if bool((out < 0).any()) or not bool(torch.allclose(sums, torch.ones_like(sums),
+                                                            atol=1e-3)):
+            raise ValueError(
+                f"the module returns raw scores, not probabilities (min {float(out.min()):.3g}"
+                f", rows summing to {float(sums.min()):.3g}..{float(sums.max()):.3g}), but "
+                f"the criterion is NLLLoss, which skorch's {type(net).__name__} applies to "
+                "the log of the output: training would be NaN from the first batch (this is "
+                "not a learning-rate problem). Either end the module with a softmax "
+                "(torch.nn.Softmax(dim=-1)), or keep the logits and set "
+                "criterion=torch.nn.CrossEntropyLoss.")
 
 
 @contextmanager
@@ -267,8 +321,8 @@ class FiniteLossGuard(Callback):
     ...     net.fit(X, y)
     ... except TrainingDivergedError as exc:
     ...     print(exc)
-    training loss became nan in epoch 1; the candidate diverged (try a smaller learning rate)
-    """
+    training loss became 2.403e+34, more than max_ratio=10000 times its first batch's 1.062 in epoch 1; the candidate diverged (try a smaller learning rate)
+    """  # noqa: E501
 
     def __init__(self, max_ratio=MAX_LOSS_RATIO):
         self.max_ratio = max_ratio

@@ -95,10 +95,10 @@ def test_discard_rule_zero_activations_and_divergence(iris):
     h = s.history_
     for params, status, reason, sharp in zip(h["params"], h["status"], h["reason"],
                                              h["sharpness"]):
-        if params["module__dead"]:  # output = bias only: finite loss, zero activations
-            assert status == "discarded" and sharp == 0 and "<= 0" in reason
-        elif params["lr"] == 1e30:
+        if params["lr"] == 1e30:  # NaN, or (output = bias only) a finite explosion
             assert status == "failed" and "diverged" in reason and np.isnan(sharp)
+        elif params["module__dead"]:  # output = bias only: finite loss, zero activations
+            assert status == "discarded" and sharp == 0 and "<= 0" in reason
         else:
             assert status == "finalist"
     assert s.cv_results_["params"] == [{"lr": 0.05, "module__dead": False,
@@ -120,9 +120,11 @@ def test_error_score_raise_propagates_divergence(iris):
 
 
 def test_diverging_finalist_gets_error_score(iris):
-    # screening survives one epoch, the full training diverges: sklearn's error_score applies
+    # screening survives one epoch, the full training diverges (to NaN: the explosion rule is
+    # off here, else it would stop the candidate in the screening): error_score applies
     X, y = iris
-    est = small_clf(optimizer=torch.optim.SGD, max_epochs=30)
+    est = small_clf(optimizer=torch.optim.SGD, max_epochs=30,
+                    callbacks__finite_loss__max_ratio=None)
     with pytest.warns(FitFailedWarning):
         s = search(est, {"lr": [0.05, 10.0]}, n_candidates=2, n_finalists=2,
                    discard_nonpositive=False).fit(X, y)

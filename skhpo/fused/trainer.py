@@ -147,21 +147,30 @@ class FusedTrainer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def fit(self, tasks, X, y):
-        """Train every task; one :class:`TaskResult` per task, in task order."""
+    def fit(self, tasks, X, y, on_result=None):
+        """Train every task; one :class:`TaskResult` per task, in task order.
+        ``on_result(i, result)``, if given, is called for each task as soon as its group (or
+        its own training) has finished, e.g. to write it to a checkpoint."""
         groups, alone = self.plan(tasks)
         results = [None] * len(tasks)
-        parallel = Parallel(n_jobs=self.n_jobs)
+        def parallel(jobs):  # each result as soon as it is done
+            return Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
+
         done = parallel(delayed(self._fit_group)(g, [tasks[i] for i in members], X, y)
                         for g, members in enumerate(groups))
-        for members, (trained, moved) in zip(groups, done):
+        # the generator first in zip: it runs to its end (and shuts its workers down)
+        for (trained, moved), members in zip(done, groups):
             for j, result in trained.items():
                 results[members[j]] = result
+                if on_result is not None:
+                    on_result(members[j], result)
             alone.update({members[j]: reason for j, reason in moved.items()})
         solo = sorted(i for i in alone if results[i] is None)
-        for i, result in zip(solo, parallel(delayed(self._fit_alone)(tasks[i], X, y, alone[i])
-                                            for i in solo)):
+        for result, i in zip(parallel(delayed(self._fit_alone)(tasks[i], X, y, alone[i])
+                                      for i in solo), solo):
             results[i] = result
+            if on_result is not None:
+                on_result(i, result)
         return results
 
     def _fit_alone(self, task, X, y, reason):

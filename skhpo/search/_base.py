@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from abc import abstractmethod
@@ -39,6 +40,7 @@ from ..hyper.layers import DropoutRates
 from ..hyper.space import check_space, parse_name
 from ..nets import (
     TrainingDivergedError,
+    check_module_output,
     check_param_names,
     find_net,
     free_estimator,
@@ -162,6 +164,7 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
     _parameter_constraints: dict = {
         **BaseSearchCV._parameter_constraints,
         "random_state": ["random_state"],
+        "checkpoint": [str, os.PathLike, None],
     }
 
     # -- fit --------------------------------------------------------------------------------
@@ -186,12 +189,15 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         """
         fit_params = self._route(params)
         self._prepare(X, y, fit_params)
+        self._checkpoint = self._open_checkpoint(X, y, fit_params)
         self._search_data = (X, y, fit_params)
         self._task_keys, self._fused_fit_times = set(), []  # nothing left from an earlier fit
         try:
             super().fit(X, y, **params)
         finally:
             del self._search_data
+            ck = self.__dict__.pop("_checkpoint", None)
+        self.n_resumed_ = 0 if ck is None else ck.loaded
         self._after_refit()
         return self
 
@@ -208,6 +214,7 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         self._check_search_params()
         _, prefix = find_net(self.estimator)
         _check_fit_data(X, y, bare_net=(prefix == ""))
+        check_module_output(self.estimator, X, y)
         # the folds are drawn once here, so that a split scikit-learn cannot make (more
         # folds than samples or than members of every class, groups missing) fails before any
         # training; scikit-learn < 1.9 sets n_splits_ only after the search: use _n_splits
@@ -227,6 +234,7 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         # the estimator is shipped to joblib workers during fit; the data travel separately
         state = dict(super().__getstate__())  # may be self.__dict__ itself: copy first
         state.pop("_search_data", None)
+        state.pop("_checkpoint", None)
         return state
 
     # -- candidates and tasks -----------------------------------------------------------------
@@ -241,7 +249,8 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
 
     def _run_trials(self, tasks):
         """Run ``run_trial`` on each task dict through ``joblib.Parallel(n_jobs)``."""
-        parallel = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch)
+        parallel = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch,
+                            return_as="generator")  # each result as soon as it is done
         return parallel(delayed(run_trial)(**task) for task in tasks)
 
     def _train_candidates(self, candidates, seeds, X, y, fit_params, probe, callbacks=None,
@@ -258,20 +267,35 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         callbacks = callbacks or [()] * len(candidates)
         fused = [FusedTask({**cand, **overrides}, seed=seed, callbacks=tuple(cbs))
                  for cand, seed, cbs in zip(candidates, seeds, callbacks)]
+        # with a checkpoint: the trainings it holds are loaded, the others written as each
+        # finishes
+        ck = getattr(self, "_checkpoint", None)
+        keys = [None] * len(fused) if ck is None else \
+            [ck.key("trial", t.params, t.seed, [name for name, _ in t.callbacks]) for t in fused]
+        outs = [None if k is None else ck.load("trial", k) for k in keys]
+        todo = [i for i, out in enumerate(outs) if out is None]
+
+        def finished(i, out):
+            outs[i] = out
+            if ck is not None:
+                ck.save("trial", keys[i], out)
+
         if fit_params:
-            groups, alone = [], dict.fromkeys(range(len(fused)), "fit parameters")
+            groups, alone = [], dict.fromkeys(range(len(todo)), "fit parameters")
             if engine == "fused":
                 raise ValueError("engine='fused' cannot pass fit parameters to a fused group; "
                                  f"got {sorted(fit_params)}")
         else:
-            groups, alone = FusedTrainer(self.estimator, engine=engine).plan(fused)
-        outs = [None] * len(fused)
+            groups, alone = FusedTrainer(self.estimator, engine=engine).plan(
+                [fused[i] for i in todo])
         trainer = FusedTrainer(self.estimator, engine="fused" if engine == "fused" else "auto",
                                n_jobs=self.n_jobs)
-        grouped = [i for group in groups for i in group]
-        for i, result in zip(grouped, trainer.fit([fused[i] for i in grouped], X, y)):
-            outs[i] = self._probe_fused(result, X, probe)
-        solo = sorted(alone)
+        grouped = [todo[j] for group in groups for j in group]
+        trainer.fit([fused[i] for i in grouped], X, y,
+                    on_result=lambda j, result: finished(
+                        grouped[j], self._probe_fused(result, X, probe)))
+        solo = sorted(todo[j] for j in alone)
+        reasons = {todo[j]: reason for j, reason in alone.items()}
         tasks = [dict(estimator=self.estimator, params=candidates[i],
                       task_params=self._task_params(seeds[i], first_index + i,
                                                     extra_callbacks=list(callbacks[i]),
@@ -279,8 +303,8 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
                       X=X, y=y, fit_params=fit_params, error_score=self.error_score,
                       probe=probe)
                  for i in solo]
-        for i, out in zip(solo, self._run_trials(tasks)):
-            outs[i] = {**out, "group": -1, "engine_reason": alone[i]}
+        for out, i in zip(self._run_trials(tasks), solo):  # the generator runs to its end
+            finished(i, {**out, "group": -1, "engine_reason": reasons[i]})
         return outs
 
     def _probe_fused(self, result, X, probe):
@@ -419,6 +443,7 @@ class HoldoutSearch(BaseSearchCV):
         _check_fit_data(X, y, bare_net=(prefix == ""))
         if y is None:
             raise ValueError(f"{type(self).__name__} needs y (supervised nets only)")
+        check_module_output(self.estimator, X, y)
         self.scorer_ = check_scoring(self.estimator, self.scoring)
         X_tr, X_val, y_tr, y_val = holdout_split(self.estimator, X, y,
                                                  self.validation_fraction, seed)

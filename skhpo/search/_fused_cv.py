@@ -17,6 +17,7 @@ from sklearn.base import is_classifier
 from sklearn.model_selection import check_cv
 from sklearn.utils import _safe_indexing, indexable
 
+from ..checkpoint import Checkpoint, check_checkpoint, search_parts
 from ..fused import FusedTask, FusedTrainer
 from ..fused.prefit import PrefitStates, fingerprint
 from ..nets import (
@@ -34,6 +35,21 @@ __all__ = ["FusedCVMixin"]
 
 class FusedCVMixin:
     """Seeded, fused cross-validation on top of scikit-learn's ``evaluate_candidates``."""
+
+    def _open_checkpoint(self, X, y, fit_params):
+        """The search's :class:`~skhpo.checkpoint.Checkpoint` (None without ``checkpoint``),
+        after its checks; no training."""
+        check_checkpoint(self)
+        if getattr(self, "checkpoint", None) is None:
+            return None
+        if fit_params:
+            raise ValueError(f"checkpoint cannot store fits that take fit parameters; got "
+                             f"{sorted(fit_params)}")
+        find_net(self.estimator)  # a TypeError naming what is supported, for a non-net
+        space = next((getattr(self, name) for name in ("param_distributions", "param_grid",
+                                                          "params") if hasattr(self, name)),
+                     None)
+        return Checkpoint(self.checkpoint, search_parts(self, space, X, y, self._groups))
 
     def _spawn_seeds(self, rng, n):
         seeds = spawn_seeds(rng, n + 1)
@@ -53,7 +69,8 @@ class FusedCVMixin:
             self._task_keys.update(extra)
             tasks.append({**cand, **extra})
         kwargs = {"more_results": more_results}
-        if getattr(self, "engine", "sequential") != "sequential":
+        if getattr(self, "engine", "sequential") != "sequential" or \
+                getattr(self, "_checkpoint", None) is not None:
             kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks)
         if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
             results = evaluate_candidates(tasks, **kwargs)
@@ -82,17 +99,34 @@ class FusedCVMixin:
             return _Splits(splits), tasks
         fused = [FusedTask(cand, seed=seed, rows=train)
                  for cand, seed in zip(candidates, seeds) for train, _ in splits]
+        # with a checkpoint: the folds it holds are loaded, every other one is trained here
+        # (alone where it cannot fuse) and written as soon as it has finished
+        ck = getattr(self, "_checkpoint", None)
+        keys = [None] * len(fused) if ck is None else \
+            [ck.key("fold", t.params, t.seed, t.rows) for t in fused]
+        records = [None if k is None else ck.load("fold", k) for k in keys]
         trainer = FusedTrainer(self.estimator, engine=self.engine, n_jobs=self.n_jobs)
-        groups, _ = trainer.plan(fused)
-        grouped = [i for group in groups for i in group]
+        todo = [i for i, r in enumerate(records) if r is None]
+        if ck is None:  # tasks that cannot fuse are left to scikit-learn's own fits
+            groups, _ = trainer.plan([fused[i] for i in todo])
+            todo = [todo[j] for group in groups for j in group]
+
+        def finished(j, result):
+            i = todo[j]
+            records[i] = _fold_record(result, X, y, fused[i].rows)
+            if ck is not None:
+                ck.save("fold", keys[i], records[i])
+            if result.estimator is not None:
+                free_estimator(result.estimator)
+
+        trainer.fit([fused[i] for i in todo], X, y, on_result=finished)
         states = [{} for _ in candidates]
-        for i, result in zip(grouped, trainer.fit([fused[i] for i in grouped], X, y)):
-            if result.estimator is None:  # failed in its group: scikit-learn's fit fails alike
-                continue
+        for i, record in enumerate(records):
+            if record is None or record["state"] is None:  # failed: scikit-learn's fit fails
+                continue                                  # alike, and error_score applies
             cand, split = divmod(i, len(splits))
-            states[cand][_fold_key(result, X, y, fused[i].rows)] = _fold_state(result)
-            self._fused_fit_times[cand][split] = result.fit_time
-            free_estimator(result.estimator)
+            states[cand][record["key"]] = record["state"]
+            self._fused_fit_times[cand][split] = record["fit_time"]
         net, prefix = find_net(self.estimator)
         key = f"{prefix}callbacks"
         out = []
@@ -143,6 +177,15 @@ def _fold_key(result, X, y, rows):
     yr = y if rows is None else _safe_indexing(y, rows)
     net, _ = find_net(result.estimator)
     return fingerprint(net_input(result.estimator, Xr), net._check_y(yr, reset=False))
+
+
+def _fold_record(result, X, y, rows):
+    """What a trained fold leaves: the fingerprint of its data, its state (None if it
+    failed) and its fit time."""
+    if result.estimator is None:
+        return {"key": None, "state": None, "fit_time": result.fit_time, "error": result.error}
+    return {"key": _fold_key(result, X, y, rows), "state": _fold_state(result),
+            "fit_time": result.fit_time, "error": ""}
 
 
 def _fold_state(result):

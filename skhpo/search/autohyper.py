@@ -257,6 +257,13 @@ class AutoHyperSearchCV(NetSearchCV):
         neighbours of a step (and the final CV's folds) of skhpo's tabular MLPs as one stacked
         model, Z read from each model's weights at every epoch end; ``"fused"`` fails before
         training if they cannot fuse; ``"sequential"``: one fit at a time, as before.
+    checkpoint : str, path or None, default=None
+        A folder in which every finished training is written as it finishes (atomically;
+        see :mod:`skhpo.checkpoint`). Calling ``fit`` again with the same search, estimator,
+        space, data and folder loads what it finds and trains only the rest, with results
+        identical to an uninterrupted run (timings aside); a folder written by another
+        search is refused before any training. Needs an int ``random_state``, a skorch net
+        and no fit parameters. ``n_resumed_`` counts the trainings loaded.
     cv, scoring, refit, n_jobs, verbose, pre_dispatch, error_score
         As in ``GridSearchCV`` (used for the cross-validation of the final point and the
         refit). ``n_jobs`` also trains each step's new neighbours in parallel.
@@ -333,12 +340,13 @@ class AutoHyperSearchCV(NetSearchCV):
     def __init__(self, estimator, params, *, epochs_per_trial=5, start_threshold=0.85,
                  power=0.8, plateau=5e-3, shrink=SHRINK, stop_tol=5e-3,
                  max_trials=200, zero_step=1e-7, include_linear="auto", engine="auto",
-                 cv=None, scoring=None, refit=True, n_jobs=None, random_state=None, verbose=0,
-                 pre_dispatch="2*n_jobs", error_score=np.nan):
+                 checkpoint=None, cv=None, scoring=None, refit=True, n_jobs=None,
+                 random_state=None, verbose=0, pre_dispatch="2*n_jobs", error_score=np.nan):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
                          error_score=error_score, return_train_score=False)
         self.params = params
+        self.checkpoint = checkpoint
         self.epochs_per_trial = epochs_per_trial
         self.start_threshold = start_threshold
         self.power = power

@@ -90,6 +90,13 @@ class FlatnessSearchCV(NetSearchCV):
         by one; the CV fits then load their fused folds, so scoring and ``cv_results_`` stay
         scikit-learn's. ``"fused"`` fails before training if a candidate cannot be fused,
         naming why; ``"sequential"`` trains every fit alone, as before.
+    checkpoint : str, path or None, default=None
+        A folder in which every finished training is written as it finishes (atomically;
+        see :mod:`skhpo.checkpoint`). Calling ``fit`` again with the same search, estimator,
+        space, data and folder loads what it finds and trains only the rest, with results
+        identical to an uninterrupted run (timings aside); a folder written by another
+        search is refused before any training. Needs an int ``random_state``, a skorch net
+        and no fit parameters. ``n_resumed_`` counts the trainings loaded.
     scoring, cv, refit, n_jobs, verbose, pre_dispatch, error_score, return_train_score
         As in ``GridSearchCV``. ``n_jobs`` also parallelises the screening. ``error_score``
         also applies to screening fits that raise (``"raise"`` re-raises).
@@ -161,13 +168,14 @@ class FlatnessSearchCV(NetSearchCV):
 
     def __init__(self, estimator, param_distributions, *, n_candidates=50, n_finalists=10,
                  screen_epochs=1, sharpness="penultimate", batch_norm="frobenius",
-                 aggregate="max", discard_nonpositive=True, engine="auto", scoring=None, cv=None,
-                 refit=True, n_jobs=None, random_state=None, verbose=0,
+                 aggregate="max", discard_nonpositive=True, engine="auto", checkpoint=None,
+                 scoring=None, cv=None, refit=True, n_jobs=None, random_state=None, verbose=0,
                  pre_dispatch="2*n_jobs", error_score=np.nan, return_train_score=False):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
                          error_score=error_score, return_train_score=return_train_score)
         self.param_distributions = param_distributions
+        self.checkpoint = checkpoint
         self.n_candidates = n_candidates
         self.n_finalists = n_finalists
         self.screen_epochs = screen_epochs

@@ -11,6 +11,8 @@ scikit-learn's own cross-validation runs with fits that load those folds
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from sklearn.model_selection import GridSearchCV, ParameterGrid, ParameterSampler
 from sklearn.model_selection import RandomizedSearchCV as _RandomizedSearchCV
@@ -30,20 +32,32 @@ class _FusedDropIn(FusedCVMixin):
         """As scikit-learn's ``fit``; the fits of a fusible estimator train in fused groups
         first (see the class)."""
         fit_params = {k: v for k, v in params.items() if k != "groups"}
-        self._search_data, self._groups = (X, y, fit_params), params.get("groups")
+        self._groups = params.get("groups")
+        if getattr(self, "checkpoint", None) is not None:
+            self._validate_params()
+        self._checkpoint = self._open_checkpoint(X, y, fit_params)
+        self._search_data = (X, y, fit_params)
         self._task_keys = set()
         self._fused_fit_times = []
         try:
-            return super().fit(X, y, **params)
+            super().fit(X, y, **params)
         finally:
             del self._search_data
+            ck = self.__dict__.pop("_checkpoint", None)
+        self.n_resumed_ = 0 if ck is None else ck.loaded
+        return self
 
     def __getstate__(self):
         state = dict(super().__getstate__())
         state.pop("_search_data", None)
+        state.pop("_checkpoint", None)
         return state
 
     def _fuses(self):
+        """Whether the fits train first (fused where they can): a fusible estimator, or any
+        net with a checkpoint."""
+        if getattr(self, "_checkpoint", None) is not None:
+            return True
         return self.engine != "sequential" and not unfusible(self.estimator)
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
@@ -81,6 +95,14 @@ random_state, error_score, return_train_score
         architecture and batch size), else scikit-learn's fits; ``"fused"``: a ``ValueError``
         before any training if the estimator cannot fuse; ``"sequential"``: exactly
         scikit-learn's search.
+    checkpoint : str, path or None, default=None
+        A folder in which every finished training is written as it finishes (atomically;
+        see :mod:`skhpo.checkpoint`). Calling ``fit`` again with the same search, estimator,
+        space, data and folder loads what it finds and trains only the rest, with results
+        identical to an uninterrupted run (timings aside); a folder written by another
+        search is refused before any training. Needs an int ``random_state``, a skorch net
+        and no fit parameters; every fit then trains first (fused where it can) and is
+        seeded from ``random_state``. ``n_resumed_`` counts the trainings loaded.
 
     Examples
     --------
@@ -98,16 +120,18 @@ random_state, error_score, return_train_score
     _parameter_constraints: dict = {
         **_RandomizedSearchCV._parameter_constraints,
         "engine": [StrOptions(set(ENGINES))],
+        "checkpoint": [str, os.PathLike, None],
     }
 
     def __init__(self, estimator, param_distributions, *, n_iter=10, scoring=None, n_jobs=None,
                  refit=True, cv=None, verbose=0, pre_dispatch="2*n_jobs", random_state=None,
-                 error_score=np.nan, return_train_score=False, engine="auto"):
+                 error_score=np.nan, return_train_score=False, engine="auto", checkpoint=None):
         super().__init__(estimator, param_distributions, n_iter=n_iter, scoring=scoring,
                          n_jobs=n_jobs, refit=refit, cv=cv, verbose=verbose,
                          pre_dispatch=pre_dispatch, random_state=random_state,
                          error_score=error_score, return_train_score=return_train_score)
         self.engine = engine
+        self.checkpoint = checkpoint
 
     def _candidates(self):
         return list(ParameterSampler(self.param_distributions, self.n_iter,
@@ -129,6 +153,8 @@ return_train_score
         As in ``GridSearchCV``.
     engine : {"auto", "fused", "sequential"}, default="auto"
         As in :class:`FusedRandomizedSearchCV`.
+    checkpoint : str, path or None, default=None
+        As in :class:`FusedRandomizedSearchCV`.
     random_state : int, RandomState or None, default=None
         Seeds the fits of a fusible estimator.
 
@@ -147,16 +173,18 @@ return_train_score
         **GridSearchCV._parameter_constraints,
         "engine": [StrOptions(set(ENGINES))],
         "random_state": ["random_state"],
+        "checkpoint": [str, os.PathLike, None],
     }
 
     def __init__(self, estimator, param_grid, *, scoring=None, n_jobs=None, refit=True, cv=None,
                  verbose=0, pre_dispatch="2*n_jobs", error_score=np.nan,
-                 return_train_score=False, engine="auto", random_state=None):
+                 return_train_score=False, engine="auto", random_state=None, checkpoint=None):
         super().__init__(estimator, param_grid, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
                          error_score=error_score, return_train_score=return_train_score)
         self.engine = engine
         self.random_state = random_state
+        self.checkpoint = checkpoint
 
     def _candidates(self):
         return list(ParameterGrid(self.param_grid))

@@ -37,8 +37,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ...hyper.space import check_space, parse_name, penalty_gradient, penalty_term, read_dimension
 from ...log import report
-from ...nets import draw_seed, find_net, net_input
-from .._base import HoldoutResult, HoldoutSearch, holdout_split
+from ...nets import check_module_output, draw_seed, find_net, net_input
+from .._base import HoldoutResult, HoldoutSearch, _check_fit_data, holdout_split
 from .curvature import (
     SR1Snapshots,
     flat_gradient,
@@ -278,6 +278,12 @@ class HyperLocalRefiner(HoldoutSearch):
                                  "fit(X_val, y_val, X_train=..., y_train=...); the Hessian of "
                                  "the training objective needs it")
             return X_train, y_train, X, y
+        # the base search has not trained yet: the checks of every search come first
+        est = getattr(self.search, "estimator", self.search)
+        net_prefix = None if find_linear(est) is not None else find_net(est)[1]
+        _check_fit_data(X, y, bare_net=(net_prefix == ""))
+        if net_prefix is not None:
+            check_module_output(est, X, y)
         Xt, Xv, yt, yv = holdout_split(self.search, X, y, self.validation_fraction, seed)
         return Xt, yt, Xv, yv
 

@@ -1,0 +1,188 @@
+"""Checkpoint and resume: a search given a folder writes every finished training; a fit
+with the same search, data and folder retrains none of them and gives an uninterrupted run's
+results; a folder of another search is refused before any training."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import loguniform
+from sklearn.datasets import load_iris
+
+from skhpo import (
+    AutoHyperSearchCV,
+    FlatnessSearchCV,
+    FusedGridSearchCV,
+    FusedRandomizedSearchCV,
+    TabularMLPClassifier,
+)
+
+TIMES = ("mean_fit_time", "std_fit_time", "mean_score_time", "std_score_time")
+
+
+class CountingAdam(torch.optim.Adam):
+    """torch's Adam, counting every step of every instance."""
+
+    steps = 0
+
+    def step(self, closure=None):
+        type(self).steps += 1
+        return super().step(closure)
+
+
+def _net(**kw):
+    return TabularMLPClassifier(**{"width": 8, "max_epochs": 3, "optimizer": CountingAdam,
+                                   **kw})
+
+
+def _same_results(a, b):
+    assert a.best_params_ == b.best_params_ and a.best_score_ == b.best_score_
+    for key in a.cv_results_:
+        if key in TIMES or key.endswith("_time"):
+            continue
+        x, y = a.cv_results_[key], b.cv_results_[key]
+        if key == "params":
+            assert x == y
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=key)
+    if hasattr(a, "history_"):
+        for key in a.history_:
+            if not key.endswith("time"):
+                assert a.history_[key] == b.history_[key], key
+
+
+SEARCHES = {
+    "flatness": lambda folder, **kw: FlatnessSearchCV(
+        _net(), {"lr": loguniform(1e-3, 1e-1), "width": [8, 16]}, n_candidates=6,
+        n_finalists=2, cv=2, random_state=0, checkpoint=folder, **kw),
+    "flatness-sequential": lambda folder, **kw: FlatnessSearchCV(
+        _net(), {"lr": loguniform(1e-3, 1e-1)}, n_candidates=4, n_finalists=2, cv=2,
+        engine="sequential", random_state=0, checkpoint=folder, **kw),
+    "autohyper": lambda folder, **kw: AutoHyperSearchCV(
+        _net(), {"lr": None}, epochs_per_trial=1, max_trials=6, cv=2, random_state=0,
+        checkpoint=folder, **kw),
+    "fused-random": lambda folder, **kw: FusedRandomizedSearchCV(
+        _net(), {"lr": loguniform(1e-3, 1e-1)}, n_iter=3, cv=2, random_state=0,
+        checkpoint=folder, **kw),
+    "fused-grid-sequential": lambda folder, **kw: FusedGridSearchCV(
+        _net(), {"lr": [1e-2, 1e-3]}, cv=2, engine="sequential", random_state=0,
+        checkpoint=folder, **kw),
+}
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_a_second_fit_retrains_nothing_and_gives_the_same_results(name, iris, tmp_path):
+    X, y = iris
+    first = SEARCHES[name](str(tmp_path), refit=False).fit(X, y)
+    stored = len([f for f in os.listdir(tmp_path) if f.endswith(".pkl")])
+    assert first.n_resumed_ == 0 and stored > 0
+    CountingAdam.steps = 0
+    again = SEARCHES[name](str(tmp_path), refit=False).fit(X, y)
+    assert CountingAdam.steps == 0  # every training came from the folder
+    assert again.n_resumed_ == stored
+    _same_results(first, again)
+    if not name.startswith("fused"):  # the checkpoint changes nothing (the drop-ins seed
+        plain = SEARCHES[name](None, refit=False).fit(X, y)  # scikit-learn's unseeded
+        _same_results(first, plain)                          # fits when given a folder)
+
+
+def test_a_folder_of_another_search_is_refused_before_training(iris, tmp_path):
+    X, y = iris
+    SEARCHES["flatness"](str(tmp_path), refit=False).fit(X, y)
+    others = [
+        (lambda: SEARCHES["flatness"](str(tmp_path), refit=False), X[::-1], y[::-1], "data"),
+        (lambda: FlatnessSearchCV(_net(), {"lr": loguniform(1e-4, 1e-1)}, n_candidates=6,
+                                  n_finalists=2, cv=2, random_state=0, checkpoint=str(tmp_path),
+                                  refit=False), X, y, "space"),
+        (lambda: SEARCHES["flatness"](str(tmp_path), refit=False).set_params(
+            estimator=_net(max_epochs=4)), X, y, "estimator"),
+        (lambda: SEARCHES["flatness"](str(tmp_path), refit=False, n_jobs=1).set_params(
+            random_state=1), X, y, "settings"),
+        (lambda: SEARCHES["autohyper"](str(tmp_path), refit=False), X, y, "class"),
+    ]
+    for make, Xo, yo, what in others:
+        CountingAdam.steps = 0
+        with pytest.raises(ValueError, match=f"holds the trainings of another search: its "
+                           f".*{what}.* from this fit's"):
+            make().fit(Xo, yo)
+        assert CountingAdam.steps == 0
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"random_state": None}, "needs random_state set to an int"),
+    ({"checkpoint": 5}, "checkpoint"),
+])
+def test_checkpoint_needs_a_folder_and_a_fixed_seed(bad, match, iris, tmp_path):
+    X, y = iris
+    for make in (SEARCHES["flatness"], SEARCHES["fused-random"]):
+        search = make(str(tmp_path)).set_params(**bad)
+        CountingAdam.steps = 0
+        with pytest.raises(ValueError, match=match):
+            search.fit(X, y)
+        assert CountingAdam.steps == 0
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from scipy.stats import loguniform
+    from sklearn.datasets import load_digits
+    from skhpo import FlatnessSearchCV, TabularMLPClassifier
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+    FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=6),
+                     {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
+                     n_candidates=30, n_finalists=4, cv=3, engine="sequential",
+                     random_state=0, checkpoint=sys.argv[1], refit=False).fit(X, y)
+""")
+
+
+def test_a_killed_search_resumes_without_retraining(tmp_path):
+    """A real process kill (SIGKILL) part-way through the screening; the resumed fit loads
+    every training the killed one finished and its results equal an uninterrupted run's."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path / "ck"
+    script = tmp_path / "search.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(folder)])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = [f for f in os.listdir(folder)] if folder.exists() else []
+            if sum(f.startswith("trial-") for f in done) >= 8:
+                break
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished = sorted(f for f in os.listdir(folder) if f.endswith(".pkl"))
+    assert 8 <= len(finished) < 30 + 4 * 3  # killed part-way
+    # (a write the kill interrupted leaves at most a ".tmp-" file, which nothing reads)
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+
+    def search(ck):
+        return FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=6),
+                                {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
+                                n_candidates=30, n_finalists=4, cv=3, engine="sequential",
+                                random_state=0, checkpoint=ck, refit=False)
+
+    resumed = search(str(folder)).fit(X, y)
+    assert resumed.n_resumed_ == len(finished)  # no finished training was redone
+    _same_results(resumed, search(None).fit(X, y))
