@@ -2,6 +2,7 @@
 
     python benchmarks/resume.py                    # FlatnessSearchCV on digits, 50 -> 10
     python benchmarks/resume.py --engine auto --kill-after 20
+    python benchmarks/resume.py --method hpm --kill-after 5    # PopulationMutationSearch
 
 FlatnessSearchCV (StandardScaler + MLP; lr, width, weight decay; 50 candidates screened for one
 epoch, the 10 flattest cross-validated with cv=3 at 20 epochs) runs in a child process with
@@ -10,6 +11,10 @@ same search is then fitted here with the same folder. Prints the trainings the k
 finished, how many the resumed fit loaded and how many it trained, whether its results equal
 an uninterrupted run's (cv_results_, history_ and best_params_, timings aside), and the time a
 checkpoint adds: the uninterrupted search with and without a (fresh) folder, per training.
+
+``--method hpm``: PopulationMutationSearch (20 students, 15 one-epoch steps; lr, weight decay
+and dropout), killed once ``--kill-after`` steps are in its checkpoint; it resumes after the
+last completed step (a training here is one student's step).
 """
 
 import argparse
@@ -27,10 +32,17 @@ from sklearn.datasets import load_digits
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skhpo import FlatnessSearchCV, TabularMLPClassifier
+from skhpo import FlatnessSearchCV, PopulationMutationSearch, TabularMLPClassifier
 
 
-def search(checkpoint, engine):
+def search(checkpoint, engine, method="flatness"):
+    if method == "hpm":
+        net = Pipeline([("scale", StandardScaler()),
+                        ("net", TabularMLPClassifier(max_epochs=1, dropout=0.2))])
+        return PopulationMutationSearch(
+            net, {"net__lr": loguniform(1e-4, 3e-2), "net__dropout": (0.0, 0.5),
+                  "net__optimizer__weight_decay": loguniform(1e-6, 1e-3)},
+            population_size=20, n_steps=15, random_state=0, checkpoint=checkpoint)
     net = Pipeline([("scale", StandardScaler()),
                     ("net", TabularMLPClassifier(max_epochs=20, batch_size=64))])
     space = {"net__lr": loguniform(1e-4, 3e-2), "net__width": [32, 64, 128],
@@ -44,6 +56,22 @@ def data():
     return X.astype(np.float32), y
 
 
+def done(folder, method):
+    """Trainings (flatness) or completed steps (hpm) in the folder."""
+    import pickle
+
+    files = [f for f in os.listdir(folder) if f.endswith(".pkl")]
+    if method != "hpm":
+        return len(files)
+    for _ in range(5):  # the state file may be being replaced: read it again
+        try:
+            with open(os.path.join(folder, files[0]), "rb") as f:
+                return pickle.load(f)["step"] + 1
+        except (IndexError, EOFError, pickle.UnpicklingError, FileNotFoundError):
+            time.sleep(0.01)
+    return 0
+
+
 def same(a, b):
     keys = [k for k in a.cv_results_ if not k.endswith("_time")]
     ok = a.best_params_ == b.best_params_ and all(
@@ -55,6 +83,7 @@ def same(a, b):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="flatness", choices=["flatness", "hpm"])
     p.add_argument("--engine", default="sequential", choices=["sequential", "auto"])
     p.add_argument("--kill-after", type=int, default=30,
                    help="trainings in the folder when the child is killed")
@@ -63,29 +92,32 @@ def main(argv=None):
     torch.set_num_threads(1)
     X, y = data()
     if args.child:  # the run that gets killed
-        search(args.child, args.engine).fit(X, y)
+        search(args.child, args.engine, args.method).fit(X, y)
         return
     folder = tempfile.mkdtemp(prefix="skhpo-resume-")
-    child = subprocess.Popen([sys.executable, __file__, "--engine", args.engine,
-                              "--child", folder])
+    child = subprocess.Popen([sys.executable, __file__, "--engine", args.engine, "--method",
+                              args.method, "--child", folder])
     while child.poll() is None:
-        if len([f for f in os.listdir(folder) if f.endswith(".pkl")]) >= args.kill_after:
+        if done(folder, args.method) >= args.kill_after:
             child.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     child.wait()
-    finished = len([f for f in os.listdir(folder) if f.endswith(".pkl")])
+    finished = done(folder, args.method)
     start = time.perf_counter()
-    resumed = search(folder, args.engine).fit(X, y)
+    resumed = search(folder, args.engine, args.method).fit(X, y)
     t_resumed = time.perf_counter() - start
     start = time.perf_counter()
-    plain = search(None, args.engine).fit(X, y)
+    plain = search(None, args.engine, args.method).fit(X, y)
     t_plain = time.perf_counter() - start
     start = time.perf_counter()
-    fresh = search(tempfile.mkdtemp(prefix="skhpo-resume-"), args.engine).fit(X, y)
+    fresh = search(tempfile.mkdtemp(prefix="skhpo-resume-"), args.engine, args.method).fit(X, y)
     t_fresh = time.perf_counter() - start
-    n = resumed.n_trainings_
-    print(f"engine={args.engine}: {n} trainings in all; killed (SIGKILL, exit "
+    if args.method == "hpm":
+        n, finished = len(resumed.history_["step"]), finished * 20
+    else:
+        n = resumed.n_trainings_
+    print(f"{args.method}, engine={args.engine}: {n} trainings in all; killed (SIGKILL, exit "
           f"{child.returncode}) with {finished} finished and written")
     print(f"resumed fit: loaded {resumed.n_resumed_}, trained {n - resumed.n_resumed_}, "
           f"{t_resumed:.1f} s; results equal an uninterrupted run's: "

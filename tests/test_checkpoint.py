@@ -186,3 +186,88 @@ def test_a_killed_search_resumes_without_retraining(tmp_path):
     resumed = search(str(folder)).fit(X, y)
     assert resumed.n_resumed_ == len(finished)  # no finished training was redone
     _same_results(resumed, search(None).fit(X, y))
+
+
+def _hpm(folder, **kw):
+    from skhpo import PopulationMutationSearch
+
+    net = TabularMLPClassifier(width=16, max_epochs=1, dropout=0.2)
+    return PopulationMutationSearch(net, {"lr": loguniform(1e-3, 1e-1), "dropout": (0.0, 0.5)},
+                                    population_size=4, n_steps=4, random_state=0,
+                                    checkpoint=folder, **kw)
+
+
+def test_population_resumes_after_its_last_step(iris, tmp_path):
+    X, y = iris
+    first = _hpm(str(tmp_path)).fit(X, y)
+    assert first.n_resumed_ == 0
+    # the folder holds the run after its third step: a new fit trains the fourth only
+    again = _hpm(str(tmp_path)).fit(X, y)
+    assert again.n_resumed_ == 3 * 4
+    _same_results(first, again)
+    _same_results(first, _hpm(None).fit(X, y))
+    with pytest.raises(ValueError, match="its settings differ"):
+        _hpm(str(tmp_path)).set_params(n_steps=5).fit(X, y)
+
+
+HPM_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from scipy.stats import loguniform
+    from sklearn.datasets import load_digits
+    from skhpo import PopulationMutationSearch, TabularMLPClassifier
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+    PopulationMutationSearch(TabularMLPClassifier(width=32, max_epochs=1, dropout=0.2),
+                             {"lr": loguniform(1e-3, 1e-1), "dropout": (0.0, 0.5)},
+                             population_size=6, n_steps=12, random_state=0,
+                             checkpoint=sys.argv[1]).fit(X, y)
+""")
+
+
+def test_a_killed_population_resumes_from_its_last_step(tmp_path):
+    import pickle
+
+    from sklearn.datasets import load_digits
+
+    from skhpo import PopulationMutationSearch
+
+    folder = tmp_path / "ck"
+    script = tmp_path / "hpm.py"
+    script.write_text(HPM_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(folder)])
+    try:
+        deadline = time.time() + 120
+        step = -1
+        while time.time() < deadline and step < 2:
+            files = [f for f in os.listdir(folder) if f.startswith("population-")] \
+                if folder.exists() else []
+            if files:
+                try:
+                    with open(folder / files[0], "rb") as f:
+                        step = pickle.load(f)["step"]
+                except (EOFError, pickle.UnpicklingError, FileNotFoundError):
+                    pass  # being replaced: read it again
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (path,) = [folder / f for f in os.listdir(folder) if f.startswith("population-")]
+    with open(path, "rb") as f:
+        done = pickle.load(f)["step"] + 1
+    assert 3 <= done < 12  # killed part-way
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+
+    def search(ck):
+        return PopulationMutationSearch(
+            TabularMLPClassifier(width=32, max_epochs=1, dropout=0.2),
+            {"lr": loguniform(1e-3, 1e-1), "dropout": (0.0, 0.5)}, population_size=6,
+            n_steps=12, random_state=0, checkpoint=ck)
+
+    resumed = search(str(folder)).fit(X, y)
+    assert resumed.n_resumed_ == done * 6  # no completed step was redone
+    _same_results(resumed, search(None).fit(X, y))

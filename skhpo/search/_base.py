@@ -35,6 +35,7 @@ from sklearn.utils import check_random_state, indexable
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import _num_samples
 
+from ..checkpoint import Checkpoint, check_checkpoint, search_parts
 from ..fused import FusedTask, FusedTrainer
 from ..hyper.layers import DropoutRates
 from ..hyper.space import check_space, parse_name
@@ -411,11 +412,18 @@ class HoldoutSearch(BaseSearchCV):
         """
         self._validate_params()
         self._check_search_params()
+        check_checkpoint(self)
         rng = check_random_state(self.random_state)
         split_seed, seeds = self._draw_seeds(rng)
         data = self._holdout(X, y, params, split_seed)
+        if getattr(self, "checkpoint", None) is not None:  # the methods that resume
+            space = getattr(self, "param_bounds", None)
+            self._checkpoint = Checkpoint(self.checkpoint, search_parts(self, space, X, y))
         start = time.perf_counter()
-        result = self._search(data, seeds, rng)
+        try:
+            result = self._search(data, seeds, rng)
+        finally:
+            self.__dict__.pop("_checkpoint", None)
         self.search_time_ = time.perf_counter() - start
         self._set_results(result)
         self._set_best_estimator(result, data, X, y)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -97,7 +98,7 @@ class Teacher(nn.Module):
 
 def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher",
             teacher_keys=64, teacher_lr=1e-2, teacher_input="normalized", rng=None,
-            on_step=None):
+            on_step=None, resume=None, save=None):
     """Run HPM on ``problem``; return ``(students, losses, teacher, history_rows)``.
 
     ``problem`` provides ``boxes`` (one :class:`~skhpo.hyper.Box` per hyper-parameter),
@@ -107,6 +108,11 @@ def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher"
     ``teacher_objectives(student)`` -> callables ``f(h') -> scalar tensor`` (the look-ahead
     validation loss at that student's weights, one per validation batch). An optional
     ``exhausted`` attribute ends the run early (a function-evaluation budget).
+
+    ``save(state)``, if given, is called after every completed step but the last with all the
+    run needs to go on (the students, the teacher and its optimiser, the generators, the
+    history, ``problem.get_state()``); ``resume=state`` continues such a run after that step,
+    exactly as if it had not stopped.
     """
     rng = check_random_state(rng)
     boxes = problem.boxes
@@ -124,8 +130,16 @@ def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher"
         x = [b.normalize(v) for b, v in zip(boxes, h)] if teacher_input == "normalized" else h
         return torch.as_tensor(np.asarray(x, dtype=float), dtype=torch.float64)
 
-    rows = []
-    for step in range(n_steps):
+    rows, first = [], 0
+    if resume is not None:
+        students, rows, first = resume["students"], resume["rows"], resume["step"] + 1
+        if teacher is not None:
+            teacher.load_state_dict(resume["teacher"])
+            opt.load_state_dict(resume["optimizer"])
+        rng.set_state(resume["rng"])
+        torch.set_rng_state(resume["torch"])
+        problem.set_state(resume["problem"])
+    for step in range(first, n_steps):
         students, losses = problem.train(students, step)
         losses = np.asarray(losses, dtype=float)
         step_rows = [{"step": step, "student": k, **_named(problem, problem.values(s)),
@@ -163,6 +177,12 @@ def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher"
             on_step(step, step_rows)
         if getattr(problem, "exhausted", False):
             break
+        if save is not None:
+            save({"step": step, "students": students, "rows": rows,
+                  "teacher": None if teacher is None else teacher.state_dict(),
+                  "optimizer": None if opt is None else opt.state_dict(),
+                  "rng": rng.get_state(), "torch": torch.get_rng_state(),
+                  "problem": problem.get_state()})
     return students, losses, teacher, rows
 
 
@@ -323,6 +343,13 @@ class _NetPopulation:
                               extra_callbacks=[("skhpo_hpm", hyper)], **overrides)
         return clone(self.net).set_params(**params)
 
+    def get_state(self):
+        """What the population's own bookkeeping needs to resume (see :func:`run_hpm`)."""
+        return {"pos": self._pos, "fit_time": self.fit_time.copy()}
+
+    def set_state(self, state):
+        self._pos, self.fit_time = state["pos"], state["fit_time"].copy()
+
     def _rows(self):
         step = self.settings.step
         if step == "epoch":
@@ -445,6 +472,12 @@ class PopulationMutationSearch(HoldoutSearch):
         Students trained in parallel (joblib).
     random_state : int, RandomState or None, default=None
         Seeds the split, the initial hyper-parameters, the students and the teacher.
+    checkpoint : str, path or None, default=None
+        A folder in which the whole run (students, teacher, generators, history) is written
+        after every completed step, atomically. Calling ``fit`` again with the same search,
+        data and folder continues after the last completed step, with results identical to
+        an uninterrupted run (timings aside); a folder written by another search is refused
+        before any training. Needs an int ``random_state``.
     verbose : int, default=0
         Print one line per step when > 0.
 
@@ -468,6 +501,8 @@ class PopulationMutationSearch(HoldoutSearch):
         student it copied after this step) and ``alpha`` (the mutation factors, or None).
     teacher_ : Teacher or None
         The trained teacher (``mutation="teacher"``).
+    n_resumed_ : int
+        Student-steps loaded from ``checkpoint`` (completed steps x ``population_size``).
     n_epochs_ : float
         Training epochs spent by all students (plus the refit's).
 
@@ -517,13 +552,14 @@ class PopulationMutationSearch(HoldoutSearch):
         "teacher_max_batches": [Interval(Integral, 1, None, closed="left"), None],
         "refit": ["boolean", StrOptions({"student"})],
         "n_jobs": [Integral, None],
+        "checkpoint": [str, os.PathLike, None],
     }
 
     def __init__(self, estimator, param_bounds, *, population_size=20, truncation=0.2,
                  n_steps=10, step="epoch", hyper_lr=3e-3, hyper_every=2, mutation="teacher",
                  teacher_keys=64, teacher_lr=1e-2, teacher_input="normalized",
                  teacher_max_batches=None, validation_fraction=0.2, scoring=None,
-                 refit="student", n_jobs=None, random_state=None, verbose=0):
+                 refit="student", n_jobs=None, random_state=None, checkpoint=None, verbose=0):
         self.estimator = estimator
         self.param_bounds = param_bounds
         self.population_size = population_size
@@ -542,6 +578,7 @@ class PopulationMutationSearch(HoldoutSearch):
         self.refit = refit
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.checkpoint = checkpoint
         self.verbose = verbose
 
     # -- the method (HoldoutSearch.fit calls these) -----------------------------------------
@@ -555,11 +592,15 @@ class PopulationMutationSearch(HoldoutSearch):
         hypers, y_enc, yv_enc, classes, coefs = self._resolve(data, dims)
         problem = _NetPopulation(_settings(self), clone(data.net), hypers, data.Xt, data.y_tr,
                                  y_enc, torch.as_tensor(data.Xv), yv_enc, seeds, classes)
+        ck = getattr(self, "_checkpoint", None)
+        resume = None if ck is None else ck.load("population", "state")
+        self.n_resumed_ = 0 if resume is None else (resume["step"] + 1) * self.population_size
         students, losses, self.teacher_, rows = run_hpm(
             problem, population_size=self.population_size, truncation=self.truncation,
             n_steps=self.n_steps, mutation=self.mutation, teacher_keys=self.teacher_keys,
             teacher_lr=self.teacher_lr, teacher_input=self.teacher_input, rng=rng,
-            on_step=self._report if self.verbose else None)
+            on_step=self._report if self.verbose else None, resume=resume,
+            save=None if ck is None else lambda state: ck.save("population", "state", state))
         epochs_per_step = 1.0 if self.step == "epoch" else min(
             1.0, self.step * problem.batch_size / len(data.Xt))
         finals = [dict(zip(problem.names, (float(v) for v in problem.values(s))))
