@@ -48,6 +48,7 @@ from ..nets import (
     user_callbacks,
 )
 from ._fused_cv import FusedCVMixin
+from ._progress import Phase, root_context
 
 __all__ = ["NetSearchCV", "check_space", "check_finite_input", "run_trial", "history_columns",
            "results_table", "HoldoutSearch", "HoldoutResult", "Holdout", "holdout_split",
@@ -234,8 +235,8 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
     def __getstate__(self):
         # the estimator is shipped to joblib workers during fit; the data travel separately
         state = dict(super().__getstate__())  # may be self.__dict__ itself: copy first
-        state.pop("_search_data", None)
-        state.pop("_checkpoint", None)
+        for name in ("_search_data", "_checkpoint", "_search_ctx"):
+            state.pop(name, None)
         return state
 
     # -- candidates and tasks -----------------------------------------------------------------
@@ -255,13 +256,14 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         return parallel(delayed(run_trial)(**task) for task in tasks)
 
     def _train_candidates(self, candidates, seeds, X, y, fit_params, probe, callbacks=None,
-                          first_index=0, **net_overrides):
+                          first_index=0, phase=None, **net_overrides):
         """Train every candidate (its seed, its extra ``callbacks`` — ``(name, callback)``
         pairs, one list per candidate — and the ``net_overrides`` such as ``max_epochs``) and
         read ``probe(fitted, X)`` off it: in fused groups where ``engine`` allows
         (:class:`skhpo.fused.FusedTrainer`), the others through :meth:`_run_trials`. Returns
         :func:`run_trial`'s dicts plus ``group`` (-1: trained alone) and ``engine_reason``
-        (why alone)."""
+        (why alone). Each finished training is reported to ``phase``
+        (:class:`~skhpo.search._progress.Phase`) and written to the checkpoint, if any."""
         engine = getattr(self, "engine", "sequential")
         prefix = find_net(self.estimator)[1]
         overrides = {prefix + k: v for k, v in net_overrides.items()}
@@ -278,6 +280,8 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
 
         def finished(i, out):
             outs[i] = out
+            if phase is not None:
+                phase.done(first_index + i)
             if ck is not None:
                 ck.save("trial", keys[i], out)
 
@@ -419,14 +423,18 @@ class HoldoutSearch(BaseSearchCV):
         if getattr(self, "checkpoint", None) is not None:  # the methods that resume
             space = getattr(self, "param_bounds", None)
             self._checkpoint = Checkpoint(self.checkpoint, search_parts(self, space, X, y))
-        start = time.perf_counter()
-        try:
-            result = self._search(data, seeds, rng)
-        finally:
-            self.__dict__.pop("_checkpoint", None)
-        self.search_time_ = time.perf_counter() - start
-        self._set_results(result)
-        self._set_best_estimator(result, data, X, y)
+        with root_context(self, X, y) as ctx:  # scikit-learn's callbacks, if any
+            self._search_ctx = ctx
+            start = time.perf_counter()
+            try:
+                result = self._search(data, seeds, rng)
+            finally:
+                self.__dict__.pop("_checkpoint", None)
+                self.__dict__.pop("_search_ctx", None)
+            self.search_time_ = time.perf_counter() - start
+            self._set_results(result)
+            with Phase(self, ctx if self.refit is True else None, "refit", 0):  # a leaf
+                self._set_best_estimator(result, data, X, y)
         return self
 
     def _check_search_params(self):

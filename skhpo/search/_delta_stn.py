@@ -128,9 +128,9 @@ class DeltaSTNTrainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, Xt, yt, Xv, yv, batch, max_epochs):
+    def run(self, Xt, yt, Xv, yv, batch, max_epochs, on_epoch=None):
         """Train for ``max_epochs``; ``history_`` rows are in ``rows``, the values after every
-        hyper step in ``hyper_rows``."""
+        hyper step in ``hyper_rows``; ``on_epoch(epoch)`` after each epoch."""
         self.data = (Xt, yt, Xv, yv)
         self.train_iter = _batches(len(yt), batch)  # the theta term's own training batches
         self.val_iter = _batches(len(yv), batch)
@@ -145,6 +145,8 @@ class DeltaSTNTrainer:
                 if epoch >= self.s.warmup_epochs and self.steps % self.s.train_steps == 0:
                     self.hyper_step(epoch)
             self.end_epoch(epoch, batch, max_epochs)
+            if on_epoch is not None:
+                on_epoch(epoch)
         return self
 
     def general_step(self, x, y, lam, epoch):

@@ -13,6 +13,8 @@ for the duration of ``fit``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from sklearn.base import is_classifier
 from sklearn.model_selection import check_cv
 from sklearn.utils import _safe_indexing, indexable
@@ -29,6 +31,7 @@ from ..nets import (
     trial_params,
     user_callbacks,
 )
+from ._progress import Phase, search_context
 
 __all__ = ["FusedCVMixin"]
 
@@ -50,6 +53,17 @@ class FusedCVMixin:
                                                           "params") if hasattr(self, name)),
                      None)
         return Checkpoint(self.checkpoint, search_parts(self, space, X, y, self._groups))
+
+    @contextmanager
+    def _searching(self, callback_ctx):
+        """The block runs the search: its phases report to scikit-learn's callbacks under
+        one ``search`` task (:mod:`skhpo.search._progress`)."""
+        with search_context(self, callback_ctx) as ctx:
+            self._search_ctx = ctx
+            try:
+                yield ctx
+            finally:
+                self.__dict__.pop("_search_ctx", None)
 
     def _spawn_seeds(self, rng, n):
         seeds = spawn_seeds(rng, n + 1)
@@ -75,11 +89,9 @@ class FusedCVMixin:
         if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
             results = evaluate_candidates(tasks, **kwargs)
         else:
-            ctx = callback_ctx.subcontext(
-                task_name="search", max_subtasks=len(tasks) * self._n_splits,
-                sequential_subtasks=False).call_on_fit_task_begin(estimator=self)
-            results = evaluate_candidates(tasks, callback_ctx=ctx, **kwargs)
-            ctx.call_on_fit_task_end(estimator=self)
+            parent = getattr(self, "_search_ctx", None) or callback_ctx
+            with Phase(self, parent, "cross-validation", len(tasks) * self._n_splits) as cv:
+                results = evaluate_candidates(tasks, callback_ctx=cv.ctx, **kwargs)
         self._seed_refit()
         return results
 
@@ -111,15 +123,19 @@ class FusedCVMixin:
             groups, _ = trainer.plan([fused[i] for i in todo])
             todo = [todo[j] for group in groups for j in group]
 
+        progress = Phase(self, getattr(self, "_search_ctx", None), "training", len(todo))
+
         def finished(j, result):
             i = todo[j]
+            progress.done(j)
             records[i] = _fold_record(result, X, y, fused[i].rows)
             if ck is not None:
                 ck.save("fold", keys[i], records[i])
             if result.estimator is not None:
                 free_estimator(result.estimator)
 
-        trainer.fit([fused[i] for i in todo], X, y, on_result=finished)
+        with progress:
+            trainer.fit([fused[i] for i in todo], X, y, on_result=finished)
         states = [{} for _ in candidates]
         for i, record in enumerate(records):
             if record is None or record["state"] is None:  # failed: scikit-learn's fit fails

@@ -41,6 +41,7 @@ from ..nets import find_net, net_input
 from ..probes.sharpness import final_linear, iter_batches
 from ..probes.stable_rank import StableRankRecorder, layer_matrices
 from ._base import NetSearchCV, check_finite_input, history_columns
+from ._progress import Phase
 
 __all__ = ["AutoHyperSearchCV", "HyperParameter", "trust_region_walk"]
 
@@ -391,18 +392,24 @@ class AutoHyperSearchCV(NetSearchCV):
     # -- the method -------------------------------------------------------------------------
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+        with self._searching(callback_ctx):
+            self._walk_and_evaluate(evaluate_candidates, callback_ctx)
+
+    def _walk_and_evaluate(self, evaluate_candidates, callback_ctx):
         X, y, fit_params = self._search_data
         rows = []
+        walk = Phase(self, getattr(self, "_search_ctx", None), "walk")  # total unknown
 
         def evaluate(points):
-            results = self._train(points, X, y, fit_params, len(rows))
+            results = self._train(points, X, y, fit_params, len(rows), walk)
             rows.extend(results)
             return [r["z"] for r in results]
 
-        point, steps, cache, self.stop_reason_ = trust_region_walk(
-            evaluate, self._hparams, start_threshold=self.start_threshold, power=self.power,
-            plateau=self.plateau, shrink=self.shrink, stop_tol=self.stop_tol,
-            max_trials=self.max_trials, zero_step=self.zero_step)
+        with walk:
+            point, steps, cache, self.stop_reason_ = trust_region_walk(
+                evaluate, self._hparams, start_threshold=self.start_threshold,
+                power=self.power, plateau=self.plateau, shrink=self.shrink,
+                stop_tol=self.stop_tol, max_trials=self.max_trials, zero_step=self.zero_step)
         failed = [r for r in rows if r["status"] != "ok"]
         if len(failed) == len(rows):
             raise ValueError(
@@ -428,7 +435,7 @@ class AutoHyperSearchCV(NetSearchCV):
                        more_results={"stable_rank": [cached[1] if cached else math.nan]},
                        callback_ctx=callback_ctx)
 
-    def _train(self, points, X, y, fit_params, first_index):
+    def _train(self, points, X, y, fit_params, first_index, phase=None):
         """One trial per point (in fused groups where ``engine`` allows, else in parallel):
         ``epochs_per_trial`` epochs, Z read at each epoch's end; a diverged trial counts as
         Z = 1."""
@@ -439,7 +446,7 @@ class AutoHyperSearchCV(NetSearchCV):
                      for _ in points]
         outs = self._train_candidates(candidates, [self._trial_seed] * len(points), X, y,
                                       fit_params, _read_recorder, callbacks=recorders,
-                                      first_index=first_index,
+                                      first_index=first_index, phase=phase,
                                       max_epochs=self.epochs_per_trial, train_split=None,
                                       verbose=0)
         self._warn_failures([o["error"] for o in outs if o["error"] and

@@ -41,6 +41,7 @@ from ..nets import batch_size_of, draw_seed, find_net, seed_everything
 from ._base import HoldoutResult, HoldoutSearch, history_columns
 from ._delta_stn import DeltaSTNTrainer, STNSettings, cut_penalty
 from ._delta_stn import HyperParams as _HyperParams
+from ._progress import Phase
 
 __all__ = ["CuttingPlaneTuner", "cut_penalty"]
 
@@ -246,8 +247,10 @@ class CuttingPlaneTuner(HoldoutSearch):
         trainer = DeltaSTNTrainer(self._settings(), plain, module, context, hp, space.names,
                                   len(space.paths), space.augment, space.image_shape)
         max_epochs = int(find_net(self.estimator)[0].max_epochs)
-        trainer.run(torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc,
-                    batch_size_of(plain, len(y_enc)), max_epochs)
+        with Phase(self, getattr(self, "_search_ctx", None), "epochs", max_epochs) as epochs:
+            trainer.run(torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc,
+                        batch_size_of(plain, len(y_enc)), max_epochs,
+                        on_epoch=lambda epoch: epochs.done(epoch, "epoch"))
         fit_time = time.perf_counter() - start
         self.hyper_history_ = history_columns(trainer.hyper_rows)
         final = trainer.current()

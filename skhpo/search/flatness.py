@@ -33,6 +33,7 @@ from ..probes.sharpness import (
     sharpness_bound,
 )
 from ._base import NetSearchCV, check_finite_input, check_space, history_columns
+from ._progress import Phase
 
 __all__ = ["FlatnessSearchCV"]
 
@@ -244,6 +245,10 @@ class FlatnessSearchCV(NetSearchCV):
         return self
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+        with self._searching(callback_ctx):
+            self._screen_and_evaluate(evaluate_candidates, callback_ctx)
+
+    def _screen_and_evaluate(self, evaluate_candidates, callback_ctx):
         X, y, fit_params = self._search_data
         screened = self._screen(X, y, fit_params)
         finalists = self._select(screened)
@@ -264,9 +269,11 @@ class FlatnessSearchCV(NetSearchCV):
                         aggregate_by=self.aggregate)
         report("flatness", self.verbose, f"[Flatness] screening {len(self._candidates)} "
                f"candidates, {self.screen_epochs} epoch(s) each")
-        outs = self._train_candidates(self._candidates, self._seeds, X, y, fit_params, probe,
-                                      max_epochs=self.screen_epochs, train_split=None,
-                                      verbose=0)
+        with Phase(self, getattr(self, "_search_ctx", None), "screening",
+                   len(self._candidates)) as phase:
+            outs = self._train_candidates(self._candidates, self._seeds, X, y, fit_params,
+                                          probe, phase=phase, max_epochs=self.screen_epochs,
+                                          train_split=None, verbose=0)
         rows = []
         for i, (cand, out) in enumerate(zip(self._candidates, outs)):
             value, n_batches = out["value"] if out["value"] is not None else (math.nan, 0)

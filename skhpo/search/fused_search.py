@@ -49,8 +49,8 @@ class _FusedDropIn(FusedCVMixin):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state.pop("_search_data", None)
-        state.pop("_checkpoint", None)
+        for name in ("_search_data", "_checkpoint", "_search_ctx"):
+            state.pop(name, None)
         return state
 
     def _fuses(self):
@@ -71,7 +71,9 @@ class _FusedDropIn(FusedCVMixin):
         self._n_splits = self.n_splits_
         candidates = self._candidates()
         seeds = self._spawn_seeds(check_random_state(self.random_state), len(candidates))
-        return self._evaluate(evaluate_candidates, candidates, seeds, callback_ctx=callback_ctx)
+        with self._searching(callback_ctx):
+            return self._evaluate(evaluate_candidates, candidates, seeds,
+                                  callback_ctx=callback_ctx)
 
 
 class FusedRandomizedSearchCV(_FusedDropIn, _RandomizedSearchCV):

@@ -65,6 +65,7 @@ from ..nets import (
     trial_params,
 )
 from ._base import HoldoutResult, HoldoutSearch
+from ._progress import Phase
 
 __all__ = ["PopulationMutationSearch", "Teacher", "run_hpm", "RANDOM_RANGE"]
 
@@ -595,12 +596,23 @@ class PopulationMutationSearch(HoldoutSearch):
         ck = getattr(self, "_checkpoint", None)
         resume = None if ck is None else ck.load("population", "state")
         self.n_resumed_ = 0 if resume is None else (resume["step"] + 1) * self.population_size
-        students, losses, self.teacher_, rows = run_hpm(
-            problem, population_size=self.population_size, truncation=self.truncation,
-            n_steps=self.n_steps, mutation=self.mutation, teacher_keys=self.teacher_keys,
-            teacher_lr=self.teacher_lr, teacher_input=self.teacher_input, rng=rng,
-            on_step=self._report if self.verbose else None, resume=resume,
-            save=None if ck is None else lambda state: ck.save("population", "state", state))
+        progress = Phase(self, getattr(self, "_search_ctx", None), "steps", self.n_steps)
+        for step in range(0 if resume is None else resume["step"] + 1):
+            progress.done(step, "step")  # loaded from the checkpoint
+
+        def on_step(step, rows):
+            progress.done(step, "step")
+            if self.verbose:
+                self._report(step, rows)
+
+        with progress:
+            students, losses, self.teacher_, rows = run_hpm(
+                problem, population_size=self.population_size, truncation=self.truncation,
+                n_steps=self.n_steps, mutation=self.mutation, teacher_keys=self.teacher_keys,
+                teacher_lr=self.teacher_lr, teacher_input=self.teacher_input, rng=rng,
+                on_step=on_step, resume=resume,
+                save=None if ck is None else lambda state: ck.save("population", "state",
+                                                                    state))
         epochs_per_step = 1.0 if self.step == "epoch" else min(
             1.0, self.step * problem.batch_size / len(data.Xt))
         finals = [dict(zip(problem.names, (float(v) for v in problem.values(s))))

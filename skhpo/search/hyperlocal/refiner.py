@@ -39,6 +39,7 @@ from ...hyper.space import check_space, parse_name, penalty_gradient, penalty_te
 from ...log import report
 from ...nets import check_module_output, draw_seed, find_net, net_input
 from .._base import HoldoutResult, HoldoutSearch, _check_fit_data, holdout_split
+from .._progress import Phase
 from .curvature import (
     SR1Snapshots,
     flat_gradient,
@@ -290,7 +291,9 @@ class HyperLocalRefiner(HoldoutSearch):
     def _search(self, data, seeds, rng):
         Xt, yt, Xv, yv = data
         prefit = _is_fitted(self.search)
-        fitted = self.search if prefit else clone(self.search).fit(Xt, yt)
+        ctx = getattr(self, "_search_ctx", None)
+        with Phase(self, None if prefit else ctx, "base search", 0):  # a leaf
+            fitted = self.search if prefit else clone(self.search).fit(Xt, yt)
         base = getattr(fitted, "best_estimator_", None)
         if base is None:
             if hasattr(fitted, "cv_results_"):
