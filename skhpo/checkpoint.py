@@ -131,7 +131,8 @@ def search_parts(search, space, X, y, groups=None, fit_params=None):
 
     settings = {k: v for k, v in search.get_params(deep=False).items()
                 if k not in _FREE and k not in ("estimator", "search")}
-    for name in ("param_distributions", "param_grid", "params", "param_bounds"):
+    for name in ("param_distributions", "param_grid", "params", "param_bounds", "hyperparams",
+                 "continuous"):
         settings.pop(name, None)
     estimator = getattr(search, "estimator", None)
     return {"class": type(search).__name__, "settings": settings,

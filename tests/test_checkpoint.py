@@ -144,25 +144,27 @@ SCRIPT = textwrap.dedent("""
     X, y = (X / 16).astype(np.float32)[:600], y[:600]
     FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=6),
                      {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
-                     n_candidates=30, n_finalists=4, cv=3, engine="sequential",
+                     n_candidates=30, n_finalists=4, cv=3, engine=sys.argv[2],
                      random_state=0, checkpoint=sys.argv[1], refit=False).fit(X, y)
 """)
 
 
-def test_a_killed_search_resumes_without_retraining(tmp_path):
+@pytest.mark.parametrize("engine", ["sequential", "auto"])
+def test_a_killed_search_resumes_without_retraining(engine, tmp_path):
     """A real process kill (SIGKILL) part-way through the screening; the resumed fit loads
-    every training the killed one finished and its results equal an uninterrupted run's."""
+    every training the killed one finished and its results equal an uninterrupted run's
+    (with fused groups too: the resumed fit plans over every training, loaded or not)."""
     from sklearn.datasets import load_digits
 
     folder = tmp_path / "ck"
     script = tmp_path / "search.py"
     script.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(folder)])
+    proc = subprocess.Popen([sys.executable, str(script), str(folder), engine])
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             done = [f for f in os.listdir(folder)] if folder.exists() else []
-            if sum(f.startswith("trial-") for f in done) >= 8:
+            if sum(f.startswith("trial-") for f in done) >= (8 if engine == "sequential" else 1):
                 break
             assert proc.poll() is None, "the search ended before it could be killed"
             time.sleep(0.05)
@@ -172,7 +174,7 @@ def test_a_killed_search_resumes_without_retraining(tmp_path):
         if proc.poll() is None:
             proc.kill()
     finished = sorted(f for f in os.listdir(folder) if f.endswith(".pkl"))
-    assert 8 <= len(finished) < 30 + 4 * 3  # killed part-way
+    assert 1 <= len(finished) < 30 + 4 * 3  # killed part-way
     # (a write the kill interrupted leaves at most a ".tmp-" file, which nothing reads)
     X, y = load_digits(return_X_y=True)
     X, y = (X / 16).astype(np.float32)[:600], y[:600]
@@ -180,7 +182,7 @@ def test_a_killed_search_resumes_without_retraining(tmp_path):
     def search(ck):
         return FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=6),
                                 {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
-                                n_candidates=30, n_finalists=4, cv=3, engine="sequential",
+                                n_candidates=30, n_finalists=4, cv=3, engine=engine,
                                 random_state=0, checkpoint=ck, refit=False)
 
     resumed = search(str(folder)).fit(X, y)
@@ -271,3 +273,55 @@ def test_a_killed_population_resumes_from_its_last_step(tmp_path):
     resumed = search(str(folder)).fit(X, y)
     assert resumed.n_resumed_ == done * 6  # no completed step was redone
     _same_results(resumed, search(None).fit(X, y))
+
+
+def test_cutting_plane_resumes_after_its_last_epoch(iris, tmp_path):
+    """The self-tuning run, stopped after epoch 3 of 6 (its state taken from a full run's
+    checkpoint written at that epoch), continues to the same end."""
+    import pickle
+
+    from skhpo import CuttingPlaneTuner
+
+    X, y = iris
+
+    def tuner(folder, epochs):
+        return CuttingPlaneTuner(TabularMLPClassifier(width=16, max_epochs=epochs, dropout=0.3),
+                                 warmup_epochs=1, random_state=0, checkpoint=folder)
+
+    full = tuner(str(tmp_path / "full"), 6).fit(X, y)
+    assert full.n_resumed_ == 0
+    # a run of 3 epochs writes what the 6-epoch run wrote after its third epoch, except
+    # max_epochs in the fingerprint: move its state under the 6-epoch run's fingerprint
+    tuner(str(tmp_path / "three"), 3).fit(X, y)
+    (state,) = [f for f in os.listdir(tmp_path / "three") if f.startswith("stn-")]
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    for name in ("fingerprint.json",):
+        (resumed_dir / name).write_bytes((tmp_path / "full" / name).read_bytes())
+    with open(tmp_path / "three" / state, "rb") as f:
+        assert pickle.load(f)["epoch"] == 2
+    (resumed_dir / state).write_bytes((tmp_path / "three" / state).read_bytes())
+    resumed = tuner(str(resumed_dir), 6).fit(X, y)
+    assert resumed.n_resumed_ == 3
+    _same_results(full, resumed)
+    _same_results(full, tuner(None, 6).fit(X, y))
+
+
+def test_hyperlocal_keeps_its_trained_base_search(iris, tmp_path):
+    from sklearn.model_selection import GridSearchCV
+
+    from skhpo import HyperLocalRefiner
+
+    X, y = iris
+
+    def refiner(folder):
+        grid = GridSearchCV(_net(l2=1e-3, max_epochs=4), {"l2": [1e-4, 1e-3]}, cv=2)
+        return HyperLocalRefiner(grid, random_state=0, checkpoint=folder)
+
+    first = refiner(str(tmp_path)).fit(X, y)
+    assert first.n_resumed_ == 0
+    CountingAdam.steps = 0
+    again = refiner(str(tmp_path)).fit(X, y)
+    assert CountingAdam.steps == 0 and again.n_resumed_ == 1
+    _same_results(first, again)
+    assert first.validation_loss_ == again.validation_loss_

@@ -226,15 +226,17 @@ def test_theta_none_draws_no_training_term(digits, monkeypatch):
     X, y = digits
     calls = {}
     import skhpo.search._delta_stn as cp
-    original = cp._batches
 
-    def counting(n, batch):
-        key = "train" if n > 400 else "valid"
-        calls[key] = 0
-        for idx in original(n, batch):
-            calls[key] += 1
-            yield idx
-    monkeypatch.setattr(cp, "_batches", counting)
+    class Counting(cp._Batches):
+        def __init__(self, n, batch):
+            super().__init__(n, batch)
+            self.key = "train" if n > 400 else "valid"
+            calls[self.key] = 0
+
+        def __next__(self):
+            calls[self.key] += 1
+            return super().__next__()
+    monkeypatch.setattr(cp, "_Batches", Counting)
     for theta in (None, 0.0, 1.0):
         calls.clear()
         CuttingPlaneTuner(_mlp(max_epochs=2), warmup_epochs=1, theta=theta,

@@ -147,19 +147,28 @@ class FusedTrainer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def fit(self, tasks, X, y, on_result=None):
+    def fit(self, tasks, X, y, on_result=None, plan=None):
         """Train every task; one :class:`TaskResult` per task, in task order.
         ``on_result(i, result)``, if given, is called for each task as soon as its group (or
-        its own training) has finished, e.g. to write it to a checkpoint."""
-        groups, alone = self.plan(tasks)
+        its own training) has finished, e.g. to write it to a checkpoint. ``plan``:
+        ``(groups, alone)`` as :meth:`plan` made them for ``tasks``, restricted to the tasks
+        to train now (the others get None; a group may be left empty, so that the others
+        keep their numbers): each group then trains fused whatever its size now, so every
+        task trains as it would have in the whole plan (a search resumed from a checkpoint
+        gives the uninterrupted run's results)."""
+        groups, alone = self.plan(tasks) if plan is None else plan
+        keep_single = plan is not None
         results = [None] * len(tasks)
+
         def parallel(jobs):  # each result as soon as it is done
             return Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
 
-        done = parallel(delayed(self._fit_group)(g, [tasks[i] for i in members], X, y)
-                        for g, members in enumerate(groups))
+        numbered = [(g, members) for g, members in enumerate(groups) if members]
+        done = parallel(delayed(self._fit_group)(g, [tasks[i] for i in members], X, y,
+                                                 keep_single)
+                        for g, members in numbered)
         # the generator first in zip: it runs to its end (and shuts its workers down)
-        for (trained, moved), members in zip(done, groups):
+        for (trained, moved), (_, members) in zip(done, numbered):
             for j, result in trained.items():
                 results[members[j]] = result
                 if on_result is not None:
@@ -192,7 +201,7 @@ class FusedTrainer:
                              **overrides)
         return clone(self.estimator).set_params(**{**params, **extra})
 
-    def _fit_group(self, g, tasks, X, y):
+    def _fit_group(self, g, tasks, X, y, keep_single=False):
         """One planned group (in a worker with ``n_jobs``): initialise each task's net (0
         epochs: the net's own init from its seed), split the group by the shapes after
         preprocessing, train, hand back. Returns ``({position: TaskResult}, {position:
@@ -217,7 +226,7 @@ class FusedTrainer:
                    member.net.module_.layers[-1].out_features)
             by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
-            if len(same) == 1 and self.engine == "auto":
+            if len(same) == 1 and self.engine == "auto" and not keep_single:
                 moved[same[0]] = "the only task of its shapes after preprocessing"
                 continue
             members = [inits[j][1] for j in same]

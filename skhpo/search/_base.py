@@ -286,21 +286,20 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
                 ck.save("trial", keys[i], out)
 
         if fit_params:
-            groups, alone = [], dict.fromkeys(range(len(todo)), "fit parameters")
+            groups, alone = [], dict.fromkeys(range(len(fused)), "fit parameters")
             if engine == "fused":
                 raise ValueError("engine='fused' cannot pass fit parameters to a fused group; "
                                  f"got {sorted(fit_params)}")
-        else:
-            groups, alone = FusedTrainer(self.estimator, engine=engine).plan(
-                [fused[i] for i in todo])
+        else:  # planned over every task, loaded or not: a task trains as in the whole plan
+            groups, alone = FusedTrainer(self.estimator, engine=engine).plan(fused)
+        todo_set = set(todo)
+        groups = [[i for i in g if i in todo_set] for g in groups]  # numbers kept
         trainer = FusedTrainer(self.estimator, engine="fused" if engine == "fused" else "auto",
                                n_jobs=self.n_jobs)
-        grouped = [todo[j] for group in groups for j in group]
-        trainer.fit([fused[i] for i in grouped], X, y,
-                    on_result=lambda j, result: finished(
-                        grouped[j], self._probe_fused(result, X, probe)))
-        solo = sorted(todo[j] for j in alone)
-        reasons = {todo[j]: reason for j, reason in alone.items()}
+        trainer.fit(fused, X, y, plan=(groups, {}),
+                    on_result=lambda i, result: finished(i, self._probe_fused(result, X, probe)))
+        solo = sorted(i for i in alone if i in todo_set)
+        reasons = alone
         tasks = [dict(estimator=self.estimator, params=candidates[i],
                       task_params=self._task_params(seeds[i], first_index + i,
                                                     extra_callbacks=list(callbacks[i]),
@@ -421,7 +420,9 @@ class HoldoutSearch(BaseSearchCV):
         split_seed, seeds = self._draw_seeds(rng)
         data = self._holdout(X, y, params, split_seed)
         if getattr(self, "checkpoint", None) is not None:  # the methods that resume
-            space = getattr(self, "param_bounds", None)
+            space = next((getattr(self, name) for name in ("param_bounds", "hyperparams",
+                                                           "continuous") if hasattr(self, name)),
+                         None)
             self._checkpoint = Checkpoint(self.checkpoint, search_parts(self, space, X, y))
         with root_context(self, X, y) as ctx:  # scikit-learn's callbacks, if any
             self._search_ctx = ctx

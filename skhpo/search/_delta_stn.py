@@ -128,13 +128,19 @@ class DeltaSTNTrainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, Xt, yt, Xv, yv, batch, max_epochs, on_epoch=None):
+    def run(self, Xt, yt, Xv, yv, batch, max_epochs, on_epoch=None, resume=None):
         """Train for ``max_epochs``; ``history_`` rows are in ``rows``, the values after every
-        hyper step in ``hyper_rows``; ``on_epoch(epoch)`` after each epoch."""
+        hyper step in ``hyper_rows``; ``on_epoch(epoch)`` after each epoch. ``resume``: a
+        :meth:`state` to go on from (after its epoch), exactly as if the run had not
+        stopped."""
         self.data = (Xt, yt, Xv, yv)
-        self.train_iter = _batches(len(yt), batch)  # the theta term's own training batches
-        self.val_iter = _batches(len(yv), batch)
-        for epoch in range(max_epochs):
+        self.train_iter = _Batches(len(yt), batch)  # the theta term's own training batches
+        self.val_iter = _Batches(len(yv), batch)
+        first = 0
+        if resume is not None:
+            self._restore(resume)
+            first = resume["epoch"] + 1
+        for epoch in range(first, max_epochs):
             for idx in torch.randperm(len(yt)).split(batch):
                 x, y = Xt[idx].to(self.device), yt[idx].to(self.device)
                 with torch.no_grad():
@@ -241,6 +247,35 @@ class DeltaSTNTrainer:
                    f"valid {row['valid_loss']:.4f} gap {row['gap']:.4f} "
                    + " ".join(f"{n}={row[n]:.4f}" for n in self.names))
 
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _optimizers(self):
+        return (self.opt_general, self.opt_response, self.opt_u, self.opt_rho)
+
+    def state(self, epoch):
+        """Everything the loop needs to go on after ``epoch`` (for a checkpoint)."""
+        cuda = self.device.type == "cuda"
+        return {"epoch": epoch, "module": self.module.state_dict(), "hp": self.hp.state_dict(),
+                "optimizers": [o.state_dict() for o in self._optimizers()],
+                "signs": self.signs, "steps": self.steps, "hyper_steps": self.hyper_steps,
+                "rows": self.rows, "hyper_rows": self.hyper_rows, "first": self.first,
+                "iterators": (self.train_iter, self.val_iter), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if cuda else None}
+
+    def _restore(self, state):
+        self.module.load_state_dict(state["module"])
+        self.hp.load_state_dict(state["hp"])
+        for opt, saved in zip(self._optimizers(), state["optimizers"]):
+            opt.load_state_dict(saved)
+        self.signs, self.steps, self.hyper_steps = (state["signs"], state["steps"],
+                                                    state["hyper_steps"])
+        self.rows, self.hyper_rows, self.first = (state["rows"], state["hyper_rows"],
+                                                  state["first"])
+        self.train_iter, self.val_iter = state["iterators"]
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None:
+            torch.cuda.set_rng_state_all(state["cuda"])
+
     # -- helpers -----------------------------------------------------------------------------
 
     def inputs(self, x, lam):
@@ -271,10 +306,21 @@ class DeltaSTNTrainer:
                                         "the training diverged (try a smaller learning rate)")
 
 
-def _batches(n, batch):
-    """An endless iterator of index batches (reshuffled at every pass)."""
-    while True:
-        yield from torch.randperm(n).split(batch)
+class _Batches:
+    """An endless iterator of index batches, reshuffled (``torch.randperm``) when a pass is
+    used up; an object rather than a generator, so a checkpoint can hold where it stands."""
+
+    def __init__(self, n, batch):
+        self.n, self.batch, self.parts, self.pos = n, batch, [], 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pos == len(self.parts):
+            self.parts, self.pos = list(torch.randperm(self.n).split(self.batch)), 0
+        self.pos += 1
+        return self.parts[self.pos - 1]
 
 
 def _evaluate(module, loss_fn, X, y, batch, device, name):

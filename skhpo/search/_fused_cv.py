@@ -118,16 +118,17 @@ class FusedCVMixin:
             [ck.key("fold", t.params, t.seed, t.rows) for t in fused]
         records = [None if k is None else ck.load("fold", k) for k in keys]
         trainer = FusedTrainer(self.estimator, engine=self.engine, n_jobs=self.n_jobs)
-        todo = [i for i, r in enumerate(records) if r is None]
-        if ck is None:  # tasks that cannot fuse are left to scikit-learn's own fits
-            groups, _ = trainer.plan([fused[i] for i in todo])
-            todo = [todo[j] for group in groups for j in group]
+        todo = {i for i, r in enumerate(records) if r is None}
+        # planned over every fold, loaded or not: a fold trains as in the whole plan
+        groups, alone = trainer.plan(fused)
+        groups = [[i for i in g if i in todo] for g in groups]  # numbers kept
+        alone = {} if ck is None else {i: r for i, r in alone.items() if i in todo}
+        # (without a checkpoint, the folds that cannot fuse are left to scikit-learn's fits)
+        progress = Phase(self, getattr(self, "_search_ctx", None), "training",
+                         sum(map(len, groups)) + len(alone))
 
-        progress = Phase(self, getattr(self, "_search_ctx", None), "training", len(todo))
-
-        def finished(j, result):
-            i = todo[j]
-            progress.done(j)
+        def finished(i, result):
+            progress.done(i)
             records[i] = _fold_record(result, X, y, fused[i].rows)
             if ck is not None:
                 ck.save("fold", keys[i], records[i])
@@ -135,7 +136,7 @@ class FusedCVMixin:
                 free_estimator(result.estimator)
 
         with progress:
-            trainer.fit([fused[i] for i in todo], X, y, on_result=finished)
+            trainer.fit(fused, X, y, on_result=finished, plan=(groups, alone))
         states = [{} for _ in candidates]
         for i, record in enumerate(records):
             if record is None or record["state"] is None:  # failed: scikit-learn's fit fails

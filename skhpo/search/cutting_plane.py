@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -127,6 +128,13 @@ class CuttingPlaneTuner(HoldoutSearch):
         with the final rates fixed. False: no ``best_estimator_`` (as in ``GridSearchCV``).
     random_state : int, RandomState or None, default=None
         Seeds the split, the weights, dropout masks and perturbations.
+    checkpoint : str, path or None, default=None
+        A folder in which the self-tuning network's whole state (weights, hyper-parameters,
+        optimisers, cut, generators, history) is written after every epoch, atomically.
+        Calling ``fit`` again with the same search, data and folder continues after the last
+        completed epoch, with results identical to an uninterrupted run (timings aside); a
+        folder written by another search is refused before any training. Needs an int
+        ``random_state``.
     verbose : int, default=0
         One line per epoch when > 0.
 
@@ -153,6 +161,8 @@ class CuttingPlaneTuner(HoldoutSearch):
         The hyper-parameters after every hyper step.
     n_epochs_ : int
         Epochs trained (and the refit's).
+    n_resumed_ : int
+        Epochs restored from ``checkpoint``.
 
     Notes
     -----
@@ -197,13 +207,14 @@ class CuttingPlaneTuner(HoldoutSearch):
         "hyper_lr": [Interval(Real, 0, None, closed="left")],
         "image_shape": [tuple, list, None],
         "refit": ["boolean", StrOptions({"tuned"})],
+        "checkpoint": [str, os.PathLike, None],
     }
 
     def __init__(self, estimator, hyperparams=None, *, warmup_epochs=5, train_steps=5,
                  valid_steps=1, validation_fraction=0.15, mu=1e-3, eps2=1e-8,
                  cut_mode="hinge", cut_memory="last", theta=1.0, entropy_weight=1e-3,
                  tune_scales=True, linearize=True, hyper_lr=1e-2, image_shape=None, scoring=None,
-                 refit="tuned", random_state=None, verbose=0):
+                 refit="tuned", random_state=None, checkpoint=None, verbose=0):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.warmup_epochs = warmup_epochs
@@ -222,6 +233,7 @@ class CuttingPlaneTuner(HoldoutSearch):
         self.image_shape = image_shape
         self.scoring = scoring
         self.refit = refit
+        self.checkpoint = checkpoint
         self.random_state = random_state
         self.verbose = verbose
 
@@ -247,10 +259,21 @@ class CuttingPlaneTuner(HoldoutSearch):
         trainer = DeltaSTNTrainer(self._settings(), plain, module, context, hp, space.names,
                                   len(space.paths), space.augment, space.image_shape)
         max_epochs = int(find_net(self.estimator)[0].max_epochs)
+        ck = getattr(self, "_checkpoint", None)
+        resume = None if ck is None else ck.load("stn", "state")
+        self.n_resumed_ = 0 if resume is None else resume["epoch"] + 1
+
+        def on_epoch(epoch):
+            epochs.done(epoch, "epoch")
+            if ck is not None:
+                ck.save("stn", "state", trainer.state(epoch))
+
         with Phase(self, getattr(self, "_search_ctx", None), "epochs", max_epochs) as epochs:
+            for epoch in range(self.n_resumed_):
+                epochs.done(epoch, "epoch")  # restored from the checkpoint
             trainer.run(torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc,
-                        batch_size_of(plain, len(y_enc)), max_epochs,
-                        on_epoch=lambda epoch: epochs.done(epoch, "epoch"))
+                        batch_size_of(plain, len(y_enc)), max_epochs, on_epoch=on_epoch,
+                        resume=resume)
         fit_time = time.perf_counter() - start
         self.hyper_history_ = history_columns(trainer.hyper_rows)
         final = trainer.current()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -140,7 +141,15 @@ class HyperLocalRefiner(HoldoutSearch):
         Training samples used for the Hessian rows (a seeded subset if more).
     random_state : int, RandomState or None, default=None
         The validation split, the row subset and the LP's tie-breaking.
+    checkpoint : str, path or None, default=None
+        A folder in which the fitted base search is written once it has trained
+        (atomically). Calling ``fit`` again with the same refiner, data and folder
+        loads it instead of training the base search again, and refines it as before
+        (identical results); a folder written by another refiner is refused before any
+        training. Needs an int ``random_state``; ``n_resumed_`` is 1 when the base search
+        was loaded.
     verbose : int, default=0
+        Log the steps when > 0.
 
     Attributes
     ----------
@@ -202,13 +211,14 @@ class HyperLocalRefiner(HoldoutSearch):
         "hessian_samples": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "checkpoint": [str, os.PathLike, None],
     }
 
     def __init__(self, search, continuous=None, *, validation_fraction=0.2, rows=0.01,
                  hessian="hvp", delta=1e-4, box_hparams=1.0, box_weights=None, line_step=None,
                  gss_tol=None,
                  max_iter=1, lp_solver="highs", hessian_samples=4096, random_state=None,
-                 verbose=0):
+                 checkpoint=None, verbose=0):
         self.search = search
         self.continuous = continuous
         self.validation_fraction = validation_fraction
@@ -223,6 +233,7 @@ class HyperLocalRefiner(HoldoutSearch):
         self.lp_solver = lp_solver
         self.hessian_samples = hessian_samples
         self.random_state = random_state
+        self.checkpoint = checkpoint
         self.verbose = verbose
 
     #: the refined model is always kept as ``best_estimator_`` (there is no ``refit``
@@ -292,8 +303,14 @@ class HyperLocalRefiner(HoldoutSearch):
         Xt, yt, Xv, yv = data
         prefit = _is_fitted(self.search)
         ctx = getattr(self, "_search_ctx", None)
-        with Phase(self, None if prefit else ctx, "base search", 0):  # a leaf
-            fitted = self.search if prefit else clone(self.search).fit(Xt, yt)
+        ck = getattr(self, "_checkpoint", None)
+        fitted = self.search if prefit else None if ck is None else ck.load("base", "search")
+        self.n_resumed_ = int(fitted is not None and not prefit)
+        if fitted is None:
+            with Phase(self, ctx, "base search", 0):  # a leaf
+                fitted = clone(self.search).fit(Xt, yt)
+            if ck is not None:
+                ck.save("base", "search", fitted)
         base = getattr(fitted, "best_estimator_", None)
         if base is None:
             if hasattr(fitted, "cv_results_"):
