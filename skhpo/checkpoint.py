@@ -61,7 +61,13 @@ class Checkpoint:
     def __init__(self, folder, parts):
         self.folder = os.fspath(folder)
         os.makedirs(self.folder, exist_ok=True)
-        digests = {name: joblib.hash(_canonical(value)) for name, value in parts.items()}
+        digests = {}
+        for name, value in parts.items():
+            try:
+                digests[name] = joblib.hash(_canonical(value))
+            except Exception as exc:  # e.g. a class defined inside a function
+                raise ValueError(f"checkpoint: the {name} cannot be fingerprinted (it must "
+                                 f"pickle): {type(exc).__name__}: {exc}") from exc
         path = os.path.join(self.folder, "fingerprint.json")
         if os.path.exists(path):
             with open(path) as f:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -274,3 +275,23 @@ def test_fused_random_trains_random_search_fits(tmp_path):
     (line,) = fused_check(rows)
     assert "iris" in line and "same best candidate in 2/2 seeds" in line
     assert fused_check([r for r in rows if r["method"] == "random"]) == []
+
+
+def test_bench_checkpoint_skips_finished_runs(tmp_path, capsys):
+    """An interrupted benchmark resumes: with --checkpoint, a second run of the command
+    runs nothing that finished (the same rows, read back), and more seeds reuse the first
+    ones; another budget is refused."""
+    ck = str(tmp_path / "ck")
+    argv = ["bench", "--tasks", "iris", "--n-trials", "2", "--max-epochs", "2", "--cv", "2",
+            "--methods", "random", "--checkpoint", ck]
+    assert main([*argv, "--seeds", "1", "--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert main([*argv, "--seeds", "2", "--out", str(tmp_path / "b")]) == 0
+    second = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert second[0] == first[0]  # read back, wall time included: it did not run again
+    assert len(second) == 2 and second[1]["seed"] == 1
+    assert len([f for f in os.listdir(ck) if f.startswith("job-")]) == 2
+    capsys.readouterr()
+    assert main([*argv[:-4], "--max-epochs", "3", "--methods", "random", "--checkpoint", ck,
+                 "--seeds", "1"]) == 2
+    assert "holds the trainings of another search" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy.stats import loguniform
 from sklearn.datasets import load_iris
+from skorch.callbacks import Callback
 
 from skhpo import (
     AutoHyperSearchCV,
@@ -325,3 +326,39 @@ def test_hyperlocal_keeps_its_trained_base_search(iris, tmp_path):
     assert CountingAdam.steps == 0 and again.n_resumed_ == 1
     _same_results(first, again)
     assert first.validation_loss_ == again.validation_loss_
+
+
+class CtrlC(Callback):
+    """Presses Ctrl-C at the end of the n-th training (``left``, a class attribute, so that
+    the search's copies of the callback share it; None: never)."""
+
+    left = None
+
+    def on_train_end(self, net, **kwargs):
+        if CtrlC.left is not None:
+            CtrlC.left -= 1
+            if CtrlC.left == 0:
+                raise KeyboardInterrupt
+
+
+def test_ctrl_c_leaves_a_consistent_checkpoint(iris, tmp_path):
+    X, y = iris
+    net = TabularMLPClassifier(width=8, max_epochs=3, callbacks=[("ctrl_c", CtrlC())])
+
+    def search(folder):
+        return FlatnessSearchCV(net, {"lr": loguniform(1e-3, 1e-1)}, n_candidates=8,
+                                n_finalists=2, cv=2, engine="sequential", random_state=0,
+                                checkpoint=folder, refit=False)
+
+    CtrlC.left = 5
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search(str(tmp_path)).fit(X, y)
+    finally:
+        CtrlC.left = None
+    files = [f for f in os.listdir(tmp_path) if f.endswith(".pkl")]
+    assert 1 <= len(files) < 8 + 2 * 2  # interrupted part-way, only whole files left
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+    resumed = search(str(tmp_path)).fit(X, y)
+    assert resumed.n_resumed_ == len(files)
+    _same_results(resumed, search(None).fit(X, y))

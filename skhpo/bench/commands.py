@@ -56,6 +56,7 @@ def _bench_parser(sub):
     p.add_argument("--n-jobs", type=int, default=None, help="joblib workers per search")
     p.add_argument("--out", default=None,
                    help="folder for results.csv, results.json and results.png")
+    _add_checkpoint(p)
     return p
 
 
@@ -97,10 +98,12 @@ def bench(args):
     budget = Budget(n_trials=args.n_trials, n_finalists=min(args.n_finalists, args.n_trials),
                     max_epochs=args.max_epochs, cv=args.cv, mode=args.budget)
     check_methods(methods, tasks, budget)
+    checkpoint = _job_checkpoint(args, "bench", budget=budget,
+                                 csv=None if args.csv is None else _file_digest(args.csv))
     start = time.perf_counter()
     rows = run_jobs(jobs(methods, tasks, range(args.seeds)),
                     lambda m, t, s: run_one(m, t, s, budget, n_jobs=args.n_jobs),
-                    progress=progress_printer(describe_row, start))
+                    progress=progress_printer(describe_row, start), checkpoint=checkpoint)
     print_table(summarize(rows), COLUMNS, title="")
     print_pairwise(rows)
     check = fused_check(rows)
@@ -122,6 +125,31 @@ def bench(args):
         except ValueError as exc:  # no matplotlib: the numbers are saved, say why no plot
             print(f"no plot: {exc}", file=sys.stderr)
     return 0
+
+
+def _add_checkpoint(p, part=None):
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help=(f"{part}: " if part else "") + "folder that keeps every finished run: "
+                   "the same command with the same folder skips them (an interrupted benchmark "
+                   "resumes)")
+
+
+def _file_digest(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def _job_checkpoint(args, command, **settings):
+    """The command's :class:`~skhpo.checkpoint.Checkpoint` (None without ``--checkpoint``):
+    fingerprinted by the command and the settings every run depends on (the methods, tasks
+    and seeds are in each run's own key, so more of them reuse the finished ones)."""
+    if getattr(args, "checkpoint", None) is None:
+        return None
+    from ..checkpoint import Checkpoint
+
+    return Checkpoint(args.checkpoint, {"command": command, "settings": settings})
 
 
 def _check_positive(args, *names, **values):
@@ -210,6 +238,7 @@ def _hyperlocal_parser(sub):
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--n-jobs", type=int, default=None, help="runs in parallel")
     p.add_argument("--out", default=None, help="folder for results.csv and summary.csv")
+    _add_checkpoint(p)
     return p
 
 
@@ -219,7 +248,9 @@ def hyperlocal(args):
     _check_positive(args, "seeds", "n_trials", "max_epochs")
     start = time.perf_counter()
     rows = run_protocol(args.seeds, args.n_trials, args.max_epochs, args.n_jobs,
-                        progress_printer(describe_row, start))
+                        progress_printer(describe_row, start),
+                        checkpoint=_job_checkpoint(args, "hyperlocal", n_trials=args.n_trials,
+                                                   max_epochs=args.max_epochs))
     summary = summarize(rows)
     print_table(summary, COLUMNS, title="")
     print("(medians over seeds of after - before)")
@@ -250,6 +281,7 @@ def _hpm_parser(sub):
     p.add_argument("--n-jobs", type=int, default=None, help="nets: joblib workers")
     p.add_argument("--out", default=None, help="folder for results.csv, summary.csv (and "
                    "synthetic.png)")
+    _add_checkpoint(p, "nets")
     return p
 
 
@@ -282,7 +314,9 @@ def hpm(args):
     _check_positive(args, "population", "n_steps", "cv", seeds=seeds)
     rows = run_networks(args.tasks, seeds, population=args.population, n_steps=args.n_steps,
                         cv=args.cv, n_jobs=args.n_jobs,
-                        progress=progress_printer(describe_row, start))
+                        progress=progress_printer(describe_row, start),
+                        checkpoint=_job_checkpoint(args, "hpm nets", population=args.population,
+                                                   n_steps=args.n_steps, cv=args.cv))
     summary = summarize_networks(rows)
     print_table(summary, COLUMNS, title="")
     print_pairwise(rows)
@@ -309,6 +343,7 @@ def _cpmlho_parser(sub):
                    help="compare: methods (default: all four; random-full trains each "
                    "candidate the full --epochs)")
     p.add_argument("--out", default=None, help="folder for the CSV files (and sensitivity.png)")
+    _add_checkpoint(p, "compare")
     return p
 
 
@@ -343,7 +378,9 @@ def cpmlho(args):
                          "random candidate and the refit train at least one epoch)")
     rows = run_compare(args.models, args.seeds, args.epochs, args.n_random,
                        methods=args.methods or CP_METHODS,
-                       progress=progress_printer(describe_row, start))
+                       progress=progress_printer(describe_row, start),
+                       checkpoint=_job_checkpoint(args, "cpmlho compare", epochs=args.epochs,
+                                                  n_random=args.n_random))
     summary = summarize_compare(rows)
     print_table(summary, COLUMNS, title="")
     for model in args.models:

@@ -25,25 +25,38 @@ __all__ = ["Column", "bar", "epochs_spent", "plain_params", "print_pairwise", "p
 
 # -- running -------------------------------------------------------------------------------
 
-def run_jobs(jobs, run_one, *, n_jobs=None, progress=None):
+def run_jobs(jobs, run_one, *, n_jobs=None, progress=None, checkpoint=None):
     """``[run_one(*job) for job in jobs]``, in job order.
 
     ``n_jobs`` > 1 runs the jobs themselves in parallel (joblib; ``progress`` then follows
     completion order); None or 1 runs them one after the other in this process, so a
     protocol whose searches use workers of their own passes its ``n_jobs`` to them instead.
-    ``progress(done, total, row)`` is called after each job.
+    ``progress(done, total, row)`` is called after each job. ``checkpoint``
+    (:class:`skhpo.checkpoint.Checkpoint`): each finished job's row is written to it as the
+    job finishes, and a job whose row it holds is not run again (its row is reported first).
     """
     from joblib import Parallel, delayed
 
     jobs = [tuple(job) for job in jobs]
-    rows = [None] * len(jobs)
+    keys = [None if checkpoint is None else checkpoint.key("job", job) for job in jobs]
+    rows = [None if key is None else checkpoint.load("job", key) for key in keys]
+    todo = [i for i, row in enumerate(rows) if row is None]
+    done = 0
+    for row in rows:
+        if row is not None:
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs), row)
     if n_jobs in (None, 1):
-        outputs = ((i, run_one(*job)) for i, job in enumerate(jobs))
+        outputs = ((i, run_one(*jobs[i])) for i in todo)
     else:
         outputs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            delayed(_indexed)(run_one, i, job) for i, job in enumerate(jobs))
-    for done, (i, row) in enumerate(outputs, 1):
+            delayed(_indexed)(run_one, i, jobs[i]) for i in todo)
+    for i, row in outputs:
         rows[i] = row
+        if checkpoint is not None:
+            checkpoint.save("job", keys[i], row)
+        done += 1
         if progress is not None:
             progress(done, len(jobs), row)
     return rows

@@ -101,10 +101,11 @@ def _tuner(model, method, seed, epochs, starts=None):
 
 
 def run_compare(models=("mlp", "cnn"), seeds=5, epochs=50, n_random=4, methods=CP_METHODS,
-                progress=None):
-    """One row per (model, seed, method)."""
+                progress=None, checkpoint=None):
+    """One row per (model, seed, method) (finished ones kept in ``checkpoint``)."""
     jobs = [(m, s, meth) for m in models for s in range(seeds) for meth in methods]
-    return run_jobs(jobs, lambda *job: run_one(*job, epochs, n_random), progress=progress)
+    return run_jobs(jobs, lambda *job: run_one(*job, epochs, n_random), progress=progress,
+                    checkpoint=checkpoint)
 
 
 def run_one(model, seed, method, epochs=50, n_random=4):

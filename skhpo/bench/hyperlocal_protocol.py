@@ -184,9 +184,10 @@ def describe_row(row):
 TASKS = [("mlp", n_hp, size) for n_hp in (1, 2, 4) for size in (1000, None)] + [("enet",)]
 
 
-def run_protocol(seeds, n_trials=12, max_epochs=30, n_jobs=None, progress=None):
+def run_protocol(seeds, n_trials=12, max_epochs=30, n_jobs=None, progress=None,
+                 checkpoint=None):
     """Every (task, base, seed) of the benchmark, ``n_jobs`` runs in parallel; rows in job
-    order."""
+    order (finished ones kept in ``checkpoint``, see :func:`~skhpo.bench.core.run_jobs`)."""
     jobs = [(t, b, s) for t in TASKS for b in SAMPLERS for s in range(seeds)]
     return run_jobs(jobs, lambda t, b, s: run_one(t, b, s, n_trials, max_epochs),
-                    n_jobs=n_jobs, progress=progress)
+                    n_jobs=n_jobs, progress=progress, checkpoint=checkpoint)

@@ -60,13 +60,13 @@ def _search(method, seed, population, n_steps, cv, n_jobs):
 
 
 def run_networks(tasks=("digits", "wine"), seeds=5, methods=NET_METHODS, population=20,
-                 n_steps=30, cv=3, n_jobs=None, progress=None):
+                 n_steps=30, cv=3, n_jobs=None, progress=None, checkpoint=None):
     """One row per (task, seed, method): test accuracy (``test_score``) and log loss, the
     search's own validation score, wall time, training epochs and the chosen
     hyper-parameters. ``n_jobs`` is each search's own."""
     jobs = [(t, s, m) for t in tasks for s in range(seeds) for m in methods]
     return run_jobs(jobs, lambda *job: run_one(*job, population, n_steps, cv, n_jobs),
-                    progress=progress)
+                    progress=progress, checkpoint=checkpoint)
 
 
 def run_one(task, seed, method, population=20, n_steps=30, cv=3, n_jobs=None):
