@@ -107,7 +107,9 @@ def check_module_output(estimator, X, y, n_rows=64):
     * a module that returns raw logits (negative values, or rows that do not sum to 1)
       under ``NLLLoss``, the criterion of skorch's ``NeuralNetClassifier``, which takes the
       log of the module's output;
-    * class targets outside the module's outputs (more classes in ``y`` than outputs).
+    * class targets outside the module's outputs (more classes in ``y`` than outputs, or
+      integer labels beyond them, e.g. 1..3 for 3 outputs under a plain skorch net, which
+      passes labels to the loss unchanged).
 
     Raises ``ValueError`` naming the cause and the fixes; returns None when nothing is
     wrong or the estimator is not a skorch classifier this can read."""
@@ -137,6 +139,16 @@ def check_module_output(estimator, X, y, n_rows=64):
             f"y has {n_classes} classes but the module returns {out.shape[1]} outputs per "
             "row: the loss would index outputs that do not exist. Give the module one "
             "output per class (e.g. module__n_outputs or the last layer's size).")
+    # the targets as the loss takes them (skorch passes a plain net's labels unchanged)
+    targets = np.asarray(fitted._check_y(y, reset=False) if hasattr(fitted, "_check_y")
+                         else y)
+    if targets.dtype.kind in "iu" and targets.size and \
+            (targets.min() < 0 or targets.max() >= out.shape[1]):
+        raise ValueError(
+            f"y holds class indices {targets.min()}..{targets.max()}, but the module returns "
+            f"{out.shape[1]} outputs per row (indices 0..{out.shape[1] - 1}): the loss would "
+            "index outputs that do not exist. Encode the labels as 0..n_classes-1 (e.g. "
+            "sklearn.preprocessing.LabelEncoder), or give the module one output per label.")
     if isinstance(fitted.criterion_, torch.nn.NLLLoss):
         sums = out.sum(dim=1)
         if bool((out < 0).any()) or not bool(torch.allclose(sums, torch.ones_like(sums),

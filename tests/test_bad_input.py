@@ -112,6 +112,9 @@ COMMON = {  # name -> (estimator, data transform, search kwargs, error, message)
     "more_classes_than_outputs": (
         lambda: _user_net(module__n_out=2, criterion=torch.nn.CrossEntropyLoss), None, {},
         ValueError, "y has 3 classes but the module returns 2 outputs per row"),
+    "labels_beyond_outputs": (
+        lambda: _user_net(criterion=torch.nn.CrossEntropyLoss), lambda X, y: (X, y + 1), {},
+        ValueError, r"class indices 1\.\.3, but the module returns 3 outputs.*LabelEncoder"),
     "nan_in_X": (_mlp, _nan_X, {}, ValueError, "NaN"),
     "length_mismatch": (_mlp, _short_y, {}, ValueError, "inconsistent numbers of samples"),
     "one_sample": (_mlp, _one_sample, {}, ValueError, r"sample|split|class"),

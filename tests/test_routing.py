@@ -125,3 +125,24 @@ def test_every_training_failed_is_an_error(make, error, message):
     with pytest.raises(error, match=message) as info:
         make(net).fit(X, y)
     assert "diverged" in str(info.value) or "failed" in str(info.value)
+
+
+def test_an_estimator_in_the_space_is_never_fitted_itself():
+    """A candidate value that is an estimator (here a scaler step) is cloned per training,
+    as scikit-learn's searches do."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    X, y = load_iris(return_X_y=True)
+    scalers = [StandardScaler(), MinMaxScaler()]
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("net", TabularMLPClassifier(width=8, max_epochs=2))])
+    for make in (
+        lambda: FlatnessSearchCV(pipe, {"scale": scalers, "net__lr": [1e-2]}, n_candidates=2,
+                                 n_finalists=2, cv=2, random_state=0, engine="sequential"),
+        lambda: FlatnessSearchCV(pipe, {"scale": scalers, "net__lr": [1e-2]}, n_candidates=2,
+                                 n_finalists=2, cv=2, random_state=0, engine="fused"),
+        lambda: FusedGridSearchCV(pipe, {"scale": scalers}, cv=2, random_state=0),
+    ):
+        make().fit(X, y)
+        assert not any(hasattr(s, "n_features_in_") for s in scalers)

@@ -199,7 +199,7 @@ class FusedTrainer:
         """A clone with the task's parameters, seed and loss guard (``overrides`` win)."""
         extra = trial_params(self.estimator, seed=task.seed, extra_callbacks=task.callbacks,
                              **overrides)
-        return clone(self.estimator).set_params(**{**params, **extra})
+        return clone(self.estimator).set_params(**{**clone(params, safe=False), **extra})
 
     def _fit_group(self, g, tasks, X, y, keep_single=False):
         """One planned group (in a worker with ``n_jobs``): initialise each task's net (0
@@ -241,7 +241,7 @@ class FusedTrainer:
         """The task's net fitted for 0 epochs (its own initialisation from its seed), the
         state of torch's generator after it, and its training data: without preprocessing
         every member indexes one shared copy of X (and of y, for equal classes)."""
-        est = clone(self.estimator).set_params(**task.params)
+        est = clone(self.estimator).set_params(**clone(task.params, safe=False))
         epochs = int(find_net(est)[0].max_epochs)
         est.set_params(**trial_params(self.estimator, seed=task.seed,
                                       extra_callbacks=task.callbacks, max_epochs=0))

@@ -103,7 +103,8 @@ def run_trial(estimator, params, task_params, X, y, fit_params, error_score, pro
     freed before returning. With ``error_score="raise"`` every error propagates.
     """
     start = time.perf_counter()
-    est = clone(estimator).set_params(**params, **task_params)
+    # the candidate's values are cloned too (an estimator in the space is never fitted itself)
+    est = clone(estimator).set_params(**clone(params, safe=False), **task_params)
     value, error = None, ""
     try:
         est.fit(X, y, **fit_params)

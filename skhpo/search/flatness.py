@@ -207,7 +207,7 @@ class FlatnessSearchCV(NetSearchCV):
         """Build the first candidate's net without training (0 epochs) and check that the
         bound can be read: a final nn.Linear, finite inputs after any Pipeline steps."""
         probe = clone(self.estimator).set_params(
-            **self._candidates[0],
+            **clone(self._candidates[0], safe=False),
             **self._task_params(None, 0, max_epochs=0, train_split=None, verbose=0))
         probe.fit(X, y, **fit_params)
         net, _ = find_net(probe)
