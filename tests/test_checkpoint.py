@@ -135,6 +135,21 @@ def test_checkpoint_needs_a_folder_and_a_fixed_seed(bad, match, iris, tmp_path):
         assert CountingAdam.steps == 0
 
 
+def _kill_when(command, ready, timeout=120):
+    """Run ``command`` in a child process and SIGKILL it as soon as ``ready()``."""
+    proc = subprocess.Popen(command)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not ready():
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
@@ -160,20 +175,11 @@ def test_a_killed_search_resumes_without_retraining(engine, tmp_path):
     folder = tmp_path / "ck"
     script = tmp_path / "search.py"
     script.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(folder), engine])
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            done = [f for f in os.listdir(folder)] if folder.exists() else []
-            if sum(f.startswith("trial-") for f in done) >= (8 if engine == "sequential" else 1):
-                break
-            assert proc.poll() is None, "the search ended before it could be killed"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    def ready():
+        done = [f for f in os.listdir(folder)] if folder.exists() else []
+        return sum(f.startswith("trial-") for f in done) >= (8 if engine == "sequential" else 1)
+
+    _kill_when([sys.executable, str(script), str(folder), engine], ready)
     finished = sorted(f for f in os.listdir(folder) if f.endswith(".pkl"))
     assert 1 <= len(finished) < 30 + 4 * 3  # killed part-way
     # (a write the kill interrupted leaves at most a ".tmp-" file, which nothing reads)
@@ -238,26 +244,16 @@ def test_a_killed_population_resumes_from_its_last_step(tmp_path):
     folder = tmp_path / "ck"
     script = tmp_path / "hpm.py"
     script.write_text(HPM_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(folder)])
-    try:
-        deadline = time.time() + 120
-        step = -1
-        while time.time() < deadline and step < 2:
-            files = [f for f in os.listdir(folder) if f.startswith("population-")] \
-                if folder.exists() else []
-            if files:
-                try:
-                    with open(folder / files[0], "rb") as f:
-                        step = pickle.load(f)["step"]
-                except (EOFError, pickle.UnpicklingError, FileNotFoundError):
-                    pass  # being replaced: read it again
-            assert proc.poll() is None, "the search ended before it could be killed"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    def ready():  # the population after its third step is in the folder
+        files = [f for f in os.listdir(folder) if f.startswith("population-")] \
+            if folder.exists() else []
+        try:
+            with open(folder / files[0], "rb") as f:
+                return pickle.load(f)["step"] >= 2
+        except (IndexError, EOFError, pickle.UnpicklingError, FileNotFoundError):
+            return False  # not there yet, or being replaced: read it again
+
+    _kill_when([sys.executable, str(script), str(folder)], ready)
     (path,) = [folder / f for f in os.listdir(folder) if f.startswith("population-")]
     with open(path, "rb") as f:
         done = pickle.load(f)["step"] + 1

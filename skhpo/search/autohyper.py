@@ -259,12 +259,8 @@ class AutoHyperSearchCV(NetSearchCV):
         model, Z read from each model's weights at every epoch end; ``"fused"`` fails before
         training if they cannot fuse; ``"sequential"``: one fit at a time, as before.
     checkpoint : str, path or None, default=None
-        A folder in which every finished training is written as it finishes (atomically;
-        see :mod:`skhpo.checkpoint`). Calling ``fit`` again with the same search, estimator,
-        space, data and folder loads what it finds and trains only the rest, with results
-        identical to an uninterrupted run (timings aside); a folder written by another
-        search is refused before any training. Needs an int ``random_state``, a skorch net
-        and no fit parameters. ``n_resumed_`` counts the trainings loaded.
+        A folder that keeps every finished training, so that an interrupted ``fit``
+        resumes without retraining it (as in :class:`FlatnessSearchCV`; docs/core.md).
     cv, scoring, refit, n_jobs, verbose, pre_dispatch, error_score
         As in ``GridSearchCV`` (used for the cross-validation of the final point and the
         refit). ``n_jobs`` also trains each step's new neighbours in parallel.

@@ -98,13 +98,10 @@ random_state, error_score, return_train_score
         before any training if the estimator cannot fuse; ``"sequential"``: exactly
         scikit-learn's search.
     checkpoint : str, path or None, default=None
-        A folder in which every finished training is written as it finishes (atomically;
-        see :mod:`skhpo.checkpoint`). Calling ``fit`` again with the same search, estimator,
-        space, data and folder loads what it finds and trains only the rest, with results
-        identical to an uninterrupted run (timings aside); a folder written by another
-        search is refused before any training. Needs an int ``random_state``, a skorch net
-        and no fit parameters; every fit then trains first (fused where it can) and is
-        seeded from ``random_state``. ``n_resumed_`` counts the trainings loaded.
+        A folder that keeps every finished fit, so that an interrupted ``fit`` resumes
+        without retraining it (as in :class:`~skhpo.FlatnessSearchCV`; docs/core.md). Needs
+        an int ``random_state``, a skorch net and no fit parameters; every fit then trains
+        first (fused where it can) and is seeded from ``random_state``.
 
     Examples
     --------
