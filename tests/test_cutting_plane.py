@@ -373,3 +373,16 @@ def test_cutout_and_noise_tuned_on_images(digits):
         assert t.hyper_history_[name][-1] != spec[name][2]  # it moved
     assert t.applied_params_["dropout[body.3]"] == t.best_params_["dropout[body.3]"]
     assert t.best_score_ > 0.5
+
+
+def test_the_sensitivity_protocol_with_the_reference_weight_optimiser():
+    """``skhpo cpmlho sensitivity --weights reference``: the weights train with the Delta-STN
+    code's SGD (lr 0.01, momentum 0.9); dropout0 starts where asked and moves."""
+    from skhpo.bench.cutting_plane_protocol import _tuner, run_sensitivity
+
+    net = _tuner("mlp", "cpmlho", 0, 2, weights="reference").estimator[-1]
+    assert net.optimizer is torch.optim.SGD and net.lr == 0.01
+    assert net.get_params()["optimizer__momentum"] == 0.9
+    (traj,) = run_sensitivity(starts=(0.5,), epochs=7, methods=("cpmlho",),
+                              weights="reference").values()
+    assert traj[0] == 0.5 and len(traj) > 2 and traj[-1] != 0.5

@@ -338,6 +338,9 @@ def _cpmlho_parser(sub):
     p.add_argument("--epochs", type=int, default=50,
                    help="epochs of one self-tuning run (random search spends the same)")
     p.add_argument("--n-random", type=int, default=4, help="compare: random-search candidates")
+    p.add_argument("--weights", choices=["net", "reference"], default="net",
+                   help="sensitivity: the weights' optimiser: the net's own (Adam, lr 1e-3) or "
+                   "the Delta-STN reference code's (SGD, lr 0.01, momentum 0.9)")
     p.add_argument("--methods", nargs="+", default=None,
                    choices=["cpmlho", "delta-stn", "random", "random-full"],
                    help="compare: methods (default: all four; random-full trains each "
@@ -361,8 +364,9 @@ def cpmlho(args):
     _check_positive(args, "seeds", "epochs", "n_random")
     start = time.perf_counter()
     if args.part == "sensitivity":
-        trajectories = run_sensitivity(epochs=args.epochs)
-        print(f"dropout0 after {args.epochs} epochs (digits MLP, seed 0)")
+        trajectories = run_sensitivity(epochs=args.epochs, weights=args.weights)
+        print(f"dropout0 after {args.epochs} epochs (digits MLP, seed 0, weights: "
+              f"{args.weights})")
         for (method, start0), traj in trajectories.items():
             print(f"  {method:9s} start {start0:.1f} -> {traj[-1]:.4f} "
                   f"({len(traj) - 1} hyper steps)")

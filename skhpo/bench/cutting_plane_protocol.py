@@ -92,12 +92,18 @@ def _random_space(model):
     return {f"module__p{i}": box for i in range(3)}
 
 
-def _tuner(model, method, seed, epochs, starts=None):
+#: the weight optimisers of the sensitivity protocol: the net's own (Adam, lr 1e-3) or the
+#: Delta-STN reference code's (SGD, lr 0.01, momentum 0.9)
+WEIGHTS = {"net": {}, "reference": {"optimizer": torch.optim.SGD, "lr": 0.01,
+                                    "optimizer__momentum": 0.9}}
+
+
+def _tuner(model, method, seed, epochs, starts=None, weights="net"):
     starts = starts or {}
     hyper = {n: (*BOX, starts.get(n, INIT)) for n in _names(model)}
     kw = {"theta": None, "mu": 0.0} if method == "delta-stn" else {}
-    return CuttingPlaneTuner(_estimator(model, epochs), hyper, validation_fraction=VALID,
-                             random_state=seed, **kw)
+    return CuttingPlaneTuner(_estimator(model, epochs, **WEIGHTS[weights]), hyper,
+                             validation_fraction=VALID, random_state=seed, **kw)
 
 
 def run_compare(models=("mlp", "cnn"), seeds=5, epochs=50, n_random=4, methods=CP_METHODS,
@@ -163,15 +169,16 @@ def describe_row(row):
 
 
 def run_sensitivity(starts=(0.1, 0.2, 0.5, 0.8), epochs=50, seed=0,
-                    methods=("cpmlho", "delta-stn")):
-    """``{(method, start): [dropout0 after each hyper step]}`` for the MLP."""
+                    methods=("cpmlho", "delta-stn"), weights="net"):
+    """``{(method, start): [dropout0 after each hyper step]}`` for the MLP, its weights
+    trained by ``weights`` (:data:`WEIGHTS`)."""
     X, y, _ = load_task("digits")
     Xtr, _, ytr, _ = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=y)
     name = _names("mlp")[0]
     out = {}
     for method in methods:
         for start in starts:
-            tuner = _tuner("mlp", method, seed, epochs, {name: start}).fit(Xtr, ytr)
+            tuner = _tuner("mlp", method, seed, epochs, {name: start}, weights).fit(Xtr, ytr)
             out[(method, start)] = [start] + list(tuner.hyper_history_[name])
     return out
 
