@@ -243,3 +243,30 @@ def test_plot_walk_draws_the_trials_and_the_walk(digits):
     assert len(trials) == s.n_trials_
     with pytest.raises(ValueError, match="fitted AutoHyperSearchCV"):
         plot_walk(AutoHyperSearchCV(mlp(), {"lr": None}))
+
+
+def test_a_grey_stem_is_not_read_unless_asked():
+    """A convolution reading one channel, in a net with other convolutions, is left out of Z
+    by default (its unfoldings only show structure at too-high learning rates);
+    ``grey_stem="read"`` reads it, and a net whose only convolution is grey keeps it."""
+    import warnings
+
+    from skhpo import SmallCNNClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:300], y[:300]
+
+    def layers_read(**kw):
+        grey = kw.pop("grey_stem", "skip")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # max_trials ends the walk early
+            search = AutoHyperSearchCV(SmallCNNClassifier(max_epochs=1, **kw), {"lr": None},
+                                       epochs_per_trial=1, max_trials=3, cv=2,
+                                       grey_stem=grey, random_state=0).fit(X, y)
+        return {key.split(":")[0] for key in search.history_["ranks"][0]}
+
+    assert layers_read() == {"features.3"}
+    assert layers_read(grey_stem="read") == {"features.0", "features.3"}
+    assert layers_read(n_blocks=1) == {"features.0"}
+    with pytest.raises(ValueError, match="grey_stem"):
+        AutoHyperSearchCV(SmallCNNClassifier(), {"lr": None}, grey_stem="drop").fit(X, y)

@@ -122,15 +122,16 @@ def unfold(weight):
 def layer_matrices(module, include_linear="auto", exclude=()):
     """``[(layer name, unfolding name, matrix), ...]`` of the layers autoHyper reads.
 
-    Convolution kernels (every ``nn.Conv2d``) always count. ``include_linear``: ``"auto"``
-    adds the ``nn.Linear`` layers only when there is no convolution (an MLP); ``True`` always;
-    ``False`` never. Layers named in ``exclude`` (the output layer, typically) are skipped. An
-    empty result is a ``ValueError``: there is nothing the metric can read.
+    Convolution kernels (every ``nn.Conv2d``) count. ``include_linear``: ``"auto"`` adds the
+    ``nn.Linear`` layers only when there is no convolution (an MLP); ``True`` always;
+    ``False`` never. Layers named in ``exclude`` (the output layer, a single-channel stem)
+    are skipped. An empty result is a ``ValueError``: there is nothing the metric can read.
     """
-    convs = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    all_convs = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [(n, m) for n, m in all_convs if n not in exclude]
     linears = [(n, m) for n, m in module.named_modules()
                if isinstance(m, nn.Linear) and n not in exclude]
-    use_linear = include_linear is True or (include_linear == "auto" and not convs)
+    use_linear = include_linear is True or (include_linear == "auto" and not all_convs)
     layers = convs + (linears if use_linear else [])
     out = [(name, mode, Y) for name, layer in layers for mode, Y in unfold(layer.weight)]
     if not out:

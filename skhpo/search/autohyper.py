@@ -33,6 +33,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
 
 from ..fused import ENGINES
 from ..hyper.space import parse_name, read_dimension
@@ -247,6 +248,13 @@ class AutoHyperSearchCV(NetSearchCV):
         Safeguard: the walk stops (with a warning) before it would exceed this many trials.
     zero_step : float, default=1e-7
         The value a hyper-parameter at exactly 0 steps up to.
+    grey_stem : {"skip", "read"}, default="skip"
+        A convolution that reads one input channel (the stem of a net on grey images) is not
+        read when the net has other convolutions: its unfoldings (1 x k²·C_out and
+        C_out x k²) show structure only at learning rates that are too high, so reading them
+        held Z at a floor and drove the walk to lr 1e-2-4e-2 on digits images (test accuracy
+        0.89-0.97, against 0.9867 with the stem skipped, 3 seeds; docs/autohyper.md).
+        ``"read"`` reads every convolution (the paper's rule).
     include_linear : {"auto", True, False}, default="auto"
         Which layers Z reads: convolution kernels always (two unfoldings each); ``nn.Linear``
         layers other than the output layer when ``True``, or with ``"auto"`` when the net has
@@ -331,14 +339,16 @@ class AutoHyperSearchCV(NetSearchCV):
         "max_trials": [Interval(Integral, 1, None, closed="left")],
         "zero_step": [Interval(Real, 0, None, closed="neither")],
         "include_linear": ["boolean", StrOptions({"auto"})],
+        "grey_stem": [StrOptions({"skip", "read"})],
         "engine": [StrOptions(set(ENGINES))],
     }
 
     def __init__(self, estimator, params, *, epochs_per_trial=5, start_threshold=0.85,
                  power=0.8, plateau=5e-3, shrink=SHRINK, stop_tol=5e-3,
-                 max_trials=200, zero_step=1e-7, include_linear="auto", engine="auto",
-                 checkpoint=None, cv=None, scoring=None, refit=True, n_jobs=None,
-                 random_state=None, verbose=0, pre_dispatch="2*n_jobs", error_score=np.nan):
+                 max_trials=200, zero_step=1e-7, include_linear="auto", grey_stem="skip",
+                 engine="auto", checkpoint=None, cv=None, scoring=None, refit=True,
+                 n_jobs=None, random_state=None, verbose=0, pre_dispatch="2*n_jobs",
+                 error_score=np.nan):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
                          error_score=error_score, return_train_score=False)
@@ -353,6 +363,7 @@ class AutoHyperSearchCV(NetSearchCV):
         self.max_trials = max_trials
         self.zero_step = zero_step
         self.include_linear = include_linear
+        self.grey_stem = grey_stem
         self.engine = engine
         self.random_state = random_state
 
@@ -377,13 +388,22 @@ class AutoHyperSearchCV(NetSearchCV):
         check_finite_input(Xn, where="X after the Pipeline steps before the net")
         output = final_linear(net, next(iter_batches(net, Xn, batch_size=2)))
         names = {m: n for n, m in net.module_.named_modules()}
-        exclude = (names[output],)
+        exclude = (names[output], *self._grey_stems(net.module_))
         try:
             layer_matrices(net.module_, self.include_linear, exclude)
         except ValueError:
             exclude = ()  # a single linear layer: read the output layer
             layer_matrices(net.module_, self.include_linear, exclude)
         return exclude
+
+    def _grey_stems(self, module):
+        """With ``grey_stem="skip"``: the convolutions that read one input channel, when the
+        net has other convolutions to read."""
+        convs = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+        if self.grey_stem == "read" or len(convs) < 2:
+            return ()
+        stems = tuple(n for n, m in convs if m.in_channels == 1)
+        return stems if len(stems) < len(convs) else ()
 
     # -- the method -------------------------------------------------------------------------
 
@@ -407,7 +427,7 @@ class AutoHyperSearchCV(NetSearchCV):
                 power=self.power, plateau=self.plateau, shrink=self.shrink,
                 stop_tol=self.stop_tol, max_trials=self.max_trials, zero_step=self.zero_step)
         failed = [r for r in rows if r["status"] != "ok"]
-        if len(failed) == len(rows):
+        if rows and len(failed) == len(rows):
             raise ValueError(
                 f"All {len(rows)} trials of the walk failed ({len(failed)} "
                 f"{'diverged' if all(r['status'] == 'diverged' for r in failed) else 'failed'})"
