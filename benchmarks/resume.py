@@ -61,8 +61,15 @@ def done(folder, method):
     import pickle
 
     files = [f for f in os.listdir(folder) if f.endswith(".pkl")]
-    if method != "hpm":
-        return len(files)
+    if method != "hpm":  # a fused group's trainings share one file
+        n = 0
+        for name in files:
+            try:
+                with open(os.path.join(folder, name), "rb") as f:
+                    n += len(pickle.load(f)) if "-group-" in name else 1
+            except (EOFError, pickle.UnpicklingError, FileNotFoundError):
+                pass
+        return n
     for _ in range(5):  # the state file may be being replaced: read it again
         try:
             with open(os.path.join(folder, files[0]), "rb") as f:

@@ -147,10 +147,11 @@ class FusedTrainer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def fit(self, tasks, X, y, on_result=None, plan=None):
+    def fit(self, tasks, X, y, on_result=None, plan=None, on_group=None):
         """Train every task; one :class:`TaskResult` per task, in task order.
         ``on_result(i, result)``, if given, is called for each task as soon as its group (or
-        its own training) has finished, e.g. to write it to a checkpoint. ``plan``:
+        its own training) has finished, and then ``on_group([i, ...])`` once for the whole
+        group (or the one task), e.g. to write them to a checkpoint in one file. ``plan``:
         ``(groups, alone)`` as :meth:`plan` made them for ``tasks``, restricted to the tasks
         to train now (the others get None; a group may be left empty, so that the others
         keep their numbers): each group then trains fused whatever its size now, so every
@@ -173,6 +174,8 @@ class FusedTrainer:
                 results[members[j]] = result
                 if on_result is not None:
                     on_result(members[j], result)
+            if on_group is not None and trained:
+                on_group([members[j] for j in trained])
             alone.update({members[j]: reason for j, reason in moved.items()})
         solo = sorted(i for i in alone if results[i] is None)
         for result, i in zip(parallel(delayed(self._fit_alone)(tasks[i], X, y, alone[i])
@@ -180,6 +183,8 @@ class FusedTrainer:
             results[i] = result
             if on_result is not None:
                 on_result(i, result)
+            if on_group is not None:
+                on_group([i])
         return results
 
     def _fit_alone(self, task, X, y, reason):

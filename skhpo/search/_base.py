@@ -279,11 +279,11 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         outs = [None if k is None else ck.load("trial", k) for k in keys]
         todo = [i for i, out in enumerate(outs) if out is None]
 
-        def finished(i, out):
+        def finished(i, out, write=True):
             outs[i] = out
             if phase is not None:
                 phase.done(first_index + i)
-            if ck is not None:
+            if ck is not None and write:
                 ck.save("trial", keys[i], out)
 
         if fit_params:
@@ -298,7 +298,10 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         trainer = FusedTrainer(self.estimator, engine="fused" if engine == "fused" else "auto",
                                n_jobs=self.n_jobs)
         trainer.fit(fused, X, y, plan=(groups, {}),
-                    on_result=lambda i, result: finished(i, self._probe_fused(result, X, probe)))
+                    on_result=lambda i, result: finished(i, self._probe_fused(result, X, probe),
+                                                         write=False),
+                    on_group=lambda done: ck is not None and ck.save_many(
+                        "trial", {keys[i]: outs[i] for i in done}))
         solo = sorted(i for i in alone if i in todo_set)
         reasons = alone
         tasks = [dict(estimator=self.estimator, params=candidates[i],

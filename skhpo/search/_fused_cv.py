@@ -130,13 +130,16 @@ class FusedCVMixin:
         def finished(i, result):
             progress.done(i)
             records[i] = _fold_record(result, X, y, fused[i].rows)
-            if ck is not None:
-                ck.save("fold", keys[i], records[i])
             if result.estimator is not None:
                 free_estimator(result.estimator)
 
+        def written(done):  # a fused group's folds in one file
+            if ck is not None:
+                ck.save_many("fold", {keys[i]: records[i] for i in done})
+
         with progress:
-            trainer.fit(fused, X, y, on_result=finished, plan=(groups, alone))
+            trainer.fit(fused, X, y, on_result=finished, plan=(groups, alone),
+                        on_group=written)
         states = [{} for _ in candidates]
         for i, record in enumerate(records):
             if record is None or record["state"] is None:  # failed: scikit-learn's fit fails
