@@ -19,16 +19,17 @@ refused with an error naming what differs, before any training.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import tempfile
-from collections import OrderedDict
 from numbers import Integral
 
 import joblib
 import numpy as np
 import torch
+from skorch import NeuralNet
 
 __all__ = ["Checkpoint", "check_checkpoint"]
 
@@ -89,7 +90,7 @@ class Checkpoint:
         for name in sorted(os.listdir(self.folder)):
             if "-group-" in name and name.endswith(".pkl"):
                 with open(os.path.join(self.folder, name), "rb") as f:
-                    self._index.update(_unpack(pickle.load(f)))
+                    self._index.update(pickle.load(f))
 
     @staticmethod
     def key(*parts):
@@ -105,14 +106,14 @@ class Checkpoint:
         if not os.path.exists(path):
             return None
         with open(path, "rb") as f:
-            value = _unpack(pickle.load(f))
+            value = pickle.load(f)
         self.loaded += 1
         return value
 
     def save(self, stage, key, value):
         """Store a finished training's result (atomically)."""
         self._write(self._path(stage, key),
-                    pickle.dumps(_pack(value), protocol=pickle.HIGHEST_PROTOCOL))
+                    _dumps(value))
         self.written += 1
 
     def save_many(self, stage, items):
@@ -124,7 +125,7 @@ class Checkpoint:
         group = {(stage, key): value for key, value in items.items()}
         name = f"{stage}-group-{joblib.hash(sorted(items))}.pkl"
         self._write(os.path.join(self.folder, name),
-                    pickle.dumps(_pack(group), protocol=pickle.HIGHEST_PROTOCOL))
+                    _dumps(group))
         self.written += len(items)
 
     def _path(self, stage, key):
@@ -142,42 +143,42 @@ class Checkpoint:
             raise
 
 
-class _Array:
-    """A tensor kept as a numpy array in a checkpoint file: numpy arrays pickle as raw bytes,
-    tensors through ``torch.save`` once per storage (several times slower for the many small
-    tensors of a trained fold). Restored to the same dtype, device and values, bit for bit."""
-
-    def __init__(self, tensor):
-        self.array = tensor.detach().cpu().numpy()
-        self.device = str(tensor.device)
-        self.requires_grad = tensor.requires_grad
-
-    def restore(self):
-        tensor = torch.from_numpy(self.array).to(self.device)
-        return tensor.requires_grad_(self.requires_grad) if self.requires_grad else tensor
+def _tensor(array, device, requires_grad, parameter):
+    """Rebuild a tensor :func:`_dumps` stored as a numpy array."""
+    tensor = torch.from_numpy(array).to(device)
+    if parameter:
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(True) if requires_grad else tensor
 
 
-def _pack(obj):
-    """``obj`` with every plain tensor in its dicts, lists and tuples as an :class:`_Array`
-    (a dtype numpy lacks, e.g. bfloat16, stays a tensor)."""
-    if type(obj) is torch.Tensor and obj.dtype not in (torch.bfloat16,) and \
-            not obj.is_complex() and obj.layout == torch.strided:
-        return _Array(obj)
-    if type(obj) in (dict, OrderedDict):  # state dicts are OrderedDicts
-        return type(obj)((k, _pack(v)) for k, v in obj.items())
-    if type(obj) in (list, tuple):
-        return type(obj)(_pack(v) for v in obj)
-    return obj
+def _net(cls, state):
+    """Rebuild a skorch net :func:`_dumps` stored by its attributes."""
+    net = cls.__new__(cls)
+    net.__dict__.update(state)
+    return net
 
 
-def _unpack(obj):
-    if isinstance(obj, _Array):
-        return obj.restore()
-    if type(obj) in (dict, OrderedDict):
-        return type(obj)((k, _unpack(v)) for k, v in obj.items())
-    if type(obj) in (list, tuple):
-        return type(obj)(_unpack(v) for v in obj)
-    return obj
+class _Pickler(pickle.Pickler):
+    """Tensors as numpy arrays (raw bytes, several times faster to write than ``torch.save``
+    per storage, the default for the many small tensors of trained nets), and skorch nets by
+    their attributes (so their modules' and optimisers' tensors go the same way). The round
+    trip is exact: same values, dtypes, devices, parameters and object identities."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.Tensor) and type(obj) in (torch.Tensor, torch.nn.Parameter) \
+                and obj.layout == torch.strided and obj.grad_fn is None \
+                and obj.dtype not in (torch.bfloat16,) and not obj.is_complex():
+            return _tensor, (obj.detach().cpu().numpy(), str(obj.device), obj.requires_grad,
+                             type(obj) is torch.nn.Parameter)
+        if isinstance(obj, NeuralNet):
+            return _net, (type(obj), obj.__dict__)
+        return NotImplemented
+
+
+def _dumps(value):
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
 
 
 def _canonical(obj):
