@@ -192,15 +192,8 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
         """
         fit_params = self._route(params)
         self._prepare(X, y, fit_params)
-        self._checkpoint = self._open_checkpoint(X, y, fit_params)
-        self._search_data = (X, y, fit_params)
-        self._task_keys, self._fused_fit_times = set(), []  # nothing left from an earlier fit
-        try:
-            super().fit(X, y, **params)
-        finally:
-            del self._search_data
-            ck = self.__dict__.pop("_checkpoint", None)
-        self.n_resumed_ = 0 if ck is None else ck.loaded
+        self._fit_searching(lambda: super(NetSearchCV, self).fit(X, y, **params), X, y,
+                            fit_params)
         self._after_refit()
         return self
 
@@ -232,13 +225,6 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
     def _setup_search(self, X, y, fit_params):
         """Sample candidates and check them against the estimator and data, before any
         training."""
-
-    def __getstate__(self):
-        # the estimator is shipped to joblib workers during fit; the data travel separately
-        state = dict(super().__getstate__())  # may be self.__dict__ itself: copy first
-        for name in ("_search_data", "_checkpoint", "_search_ctx"):
-            state.pop(name, None)
-        return state
 
     # -- candidates and tasks -----------------------------------------------------------------
 

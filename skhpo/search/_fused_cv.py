@@ -39,6 +39,27 @@ __all__ = ["FusedCVMixin"]
 class FusedCVMixin:
     """Seeded, fused cross-validation on top of scikit-learn's ``evaluate_candidates``."""
 
+    def _fit_searching(self, fit, X, y, fit_params):
+        """Run ``fit()`` (scikit-learn's own ``fit``) with what the search reads during it
+        set, and cleared after: the data, the task keys, the fused fit times and the
+        checkpoint (``n_resumed_`` then counts the trainings it gave back)."""
+        self._checkpoint = self._open_checkpoint(X, y, fit_params)
+        self._search_data = (X, y, fit_params)
+        self._task_keys, self._fused_fit_times = set(), []  # nothing left from an earlier fit
+        try:
+            fit()
+        finally:
+            del self._search_data
+            ck = self.__dict__.pop("_checkpoint", None)
+        self.n_resumed_ = 0 if ck is None else ck.loaded
+
+    def __getstate__(self):
+        # the estimator is shipped to joblib workers during fit; the data travel separately
+        state = dict(super().__getstate__())  # may be self.__dict__ itself: copy first
+        for name in ("_search_data", "_checkpoint", "_search_ctx"):
+            state.pop(name, None)
+        return state
+
     def _open_checkpoint(self, X, y, fit_params):
         """The search's :class:`~skhpo.checkpoint.Checkpoint` (None without ``checkpoint``),
         after its checks; no training."""

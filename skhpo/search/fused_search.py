@@ -35,23 +35,9 @@ class _FusedDropIn(FusedCVMixin):
         self._groups = params.get("groups")
         if getattr(self, "checkpoint", None) is not None:
             self._validate_params()
-        self._checkpoint = self._open_checkpoint(X, y, fit_params)
-        self._search_data = (X, y, fit_params)
-        self._task_keys = set()
-        self._fused_fit_times = []
-        try:
-            super().fit(X, y, **params)
-        finally:
-            del self._search_data
-            ck = self.__dict__.pop("_checkpoint", None)
-        self.n_resumed_ = 0 if ck is None else ck.loaded
+        self._fit_searching(lambda: super(_FusedDropIn, self).fit(X, y, **params), X, y,
+                            fit_params)
         return self
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        for name in ("_search_data", "_checkpoint", "_search_ctx"):
-            state.pop(name, None)
-        return state
 
     def _fuses(self):
         """Whether the fits train first (fused where they can): a fusible estimator, or any
