@@ -116,6 +116,22 @@ class Checkpoint:
                     _dumps(value))
         self.written += 1
 
+    def find(self, stage, prefix):
+        """The stored results whose key starts with ``prefix`` (e.g. the fits of one
+        candidate, each keyed by its data)."""
+        start, out = f"{stage}-{prefix}-", []
+        for name in sorted(os.listdir(self.folder)):
+            if name.startswith(start) and name.endswith(".pkl"):
+                with open(os.path.join(self.folder, name), "rb") as f:
+                    out.append(pickle.load(f))
+                self.loaded += 1
+        return out
+
+    def __getstate__(self):  # shipped to workers to write: without what was read
+        state = dict(self.__dict__)
+        state["_index"] = {}
+        return state
+
     def save_many(self, stage, items):
         """Store the results of trainings that finished together (``{key: value}``), in one
         file written atomically: all of them, or none."""

@@ -19,7 +19,7 @@ import numpy as np
 from skorch.callbacks import Callback
 from skorch.history import History
 
-__all__ = ["PrefitStates", "fingerprint"]
+__all__ = ["PrefitStates", "fingerprint", "net_state"]
 
 
 def fingerprint(X, y):
@@ -32,6 +32,14 @@ def fingerprint(X, y):
     return digest.hexdigest()
 
 
+def net_state(net):
+    """What :class:`PrefitStates` loads for a trained net: its module's weights, its
+    optimiser's state and its history."""
+    return {"module": {k: v.detach().cpu().clone() for k, v in net.module_.state_dict().items()},
+            "optimizer": net.optimizer_.state_dict(),
+            "history": [dict(row) for row in net.history_]}
+
+
 class PrefitStates(Callback):
     """Load a trained fold instead of training it.
 
@@ -41,13 +49,21 @@ class PrefitStates(Callback):
         ``fingerprint -> {"module": state_dict, "optimizer": state_dict, "history": [rows]}``
         for each fold the fused engine trained (a fold that failed there is not stored: its
         fit trains and fails as usual, and ``error_score`` applies).
+    checkpoint : skhpo.checkpoint.Checkpoint or None
+        Where a fit that trains (its fold is not in ``states``) writes its trained state when
+        it ends, under ``prefix`` and its data's fingerprint, so that a resumed search finds
+        it (:meth:`~skhpo.checkpoint.Checkpoint.find`).
+    prefix : str or None
+        The candidate's key in ``checkpoint``.
     """
 
-    def __init__(self, states):
+    def __init__(self, states, checkpoint=None, prefix=None):
         self.states = states
+        self.checkpoint = checkpoint
+        self.prefix = prefix
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
-        self.loaded_ = None
+        self.loaded_, self.key_ = None, None
         if X is None or y is None:
             return
         try:
@@ -56,6 +72,7 @@ class PrefitStates(Callback):
             return
         state = self.states.get(key)
         if state is None:
+            self.key_ = key  # it trains here: written when it ends
             return
         net.module_.load_state_dict(state["module"])
         net.optimizer_.load_state_dict(state["optimizer"])
@@ -67,3 +84,6 @@ class PrefitStates(Callback):
         if getattr(self, "loaded_", None) is not None:
             net.max_epochs = self.loaded_
             net.module_.eval()
+        elif self.checkpoint is not None and getattr(self, "key_", None) is not None:
+            self.checkpoint.save("fit", f"{self.prefix}-{self.key_}",
+                                 {"key": self.key_, "state": net_state(net)})

@@ -21,7 +21,7 @@ from sklearn.utils import _safe_indexing, indexable
 
 from ..checkpoint import Checkpoint, check_checkpoint, search_parts
 from ..fused import FusedTask, FusedTrainer
-from ..fused.prefit import PrefitStates, fingerprint
+from ..fused.prefit import PrefitStates, fingerprint, net_state
 from ..nets import (
     find_net,
     free_estimator,
@@ -132,8 +132,8 @@ class FusedCVMixin:
             return _Splits(splits), tasks
         fused = [FusedTask(cand, seed=seed, rows=train)
                  for cand, seed in zip(candidates, seeds) for train, _ in splits]
-        # with a checkpoint: the folds it holds are loaded, every other one is trained here
-        # (alone where it cannot fuse) and written as soon as it has finished
+        # with a checkpoint: the folds it holds are loaded, the fused ones are written as their
+        # group finishes, the others by their own fit when it ends (PrefitStates)
         ck = getattr(self, "_checkpoint", None)
         keys = [None] * len(fused) if ck is None else \
             [ck.key("fold", t.params, t.seed, t.rows) for t in fused]
@@ -143,10 +143,9 @@ class FusedCVMixin:
         # planned over every fold, loaded or not: a fold trains as in the whole plan
         groups, alone = trainer.plan(fused)
         groups = [[i for i in g if i in todo] for g in groups]  # numbers kept
-        alone = {} if ck is None else {i: r for i, r in alone.items() if i in todo}
-        # (without a checkpoint, the folds that cannot fuse are left to scikit-learn's fits)
+        # (the folds that cannot fuse are left to scikit-learn's own fits)
         progress = Phase(self, getattr(self, "_search_ctx", None), "training",
-                         sum(map(len, groups)) + len(alone))
+                         sum(map(len, groups)))
 
         def finished(i, result):
             progress.done(i)
@@ -159,8 +158,7 @@ class FusedCVMixin:
                 ck.save_many("fold", {keys[i]: records[i] for i in done})
 
         with progress:
-            trainer.fit(fused, X, y, on_result=finished, plan=(groups, alone),
-                        on_group=written)
+            trainer.fit(fused, X, y, on_result=finished, plan=(groups, {}), on_group=written)
         states = [{} for _ in candidates]
         for i, record in enumerate(records):
             if record is None or record["state"] is None:  # failed: scikit-learn's fit fails
@@ -168,13 +166,19 @@ class FusedCVMixin:
             cand, split = divmod(i, len(splits))
             states[cand][record["key"]] = record["state"]
             self._fused_fit_times[cand][split] = record["fit_time"]
+        cand_keys = [None] * len(candidates)
+        if ck is not None:  # the folds scikit-learn's own fits trained and wrote
+            for c, (cand, seed) in enumerate(zip(candidates, seeds)):
+                cand_keys[c] = ck.key("candidate", cand, seed)
+                states[c].update((r["key"], r["state"]) for r in ck.find("fit", cand_keys[c]))
         net, prefix = find_net(self.estimator)
         key = f"{prefix}callbacks"
         out = []
-        for task, cand_states in zip(tasks, states):
-            if cand_states:
+        for task, cand_states, cand_key in zip(tasks, states, cand_keys):
+            if cand_states or ck is not None:
                 base = task.get(key, user_callbacks(net))
-                task = {**task, key: [*base, ("skhpo_prefit", PrefitStates(cand_states))]}
+                prefit = PrefitStates(cand_states, checkpoint=ck, prefix=cand_key)
+                task = {**task, key: [*base, ("skhpo_prefit", prefit)]}
                 self._task_keys.add(key)
             out.append(task)
         return _Splits(splits), out
@@ -225,15 +229,10 @@ def _fold_record(result, X, y, rows):
     failed) and its fit time."""
     if result.estimator is None:
         return {"key": None, "state": None, "fit_time": result.fit_time, "error": result.error}
-    return {"key": _fold_key(result, X, y, rows), "state": _fold_state(result),
+    return {"key": _fold_key(result, X, y, rows),
+            "state": net_state(find_net(result.estimator)[0]),
             "fit_time": result.fit_time, "error": ""}
 
 
-def _fold_state(result):
-    """What :class:`~skhpo.fused.prefit.PrefitStates` loads for one trained fold."""
-    net, _ = find_net(result.estimator)
-    return {"module": {k: v.detach().cpu().clone() for k, v in net.module_.state_dict().items()},
-            "optimizer": net.optimizer_.state_dict(),
-            "history": [dict(row) for row in net.history_]}
 
 

@@ -86,8 +86,8 @@ random_state, error_score, return_train_score
     checkpoint : str, path or None, default=None
         A folder that keeps every finished fit, so that an interrupted ``fit`` resumes
         without retraining it (as in :class:`~skhpo.FlatnessSearchCV`; docs/core.md). Needs
-        an int ``random_state``, a skorch net and no fit parameters; every fit then trains
-        first (fused where it can) and is seeded from ``random_state``.
+        an int ``random_state``, a skorch net and no fit parameters; every fit is then seeded
+        from ``random_state``, also for nets that cannot fuse.
 
     Examples
     --------
