@@ -68,7 +68,7 @@ def done(folder, method):
                 with open(os.path.join(folder, name), "rb") as f:
                     n += len(pickle.load(f)) if "-group-" in name else 1
             except (EOFError, pickle.UnpicklingError, FileNotFoundError):
-                pass
+                continue  # being replaced by its writer: counted at the next look
         return n
     for _ in range(5):  # the state file may be being replaced: read it again
         try:
