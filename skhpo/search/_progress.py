@@ -31,10 +31,9 @@ class Phase:
     def __init__(self, estimator, parent, name, total=None):
         self.estimator = estimator
         self.ctx = None
-        if parent is not None:
-            self.ctx = parent.subcontext(
-                task_name=name, max_subtasks=total, sequential_subtasks=total is None,
-                **({} if parent.sequential_subtasks else {"task_id": len(parent._children_map)}))
+        if parent is not None:  # every parent here numbers its subtasks itself (sequential)
+            self.ctx = parent.subcontext(task_name=name, max_subtasks=total,
+                                         sequential_subtasks=total is None)
             self.ctx.call_on_fit_task_begin(estimator=estimator)
 
     def done(self, i=None, name="training"):
