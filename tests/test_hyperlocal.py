@@ -51,8 +51,10 @@ def test_ridge_lp_is_a_sign_step_on_the_ift_hypergradient():
 
 
 def test_refines_a_grid_search_and_never_worsens_validation(digits):
+    """The paper's method (LP over penalties and weights, one validation set)."""
     Xtr, Xte, ytr, yte = digits
-    h = HyperLocalRefiner(grid(), random_state=0).fit(Xtr, ytr)
+    h = HyperLocalRefiner(grid(), weight_step="lp", accept_fraction=0,
+                          random_state=0).fit(Xtr, ytr)
     before, after = h.validation_loss_
     assert after <= before
     assert h.improved_ and after < before
@@ -79,7 +81,7 @@ def test_prefit_pipeline_weight_decay_and_the_gurobi_backend(digits):
                               train_split=None, verbose=0)
     pipe = make_pipeline(StandardScaler(), net).fit(Xa, ya)
     name = "neuralnetclassifier__optimizer__weight_decay"
-    kw = dict(continuous=[name], rows="all", random_state=0)
+    kw = dict(continuous=[name], weight_step="lp", rows="all", random_state=0)
     with pytest.raises(ValueError, match="pass its training data too"):
         HyperLocalRefiner(pipe, **kw).fit(Xv, yv)
     a = HyperLocalRefiner(pipe, **kw).fit(Xv, yv, X_train=Xa, y_train=ya)
@@ -89,12 +91,12 @@ def test_prefit_pipeline_weight_decay_and_the_gurobi_backend(digits):
     assert a.validation_loss_[1] <= a.validation_loss_[0]
 
 
-@pytest.mark.parametrize("kw", [dict(rows=0.01, random_state=1),
+@pytest.mark.parametrize("kw", [dict(rows=0.01, random_state=1, accept_fraction=0),
                                 dict(rows="all", random_state=2, box_weights=0.1),
                                 dict(rows=40, random_state=3, max_iter=2, line_step=1.0)])
 def test_validation_loss_is_never_above_the_base(digits, kw):
     Xtr, _, ytr, _ = digits
-    h = HyperLocalRefiner(grid(), **kw).fit(Xtr, ytr)
+    h = HyperLocalRefiner(grid(), weight_step="lp", **kw).fit(Xtr, ytr)
     before, after = h.validation_loss_
     assert after <= before
     if not h.improved_:  # a rejected step leaves the weights exactly as they were
@@ -112,6 +114,10 @@ def test_validation_loss_is_never_above_the_base(digits, kw):
     (lambda: HyperLocalRefiner(grid(), ["alpha"]), "is not a penalty"),
     (lambda: HyperLocalRefiner(grid(), delta=0.0), "'delta' parameter"),
     (lambda: HyperLocalRefiner(grid(), box_weights=-1.0), "'box_weights' parameter"),
+    (lambda: HyperLocalRefiner(grid(), weight_step="newton"), "'weight_step' parameter"),
+    (lambda: HyperLocalRefiner(grid(), accept_fraction=1.0), "'accept_fraction' parameter"),
+    (lambda: HyperLocalRefiner(grid(), accept_fraction=-0.1), "'accept_fraction' parameter"),
+    (lambda: HyperLocalRefiner(grid(), hessian="sr1"), "set weight_step='lp'"),
     (lambda: HyperLocalRefiner(GridSearchCV(small(), {"l2": [1e-3]}, cv=2, refit=False)),
      "no best_estimator_"),
     (lambda: HyperLocalRefiner(GridSearchCV(small(), {"lr": [1e-3, 1e-2]}, cv=2)),
@@ -160,7 +166,7 @@ def diabetes():
 def test_ridge_moves_alpha_against_the_hypergradient(diabetes):
     from sklearn.linear_model import Ridge
     Xtr, _, ytr, _ = diabetes
-    h = HyperLocalRefiner(Ridge(alpha=0.05), random_state=0).fit(Xtr, ytr)
+    h = HyperLocalRefiner(Ridge(alpha=0.05), accept_fraction=0, random_state=0).fit(Xtr, ytr)
     # the same split the refiner made, and the validation MSE as a function of alpha
     Xa, Xv, ya, yv = train_test_split(Xtr, ytr, test_size=0.2,
                                       random_state=np.random.RandomState(0).randint(2**31 - 1))
@@ -219,9 +225,11 @@ def test_sr1_hessian_needs_snapshots_and_refines(digits):
     from skhpo.probes.curvature import SR1Snapshots
     Xtr, _, ytr, _ = digits
     with pytest.raises(ValueError, match="needs the base net trained with"):
-        HyperLocalRefiner(small(l2=[1e-3, 1e-3]), ["l2"], hessian="sr1").fit(Xtr, ytr)
+        HyperLocalRefiner(small(l2=[1e-3, 1e-3]), ["l2"], hessian="sr1",
+                          weight_step="lp").fit(Xtr, ytr)
     net = small(width=8, l2=[1e-3, 1e-3], callbacks=[("sr1", SR1Snapshots())])
-    h = HyperLocalRefiner(net, ["l2"], hessian="sr1", random_state=0).fit(Xtr, ytr)
+    h = HyperLocalRefiner(net, ["l2"], hessian="sr1", weight_step="lp",
+                          random_state=0).fit(Xtr, ytr)
     assert h.validation_loss_[1] <= h.validation_loss_[0]
     assert h.history_["kind"][0] == "lp" and h.timings_["hessian"] > 0
 
@@ -241,5 +249,84 @@ def test_a_useless_base_search_is_refused_before_it_trains(digits):
     with pytest.raises(ValueError, match="refit=False"):
         HyperLocalRefiner(Counting(small(), {"l2": [1e-3]}, cv=2, refit=False)).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="needs the base net trained with"):
-        HyperLocalRefiner(Counting(small(), {"l2": [1e-3]}, cv=2), hessian="sr1").fit(Xtr, ytr)
+        HyperLocalRefiner(Counting(small(), {"l2": [1e-3]}, cv=2), hessian="sr1",
+                          weight_step="lp").fit(Xtr, ytr)
     assert calls == []
+
+
+# -- the safeguards: the implicit weight response and the held-back acceptance ------------------
+
+def test_conjugate_gradient_solves_and_stops_at_negative_curvature():
+    from skhpo.search.hyperlocal.curvature import conjugate_gradient
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(30, 30))
+    H = torch.as_tensor(A @ A.T + 0.5 * np.eye(30))
+    b = torch.as_tensor(rng.normal(size=30))
+    x, n = conjugate_gradient(lambda v: H @ v, b, damping=0.0, max_iter=200, tol=1e-10)
+    np.testing.assert_allclose((H @ x).numpy(), b.numpy(), atol=1e-7)
+    assert 0 < n <= 60
+    # an indefinite H: never a step along negative curvature
+    H_bad = torch.diag(torch.tensor([1.0, -1.0]))
+    x, _ = conjugate_gradient(lambda v: H_bad @ v, torch.tensor([0.0, 1.0]), damping=0.0)
+    assert torch.equal(x, torch.tensor([0.0, 1.0]))  # the first direction: b itself
+    x, n = conjugate_gradient(lambda v: H_bad @ v, torch.tensor([1.0, 1.0]), damping=0.0)
+    assert n == 0 and torch.equal(x, torch.tensor([1.0, 1.0]))
+
+
+def test_the_response_step_keeps_the_linearised_training_optimality(digits):
+    """weight_step="response": H_ww dw + H_wλ dλ ≈ 0 on every row (the LP's rows with all of
+    them met exactly), with dλ = -sign of the implicit hypergradient."""
+    from skhpo.search.hyperlocal.curvature import hessian_rows
+    Xtr, _, ytr, _ = digits
+    Xa, Xv, ya, yv = train_test_split(Xtr, ytr, test_size=0.3, random_state=0, stratify=ytr)
+    net = TabularMLPClassifier(depth=0, l2=1e-3, max_epochs=60, lr=1e-2,
+                               random_state=0).fit(Xa, ya)
+    h = HyperLocalRefiner(net, ["l2"], accept_fraction=0, random_state=0)
+    h.fit(Xv, yv, X_train=Xa, y_train=ya)
+    row = h.history_["kind"].index("response")
+    assert h.history_["hessian_products"][row] > 5
+    # the same direction, recomputed with the refiner's own pieces, checked against H_ww
+    from skhpo.search.hyperlocal.curvature import flat_gradient
+    from skhpo.search.hyperlocal.refiner import _mixed_derivatives
+    module, criterion = net.module_, net.criterion_
+    train = (torch.as_tensor(Xa), torch.as_tensor(ya))
+    penalties = h._penalties(net, "", {})
+    assert [p.name for p in penalties] == ["l2"]
+
+    def penalty(params):
+        return 1e-3 * penalties[0].term(params)
+    g = flat_gradient(module, criterion, torch.as_tensor(Xv), torch.as_tensor(yv))
+    H_wl = _mixed_derivatives(module, penalties)
+    h.timings_, log = {"hessian": 0.0}, []
+    d = h._response_direction(module, criterion, train, penalty, g, H_wl, 0, log)
+    d_lam, d_w = d[:1], d[1:]
+    H = hessian_rows(module, criterion, *train, np.arange(g.numel()), penalty=penalty)
+    residual = H @ d_w + H_wl @ d_lam
+    assert float(residual.norm()) < 0.05 * float((H_wl @ d_lam).norm())
+    # the predicted change g . dw is a descent, and log records it for the unscaled step
+    assert float(g @ d_w) < 0 and float(d_lam.abs()) > 0
+    assert log[0]["objective"] == pytest.approx(float(g @ d_w) / float(d_lam.abs()), rel=1e-4)
+
+
+@pytest.mark.parametrize("weight_step", ["response", "lp"])
+def test_a_step_is_kept_only_if_the_held_back_part_agrees(digits, weight_step):
+    Xtr, _, ytr, _ = digits
+    Xa, Xv, ya, yv = train_test_split(Xtr, ytr, test_size=0.3, random_state=0, stratify=ytr)
+    net = TabularMLPClassifier(depth=1, width=16, l2=[1e-3, 1e-3], max_epochs=15,
+                               random_state=0).fit(Xa, ya)
+    w_user, outcomes = flat_params(net.module_).clone(), set()
+    for seed in range(4):
+        h = HyperLocalRefiner(net, ["l2"], weight_step=weight_step, accept_fraction=0.5,
+                              random_state=seed).fit(Xv, yv, X_train=Xa, y_train=ya)
+        kinds = h.history_["kind"]
+        before, after = h.accept_loss_
+        if h.improved_:
+            assert after < before and h.validation_loss_[1] < h.validation_loss_[0]
+            assert kinds[-1] == "accept" and h.history_["accepted"][-1] is True
+        else:
+            assert after == before and h.validation_loss_[1] == h.validation_loss_[0]
+            assert torch.equal(flat_params(net.module_), flat_params(h.best_estimator_.module_))
+            assert h.best_params_ == {"l2": [1e-3, 1e-3]} or "accept" not in kinds
+        outcomes.add(h.improved_)
+    assert outcomes == {True, False}  # both branches, with these seeds
+    assert torch.equal(flat_params(net.module_), w_user)  # the user's net is never touched

@@ -237,20 +237,62 @@ def _hyperlocal_parser(sub):
     p.add_argument("--n-trials", type=int, default=12, help="trials of each base search")
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--n-jobs", type=int, default=None, help="runs in parallel")
+    p.add_argument("--weight-step", choices=("response", "lp"), default="response",
+                   help="HyperLocalRefiner's weight_step (lp: the paper's)")
+    p.add_argument("--accept-fraction", type=float, default=0.5,
+                   help="HyperLocalRefiner's accept_fraction (0: the paper's)")
+    p.add_argument("--accept-confidence", type=float, default=0.9,
+                   help="HyperLocalRefiner's accept_confidence")
+    p.add_argument("--rows", default="0.01",
+                   help="HyperLocalRefiner's rows (weight_step=lp): a fraction, a count or all")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's settings: --weight-step lp --accept-fraction 0")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="tasks to run (default all): " + ", ".join(_hyperlocal_tasks()))
+    p.add_argument("--bases", nargs="+", default=None, choices=("grid", "random", "tpe", "qmc"),
+                   help="base searches to run (default all four)")
     p.add_argument("--out", default=None, help="folder for results.csv and summary.csv")
     _add_checkpoint(p)
     return p
 
 
+def _hyperlocal_tasks():
+    from .hyperlocal_protocol import TASKS, task_name
+
+    return [task_name(t) for t in TASKS]
+
+
+def _refiner_params(args):
+    """HyperLocalRefiner's keyword arguments from the command line."""
+    rows = args.rows if args.rows == "all" else float(args.rows) if "." in args.rows or \
+        "e" in args.rows else int(args.rows)
+    if args.paper:
+        return {"weight_step": "lp", "accept_fraction": 0.0, "rows": rows}
+    return {"weight_step": args.weight_step, "accept_fraction": args.accept_fraction,
+            "accept_confidence": args.accept_confidence, "rows": rows}
+
+
 def hyperlocal(args):
+    from .. import HyperLocalRefiner
     from .hyperlocal_protocol import COLUMNS, describe_row, run_protocol, summarize
 
     _check_positive(args, "seeds", "n_trials", "max_epochs")
+    unknown = sorted(set(args.tasks or ()) - set(_hyperlocal_tasks()))
+    if unknown:
+        raise ValueError(f"--tasks: unknown {unknown}; accepted: {_hyperlocal_tasks()}")
+    try:
+        params = _refiner_params(args)
+    except ValueError:
+        raise ValueError(f"--rows must be a fraction in (0, 1], a count >= 1 or 'all', got "
+                         f"{args.rows!r}") from None
+    # the refiner's own validation, before any base search trains
+    HyperLocalRefiner(None, **params)._validate_params()
     start = time.perf_counter()
     rows = run_protocol(args.seeds, args.n_trials, args.max_epochs, args.n_jobs,
                         progress_printer(describe_row, start),
                         checkpoint=_job_checkpoint(args, "hyperlocal", n_trials=args.n_trials,
-                                                   max_epochs=args.max_epochs))
+                                                   max_epochs=args.max_epochs, **params),
+                        refiner_params=params, tasks=args.tasks, bases=args.bases)
     summary = summarize(rows)
     print_table(summary, COLUMNS, title="")
     print("(medians over seeds of after - before)")

@@ -69,7 +69,7 @@ def _base_search(sampler, space, n_trials, seed, train_and_score):
     return best["model"], time.perf_counter() - start
 
 
-def _mlp_run(n_hp, train_size, sampler, seed, n_trials, max_epochs):
+def _mlp_run(n_hp, train_size, sampler, seed, n_trials, max_epochs, refiner_params):
     X, y = datasets.load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X).astype(np.float32)
     Xrest, Xte, yrest, yte = train_test_split(X, y, test_size=0.2, random_state=seed,
@@ -88,8 +88,8 @@ def _mlp_run(n_hp, train_size, sampler, seed, n_trials, max_epochs):
 
     model, base_time = _base_search(sampler, space, n_trials, seed, train_and_score)
     start = time.perf_counter()
-    refiner = HyperLocalRefiner(model, ["l2"], random_state=seed).fit(Xv, yv, X_train=Xtr,
-                                                                     y_train=ytr)
+    refiner = HyperLocalRefiner(model, ["l2"], random_state=seed, **refiner_params)
+    refiner.fit(Xv, yv, X_train=Xtr, y_train=ytr)
     refine_time = time.perf_counter() - start
 
     def metrics(m):
@@ -99,7 +99,7 @@ def _mlp_run(n_hp, train_size, sampler, seed, n_trials, max_epochs):
     return metrics(model), metrics(refiner.best_estimator_), base_time, refine_time, refiner
 
 
-def _enet_run(sampler, seed, n_trials):
+def _enet_run(sampler, seed, n_trials, refiner_params):
     X, y = datasets.load_diabetes(return_X_y=True)
     Xrest, Xte, yrest, yte = train_test_split(X, y, test_size=0.2, random_state=seed)
     Xtr, Xv, ytr, yv = train_test_split(Xrest, yrest, test_size=0.2, random_state=seed)
@@ -119,8 +119,8 @@ def _enet_run(sampler, seed, n_trials):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        refiner = HyperLocalRefiner(model, random_state=seed).fit(Xv, yv, X_train=Xtr,
-                                                                  y_train=ytr)
+        refiner = HyperLocalRefiner(model, random_state=seed, **refiner_params)
+        refiner.fit(Xv, yv, X_train=Xtr, y_train=ytr)
     refine_time = time.perf_counter() - start
 
     def metrics(m):
@@ -129,37 +129,50 @@ def _enet_run(sampler, seed, n_trials):
     return metrics(model), metrics(refiner.best_estimator_), base_time, refine_time, refiner
 
 
-def run_one(task, sampler, seed, n_trials=12, max_epochs=30):
+def run_one(task, sampler, seed, n_trials=12, max_epochs=30, refiner_params=None):
     """One base search + refinement; ``task`` is ``("mlp", n_hp, train_size)`` or
-    ``("enet",)``. Returns a flat result row."""
+    ``("enet",)``; ``refiner_params``: keyword arguments of :class:`HyperLocalRefiner`
+    (e.g. the paper's ``weight_step="lp", accept_fraction=0``). Returns a flat result
+    row."""
     import torch
 
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's experimental samplers, sklearn's FutureWarnings
-        return _run_one(task, sampler, seed, n_trials, max_epochs)
+        return _run_one(task, sampler, seed, n_trials, max_epochs, dict(refiner_params or {}))
 
 
-def _run_one(task, sampler, seed, n_trials, max_epochs):
+def task_name(task):
+    return f"mlp-{task[1]}hp-{task[2] or 'all'}" if task[0] == "mlp" else "enet-diabetes"
+
+
+def _run_one(task, sampler, seed, n_trials, max_epochs, refiner_params):
     if task[0] == "mlp":
         before, after, tb, tr, ref = _mlp_run(task[1], task[2], sampler, seed, n_trials,
-                                              max_epochs)
-        name = f"mlp-{task[1]}hp-{task[2] or 'all'}"
+                                              max_epochs, refiner_params)
     else:
-        before, after, tb, tr, ref = _enet_run(sampler, seed, n_trials)
-        name = "enet-diabetes"
-    row = {"task": name, "base": sampler, "seed": seed, "base_time": tb, "refine_time": tr,
-           "added_time": tr / tb, "improved": bool(ref.improved_)}
+        before, after, tb, tr, ref = _enet_run(sampler, seed, n_trials, refiner_params)
+    row = {"task": task_name(task), "base": sampler, "seed": seed, "base_time": tb,
+           "refine_time": tr, "added_time": tr / tb, "accepted": bool(ref.improved_)}
     for k in before:
         row[f"{k}_before"], row[f"{k}_after"] = float(before[k]), float(after[k])
+    # the held-back check of the first step (NaN without one): its statistics
+    checks = [i for i, k in enumerate(ref.history_["kind"]) if k == "accept"]
+    for key in ("mean_change", "std_error", "score_change"):
+        row[f"accept_{key}"] = float(ref.history_[key][checks[0]]) if checks else float("nan")
+    # not worse on the test data: accuracy for the classifiers, MSE for the elastic net
+    row["not_worse"] = bool(row["test_acc_after"] >= row["test_acc_before"] if "test_acc_after"
+                            in row else row["test_loss_after"] <= row["test_loss_before"])
     return row
 
 
 def summarize(rows):
-    """Per (task, base): runs, share improved (validation loss fell), median changes of the
-    metrics (after - before), median added time."""
-    metrics = {"improved": ("mean", lambda r: r["val_loss_after"] < r["val_loss_before"]),
-               "added_time": ("median", "added_time")}
+    """Per (task, base): runs, share accepted (a step was kept), share improved (validation
+    loss fell), share not worse on the test data (accuracy; MSE for the elastic net), median
+    changes of the metrics (after - before), median added time."""
+    metrics = {"accepted": ("mean", "accepted"),
+               "improved": ("mean", lambda r: r["val_loss_after"] < r["val_loss_before"]),
+               "not_worse": ("mean", "not_worse"), "added_time": ("median", "added_time")}
     for k in ("val_loss", "test_loss", "val_acc", "test_acc"):
         metrics[f"d_{k}"] = ("median", lambda r, k=k: r[f"{k}_after"] - r[f"{k}_before"])
     return summarize_rows(rows, ("task", "base"), metrics, count="runs")
@@ -167,7 +180,9 @@ def summarize(rows):
 
 COLUMNS = [Column("task", "task", "16s"), Column("base", "base", "6s"),
            Column("runs", "runs", "4d"),
+           Column("kept", lambda s: 100 * s["accepted"], "5.0f", "%"),
            Column("improved", lambda s: 100 * s["improved"], "7.0f", "%"),
+           Column("test ok", lambda s: 100 * s["not_worse"], "7.0f", "%"),
            Column("d val loss", "d_val_loss", "10.4g"),
            Column("d test loss", "d_test_loss", "11.4g"),
            Column("d val acc", "d_val_acc", "9.4f"), Column("d test acc", "d_test_acc", "10.4f"),
@@ -185,9 +200,13 @@ TASKS = [("mlp", n_hp, size) for n_hp in (1, 2, 4) for size in (1000, None)] + [
 
 
 def run_protocol(seeds, n_trials=12, max_epochs=30, n_jobs=None, progress=None,
-                 checkpoint=None):
-    """Every (task, base, seed) of the benchmark, ``n_jobs`` runs in parallel; rows in job
+                 checkpoint=None, refiner_params=None, tasks=None, bases=None):
+    """Every (task, base, seed) of the benchmark (``tasks``: names of :func:`task_name` to
+    keep, ``bases``: samplers to keep; None: all), ``n_jobs`` runs in parallel; rows in job
     order (finished ones kept in ``checkpoint``, see :func:`~skhpo.bench.core.run_jobs`)."""
-    jobs = [(t, b, s) for t in TASKS for b in SAMPLERS for s in range(seeds)]
-    return run_jobs(jobs, lambda t, b, s: run_one(t, b, s, n_trials, max_epochs),
+    chosen = [t for t in TASKS if tasks is None or task_name(t) in tasks]
+    jobs = [(t, b, s) for t in chosen for b in SAMPLERS if bases is None or b in bases
+            for s in range(seeds)]
+    return run_jobs(jobs, lambda t, b, s: run_one(t, b, s, n_trials, max_epochs,
+                                                  refiner_params),
                     n_jobs=n_jobs, progress=progress, checkpoint=checkpoint)

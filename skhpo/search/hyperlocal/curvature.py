@@ -8,6 +8,8 @@ The LP hyper local search needs, at the trained weights w:
   ``torch.func.grad`` (reverse-over-reverse for losses whose forward-mode double derivative
   PyTorch lacks, such as ``mse_loss``), vectorised over chunks of unit vectors with
   ``torch.func.vmap``;
+* the product H_ww^{-1} b, by conjugate gradient on exact Hessian-vector products (the
+  weights' response to a penalty move, solving the linearised training optimality exactly);
 * an SR1 estimate of those rows from per-epoch snapshots of a training run (the paper's
   choice), for small models.
 
@@ -26,7 +28,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from ...nets import module_mode
 
 __all__ = ["trainable", "flat_params", "unflatten", "objective", "flat_gradient",
-           "hessian_rows", "SR1Snapshots", "sr1_rows"]
+           "hessian_rows", "hvp_operator", "conjugate_gradient", "SR1Snapshots", "sr1_rows"]
 
 
 def trainable(module):
@@ -74,12 +76,9 @@ def flat_gradient(module, criterion, X, y, penalty=None):
         return grad(objective(module, criterion, X, y, penalty))(flat_params(module)).detach()
 
 
-def hessian_rows(module, criterion, X, y, rows, penalty=None, chunk=64):
-    """Rows ``rows`` of the Hessian of :func:`objective` at the module's weights, exactly, by
-    Hessian-vector products in chunks of ``chunk`` unit vectors. Returns ``(len(rows), n)``."""
-    f = objective(module, criterion, X, y, penalty)
-    w = flat_params(module)
-    rows = torch.as_tensor(rows, dtype=torch.long)
+def _hvp(f, w):
+    """``(forward-over-reverse, reverse-over-reverse)`` Hessian-vector products of ``f`` at
+    ``w``; the second serves losses without forward-mode double derivatives (MSE)."""
     g = grad(f)
 
     def forward_over_reverse(v):
@@ -87,21 +86,74 @@ def hessian_rows(module, criterion, X, y, rows, penalty=None, chunk=64):
 
     def reverse_over_reverse(v):
         return grad(lambda u: g(u) @ v)(w)
+    return forward_over_reverse, reverse_over_reverse
 
-    out, hvp = [], forward_over_reverse
+
+def hessian_rows(module, criterion, X, y, rows, penalty=None, chunk=64):
+    """Rows ``rows`` of the Hessian of :func:`objective` at the module's weights, exactly, by
+    Hessian-vector products in chunks of ``chunk`` unit vectors. Returns ``(len(rows), n)``."""
+    w = flat_params(module)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=w.device)
+    hvp, fallback = _hvp(objective(module, criterion, X, y, penalty), w)
+    out = []
     with module_mode(module):
         for start in range(0, len(rows), chunk):
             idx = rows[start:start + chunk]
             basis = torch.zeros(len(idx), w.numel(), dtype=w.dtype, device=w.device)
-            basis[torch.arange(len(idx)), idx] = 1.0
+            basis[torch.arange(len(idx), device=w.device), idx] = 1.0
             try:
                 out.append(vmap(hvp)(basis).detach())
-            except RuntimeError:  # a loss without forward-mode double derivatives (MSE)
-                if hvp is reverse_over_reverse:
+            except RuntimeError:
+                if hvp is fallback:
                     raise
-                hvp = reverse_over_reverse
+                hvp = fallback
                 out.append(vmap(hvp)(basis).detach())
-    return torch.cat(out) if out else torch.zeros(0, w.numel(), dtype=w.dtype)
+    return torch.cat(out) if out else torch.zeros(0, w.numel(), dtype=w.dtype, device=w.device)
+
+
+def hvp_operator(module, criterion, X, y, penalty=None):
+    """``v -> H v``: the exact Hessian of :func:`objective` at the module's weights applied to
+    a flat vector (eval mode)."""
+    w = flat_params(module)
+    first, fallback = _hvp(objective(module, criterion, X, y, penalty), w)
+    state = {"hvp": first}
+
+    def apply(v):
+        with module_mode(module):
+            try:
+                return state["hvp"](v).detach()
+            except RuntimeError:
+                if state["hvp"] is fallback:
+                    raise
+                state["hvp"] = fallback
+                return fallback(v).detach()
+    return apply
+
+
+def conjugate_gradient(hvp, b, damping=1e-4, max_iter=200, tol=1e-4):
+    """``(x, iterations)`` with ``(H + damping I) x ≈ b`` by conjugate gradient on
+    Hessian-vector products ``hvp``, stopped when the residual is below ``tol`` ||b||, after
+    ``max_iter`` products, or at the first direction of non-positive curvature (the trained
+    weights are not an exact minimum, so H may be indefinite: the iterate reached so far,
+    never a step along negative curvature; ``b`` itself if the very first direction has
+    one, as truncated Newton-CG falls back to steepest descent)."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr, stop = float(r @ r), (tol * float(b.norm())) ** 2
+    for it in range(max_iter):
+        if rr <= stop:
+            return x, it
+        Hp = hvp(p) + damping * p
+        curvature = float(p @ Hp)
+        if curvature <= 0:
+            return (x if it else b.clone()), it
+        alpha = rr / curvature
+        x = x + alpha * p
+        r = r - alpha * Hp
+        rr_new = float(r @ r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x, max_iter
 
 
 class SR1Snapshots(Callback):

@@ -17,6 +17,17 @@ weights w — one step of the method (the paper's Algorithm 1):
 8. accept only if F(w + t* d_w) < F(w): w <- w + t* d_w, lambda <- max(lambda + t* d_λ, 0).
 
 The model is never retrained; the cost is a few gradient, Hessian-vector and LP evaluations.
+
+Two safeguards against a step that only fits the validation set (both on by default; the
+paper's method is ``weight_step="lp", accept_fraction=0``):
+
+* ``weight_step="response"``: the weights do not get a free move. Every row of the linearised
+  optimality is kept and met exactly: dw = -H_ww^{-1} H_wλ dλ (conjugate gradient on exact
+  Hessian-vector products), so the LP reduces to its penalty part, minimise h . dλ with the
+  implicit hypergradient h = -H_wλ^T H_ww^{-1} g, solved by dλ = -box sign(h) (the vertex the
+  full LP takes with all rows and delta -> 0);
+* ``accept_fraction``: the validation data is split; the direction and the line search use one
+  part, and the step is kept only if the other part's loss falls and its score does not.
 """
 
 from __future__ import annotations
@@ -41,11 +52,14 @@ from ...log import report
 from ...nets import check_module_output, draw_seed, find_net, net_input
 from .._base import HoldoutResult, HoldoutSearch, _check_fit_data, holdout_split
 from .._progress import Phase
+from .accept import loss_falls, sample_losses
 from .curvature import (
     SR1Snapshots,
+    conjugate_gradient,
     flat_gradient,
     flat_params,
     hessian_rows,
+    hvp_operator,
     objective,
     sr1_rows,
     trainable,
@@ -65,6 +79,9 @@ _NOT_PENALTIES = {
 }
 _DECOUPLED = ("AdamW",)
 _PENALTY_NAMES = ("l2", "l1", "optimizer__weight_decay")
+#: conjugate gradient of the response step: damping added to H_ww, Hessian-vector products
+#: at most, relative residual
+_CG = {"damping": 1e-4, "max_iter": 100, "tol": 1e-3}
 
 
 class _Penalty(NamedTuple):
@@ -114,14 +131,32 @@ class HyperLocalRefiner(HoldoutSearch):
         dropout, architecture) is rejected: it does not enter the training objective smoothly.
     validation_fraction : float, default=0.2
         Held-out share when ``search`` is unfitted (stratified for classifiers).
+    weight_step : {"response", "lp"}, default="response"
+        How the weights move with the penalties (nets; linear models always re-solve them
+        exactly). ``"response"``: along the implicit response dw = -H_ww^{-1} H_wλ dλ of
+        the linearised training optimality, every row met exactly (conjugate gradient on
+        exact Hessian-vector products), dλ = -box_hparams sign(h) from the implicit
+        hypergradient h. ``"lp"``: the paper's LP over (dλ, dw) with ``rows`` rows, in
+        which most weights are unconstrained and the step is largely a sign-gradient step
+        of the weights on the validation data.
+    accept_fraction : float in [0, 1), default=0.5
+        Share of the validation data held back to accept the step (stratified for
+        classifiers): the direction and line search use the rest, and a step is kept only
+        if the held-back part's loss falls (see ``accept_confidence``) and its score does
+        not. 0: one set chooses and accepts (the paper).
+    accept_confidence : float in [0.5, 1), default=0.9
+        How sure the held-back check must be that the loss fell: the upper one-sided
+        ``accept_confidence`` bound of the mean per-sample change, mean + z sd / sqrt(n),
+        must be below 0 (0.5: the mean merely falls). Unused when ``accept_fraction=0``.
     rows : float, int or "all", default=0.01
-        Hessian rows in the LP: a fraction of the weights (at least 10), a count, or every
-        penalised coordinate; at most 2,000.
+        Hessian rows in the LP of ``weight_step="lp"``: a fraction of the weights (at least
+        10), a count, or every penalised coordinate; at most 2,000.
     hessian : {"hvp", "sr1"}, default="hvp"
-        Exact Hessian rows by Hessian-vector products on the training data, or the paper's
-        SR1 estimate from the last epochs of the base training, which needs the base net
-        trained with :class:`skhpo.search.hyperlocal.SR1Snapshots` among its callbacks (and
-        at most 30,000 weights; its gradients include the penalties). Nets only.
+        Exact Hessian rows by Hessian-vector products on the training data, or (with
+        ``weight_step="lp"``) the paper's SR1 estimate from the last epochs of the base
+        training, which needs the base net trained with
+        :class:`skhpo.search.hyperlocal.SR1Snapshots` among its callbacks (and at most
+        30,000 weights; its gradients include the penalties). Nets only.
     delta : float, default=1e-4
         Slack of the linearised optimality rows.
     box_hparams : float, default=1.0
@@ -158,13 +193,16 @@ class HyperLocalRefiner(HoldoutSearch):
     best_params_ : dict
         The base's best parameters with the refined penalty values.
     best_score_ : float
-        The refined model's score on the validation part.
+        The refined model's score on the validation part (both parts of it).
     cv_results_ : dict
         ``GridSearchCV``'s keys for two rows, before and after, scored on the validation part.
     history_ : dict of lists
-        One row per event: ``kind`` (``lp`` or ``line_search``), ``iteration``, ``t``,
-        ``validation_loss``, and for the LP ``rows``, ``variables``, ``objective``,
-        ``solve_time``.
+        One row per event: ``kind`` (``lp`` or ``response``: the direction; ``line_search``;
+        ``accept``: the held-back check), ``iteration``, ``t``, ``validation_loss``, for the
+        direction ``rows``, ``variables``, ``objective`` (the predicted change of the
+        validation loss), ``solve_time`` (and ``hessian_products`` of the response step),
+        and for the check ``mean_change`` and ``std_error`` of the held-back per-sample
+        loss, ``upper_bound``, ``score_change`` and ``accepted``.
     timings_ : dict
         Seconds spent in ``gradients``, ``hessian``, ``lp`` and ``line_search``.
     improved_ : bool
@@ -172,7 +210,10 @@ class HyperLocalRefiner(HoldoutSearch):
     n_iter_ : int
         Steps accepted (at most ``max_iter``).
     validation_loss_ : tuple of float
-        The unregularised validation loss before and after.
+        The unregularised loss on the whole validation part before and after.
+    accept_loss_ : tuple of float
+        The same on the held-back part that accepts a step (the whole validation part when
+        ``accept_fraction=0``).
     refined_penalties_ : dict
         The refined value of each penalty coefficient (per layer as ``l2[k]``).
 
@@ -197,6 +238,9 @@ class HyperLocalRefiner(HoldoutSearch):
         "search": [object],
         "continuous": [list, dict, None],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "weight_step": [StrOptions({"response", "lp"})],
+        "accept_fraction": [Interval(Real, 0, 1, closed="left")],
+        "accept_confidence": [Interval(Real, 0.5, 1, closed="left")],
         "rows": [Interval(Real, 0, 1, closed="right"), Interval(Integral, 1, None,
                                                                  closed="left"),
                  StrOptions({"all"})],
@@ -214,14 +258,17 @@ class HyperLocalRefiner(HoldoutSearch):
         "checkpoint": [str, os.PathLike, None],
     }
 
-    def __init__(self, search, continuous=None, *, validation_fraction=0.2, rows=0.01,
-                 hessian="hvp", delta=1e-4, box_hparams=1.0, box_weights=None, line_step=None,
-                 gss_tol=None,
-                 max_iter=1, lp_solver="highs", hessian_samples=4096, random_state=None,
-                 checkpoint=None, verbose=0):
+    def __init__(self, search, continuous=None, *, validation_fraction=0.2,
+                 weight_step="response", accept_fraction=0.5, accept_confidence=0.9,
+                 rows=0.01, hessian="hvp", delta=1e-4, box_hparams=1.0, box_weights=None,
+                 line_step=None, gss_tol=None, max_iter=1, lp_solver="highs",
+                 hessian_samples=4096, random_state=None, checkpoint=None, verbose=0):
         self.search = search
         self.continuous = continuous
         self.validation_fraction = validation_fraction
+        self.weight_step = weight_step
+        self.accept_fraction = accept_fraction
+        self.accept_confidence = accept_confidence
         self.rows = rows
         self.hessian = hessian
         self.delta = delta
@@ -255,7 +302,11 @@ class HyperLocalRefiner(HoldoutSearch):
     def _check_base_before_training(self):
         """What makes an unfitted base search useless is known before it trains: a search
         with ``refit=False`` keeps no model to refine, and ``hessian="sr1"`` needs the
-        net's ``SR1Snapshots``."""
+        net's ``SR1Snapshots`` and the LP's rows."""
+        if self.hessian == "sr1" and self.weight_step == "response":
+            raise ValueError("hessian='sr1' estimates Hessian rows for the paper's LP; set "
+                             "weight_step='lp' with it, or keep hessian='hvp' (the response "
+                             "step needs exact Hessian-vector products)")
         if _is_fitted(self.search):
             return
         if getattr(self.search, "refit", True) is False:
@@ -441,51 +492,113 @@ class HyperLocalRefiner(HoldoutSearch):
         model = copy.deepcopy(base)
         mnet, _ = find_net(model)
         module, criterion = mnet.module_, mnet.criterion_
+        Xc, yc, Xa, ya = self._accept_split(model, Xv, yv, rng)
         Xtr, ytr = _tensors(mnet, net_input(model, Xt), yt)
-        Xva, yva = _tensors(mnet, net_input(model, Xv), yv)
         if len(Xtr) > self.hessian_samples:
-            keep = torch.as_tensor(rng.choice(len(Xtr), self.hessian_samples, replace=False))
+            keep = torch.as_tensor(rng.choice(len(Xtr), self.hessian_samples, replace=False),
+                                   device=Xtr.device)
             Xtr, ytr = Xtr[keep], ytr[keep]
+        choose = _tensors(mnet, net_input(model, Xc), yc)
         lam = np.array([_value(mnet, p) for p in penalties], dtype=float)
         self.timings_ = {"gradients": 0.0, "hessian": 0.0, "lp": 0.0, "line_search": 0.0}
-        rows_log, before_score = [], model.score(Xv, yv)
-        val = objective(module, criterion, Xva, yva)
-        with torch.no_grad():
-            start_loss = float(val(flat_params(module)))
+        log, before_score = [], model.score(Xv, yv)
+        val, acc = (objective(module, criterion, *_tensors(mnet, net_input(model, X_), y_))
+                    for X_, y_ in ((Xv, yv), (Xa, ya)))
+
+        def loss(f):
+            with torch.no_grad():
+                return float(f(flat_params(module)))
+        accept_data = _tensors(mnet, net_input(model, Xa), ya)
+
+        def held_back():
+            return sample_losses(module, criterion, *accept_data), model.score(Xa, ya)
+        start_loss, (per_sample, score) = loss(val), held_back()
+        start_accept = loss(acc)
+        weights = [p for _, p in trainable(module)]
         self.improved_, self.n_iter_ = False, 0
         for it in range(self.max_iter):
-            step = self._one_step(module, criterion, penalties, lam, (Xtr, ytr, Xva, yva), rng,
-                                  it, rows_log, snapshots)
+            step = self._one_step(module, criterion, penalties, lam, (Xtr, ytr, *choose), rng,
+                                  it, log, snapshots)
             if step is None:
                 break
-            w_new, lam = step
-            torch.nn.utils.vector_to_parameters(w_new, [p for _, p in trainable(module)])
+            w_new, lam_new = step
+            w_old = flat_params(module)
+            torch.nn.utils.vector_to_parameters(w_new, weights)
+            if self.accept_fraction > 0:
+                per_after, score_after = held_back()
+                if not self._accepted(log, it, (per_sample, score), (per_after, score_after)):
+                    torch.nn.utils.vector_to_parameters(w_old, weights)
+                    break
+                per_sample, score = per_after, score_after
+            lam = lam_new
             for p, v in zip(penalties, lam):
                 _set_value(mnet, p, v)
             self.improved_ = True
             self.n_iter_ += 1
-        with torch.no_grad():
-            end_loss = float(val(flat_params(module)))
         after_score = model.score(Xv, yv)
-        self.validation_loss_ = (start_loss, end_loss)
+        self.validation_loss_ = (start_loss, loss(val))
+        self.accept_loss_ = (start_accept, loss(acc))
         self.refined_penalties_ = {p.name: float(v) for p, v in zip(penalties, lam)}
         best_params = {**base_params, **_regroup(penalties, lam, prefix)}
         return HoldoutResult(params=[base_params, best_params], scores=[before_score, after_score],
-                             best=1, model=model, history=rows_log, epochs=0, trainings=0)
+                             best=1, model=model, history=log, epochs=0, trainings=0)
+
+    def _accepted(self, log, it, before, after):
+        """The held-back check (:mod:`.accept`) of a step: ``before`` and ``after`` are
+        (per-sample losses, score) of the held-back part; logged and reported."""
+        ok, mean, se, bound = loss_falls(before[0], after[0], self.accept_confidence)
+        ok = ok and after[1] >= before[1]
+        log.append({"kind": "accept", "iteration": it, "validation_loss":
+                    float(np.mean(after[0])), "mean_change": mean, "std_error": se,
+                    "upper_bound": bound, "score_change": after[1] - before[1],
+                    "accepted": ok})
+        report("hyperlocal", self.verbose,
+               f"[HyperLocal] step {it}: held-back loss change {mean:.4g} (upper "
+               f"{self.accept_confidence:g} bound {bound:.4g}), score {before[1]:.4f} -> "
+               f"{after[1]:.4f}: {'kept' if ok else 'rejected'}")
+        return ok
+
+    def _accept_split(self, model, Xv, yv, rng):
+        """``(X_choose, y_choose, X_accept, y_accept)``: ``accept_fraction`` of the validation
+        data held back to accept a step (seeded, stratified for classifiers), or the whole
+        validation data twice when it is 0."""
+        if self.accept_fraction == 0:
+            return Xv, yv, Xv, yv
+        if len(yv) < 2:
+            raise ValueError(f"accept_fraction={self.accept_fraction} splits the validation "
+                             f"data, which has {len(yv)} sample (at least 2 needed); pass "
+                             "more validation data or accept_fraction=0")
+        Xc, Xa, yc, ya = holdout_split(model, Xv, yv, self.accept_fraction, draw_seed(rng))
+        return Xc, yc, Xa, ya
 
     def _refine_linear(self, base, base_params, Xt, yt, Xv, yv, rng):
         _, prefix = find_linear(base)
-        refined, params, log, timings, losses = refine_linear(
-            self._lp_settings(box_weights=100.0), base, prefix, Xt, yt, Xv, yv, rng,
+        Xc, yc, Xa, ya = self._accept_split(base, Xv, yv, rng)
+        refined, params, log, timings, _ = refine_linear(
+            self._lp_settings(box_weights=100.0), base, prefix, Xt, yt, Xc, yc, rng,
             line_step=1e-3 if self.line_step is None else self.line_step,
             gss_tol=1e-6 if self.gss_tol is None else self.gss_tol)
+        n_refits = sum(row["kind"] == "line_search" for row in log) + int(refined is not None)
+
+        def errors(m, X_, y_):
+            return (m.predict(X_) - np.asarray(y_, float)) ** 2
+
+        def mse(m, X_, y_):
+            return float(np.mean(errors(m, X_, y_)))
+        self.accept_loss_ = (mse(base, Xa, ya),) * 2
+        if refined is not None and self.accept_fraction > 0:
+            before = (errors(base, Xa, ya), base.score(Xa, ya))
+            after = (errors(refined, Xa, ya), refined.score(Xa, ya))
+            if self._accepted(log, 0, before, after):
+                self.accept_loss_ = (self.accept_loss_[0], mse(refined, Xa, ya))
+            else:
+                refined, params = None, {k: base.get_params()[k] for k in params}
         self.improved_ = refined is not None
         self.n_iter_ = int(self.improved_)
         model = refined if refined is not None else copy.deepcopy(base)
         self.timings_ = timings
-        self.validation_loss_ = losses
+        self.validation_loss_ = (mse(base, Xv, yv), mse(model, Xv, yv))
         self.refined_penalties_ = params
-        n_refits = sum(row["kind"] == "line_search" for row in log) + int(refined is not None)
         return HoldoutResult(
             params=[{**base_params, **{k: base.get_params()[k] for k in params}},
                     {**base_params, **params}],
@@ -499,43 +612,31 @@ class HyperLocalRefiner(HoldoutSearch):
                       self.lp_solver)
 
     def _one_step(self, module, criterion, penalties, lam, tensors, rng, it, log, snapshots):
-        """One LP + line search from the module's current weights; None if no descent."""
+        """One direction + line search on the choosing data from the module's current
+        weights: ``(new weights, new penalties)``, or None if there is no descent."""
         Xtr, ytr, Xva, yva = tensors
         t0 = time.perf_counter()
         w0 = flat_params(module)
         g = flat_gradient(module, criterion, Xva, yva)
-        weights = {n: p.detach() for n, p in trainable(module)}
-        offsets = _offsets(module)
-        H_wl = torch.zeros(w0.numel(), len(penalties), dtype=w0.dtype)
-        for j, p in enumerate(penalties):
-            for name, col in p.column(weights).items():
-                a, b = offsets[name]
-                H_wl[a:b, j] = col.reshape(-1)
-        candidates = torch.nonzero(H_wl.abs().sum(1) > 0).ravel().numpy()
-        rows = self._row_subset(candidates, w0.numel(), rng)
+        H_wl = _mixed_derivatives(module, penalties)
+        candidates = torch.nonzero(H_wl.abs().sum(1) > 0).ravel().cpu().numpy()
+        if len(candidates) == 0:
+            raise ValueError("no weight is touched by the penalties: nothing to refine")
         self.timings_["gradients"] += time.perf_counter() - t0
 
         def penalty(params):
             return sum(float(v) * p.term(params) for p, v in zip(penalties, lam))
 
-        t0 = time.perf_counter()
-        if self.hessian == "sr1":
-            H_ww = sr1_rows(snapshots.weights_, snapshots.gradients_, rows)
+        if self.weight_step == "response":
+            d = self._response_direction(module, criterion, (Xtr, ytr), penalty, g, H_wl, it,
+                                         log)
         else:
-            H_ww = hessian_rows(module, criterion, Xtr, ytr, rows, penalty=penalty)
-        self.timings_["hessian"] += time.perf_counter() - t0
-
-        k = len(penalties)
-        sol, record = lp_direction(g.numpy().astype(float), H_wl[rows].numpy().astype(float),
-                                   H_ww.numpy().astype(float), self._lp_settings(1.0),
-                                   seed=draw_seed(rng), iteration=it)
-        self.timings_["lp"] += sol.solve_time
-        log.append(record)
-        norm = float(np.linalg.norm(sol.x))
-        if norm == 0 or sol.objective >= 0:
+            d = self._lp_direction(module, criterion, (Xtr, ytr), penalty, g, H_wl,
+                                   candidates, rng, it, log, snapshots)
+        if d is None:
             return None
-        d = torch.as_tensor(sol.x / norm, dtype=w0.dtype)
-        d_lam, d_w = d[:k].numpy().astype(float), d[k:]
+        k = len(penalties)
+        d_lam, d_w = d[:k].cpu().numpy().astype(float), d[k:]
 
         t0 = time.perf_counter()
         val = objective(module, criterion, Xva, yva)
@@ -551,8 +652,8 @@ class HyperLocalRefiner(HoldoutSearch):
         log += [{"kind": "line_search", "iteration": it, "t": t, "validation_loss": v}
                 for t, v in trials]
         report("hyperlocal", self.verbose,
-               f"[HyperLocal] step {it}: LP objective {sol.objective:.3g}, t*={t_star:.4g}, "
-               f"validation loss {phi0:.5f} -> {phi_star:.5f}")
+               f"[HyperLocal] step {it}: t*={t_star:.4g}, validation loss {phi0:.5f} -> "
+               f"{phi_star:.5f}")
         if not phi_star < phi0:
             return None
         lam = np.maximum(lam + t_star * d_lam, 0.0)
@@ -560,9 +661,57 @@ class HyperLocalRefiner(HoldoutSearch):
                                                                          p.box.hi)
                                             for p, v in zip(penalties, lam)])
 
+    def _lp_direction(self, module, criterion, train, penalty, g, H_wl, candidates, rng, it,
+                      log, snapshots):
+        """The paper's LP over (dλ, dw) on a subset of Hessian rows: the unit direction, or
+        None if the LP finds no descent."""
+        rows = self._row_subset(candidates, g.numel(), rng)
+        t0 = time.perf_counter()
+        if self.hessian == "sr1":
+            H_ww = sr1_rows(snapshots.weights_, snapshots.gradients_, rows)
+        else:
+            H_ww = hessian_rows(module, criterion, *train, rows, penalty=penalty)
+        self.timings_["hessian"] += time.perf_counter() - t0
+        sol, record = lp_direction(g.cpu().numpy().astype(float),
+                                   H_wl[torch.as_tensor(rows, device=H_wl.device)]
+                                   .cpu().numpy().astype(float),
+                                   H_ww.cpu().numpy().astype(float), self._lp_settings(1.0),
+                                   seed=draw_seed(rng), iteration=it)
+        self.timings_["lp"] += sol.solve_time
+        log.append(record)
+        norm = float(np.linalg.norm(sol.x))
+        report("hyperlocal", self.verbose,
+               f"[HyperLocal] step {it}: LP objective {sol.objective:.3g}")
+        if norm == 0 or sol.objective >= 0:
+            return None
+        return torch.as_tensor(sol.x / norm, dtype=g.dtype, device=g.device)
+
+    def _response_direction(self, module, criterion, train, penalty, g, H_wl, it, log):
+        """The LP with every optimality row met exactly: the implicit hypergradient
+        h = -H_wλ^T H_ww^{-1} g, dλ = -box_hparams sign(h), dw = -H_ww^{-1} H_wλ dλ (both
+        solves by conjugate gradient); the unit direction, or None if h = 0."""
+        t0 = time.perf_counter()
+        hvp = hvp_operator(module, criterion, *train, penalty=penalty)
+        q, n1 = conjugate_gradient(hvp, g, **_CG)
+        h = -(H_wl.T @ q)
+        d_lam = -self.box_hparams * torch.sign(h)
+        d_w, n2 = (conjugate_gradient(hvp, -(H_wl @ d_lam), **_CG) if bool(d_lam.any())
+                   else (torch.zeros_like(g), 0))
+        self.timings_["hessian"] += time.perf_counter() - t0
+        x = torch.cat([d_lam, d_w])
+        predicted = float(g @ d_w)
+        log.append({"kind": "response", "iteration": it, "rows": g.numel(),
+                    "variables": x.numel(), "objective": predicted,
+                    "hessian_products": n1 + n2, "solve_time": time.perf_counter() - t0})
+        report("hyperlocal", self.verbose,
+               f"[HyperLocal] step {it}: hypergradient {h.cpu().numpy()}, predicted change "
+               f"{predicted:.3g} ({n1 + n2} Hessian-vector products)")
+        norm = float(x.norm())
+        if norm == 0 or not predicted < 0:
+            return None
+        return x / norm
+
     def _row_subset(self, candidates, n, rng):
-        if len(candidates) == 0:
-            raise ValueError("no weight is touched by the penalties: nothing to refine")
         if self.rows == "all":
             r = len(candidates)
         elif isinstance(self.rows, Integral):
@@ -625,6 +774,20 @@ def _declared_names(search):
 
 def _bare(name, prefix):
     return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+def _mixed_derivatives(module, penalties):
+    """H_wλ: column j is dR_j/dw at the module's weights, flat (zero off the weights the
+    penalty touches)."""
+    w = flat_params(module)
+    weights = {n: p.detach() for n, p in trainable(module)}
+    offsets = _offsets(module)
+    H_wl = torch.zeros(w.numel(), len(penalties), dtype=w.dtype, device=w.device)
+    for j, p in enumerate(penalties):
+        for name, col in p.column(weights).items():
+            a, b = offsets[name]
+            H_wl[a:b, j] = col.reshape(-1)
+    return H_wl
 
 
 def _offsets(module):
