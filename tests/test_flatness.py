@@ -87,6 +87,21 @@ def zero_net(**kw):
                                lr=0.05, verbose=0, train_split=None, **kw)
 
 
+def test_screen_params_fix_the_screening_not_the_finalists(iris):
+    """With the net seeded and every searched parameter fixed for the screen, all screening
+    fits are the same fit; the finalists still cross-validate their own parameters."""
+    X, y = iris
+    space = {"lr": [1e-3, 1e-2, 3e-2, 1e-1]}
+    own = search(small_clf(random_state=0), space, n_candidates=4).fit(X, y)
+    fixed = search(small_clf(random_state=0), space, n_candidates=4,
+                   screen_params={"lr": 3e-3}).fit(X, y)
+    assert len(set(own.history_["sharpness"])) == 4
+    assert len(set(fixed.history_["sharpness"])) == 1
+    assert sorted(p["lr"] for p in fixed.history_["params"]) == space["lr"]
+    assert all(p["lr"] in space["lr"] for p in fixed.cv_results_["params"])
+    assert fixed.best_estimator_.lr == fixed.best_params_["lr"] != 3e-3
+
+
 def test_discard_rule_zero_activations_and_divergence(iris):
     X, y = iris
     space = {"module__dead": [True, False], "lr": [0.05, 1e30], "optimizer": [torch.optim.SGD]}
@@ -272,6 +287,10 @@ BAD = [
     (lambda X, y: (search(n_candidates=0), X, y), ValueError, "'n_candidates' parameter"),
     (lambda X, y: (search(screen_epochs=0), X, y), ValueError, "'screen_epochs' parameter"),
     (lambda X, y: (search(sharpness="hessian"), X, y), ValueError, "'sharpness' parameter"),
+    (lambda X, y: (search(screen_params={"learning_rate": 1e-3}), X, y), ValueError,
+     "screen_params: unknown hyper-parameter 'learning_rate'"),
+    (lambda X, y: (search(screen_params=[("lr", 1e-3)]), X, y), ValueError,
+     "'screen_params' parameter"),
     (lambda X, y: (search(SVC(), {"C": [1.0]}), X, y), TypeError, "skorch NeuralNet"),
     (lambda X, y: (search(NeuralNetClassifier(Conv, criterion=nn.CrossEntropyLoss,
                                               callbacks=[CountEpochs()]), {"lr": [0.1]}),

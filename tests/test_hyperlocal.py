@@ -203,6 +203,10 @@ def test_protocol_rows_and_summary():
     pytest.importorskip("optuna")
     rows = [run_one(("enet",), base, 0, n_trials=8) for base in ("grid", "qmc")]
     rows.append(run_one(("mlp", 1, 200), "random", 0, n_trials=2, max_epochs=2))
+    paper = run_one(("mlp", 1, 200), "random", 0, n_trials=2, max_epochs=2,
+                    refiner_params={"weight_step": "lp", "accept_fraction": 0})
+    assert np.isnan(paper["accept_mean_change"])  # no held-back check in the paper's method
+    assert paper["base_time"] > 0 and paper["val_loss_before"] == rows[-1]["val_loss_before"]
     for r in rows:
         assert r["val_loss_after"] <= r["val_loss_before"]  # accept-if-better
         assert r["added_time"] == pytest.approx(r["refine_time"] / r["base_time"])
@@ -215,10 +219,17 @@ def test_protocol_rows_and_summary():
                                                rows[0]["val_loss_before"])
 
 
-def test_hyperlocal_cli_bad_input(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--tasks", "mlp-3hp-all"], "--tasks: unknown ['mlp-3hp-all']"),
+    (["--rows", "many"], "--rows must be a fraction"),
+    (["--accept-fraction", "1.5"], "'accept_fraction' parameter"),
+    (["--accept-confidence", "0.2"], "'accept_confidence' parameter"),
+])
+def test_hyperlocal_cli_bad_input(capsys, argv, message):
     from skhpo.cli import main
-    assert main(["hyperlocal", "--seeds", "0"]) == 2
-    assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert main(["hyperlocal", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_sr1_hessian_needs_snapshots_and_refines(digits):

@@ -37,7 +37,9 @@ def _bench_parser(sub):
     p.add_argument("--target", default=None, metavar="COL", help="target column of --csv")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to run: random, fused-random (FusedRandomizedSearchCV: random "
-                   "search's fits trained in fused groups), flatness, grid, halving, optuna "
+                   "search's fits trained in fused groups), flatness, flatness-repo (the "
+                   "authors' Bayesmark variant: min over batches, no discard, screened at lr "
+                   "1e-3 without weight decay), grid, halving, optuna "
                    "(needs the extra 'bench'; skipped with a message without it), the "
                    "lr-only pair autohyper and lr-grid (20-point log grid of lr), hpm "
                    "(PopulationMutationSearch on the space's lr and weight decay boxes) and "
@@ -436,6 +438,59 @@ def cpmlho(args):
     return _finish(start, args.out)
 
 
+def _which_parser(sub):
+    from .which_protocol import METHODS, TASKS
+
+    p = sub.add_parser("which", help="which method when: each method against the search a "
+                       "user would otherwise run, at equal epochs and equal wall time",
+                       description="Each skhpo method against scikit-learn's "
+                       "RandomizedSearchCV over the method's own space, given the method's "
+                       "training epochs and, separately, its wall time; test scores over "
+                       "seeds (docs/results.md#which-method-when).")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK",
+                   help="bundled tasks (default: " + " ".join(TASKS) + ")")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--n-trials", type=int, default=12,
+                   help="random search's trials that set the budget of flatness, hpm and "
+                   "hyperlocal's base search")
+    p.add_argument("--max-epochs", type=int, default=15, help="epochs of every full training")
+    p.add_argument("--cv", type=int, default=3, help="cross-validation folds")
+    p.add_argument("--n-jobs", type=int, default=None, help="runs in parallel")
+    p.add_argument("--out", default=None, help="folder for results.csv and summary.csv")
+    _add_checkpoint(p)
+    return p
+
+
+def which(args):
+    from .runner import Budget
+    from .which_protocol import COLUMNS, describe_row, run_protocol, summarize, verdicts
+
+    _check_positive(args, "seeds", "n_trials", "max_epochs")
+    if args.cv < 2:
+        raise ValueError(f"--cv must be >= 2, got {args.cv}")
+    budget = Budget(n_trials=args.n_trials, n_finalists=max(1, args.n_trials // 4),
+                    max_epochs=args.max_epochs, cv=args.cv)
+    budget.flatness_sizes()
+    start = time.perf_counter()
+    rows = run_protocol(args.methods, args.tasks, args.seeds, budget, args.n_jobs,
+                        progress_printer(describe_row, start),
+                        checkpoint=_job_checkpoint(args, "which", n_trials=args.n_trials,
+                                                   max_epochs=args.max_epochs, cv=args.cv))
+    summary = summarize(rows)
+    print_table(summary, COLUMNS, title="")
+    print("(medians over seeds; d: method - baseline, paired by seed; w/t/l: seeds won, tied, "
+          "lost)")
+    for method, v in verdicts(summary).items():
+        print(f"{method}: beats random search at equal epochs on "
+              f"{', '.join(v['epochs']) or 'no task'}; at equal wall time on "
+              f"{', '.join(v['wall']) or 'no task'}")
+    if args.out:
+        write_results(args.out, rows, [{k: (list(v) if isinstance(v, tuple) else v)
+                                        for k, v in s.items()} for s in summary])
+    return _finish(start, args.out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="skhpo", description="skhpo command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -444,10 +499,11 @@ def main(argv=None):
     _hyperlocal_parser(sub)
     _hpm_parser(sub)
     _cpmlho_parser(sub)
+    _which_parser(sub)
     args = parser.parse_args(argv)
     try:
         return {"bench": bench, "bayesmark": bayesmark, "hyperlocal": hyperlocal,
-                "hpm": hpm, "cpmlho": cpmlho}[args.command](args)
+                "hpm": hpm, "cpmlho": cpmlho, "which": which}[args.command](args)
     except ValueError as exc:
         print(f"skhpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -211,6 +211,16 @@ def _flatness(estimator, space, budget, seed, n_jobs):
                             n_jobs=n_jobs)
 
 
+#: FlatnessSearchCV as the authors' Bayesmark code ran it: the smallest per-batch minimum,
+#: nothing discarded, the screen at one fixed optimiser (lr 1e-3, no weight decay)
+FLATNESS_REPO = {"aggregate": "min", "discard_nonpositive": False,
+                 "screen_params": {"net__lr": 1e-3, "net__optimizer__weight_decay": 0.0}}
+
+
+def _flatness_repo(estimator, space, budget, seed, n_jobs):
+    return _flatness(estimator, space, budget, seed, n_jobs).set_params(**FLATNESS_REPO)
+
+
 def optuna_space(space):
     """The bench space as Optuna distributions: lists become categorical, scipy's
     ``loguniform`` / ``uniform`` / ``randint`` their Optuna counterparts."""
@@ -274,6 +284,7 @@ def _cpmlho(estimator, space, budget, seed, n_jobs):
 
 
 METHODS = {"random": _random, "fused-random": _fused_random, "flatness": _flatness,
+           "flatness-repo": _flatness_repo,
            "grid": _grid, "halving": _halving, "optuna": _optuna, "autohyper": _autohyper,
            "lr-grid": _lr_grid, "hpm": _hpm, "cpmlho": _cpmlho}
 
@@ -337,7 +348,7 @@ def check_methods(methods, tasks, budget):
             raise ValueError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
         if missing_requirement(m):
             raise ValueError(missing_requirement(m))
-    if "flatness" in methods:
+    if "flatness" in methods or "flatness-repo" in methods:
         budget.flatness_sizes()
     for t in tasks:
         load_task(t)

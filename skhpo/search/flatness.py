@@ -83,6 +83,13 @@ class FlatnessSearchCV(NetSearchCV):
     discard_nonpositive : bool, default=True
         Discard candidates whose bound is <= 0 ("no information"); non-finite bounds are always
         discarded.
+    screen_params : dict or None, default=None
+        Parameters set on every screening fit over the candidate's own, e.g.
+        ``{"lr": 1e-3, "optimizer__weight_decay": 0.0}``: the screen then judges what is
+        left (architecture, batch size) under one fixed optimiser, as the authors' Bayesmark
+        code did (with ``aggregate="min"`` and ``discard_nonpositive=False``); the
+        finalists' cross-validation always uses their own parameters. None: each candidate
+        screens with its own parameters (the paper's Algorithm 1).
     engine : {"auto", "fused", "sequential"}, default="auto"
         How the screening and the finalists' cross-validation train
         (:class:`skhpo.fused.FusedTrainer`): ``"auto"`` trains candidates (and folds) of
@@ -164,12 +171,14 @@ class FlatnessSearchCV(NetSearchCV):
         "batch_norm": [StrOptions(set(BATCH_NORMS))],
         "aggregate": [StrOptions(set(AGGREGATES))],
         "discard_nonpositive": ["boolean"],
+        "screen_params": [dict, None],
         "engine": [StrOptions(set(ENGINES))],
     }
 
     def __init__(self, estimator, param_distributions, *, n_candidates=50, n_finalists=10,
                  screen_epochs=1, sharpness="penultimate", batch_norm="frobenius",
-                 aggregate="max", discard_nonpositive=True, engine="auto", checkpoint=None,
+                 aggregate="max", discard_nonpositive=True, screen_params=None, engine="auto",
+                 checkpoint=None,
                  scoring=None, cv=None, refit=True, n_jobs=None, random_state=None, verbose=0,
                  pre_dispatch="2*n_jobs", error_score=np.nan, return_train_score=False):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
@@ -184,6 +193,7 @@ class FlatnessSearchCV(NetSearchCV):
         self.batch_norm = batch_norm
         self.aggregate = aggregate
         self.discard_nonpositive = discard_nonpositive
+        self.screen_params = screen_params
         self.engine = engine
         self.random_state = random_state
 
@@ -200,6 +210,8 @@ class FlatnessSearchCV(NetSearchCV):
         self._candidates = list(ParameterSampler(self.param_distributions, self.n_candidates,
                                                  random_state=rng))
         self._check_candidate_names(self._candidates)
+        if self.screen_params:
+            self._check_candidate_names([self.screen_params], where="screen_params")
         self._seeds = self._spawn_seeds(rng, len(self._candidates))
         self._check_net_structure(X, y, fit_params)
 
@@ -271,7 +283,9 @@ class FlatnessSearchCV(NetSearchCV):
                f"candidates, {self.screen_epochs} epoch(s) each")
         with Phase(self, getattr(self, "_search_ctx", None), "screening",
                    len(self._candidates)) as phase:
-            outs = self._train_candidates(self._candidates, self._seeds, X, y, fit_params,
+            fixed = dict(self.screen_params or {})
+            outs = self._train_candidates([{**c, **fixed} for c in self._candidates],
+                                          self._seeds, X, y, fit_params,
                                           probe, phase=phase, max_epochs=self.screen_epochs,
                                           train_split=None, verbose=0)
         rows = []
