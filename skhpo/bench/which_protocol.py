@@ -28,7 +28,6 @@ from __future__ import annotations
 import time
 import warnings
 
-import numpy as np
 from scipy.stats import loguniform, uniform
 from sklearn.base import clone
 from sklearn.model_selection import RandomizedSearchCV, train_test_split
