@@ -25,6 +25,15 @@ def test_equal_per_trial_epochs_and_epoch_accounting():
     assert (s_flat["method"], s_rand["method"]) == ("flatness", "random")
 
 
+def test_flatness_repo_screens_under_one_optimiser_and_spends_flatness_epochs():
+    rows = {r["method"]: r for r in run_benchmark(["flatness", "flatness-repo"], ["iris"], [0],
+                                                  Budget(n_trials=6, n_finalists=2,
+                                                         max_epochs=2, cv=2))}
+    assert rows["flatness-repo"]["epochs"] == rows["flatness"]["epochs"]
+    # the finalists keep their own lr (not the screen's fixed 1e-3)
+    assert rows["flatness-repo"]["best_params"]["net__lr"] != 1e-3
+
+
 def test_tasks_load():
     X, y, kind = load_task("diabetes")
     assert kind == "regression" and len(X) == len(y) == 442
