@@ -341,3 +341,16 @@ def test_a_step_is_kept_only_if_the_held_back_part_agrees(digits, weight_step):
         outcomes.add(h.improved_)
     assert outcomes == {True, False}  # both branches, with these seeds
     assert torch.equal(flat_params(net.module_), w_user)  # the user's net is never touched
+
+
+def test_the_held_back_test_needs_a_confident_fall():
+    from skhpo.search.hyperlocal.accept import loss_falls
+    before = np.ones(100)
+    noise = np.tile([0.1, -0.1], 50)
+    # a mean fall of 0.005 with per-sample spread 0.1: se = 0.01, so only "it fell" passes
+    after = before - 0.005 + noise
+    ok, mean, se, bound = loss_falls(before, after, 0.5)
+    assert ok and mean == pytest.approx(-0.005) and se == pytest.approx(0.01005, rel=1e-2)
+    assert not loss_falls(before, after, 0.9)[0]
+    assert loss_falls(before, before - 0.05 + noise, 0.9)[0]  # 5 standard errors
+    assert not loss_falls(before, before + 0.05, 0.5)[0]  # a rise is never kept
