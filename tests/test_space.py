@@ -282,6 +282,8 @@ def test_hyperlocal_keeps_the_refined_value_in_the_distribution(cancer):
     base = RandomizedSearchCV(_net(max_epochs=5), {"optimizer__weight_decay": [1e-3, 2e-3]},
                               n_iter=2, cv=2, random_state=0)
     box = uniform(1e-3, 1e-6)  # [1e-3, 1e-3 + 1e-6]: any LP step leaves it
+    # the paper's method always steps (the default may keep the base, value and all)
     h = HyperLocalRefiner(base, {"optimizer__weight_decay": box}, box_hparams=1.0,
-                          random_state=0).fit(X, y)
+                          weight_step="lp", accept_fraction=0, random_state=0).fit(X, y)
+    assert h.improved_
     assert 1e-3 <= h.best_params_["optimizer__weight_decay"] <= 1e-3 + 1e-6
