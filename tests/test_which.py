@@ -42,3 +42,15 @@ def test_summary_counts_paired_wins_and_verdicts_need_median_and_majority():
     v = verdicts(summary.values())
     assert v["a"] == {"epochs": [], "wall": []}  # a tie in the median is no win
     assert v["b"] == {"epochs": ["wine"], "wall": ["wine"]}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--cv", "1"], "--cv must be >= 2"),
+    (["--tasks", "mnist"], "unknown task 'mnist'"),
+    (["--n-trials", "1", "--max-epochs", "1"], "too small for flatness"),
+])
+def test_which_cli_bad_input_fails_before_training(capsys, argv, message):
+    from skhpo.cli import main
+    assert main(["which", *argv]) == 2
+    assert message in capsys.readouterr().err
