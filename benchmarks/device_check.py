@@ -1,0 +1,120 @@
+"""Every skhpo class on one device, on a tiny task: the check to run when a GPU is lent.
+
+    python benchmarks/device_check.py                       # CPU (what CI and a laptop have)
+    python benchmarks/device_check.py --device cuda --out device_check.json
+
+Each search fits a skhpo net built with ``device=DEVICE`` on a few hundred digits samples
+(FlatnessSearchCV, AutoHyperSearchCV, HyperLocalRefiner over a RandomizedSearchCV,
+PopulationMutationSearch, CuttingPlaneTuner, FusedRandomizedSearchCV with its fused engine;
+the MLP, and the SmallCNN for AutoHyperSearchCV and CuttingPlaneTuner). Each row says whether
+the fit finished, where the best model's weights live, its test accuracy, its wall time and,
+if it failed, the error. The process exits with 1 if any class failed, so the script itself
+is the pass/fail of the device run.
+"""
+
+import argparse
+import json
+import time
+import traceback
+import warnings
+
+import numpy as np
+import torch
+from scipy.stats import loguniform, uniform
+from sklearn.datasets import load_digits
+from sklearn.model_selection import RandomizedSearchCV, train_test_split
+
+from skhpo import (
+    AutoHyperSearchCV,
+    CuttingPlaneTuner,
+    FlatnessSearchCV,
+    FusedRandomizedSearchCV,
+    HyperLocalRefiner,
+    PopulationMutationSearch,
+    SmallCNNClassifier,
+    TabularMLPClassifier,
+)
+from skhpo.nets import find_net
+
+
+def searches(device, epochs):
+    """``{name: search}``, each around a net on ``device``."""
+    def mlp(**kw):
+        return TabularMLPClassifier(depth=1, width=32, max_epochs=epochs, device=device,
+                                    random_state=0, **kw)
+
+    def cnn(**kw):
+        return SmallCNNClassifier(n_filters=8, max_epochs=epochs, device=device,
+                                  random_state=0, **kw)
+    space = {"lr": loguniform(1e-3, 3e-2), "optimizer__weight_decay": loguniform(1e-6, 1e-3)}
+    return {
+        "FlatnessSearchCV": FlatnessSearchCV(mlp(), space, n_candidates=6, n_finalists=2,
+                                             cv=2, random_state=0),
+        "AutoHyperSearchCV (MLP)": AutoHyperSearchCV(mlp(), {"lr": None}, cv=2, max_trials=6,
+                                                     random_state=0),
+        "AutoHyperSearchCV (SmallCNN)": AutoHyperSearchCV(cnn(), {"lr": None}, cv=2,
+                                                          max_trials=6, random_state=0),
+        "HyperLocalRefiner": HyperLocalRefiner(
+            RandomizedSearchCV(mlp(l2=1e-3), {"l2": loguniform(1e-5, 1e-2)}, n_iter=3, cv=2,
+                               random_state=0), ["l2"], random_state=0),
+        "PopulationMutationSearch": PopulationMutationSearch(
+            mlp(), {"lr": (1e-3, 3e-2), "optimizer__weight_decay": (1e-6, 1e-3)},
+            population_size=4, n_steps=2, random_state=0),
+        "CuttingPlaneTuner (MLP)": CuttingPlaneTuner(mlp(dropout=0.2), random_state=0),
+        "CuttingPlaneTuner (SmallCNN)": CuttingPlaneTuner(cnn(dropout=0.2), random_state=0),
+        "FusedRandomizedSearchCV": FusedRandomizedSearchCV(
+            mlp(), {"lr": loguniform(1e-3, 3e-2), "dropout": uniform(0.0, 0.3)}, n_iter=6,
+            cv=2, random_state=0),
+    }
+
+
+def check(name, search, data):
+    Xtr, Xte, ytr, yte = data
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            search.fit(Xtr, ytr)
+        net, _ = find_net(search.best_estimator_)
+        where = sorted({str(p.device) for p in net.module_.parameters()})
+        return {"class": name, "ok": True, "weights_on": where,
+                "test_accuracy": float(search.score(Xte, yte)),
+                "wall_s": round(time.perf_counter() - start, 2), "error": ""}
+    except Exception as exc:  # the row reports it; the exit code fails the run
+        return {"class": name, "ok": False, "weights_on": [], "test_accuracy": float("nan"),
+                "wall_s": round(time.perf_counter() - start, 2),
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--samples", type=int, default=600, help="digits samples used")
+    p.add_argument("--only", nargs="+", default=None, help="classes to run (names as printed)")
+    p.add_argument("--out", default=None, help="JSON file for the rows")
+    args = p.parse_args(argv)
+    X, y = load_digits(return_X_y=True)
+    X, y = (X[:args.samples] / 16).astype(np.float32), y[:args.samples]
+    data = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+    info = {"device": args.device, "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None}
+    print(json.dumps(info))
+    rows = []
+    for name, search in searches(args.device, args.epochs).items():
+        if args.only and name not in args.only:
+            continue
+        row = check(name, search, data)
+        rows.append(row)
+        print(f"{name:30s} {'ok  ' if row['ok'] else 'FAIL'} weights on "
+              f"{','.join(row['weights_on']) or '-':8s} test {row['test_accuracy']:.4f} "
+              f"{row['wall_s']:6.2f}s {row['error'].splitlines()[0] if row['error'] else ''}",
+              flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({**info, "rows": rows}, f, indent=1)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

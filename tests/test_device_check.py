@@ -1,0 +1,34 @@
+"""benchmarks/device_check.py: the script a lent GPU runs must itself pass or fail."""
+
+import importlib.util
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("device_check",
+                                                  ROOT / "benchmarks" / "device_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_row_says_where_the_weights_are(tmp_path):
+    out = tmp_path / "rows.json"
+    code = _script().main(["--only", "FusedRandomizedSearchCV", "CuttingPlaneTuner (SmallCNN)",
+                           "--epochs", "2", "--samples", "300", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert code == 0 and [r["class"] for r in rows] == ["CuttingPlaneTuner (SmallCNN)",
+                                                        "FusedRandomizedSearchCV"]
+    assert all(r["ok"] and r["weights_on"] == ["cpu"] and 0 <= r["test_accuracy"] <= 1
+               for r in rows)
+
+
+def test_a_failing_class_fails_the_run(tmp_path):
+    out = tmp_path / "rows.json"
+    code = _script().main(["--device", "no-such-device", "--only", "FlatnessSearchCV",
+                           "--out", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert code == 1 and not row["ok"] and "device" in row["error"].lower()
