@@ -117,7 +117,8 @@ def test_validation_loss_is_never_above_the_base(digits, kw):
     (lambda: HyperLocalRefiner(grid(), weight_step="newton"), "'weight_step' parameter"),
     (lambda: HyperLocalRefiner(grid(), accept_fraction=1.0), "'accept_fraction' parameter"),
     (lambda: HyperLocalRefiner(grid(), accept_fraction=-0.1), "'accept_fraction' parameter"),
-    (lambda: HyperLocalRefiner(grid(), hessian="sr1"), "set weight_step='lp'"),
+    (lambda: HyperLocalRefiner(grid(), hessian="sr1", weight_step="response"),
+     "set weight_step='lp'"),
     (lambda: HyperLocalRefiner(GridSearchCV(small(), {"l2": [1e-3]}, cv=2, refit=False)),
      "no best_estimator_"),
     (lambda: HyperLocalRefiner(GridSearchCV(small(), {"lr": [1e-3, 1e-2]}, cv=2)),
@@ -292,7 +293,8 @@ def test_the_response_step_keeps_the_linearised_training_optimality(digits):
     Xa, Xv, ya, yv = train_test_split(Xtr, ytr, test_size=0.3, random_state=0, stratify=ytr)
     net = TabularMLPClassifier(depth=0, l2=1e-3, max_epochs=60, lr=1e-2,
                                random_state=0).fit(Xa, ya)
-    h = HyperLocalRefiner(net, ["l2"], accept_fraction=0, random_state=0)
+    h = HyperLocalRefiner(net, ["l2"], weight_step="response", accept_fraction=0,
+                          random_state=0)
     h.fit(Xv, yv, X_train=Xa, y_train=ya)
     row = h.history_["kind"].index("response")
     assert h.history_["hessian_products"][row] > 5
@@ -354,3 +356,16 @@ def test_the_held_back_test_needs_a_confident_fall():
     assert not loss_falls(before, after, 0.9)[0]
     assert loss_falls(before, before - 0.05 + noise, 0.9)[0]  # 5 standard errors
     assert not loss_falls(before, before + 0.05, 0.5)[0]  # a rise is never kept
+
+
+def test_auto_takes_the_lp_step_on_small_nets_and_the_response_step_on_large_ones(digits):
+    Xtr, _, ytr, _ = digits
+    Xa, Xv, ya, yv = train_test_split(Xtr[:600], ytr[:600], test_size=0.3, random_state=0,
+                                      stratify=ytr[:600])
+    kinds = {}
+    for width in (16, 256):  # 1,210 and 19,210 weights (the threshold: 15,000)
+        net = TabularMLPClassifier(depth=1, width=width, l2=1e-3, max_epochs=2,
+                                   random_state=0).fit(Xa, ya)
+        h = HyperLocalRefiner(net, ["l2"], random_state=0).fit(Xv, yv, X_train=Xa, y_train=ya)
+        kinds[width] = h.history_["kind"][0]
+    assert kinds == {16: "lp", 256: "response"}

@@ -239,8 +239,9 @@ def _hyperlocal_parser(sub):
     p.add_argument("--n-trials", type=int, default=12, help="trials of each base search")
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--n-jobs", type=int, default=None, help="runs in parallel")
-    p.add_argument("--weight-step", choices=("response", "lp"), default="response",
-                   help="HyperLocalRefiner's weight_step (lp: the paper's)")
+    p.add_argument("--weight-step", choices=("auto", "lp", "response"), default="auto",
+                   help="HyperLocalRefiner's weight_step (lp: the paper's; auto, the default: "
+                   "lp up to 15,000 weights, which every net of this protocol has)")
     p.add_argument("--accept-fraction", type=float, default=0.5,
                    help="HyperLocalRefiner's accept_fraction (0: the paper's)")
     p.add_argument("--accept-confidence", type=float, default=0.9,
