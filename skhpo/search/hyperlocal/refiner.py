@@ -511,18 +511,17 @@ class HyperLocalRefiner(HoldoutSearch):
         lam = np.array([_value(mnet, p) for p in penalties], dtype=float)
         self.timings_ = {"gradients": 0.0, "hessian": 0.0, "lp": 0.0, "line_search": 0.0}
         log, before_score = [], model.score(Xv, yv)
-        val, acc = (objective(module, criterion, *_tensors(mnet, net_input(model, X_), y_))
-                    for X_, y_ in ((Xv, yv), (Xa, ya)))
-
-        def loss(f):
-            with torch.no_grad():
-                return float(f(flat_params(module)))
+        val = objective(module, criterion, *_tensors(mnet, net_input(model, Xv), yv))
         accept_data = _tensors(mnet, net_input(model, Xa), ya)
+
+        def loss():
+            with torch.no_grad():
+                return float(val(flat_params(module)))
 
         def held_back():
             return sample_losses(module, criterion, *accept_data), model.score(Xa, ya)
-        start_loss, (per_sample, score) = loss(val), held_back()
-        start_accept = loss(acc)
+        start_loss, (per_sample, score) = loss(), held_back()
+        start_accept = float(np.mean(per_sample))
         weights = [p for _, p in trainable(module)]
         self.improved_, self.n_iter_ = False, 0
         for it in range(self.max_iter):
@@ -545,8 +544,9 @@ class HyperLocalRefiner(HoldoutSearch):
             self.improved_ = True
             self.n_iter_ += 1
         after_score = model.score(Xv, yv)
-        self.validation_loss_ = (start_loss, loss(val))
-        self.accept_loss_ = (start_accept, loss(acc))
+        self.validation_loss_ = (start_loss, loss())
+        self.accept_loss_ = (start_accept,
+                             float(np.mean(sample_losses(module, criterion, *accept_data))))
         self.refined_penalties_ = {p.name: float(v) for p, v in zip(penalties, lam)}
         best_params = {**base_params, **_regroup(penalties, lam, prefix)}
         return HoldoutResult(params=[base_params, best_params], scores=[before_score, after_score],
