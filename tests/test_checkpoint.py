@@ -221,17 +221,18 @@ def _hpm(folder, **kw):
                                     checkpoint=folder, **kw)
 
 
-def test_population_resumes_after_its_last_step(iris, tmp_path):
+@pytest.mark.parametrize("engine", ["fused", "sequential"])
+def test_population_resumes_after_its_last_step(iris, tmp_path, engine):
     X, y = iris
-    first = _hpm(str(tmp_path)).fit(X, y)
-    assert first.n_resumed_ == 0
+    first = _hpm(str(tmp_path), engine=engine).fit(X, y)
+    assert first.n_resumed_ == 0 and first.engine_ == engine
     # the folder holds the run after its third step: a new fit trains the fourth only
-    again = _hpm(str(tmp_path)).fit(X, y)
+    again = _hpm(str(tmp_path), engine=engine).fit(X, y)
     assert again.n_resumed_ == 3 * 4
     _same_results(first, again)
-    _same_results(first, _hpm(None).fit(X, y))
+    _same_results(first, _hpm(None, engine=engine).fit(X, y))
     with pytest.raises(ValueError, match="its settings differ"):
-        _hpm(str(tmp_path)).set_params(n_steps=5).fit(X, y)
+        _hpm(str(tmp_path), engine=engine).set_params(n_steps=5).fit(X, y)
 
 
 HPM_SCRIPT = textwrap.dedent("""

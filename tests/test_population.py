@@ -243,7 +243,7 @@ def test_l2_per_layer_refit(digits):
 
 def test_results_do_not_depend_on_n_jobs(digits):
     X, y = digits
-    kw = dict(population_size=3, n_steps=2, random_state=3)
+    kw = dict(population_size=3, n_steps=3, random_state=3, engine="sequential")
     a = PopulationMutationSearch(_pipe(), BOUNDS, n_jobs=1, **kw).fit(X, y)
     b = PopulationMutationSearch(_pipe(), BOUNDS, n_jobs=2, **kw).fit(X, y)
     assert a.best_params_ == pytest.approx(b.best_params_)
@@ -356,3 +356,95 @@ def test_plot_schedules_draws_every_student(fitted):
     np.testing.assert_allclose(bold[0].get_ydata(), best)
     with pytest.raises(ValueError, match="fitted"):
         plot_schedules(PopulationMutationSearch(_pipe(), BOUNDS))
+
+
+# -- the fused population (engine="fused") ----------------------------------------------------
+
+def _diabetes():
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    return X[:300].astype(np.float32), ((y[:300] - y.mean()) / y.std()).astype(np.float32)
+
+
+ENGINE_CASES = {
+    # per-layer concrete dropout and weight decay (double backward through the dropout)
+    "dropout-wd": (lambda: _pipe(), BOUNDS, {}),
+    # lr and per-layer penalties on a regressor, minibatch steps, a fixed input dropout
+    "lr-l2-l1-regression": (
+        lambda: make_pipeline(StandardScaler(), __import__("skhpo").TabularMLPRegressor(
+            width=16, depth=2, input_dropout=0.1, batch_size=32)),
+        {"tabularmlpregressor__lr": loguniform(1e-3, 3e-2),
+         "tabularmlpregressor__l2[1]": (0.0, 0.01), "tabularmlpregressor__l1": (0.0, 1e-3)},
+        {"step": 5, "hyper_every": 3}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENGINE_CASES))
+def test_fused_population_follows_the_sequential_one(digits, case):
+    """The stacked population draws what each skorch student draws, in the same order: the
+    same mutations, the same ranking, hyper-parameter schedules and losses equal to float32
+    rounding, the same best student."""
+    make, bounds, kw = ENGINE_CASES[case]
+    X, y = digits if "regression" not in case else _diabetes()
+    runs = {engine: PopulationMutationSearch(make(), bounds, population_size=4, n_steps=4,
+                                             hyper_lr=0.05, random_state=1, engine=engine,
+                                             **kw).fit(X, y)
+            for engine in ("fused", "sequential")}
+    fused, seq = runs["fused"], runs["sequential"]
+    assert fused.engine_ == "fused" and fused.engine_reason_ == ""
+    assert seq.engine_ == "sequential"
+    hf, hs = pd.DataFrame(fused.history_), pd.DataFrame(seq.history_)
+    assert (hf.exploited_from > -1).any()  # some students were copied and mutated
+    pd.testing.assert_series_equal(hf.exploited_from, hs.exploited_from)
+    for name in bounds:
+        np.testing.assert_allclose(hf[name], hs[name], rtol=1e-5, err_msg=name)
+        assert fused.best_params_[name] == pytest.approx(seq.best_params_[name], rel=1e-5)
+    np.testing.assert_allclose(hf.val_loss, hs.val_loss, rtol=1e-5)
+    assert fused.best_index_ == seq.best_index_
+    np.testing.assert_allclose(fused.cv_results_["mean_test_score"],
+                               seq.cv_results_["mean_test_score"], atol=0.02)
+    # the best student is an ordinary fitted net with the schedule's final values
+    a, b = fused.best_estimator_[-1], seq.best_estimator_[-1]
+    np.testing.assert_allclose(a.predict_proba(fused.best_estimator_[:-1].transform(X[:50]))
+                               if hasattr(a, "predict_proba") else
+                               a.predict(fused.best_estimator_[:-1].transform(X[:50])),
+                               b.predict_proba(seq.best_estimator_[:-1].transform(X[:50]))
+                               if hasattr(b, "predict_proba") else
+                               b.predict(seq.best_estimator_[:-1].transform(X[:50])),
+                               atol=1e-4)
+    assert len(a.history) == len(b.history) == 4
+    np.testing.assert_allclose(a.history[:, "train_loss"], b.history[:, "train_loss"],
+                               rtol=1e-5)
+    state_a, state_b = a.optimizer_.state_dict(), b.optimizer_.state_dict()
+    assert [s["step"] for s in state_a["state"].values()] == \
+        [s["step"] for s in state_b["state"].values()]
+    assert a.optimizer_.param_groups[0]["lr"] == pytest.approx(
+        b.optimizer_.param_groups[0]["lr"], rel=1e-5)
+
+
+def test_fused_students_diverge_alone_as_skorch_students_do(digits):
+    X, y = digits
+    bounds = {"tabularmlpclassifier__lr": loguniform(1e-3, 1e4)}
+    runs = [PopulationMutationSearch(_pipe(), bounds, population_size=6, n_steps=3,
+                                     random_state=0, engine=engine).fit(X, y)
+            for engine in ("fused", "sequential")]
+    hf, hs = (pd.DataFrame(r.history_) for r in runs)
+    assert hf.diverged.any() and not hf.diverged.all()
+    pd.testing.assert_series_equal(hf.diverged, hs.diverged)
+    pd.testing.assert_series_equal(hf.exploited_from, hs.exploited_from)
+    healthy = ~hf.diverged
+    np.testing.assert_allclose(hf.val_loss[healthy], hs.val_loss[healthy], rtol=1e-5)
+    assert runs[0].best_params_ == pytest.approx(runs[1].best_params_, rel=1e-5)
+
+
+def test_engine_auto_falls_back_with_the_reason_and_fused_refuses(digits):
+    X, y = digits
+    net = TabularMLPClassifier(width=16, dropout=0.1, optimizer=torch.optim.SGD, max_epochs=2)
+    kw = dict(population_size=2, n_steps=1, random_state=0)
+    auto = PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, **kw).fit(X, y)
+    assert auto.engine_ == "sequential" and "optimizer SGD" in auto.engine_reason_
+    with pytest.raises(ValueError, match="engine='fused'.*optimizer SGD"):
+        PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, engine="fused", **kw).fit(X, y)
+    with pytest.raises(ValueError, match="engine"):
+        PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, engine="gpu", **kw).fit(X, y)

@@ -2,7 +2,16 @@
 batched optimizer step per group of models (see :mod:`skhpo.fused.trainer`)."""
 
 from ._adam import BatchedAdam
-from .trainer import ENGINES, FusedTask, FusedTrainer, TaskResult, fusion_key, unfusible
+from .population import StudentGroup, StudentState
+from .trainer import (
+           ENGINES,
+           MAX_WEIGHTS,
+           FusedTask,
+           FusedTrainer,
+           TaskResult,
+           fusion_key,
+           unfusible,
+)
 
-__all__ = ["ENGINES", "BatchedAdam", "FusedTask", "FusedTrainer", "TaskResult", "fusion_key",
-           "unfusible"]
+__all__ = ["ENGINES", "MAX_WEIGHTS", "BatchedAdam", "FusedTask", "FusedTrainer", "StudentGroup",
+           "StudentState", "TaskResult", "fusion_key", "unfusible"]

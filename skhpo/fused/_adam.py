@@ -36,9 +36,25 @@ class BatchedAdam:
         self.t = torch.zeros(K, dtype=torch.float64)
         self._cache()
 
-    def _cache(self):
+    def load_state(self, exp_avg, exp_avg_sq, steps):
+        """Continue from a saved state: the moments (one tensor per parameter, shaped like
+        it) and the per-model step counts."""
+        self.m = [m.to(p).clone() for m, p in zip(exp_avg, self.params)]
+        self.v = [v.to(p).clone() for v, p in zip(exp_avg_sq, self.params)]
+        self.t = torch.as_tensor(steps, dtype=torch.float64).reshape(-1).clone()
+
+    def set_rates(self, lr=None, weight_decay=None):
+        """New per-model learning rates and / or weight decays (``(K,)``), e.g. after a
+        hyper-parameter step; the moments and step counts are kept."""
+        if lr is not None:
+            self.lr = torch.as_tensor(lr, dtype=torch.float64).reshape(-1).clone()
+        if weight_decay is not None:
+            self.wd = torch.as_tensor(weight_decay, dtype=torch.float64).reshape(-1).clone()
+            self._cache(keep_buffers=True)
+
+    def _cache(self, keep_buffers=False):
         """The per-model coefficients as each parameter's dtype, shaped to broadcast (they
-        change only when models leave the group)."""
+        change only when models leave the group or take new rates)."""
         self._coef = []
         for p in self.params:
             shape = (-1,) + (1,) * (p.dim() - 1)
@@ -48,7 +64,8 @@ class BatchedAdam:
                                                  ("omb1", 1 - self.b1), ("omb2", 1 - self.b2),
                                                  ("eps", self.eps))})
         self._decay = bool((self.wd != 0).any())
-        self._buffers = {}  # scratch tensors, per parameter (reset when models leave)
+        if not keep_buffers:
+            self._buffers = {}  # scratch tensors, per parameter (reset when models leave)
 
     @torch.no_grad()
     def step(self, grads, active=None):

@@ -18,13 +18,16 @@ import time
 
 import torch
 import torch.nn.functional as F
+from skorch.history import History
 from torch import nn
 
+from ..hyper.concrete import ConcreteDropout
 from ..hyper.space import penalty_term
 from ..nets import FiniteLossGuard, divergence
 from ._adam import BatchedAdam
 
-__all__ = ["MLPGroup", "MLPMember"]
+__all__ = ["MLPGroup", "MLPMember", "batched_loss", "epoch_history", "flat_weights", "layer_views",
+           "load_adam_state", "write_weights"]
 
 
 class MLPMember:
@@ -45,11 +48,12 @@ class MLPMember:
 
 
 def _structure(module):
-    """``[("dropout", layer) | ("linear", layer) | ("act", layer)]`` of an ``MLPModule``."""
+    """``[("dropout", layer) | ("linear", layer) | ("act", layer)]`` of an ``MLPModule``
+    (its dropout layers may be :class:`~skhpo.hyper.ConcreteDropout`, as in HPM's students)."""
     out = []
     for layer in module.layers:
         kind = "linear" if isinstance(layer, nn.Linear) else \
-            "dropout" if isinstance(layer, nn.Dropout) else "act"
+            "dropout" if isinstance(layer, (nn.Dropout, ConcreteDropout)) else "act"
         out.append((kind, layer))
     return out
 
@@ -70,10 +74,7 @@ class MLPGroup:
         self.widths = [out for _, out in self.shapes]
         # every model's weights as one row of a (K, P) buffer: per linear layer W^T (in x out),
         # then the bias; one optimiser update per step over the whole buffer
-        flat = torch.stack([torch.cat([t for layer in _linears(m.net)
-                                       for t in (layer.weight.detach().T.reshape(-1),
-                                                 layer.bias.detach())])
-                            for m in members]).to(self.device)
+        flat = torch.stack([flat_weights(m.net.module_) for m in members]).to(self.device)
         nets = [m.net for m in members]
         groups = [n.optimizer_.param_groups[0] for n in nets]
         self.opt = BatchedAdam([flat], [g["lr"] for g in groups],
@@ -122,14 +123,7 @@ class MLPGroup:
         return torch.tensor(rows, dtype=self.opt.params[0].dtype, device=self.device)
 
     def _layers(self, flat):
-        """``[(W (k, in, out), b (k, 1, out)), ...]``: views of the rows of ``flat``."""
-        out, start = [], 0
-        for n_in, n_out in self.shapes:
-            W = flat[:, start:start + n_in * n_out].view(-1, n_in, n_out)
-            start += n_in * n_out
-            out.append((W, flat[:, start:start + n_out].view(-1, 1, n_out)))
-            start += n_out
-        return out
+        return layer_views(flat, self.shapes)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -209,7 +203,7 @@ class MLPGroup:
             yb = _gather(self.y, self.y_shared, owners, rows)
             layers = self.layers if everyone else [(W[pos], b[pos]) for W, b in self.layers]
             out = self._forward(layers, xb.to(self.device), [self.alive[j] for j in pos])
-            each = self._criterion(out, yb.to(self.device))
+            each = batched_loss(out, yb.to(self.device), self.classifier)
             if everyone:
                 return each + self._penalty()
             for j, value in zip(pos, each):
@@ -245,15 +239,6 @@ class MLPGroup:
         # one division for the group: the same quotient as each model's div_(1 - p)
         keep = torch.tensor([1 - p for p in rates], dtype=h.dtype).view(-1, *[1] * (h.dim() - 1))
         return noise.div_(keep).to(h.device)
-
-    def _criterion(self, out, y):
-        """The mean loss of each model's batch: ``out`` (k, b, outputs), ``y`` (k, b[, ...])."""
-        k, b = out.shape[:2]
-        if self.classifier:
-            each = F.cross_entropy(out.reshape(k * b, -1), y.reshape(k * b), reduction="none")
-        else:
-            each = F.mse_loss(out, y, reduction="none")
-        return each.reshape(k, -1).mean(1)
 
     def _penalty(self):
         """Each live model's l2 / l1 penalty (:func:`skhpo.hyper.space.penalty_term`), one
@@ -299,28 +284,13 @@ class MLPGroup:
 
     def _write_weights(self, member, j):
         """Model ``j``'s current weights into its net's module."""
-        row = self.opt.params[0][j:j + 1].detach()
-        with torch.no_grad():
-            for layer, (W, b) in zip(_linears(member.net), self._layers(row)):
-                layer.weight.copy_(W[0].T)
-                layer.bias.copy_(b[0, 0])
+        write_weights(member.net.module_, self.opt.params[0][j])
 
     def _hand_back(self, member, j):
         """Model ``j``'s weights into its net's module, its Adam state into its optimiser."""
         self._write_weights(member, j)
-        linears = _linears(member.net)
         state = self.opt.state_of(j)[0]
-        moments = {key: self._layers(state[key][None]) for key in ("exp_avg", "exp_avg_sq")}
-        optimizer = member.net.optimizer_
-        optimizer.state.clear()
-        with torch.no_grad():
-            for i, layer in enumerate(linears):
-                for p, pick in ((layer.weight, lambda t: t[0].T.contiguous()),
-                                (layer.bias, lambda t: t[0, 0].clone())):
-                    optimizer.state[p] = {
-                        "step": state["step"].clone(),
-                        **{key: pick(moments[key][i][0 if p is layer.weight else 1])
-                           for key in moments}}
+        load_adam_state(member.net, state["exp_avg"], state["exp_avg_sq"], state["step"])
 
 
 def _limit(member):
@@ -341,3 +311,82 @@ def _gather(data, shared, owners, rows):
 
 def _linears(net):
     return [layer for kind, layer in _structure(net.module_) if kind == "linear"]
+
+
+# -- one model's weights as a row of the stacked buffer ------------------------------------------
+
+def flat_weights(module):
+    """The row of ``module`` (an ``MLPModule``) in a stacked buffer: per linear layer W^T
+    (in x out, flattened), then its bias."""
+    return torch.cat([t for kind, layer in _structure(module) if kind == "linear"
+                      for t in (layer.weight.detach().T.reshape(-1), layer.bias.detach())])
+
+
+def layer_views(flat, shapes):
+    """``[(W (k, in, out), b (k, 1, out)), ...]``: views of the rows of ``flat`` (k, P), one
+    pair per linear layer of ``shapes`` (``[(in, out), ...]``)."""
+    out, start = [], 0
+    for n_in, n_out in shapes:
+        W = flat[:, start:start + n_in * n_out].view(-1, n_in, n_out)
+        start += n_in * n_out
+        out.append((W, flat[:, start:start + n_out].view(-1, 1, n_out)))
+        start += n_out
+    return out
+
+
+def _shapes(module):
+    return [(layer.in_features, layer.out_features)
+            for kind, layer in _structure(module) if kind == "linear"]
+
+
+def write_weights(module, row):
+    """One model's row of a stacked buffer into ``module``'s linear layers."""
+    views = layer_views(row.detach()[None], _shapes(module))
+    linears = [layer for kind, layer in _structure(module) if kind == "linear"]
+    with torch.no_grad():
+        for layer, (W, b) in zip(linears, views):
+            layer.weight.copy_(W[0].T)
+            layer.bias.copy_(b[0, 0])
+
+
+def load_adam_state(net, exp_avg, exp_avg_sq, step):
+    """One model's Adam moments (rows of a stacked buffer) and step count into ``net``'s
+    ``torch.optim.Adam``, as it keeps them per parameter."""
+    module = net.module_
+    shapes = _shapes(module)
+    moments = {key: layer_views(row.detach()[None], shapes)
+               for key, row in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq))}
+    optimizer = net.optimizer_
+    optimizer.state.clear()
+    step = torch.as_tensor(step, dtype=torch.float32)
+    with torch.no_grad():
+        for i, layer in enumerate(_linears(net)):
+            for p, pick in ((layer.weight, lambda t: t[0].T.contiguous()),
+                            (layer.bias, lambda t: t[0, 0].clone())):
+                optimizer.state[p] = {
+                    "step": step.clone(),
+                    **{key: pick(moments[key][i][0 if p is layer.weight else 1])
+                       for key in moments}}
+
+
+def epoch_history(rows):
+    """A skorch ``History`` of ``rows`` (``(train_loss, seconds)`` per epoch), as the net's
+    own training records them."""
+    history = History()
+    for epoch, (loss, seconds) in enumerate(rows, 1):
+        history.new_epoch()
+        history.record("epoch", epoch)
+        history.record("train_loss", loss)
+        history.record("dur", seconds)
+    return history
+
+
+def batched_loss(out, y, classifier):
+    """The mean loss of each model's batch (the skhpo models' default criteria,
+    cross-entropy or squared error): ``out`` (k, b, outputs), ``y`` (k, b[, ...])."""
+    k, b = out.shape[:2]
+    if classifier:
+        each = F.cross_entropy(out.reshape(k * b, -1), y.reshape(k * b), reduction="none")
+    else:
+        each = F.mse_loss(out, y, reduction="none")
+    return each.reshape(k, -1).mean(1)

@@ -28,7 +28,6 @@ import torch
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.utils import _safe_indexing
-from skorch.history import History
 
 from ..models import MLPModule, TabularMLPClassifier, TabularMLPRegressor
 from ..nets import (
@@ -41,11 +40,13 @@ from ..nets import (
     net_input,
     trial_params,
 )
-from ._mlp import MLPGroup, MLPMember
+from ._mlp import MLPGroup, MLPMember, epoch_history
 
-__all__ = ["ENGINES", "FusedTask", "FusedTrainer", "TaskResult"]
+__all__ = ["ENGINES", "MAX_WEIGHTS", "FusedTask", "FusedTrainer", "TaskResult", "unfusible"]
 
 ENGINES = ("auto", "fused", "sequential")
+#: ``engine="auto"``: nets with more weights train alone (measured: docs/fused.md)
+MAX_WEIGHTS = 150_000
 _OPTIMIZER_ARGS = {"weight_decay", "betas", "eps"}
 _CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
              TabularMLPRegressor: torch.nn.MSELoss}
@@ -103,7 +104,7 @@ class FusedTrainer:
         results do not depend on it.
     """
 
-    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=150_000,
+    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=MAX_WEIGHTS,
                  n_jobs=None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -270,13 +271,7 @@ class FusedTrainer:
         if member.error:
             return TaskResult(None, member.error, member.seconds, g, "")
         net = member.net
-        history = History()
-        for epoch, (loss, seconds) in enumerate(member.losses, 1):
-            history.new_epoch()
-            history.record("epoch", epoch)
-            history.record("train_loss", loss)
-            history.record("dur", seconds)
-        net.history_ = history
+        net.history_ = epoch_history(member.losses)
         net.max_epochs = member.epochs
         net.module_.eval()
         return TaskResult(est, "", member.seconds, g, "")

@@ -32,6 +32,7 @@ import copy
 import math
 import os
 import time
+from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import NamedTuple
 
@@ -45,6 +46,8 @@ from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from torch import nn
 
+from ..fused import ENGINES, MAX_WEIGHTS, StudentGroup, unfusible
+from ..fused._mlp import epoch_history
 from ..hyper import (
     apply_hyperparams,
     lookahead_loss,
@@ -54,7 +57,9 @@ from ..hyper import (
     resolve_hyperparam,
 )
 from ..log import report
+from ..models import TabularMLPClassifier
 from ..nets import (
+    FiniteLossGuard,
     TrainingDivergedError,
     batch_size_of,
     check_param_names,
@@ -329,6 +334,9 @@ class _NetPopulation:
         self.fit_time = np.zeros(len(seeds))
         self._stream = np.random.default_rng(seeds[0]).permutation(len(X))
         self._pos = 0
+        # the teacher's batches and look-ahead noise: the population's own generator, so
+        # they do not depend on how (or where) the students trained
+        self._teacher_rng = torch.Generator().manual_seed(int(seeds[-1]))
 
     def init(self, k, rng):
         values = {hp.name: hp.box.sample(rng) for hp in self.hypers}
@@ -346,10 +354,16 @@ class _NetPopulation:
 
     def get_state(self):
         """What the population's own bookkeeping needs to resume (see :func:`run_hpm`)."""
-        return {"pos": self._pos, "fit_time": self.fit_time.copy()}
+        return {"pos": self._pos, "fit_time": self.fit_time.copy(),
+                "teacher_rng": self._teacher_rng.get_state()}
 
     def set_state(self, state):
         self._pos, self.fit_time = state["pos"], state["fit_time"].copy()
+        self._teacher_rng.set_state(state["teacher_rng"])
+
+    def nets(self, students):
+        """The students as fitted nets (here they are)."""
+        return list(students)
 
     def _rows(self):
         step = self.settings.step
@@ -384,7 +398,7 @@ class _NetPopulation:
     def teacher_objectives(self, student):
         max_batches = self.settings.teacher_max_batches
         n_val = len(self.yv_t)
-        order = torch.randperm(n_val)
+        order = torch.randperm(n_val, generator=self._teacher_rng)
         batches = [order[i:i + self.batch_size] for i in range(0, n_val, self.batch_size)]
         if max_batches is not None:
             batches = batches[:max_batches]
@@ -395,17 +409,109 @@ class _NetPopulation:
         device = student.device
 
         def objective(val_idx):
-            train_idx = torch.randint(len(yt), (self.batch_size,))
+            train_idx = torch.randint(len(yt), (self.batch_size,), generator=self._teacher_rng)
 
             def f(h_prime):
                 values = {hp.name: h_prime[i].float() for i, hp in enumerate(self.hypers)}
-                return lookahead_loss(module, loss_fn, self.hypers, values,
-                                      (Xt[train_idx].to(device), yt[train_idx].to(device)),
-                                      (self.Xv_t[val_idx].to(device),
-                                       self.yv_t[val_idx].to(device)),
-                                      lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
+                with _drawing_from(self._teacher_rng):  # the look-ahead's dropout noise
+                    return lookahead_loss(
+                        module, loss_fn, self.hypers, values,
+                        (Xt[train_idx].to(device), yt[train_idx].to(device)),
+                        (self.Xv_t[val_idx].to(device), self.yv_t[val_idx].to(device)),
+                        lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
             return f
         return [objective(b) for b in batches]
+
+
+@contextmanager
+def _drawing_from(generator):
+    """Run the block with torch's (CPU) global generator in ``generator``'s state, and keep
+    the state it leaves in ``generator``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(generator.get_state())
+        yield
+        generator.set_state(torch.get_rng_state())
+
+
+class _FusedNetPopulation(_NetPopulation):
+    """The same students as rows of one stacked model (:class:`skhpo.fused.StudentGroup`):
+    each student is initialised by its own net, and draws what its ``partial_fit`` would from
+    its own generator, so the run follows the skorch students' to float32 rounding. The
+    students are :class:`~skhpo.fused.StudentState` until :meth:`nets`."""
+
+    group = None
+
+    def init(self, k, rng):
+        net = super().init(k, rng)
+        with torch.random.fork_rng(devices=[]):
+            net.set_params(max_epochs=0)
+            net.partial_fit(self.X, self.y)  # the net's own initialisation, from its seed
+            net.set_params(max_epochs=1)
+            if self.group is None:
+                self.template = net
+                self.group = StudentGroup(
+                    net, self.hypers, torch.as_tensor(np.asarray(self.X)), self.y_enc,
+                    self.Xv_t, self.yv_t, batch_size=self.batch_size,
+                    hyper_lr=self.settings.hyper_lr, every=self.settings.hyper_every,
+                    classifier=isinstance(net, TabularMLPClassifier))
+            state = self.group.state_of(net, _hyper_step(net).u_, k)
+        if net is not self.template:
+            free_estimator(net)
+        return state
+
+    def train(self, students, step):
+        rows = self._rows()
+        index = torch.arange(len(self.X)) if isinstance(rows, slice) else torch.as_tensor(rows)
+        generators = []
+        for state, seed in zip(students, spawn_seeds(self.seeds[0] + step, len(students))):
+            generator = torch.Generator()
+            if state.init_state is not None:  # the first step continues the initialisation
+                generator.set_state(state.init_state)
+            else:  # as seed_everything(seed) before the student's partial_fit
+                generator.manual_seed(int(seed))
+            generators.append(generator)
+        losses, seconds = self.group.train(students, generators, index)
+        self.fit_time += seconds
+        return students, losses
+
+    def values(self, student):
+        current = self.group.current(student.u)
+        return np.array([current[n] for n in self.names])
+
+    def copy(self, student, h):
+        return student.copy(torch.tensor([float(hp.box.inverse(float(v)))
+                                          for hp, v in zip(self.hypers, h)],
+                                         dtype=torch.float64))
+
+    def teacher_objectives(self, student):
+        return super().teacher_objectives(self._into(student, self.template))
+
+    def nets(self, students):
+        out = []
+        for state in students:
+            net = self._into(state, copy.deepcopy(self.template))
+            hyper = _hyper_step(net)
+            hyper.u_ = state.u.clone().requires_grad_(True)
+            hyper.opt_ = torch.optim.Adam([hyper.u_], lr=self.settings.hyper_lr)
+            if state.hyper_steps:
+                hyper.opt_.state[hyper.u_] = {
+                    "step": torch.tensor(state.hyper_steps), "exp_avg": state.hyper_m.clone(),
+                    "exp_avg_sq": state.hyper_v.clone()}
+            hyper.n_batches_ = state.n_batches
+            for _, cb in net.callbacks_:
+                if isinstance(cb, FiniteLossGuard):
+                    cb.first_loss_ = state.first_loss
+            net.history_ = epoch_history(state.history)
+            if "random_state" in net.get_params(deep=False):
+                net.random_state = int(self.seeds[state.root] % (2**31 - 1))
+            out.append(net)
+        return out
+
+    def _into(self, state, net):
+        """``net`` holding ``state``'s weights, Adam state and current hyper-parameters."""
+        self.group.into_net(state, net)
+        apply_hyperparams(net, self.hypers, self.group.current(state.u))
+        return net
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +576,19 @@ class PopulationMutationSearch(HoldoutSearch):
         on all of ``X`` with the best student's final hyper-parameters held fixed, for as many
         epochs as a student trained. ``False``: no ``best_estimator_``.
     n_jobs : int or None, default=None
-        Students trained in parallel (joblib).
+        Students trained in parallel (joblib) when they train one by one
+        (``engine_ == "sequential"``).
+    engine : {"auto", "fused", "sequential"}, default="auto"
+        How the students train. ``"fused"``: all of them as one stacked model
+        (:class:`skhpo.fused.StudentGroup`: one batched forward, backward and Adam step per
+        minibatch, one batched look-ahead hypergradient per hyper step), each drawing its
+        shuffling and dropout noise from its own generator as its skorch ``partial_fit``
+        would, so the run follows the sequential one to float32 rounding (docs/fused.md);
+        for skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor`` with Adam (the fused
+        engine's family), else a ``ValueError`` naming why, before any training.
+        ``"sequential"``: every student is a skorch net trained by its own ``partial_fit``.
+        ``"auto"``: fused where the family allows, on the CPU, for nets of at most 150,000
+        weights; else sequential, with the reason in ``engine_reason_``.
     random_state : int, RandomState or None, default=None
         Seeds the split, the initial hyper-parameters, the students and the teacher.
     checkpoint : str, path or None, default=None
@@ -506,6 +624,10 @@ class PopulationMutationSearch(HoldoutSearch):
         Student-steps loaded from ``checkpoint`` (completed steps x ``population_size``).
     n_epochs_ : float
         Training epochs spent by all students (plus the refit's).
+    engine_ : {"fused", "sequential"}
+        How the students trained.
+    engine_reason_ : str
+        Why they trained one by one ("" when fused).
 
     Notes
     -----
@@ -553,6 +675,7 @@ class PopulationMutationSearch(HoldoutSearch):
         "teacher_max_batches": [Interval(Integral, 1, None, closed="left"), None],
         "refit": ["boolean", StrOptions({"student"})],
         "n_jobs": [Integral, None],
+        "engine": [StrOptions(set(ENGINES))],
         "checkpoint": [str, os.PathLike, None],
     }
 
@@ -560,7 +683,8 @@ class PopulationMutationSearch(HoldoutSearch):
                  n_steps=10, step="epoch", hyper_lr=3e-3, hyper_every=2, mutation="teacher",
                  teacher_keys=64, teacher_lr=1e-2, teacher_input="normalized",
                  teacher_max_batches=None, validation_fraction=0.2, scoring=None,
-                 refit="student", n_jobs=None, random_state=None, checkpoint=None, verbose=0):
+                 refit="student", n_jobs=None, engine="auto", random_state=None,
+                 checkpoint=None, verbose=0):
         self.estimator = estimator
         self.param_bounds = param_bounds
         self.population_size = population_size
@@ -578,6 +702,7 @@ class PopulationMutationSearch(HoldoutSearch):
         self.scoring = scoring
         self.refit = refit
         self.n_jobs = n_jobs
+        self.engine = engine
         self.random_state = random_state
         self.checkpoint = checkpoint
         self.verbose = verbose
@@ -590,9 +715,11 @@ class PopulationMutationSearch(HoldoutSearch):
 
     def _search(self, data, seeds, rng):
         dims = self._dimensions(data.prefix)
-        hypers, y_enc, yv_enc, classes, coefs = self._resolve(data, dims)
-        problem = _NetPopulation(_settings(self), clone(data.net), hypers, data.Xt, data.y_tr,
-                                 y_enc, torch.as_tensor(data.Xv), yv_enc, seeds, classes)
+        hypers, y_enc, yv_enc, classes, coefs, n_weights = self._resolve(data, dims)
+        self.engine_, self.engine_reason_ = self._choose_engine(data.net, n_weights)
+        population = _FusedNetPopulation if self.engine_ == "fused" else _NetPopulation
+        problem = population(_settings(self), clone(data.net), hypers, data.Xt, data.y_tr,
+                             y_enc, torch.as_tensor(data.Xv), yv_enc, seeds, classes)
         ck = getattr(self, "_checkpoint", None)
         resume = None if ck is None else ck.load("population", "state")
         self.n_resumed_ = 0 if resume is None else (resume["step"] + 1) * self.population_size
@@ -617,6 +744,7 @@ class PopulationMutationSearch(HoldoutSearch):
             1.0, self.step * problem.batch_size / len(data.Xt))
         finals = [dict(zip(problem.names, (float(v) for v in problem.values(s))))
                   for s in students]
+        students = problem.nets(students)
         scores, score_times = [], []
         for s, loss in zip(students, losses):
             t0 = time.perf_counter()
@@ -665,8 +793,28 @@ class PopulationMutationSearch(HoldoutSearch):
         classes = None
         if data.net.get_params(deep=False).get("classes", "absent") is None:
             classes = getattr(template, "classes_", None)
+        n_weights = sum(p.numel() for p in template.module_.parameters())
         free_estimator(template)
-        return hypers, y_enc, yv_enc, classes, coefs
+        return hypers, y_enc, yv_enc, classes, coefs, n_weights
+
+    def _choose_engine(self, net, n_weights):
+        """``(engine, reason)``: "fused" where ``engine`` and the net allow, else
+        "sequential" and why; ``engine="fused"`` on a net that cannot fuse is a ValueError
+        (before any training)."""
+        if self.engine == "sequential":
+            return "sequential", "engine='sequential'"
+        reason = unfusible(clone(net).set_params(max_epochs=1, train_split=None,
+                                                 warm_start=False))
+        if reason and self.engine == "fused":
+            raise ValueError(f"engine='fused': the students cannot be trained as one stacked "
+                             f"model: {reason}; use engine='auto' or 'sequential'")
+        if not reason and self.engine == "auto":
+            if not str(net.device).startswith("cpu"):
+                reason = ("engine='auto' fuses on the CPU only until the GPU path has been "
+                          "measured; engine='fused' trains a GPU population")
+            elif n_weights > MAX_WEIGHTS:
+                reason = f"{n_weights} weights > {MAX_WEIGHTS} (engine='auto')"
+        return ("sequential", reason) if reason else ("fused", "")
 
     def _report(self, step, rows):
         losses = [r["val_loss"] for r in rows]

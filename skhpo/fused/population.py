@@ -1,0 +1,342 @@
+"""A population of students trained as one stacked model (HPM's train step, fused).
+
+:class:`~skhpo.PopulationMutationSearch` trains K students of one skhpo MLP that differ in
+weights, Adam state and tuned hyper-parameters. :class:`StudentGroup` runs one train step of
+all of them together: the students' weights are the rows of a ``(K, P)`` buffer; every
+minibatch is one batched forward and backward (``torch.baddbmm``) and one
+:class:`~._adam.BatchedAdam` step with each student's own learning rate and weight decay; every
+``every`` minibatches, one batched one-step look-ahead hypergradient for all students (the
+arithmetic of :func:`skhpo.hyper.lookahead_loss`, a double backward only when a dropout rate
+or an ``l2`` / ``l1`` penalty is tuned) and one batched Adam step of their hyper-parameters.
+
+The RNG protocol is the skorch student's: what its ``partial_fit`` draws from torch's global
+generator (the epoch's permutation, the concrete-dropout noise layer by layer, the validation
+minibatch of each hyper step and the noise of its look-ahead forward) is drawn, in the same
+order, from that student's own generator. So a fused run follows the run of skorch students
+to float32 rounding (``tests/test_population.py``).
+
+A student's state between steps is a :class:`StudentState` (its row of the buffer, its Adam
+state, its hyper-parameters' coordinates and their Adam state, its history), so the search can
+copy a student, checkpoint it, and turn it into an ordinary fitted net at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..hyper.layers import dropout_layers
+from ..nets import divergence, guard_ratio
+from ._adam import BatchedAdam
+from ._mlp import (
+    _structure,
+    batched_loss,
+    flat_weights,
+    layer_views,
+    load_adam_state,
+    write_weights,
+)
+
+__all__ = ["StudentGroup", "StudentState"]
+
+
+@dataclass
+class StudentState:
+    """One student between train steps: ``weights`` (its row), Adam's ``exp_avg``,
+    ``exp_avg_sq`` and ``steps``; ``u`` (its hyper-parameters in unconstrained coordinates) and
+    their Adam state ``hyper_m``, ``hyper_v``, ``hyper_steps``; ``n_batches`` trained,
+    ``first_loss`` (its loss guard's reference), ``history`` (``(train_loss, seconds)`` per
+    step), ``root`` (the initial student it descends from) and ``init_state`` (its generator
+    right after its initialisation, until its first step)."""
+
+    weights: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    steps: float
+    u: torch.Tensor
+    hyper_m: torch.Tensor
+    hyper_v: torch.Tensor
+    hyper_steps: float = 0.0
+    n_batches: int = 0
+    first_loss: float | None = None
+    history: list = field(default_factory=list)
+    root: int = 0
+    init_state: torch.Tensor | None = None
+
+    def copy(self, u):
+        """A copy that continues with hyper-parameter coordinates ``u`` and a fresh Adam
+        state for them (HPM's exploit and explore)."""
+        zeros = torch.zeros_like(u)
+        return StudentState(self.weights.clone(), self.exp_avg.clone(), self.exp_avg_sq.clone(),
+                            self.steps, u, zeros, zeros.clone(), 0.0, self.n_batches,
+                            self.first_loss, list(self.history), self.root, None)
+
+
+class StudentGroup:
+    """Train step of the students of one initialised ``template`` student net (a skhpo
+    ``TabularMLPClassifier`` / ``Regressor`` whose dropout layers are concrete), tuning
+    ``hypers`` (:class:`~skhpo.hyper.HyperParam`). ``X``, ``y`` are the training data as the
+    loss takes them, ``Xv``, ``yv`` the validation data (tensors)."""
+
+    def __init__(self, template, hypers, X, y, Xv, yv, *, batch_size, hyper_lr, every,
+                 classifier):
+        self.hypers, self.B, self.every, self.hyper_lr = hypers, int(batch_size), every, hyper_lr
+        self.classifier = classifier
+        module = template.module_
+        self.device = next(module.parameters()).device
+        layers = _structure(module)
+        self.kinds = [kind for kind, _ in layers]
+        self.acts = [layer for kind, layer in layers if kind == "act"]
+        self.shapes = [(layer.in_features, layer.out_features)
+                       for kind, layer in layers if kind == "linear"]
+        drops = [layer for kind, layer in layers if kind == "dropout"]
+        self.temperatures = [layer.temperature for layer in drops]
+        paths = {id(layer): path for path, layer in dropout_layers(module).items()}
+        self.drop_index = {f"{paths[id(layer)]}.p": i for i, layer in enumerate(drops)}
+        group = template.optimizer_.param_groups[0]
+        self.betas, self.eps = group["betas"], group["eps"]
+        self.base = {"lr": float(group["lr"]), "weight_decay": float(group["weight_decay"]),
+                     "rates": [float(layer.p) for layer in drops], **_coefficients(template)}
+        self.max_ratio = guard_ratio(template)
+        self.X, self.y = X.to(self.device), y.to(self.device)
+        self.Xv, self.yv = Xv.to(self.device), yv.to(self.device)
+
+    # -- a student's state and values ---------------------------------------------------------
+
+    def state_of(self, net, u, root):
+        """The state of an initialised student ``net`` (no training yet) with coordinates
+        ``u``; its generator starts where the net's initialisation left torch's."""
+        weights = flat_weights(net.module_)
+        zeros = torch.zeros(len(u), dtype=torch.float64)
+        return StudentState(weights, torch.zeros_like(weights), torch.zeros_like(weights), 0.0,
+                            u.detach().clone(), zeros, zeros.clone(), root=root,
+                            init_state=torch.get_rng_state())
+
+    def current(self, u):
+        """``{name: value}`` of coordinates ``u`` (one student's), as floats."""
+        return {hp.name: float(hp.box.forward(u[i])) for i, hp in enumerate(self.hypers)}
+
+    def into_net(self, state, net):
+        """Write ``state``'s weights and Adam state into ``net`` (a copy of the template)."""
+        write_weights(net.module_, state.weights)
+        load_adam_state(net, state.exp_avg, state.exp_avg_sq, state.steps)
+
+    # -- one train step -----------------------------------------------------------------------
+
+    def train(self, states, generators, rows):
+        """One train step (``rows``: the training rows, an index tensor) of every student,
+        each drawing from its generator; updates ``states`` in place and returns each
+        student's validation loss afterwards (``inf`` for one that diverged)."""
+        start = time.perf_counter()
+        K, n = len(states), len(rows)
+        flat = torch.stack([s.weights for s in states]).to(self.device)
+        u = torch.stack([s.u for s in states])
+        values = self._values(u)
+        opt = BatchedAdam([flat], values["lr"], values["weight_decay"], self.betas, self.eps)
+        opt.load_state([torch.stack([s.exp_avg for s in states])],
+                       [torch.stack([s.exp_avg_sq for s in states])], [s.steps for s in states])
+        hopt = BatchedAdam([u], [self.hyper_lr] * K, [0.0] * K, (0.9, 0.999), 1e-8)
+        hopt.load_state([torch.stack([s.hyper_m for s in states])],
+                        [torch.stack([s.hyper_v for s in states])],
+                        [s.hyper_steps for s in states])
+        alive = torch.ones(K, dtype=torch.bool)
+        sums = torch.zeros(K, dtype=torch.float64)
+        orders = torch.stack([rows[torch.randperm(n, generator=g)] for g in generators])
+        for s0 in range(0, n, self.B):
+            batch = orders[:, s0:s0 + self.B]
+            xb, yb = self.X[batch.to(self.device)], self.y[batch.to(self.device)]
+            losses = self._train_batch(opt, values, xb, yb, generators, alive)
+            for j in alive.nonzero().flatten().tolist():
+                state, v = states[j], float(losses[j])
+                if state.first_loss is None and math.isfinite(v):
+                    state.first_loss = v
+                if divergence(v, state.first_loss, self.max_ratio):
+                    alive[j] = False
+                    continue
+                sums[j] += v * batch.shape[1]
+                state.n_batches += 1
+            due = alive & torch.tensor([s.n_batches % self.every == 0 for s in states])
+            if due.any():
+                values = self._hyper_step(hopt, opt, u, values, xb, yb, generators, due)
+        val = self._validation_losses(opt.params[0], alive)
+        seconds = (time.perf_counter() - start) / K
+        for j, state in enumerate(states):
+            state.weights = opt.params[0][j].detach().clone()
+            state.exp_avg, state.exp_avg_sq = opt.m[0][j].clone(), opt.v[0][j].clone()
+            state.steps = float(opt.t[j])
+            state.u = u[j].detach().clone()
+            state.hyper_m, state.hyper_v = hopt.m[0][j].clone(), hopt.v[0][j].clone()
+            state.hyper_steps = float(hopt.t[j])
+            state.init_state = None
+            if alive[j]:
+                state.history.append((float(sums[j]) / n, seconds))
+        return val, seconds
+
+    def _train_batch(self, opt, values, xb, yb, generators, alive):
+        """One minibatch of every student: its training loss (criterion + its ``l2`` / ``l1``
+        penalties, concrete dropout at its rates) and one Adam step of the live ones."""
+        flat = opt.params[0]
+        leaves = [t.detach().requires_grad_(True) for pair in layer_views(flat, self.shapes)
+                  for t in pair]
+        layers = list(zip(leaves[::2], leaves[1::2]))
+        rates = values["rates"]
+        out = self._forward(layers, xb, lambda i, h: self._concrete(
+            h, rates[:, i], generators, alive & (rates[:, i] != 0), i))
+        losses = batched_loss(out, yb, self.classifier) + self._penalty(layers, values)
+        grads = torch.autograd.grad(losses.sum(), leaves)
+        opt.step([torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)],
+                 None if bool(alive.all()) else alive)
+        return losses.detach().double().cpu()
+
+    def _hyper_step(self, hopt, opt, u, values, xb, yb, generators, due):
+        """The look-ahead hypergradient of every ``due`` student on its next validation
+        minibatch, and one Adam step of its coordinates (skipped where not finite)."""
+        index = due.nonzero().flatten()
+        pick = index.tolist()
+        size = min(self.B, len(self.yv))
+        val_rows = torch.stack([torch.randint(len(self.yv), (size,), generator=generators[j])
+                                for j in pick])
+        leaf = u.detach().clone().requires_grad_(True)
+        h = [hp.box.forward(leaf[index, i]).float() for i, hp in enumerate(self.hypers)]
+        tuned = {hp.kind: h[i] for i, hp in enumerate(self.hypers)
+                 if hp.kind in ("lr", "weight_decay")}
+        columns = list(values["rates"][index].unbind(1))
+        learned = [False] * len(columns)
+        for i, hp in enumerate(self.hypers):
+            for target in hp.targets if hp.kind == "dropout" else ():
+                columns[self.drop_index[target]] = h[i]
+                learned[self.drop_index[target]] = True
+        everyone = len(pick) == len(due)
+        params = [(t.detach() if everyone else t.detach()[index]).requires_grad_(True)
+                  for pair in layer_views(opt.params[0], self.shapes) for t in pair]
+        layers = list(zip(params[::2], params[1::2]))
+        gens = [generators[j] for j in pick]
+        ones = torch.ones(len(pick), dtype=torch.bool)
+        if not everyone:
+            xb, yb = xb[index], yb[index]
+        out = self._forward(layers, xb, lambda i, x: self._concrete(
+            x, columns[i], gens, ones if learned[i] else columns[i] != 0, i))
+        loss = batched_loss(out, yb, self.classifier)
+        double = False
+        for i, hp in enumerate(self.hypers):
+            if hp.kind in ("l2", "l1"):
+                loss = loss + h[i].to(loss.dtype) * sum(
+                    _norm(hp.kind, layers[k][0]) for k in hp.layers)
+                double = True
+            double = double or hp.kind == "dropout"
+        grads = torch.autograd.grad(loss.sum(), params, create_graph=double)
+        eta = tuned.get("lr", values["lr"][index].to(loss.dtype))
+        wd = tuned.get("weight_decay", values["weight_decay"][index].to(loss.dtype))
+        shape = (-1, 1, 1)
+        stepped = [p - eta.view(shape) * (g + wd.view(shape) * p) for p, g in zip(params, grads)]
+        out = self._forward(list(zip(stepped[::2], stepped[1::2])), self.Xv[val_rows.to(
+            self.device)])
+        val = batched_loss(out, self.yv[val_rows.to(self.device)], self.classifier)
+        (grad,) = torch.autograd.grad(val.sum(), [leaf])
+        ok = due & torch.isfinite(grad).all(1)
+        if not ok.any():
+            return values
+        hopt.step([torch.where(ok[:, None], grad, 0.0)], ok)
+        fresh = self._values(u)
+        values = {key: torch.where(ok.view(-1, *[1] * (old.dim() - 1)), fresh[key], old)
+                  for key, old in values.items()}
+        opt.set_rates(values["lr"], values["weight_decay"])
+        return values
+
+    def _validation_losses(self, flat, alive):
+        """Each student's loss on the whole validation part (evaluation mode: no dropout);
+        ``inf`` for a student that diverged."""
+        with torch.no_grad():
+            out = self._forward(layer_views(flat, self.shapes), self.Xv.expand(
+                len(flat), *self.Xv.shape))
+            losses = batched_loss(out, self.yv.expand(len(flat), *self.yv.shape),
+                                  self.classifier).double().cpu()
+        return [float(v) if ok and math.isfinite(v) else math.inf
+                for v, ok in zip(losses.tolist(), alive.tolist())]
+
+    # -- the stacked MLP ----------------------------------------------------------------------
+
+    def _values(self, u):
+        """What the students train with now, from their coordinates ``u`` (K, d): ``lr`` and
+        ``weight_decay`` (K,) float64, ``rates`` (K, dropout layers), ``l2`` and ``l1`` (K,
+        linear layers), as the skorch student holds them after ``apply_hyperparams``."""
+        K = len(u)
+        out = {"lr": torch.full((K,), self.base["lr"], dtype=torch.float64),
+               "weight_decay": torch.full((K,), self.base["weight_decay"], dtype=torch.float64)}
+        lists = {key: torch.tensor([self.base[key]] * K, dtype=torch.float64)
+                 for key in ("rates", "l2", "l1")}
+        with torch.no_grad():
+            for i, hp in enumerate(self.hypers):
+                v = hp.box.forward(u[:, i].detach())
+                if hp.kind in ("lr", "weight_decay"):
+                    out[hp.kind] = v.clone()
+                elif hp.kind in ("l2", "l1"):
+                    lists[hp.kind][:, list(hp.layers)] = v[:, None]
+                else:
+                    for target in hp.targets:
+                        lists["rates"][:, self.drop_index[target]] = v
+        dtype = self.X.dtype
+        # a dropout rate lives in a float32 buffer, a penalty coefficient multiplies a tensor
+        out.update({key: value.to(dtype) for key, value in lists.items()})
+        return out
+
+    def _forward(self, layers, x, dropout=None):
+        """Every student's output: ``x`` (K, b, in); ``dropout(i, h)`` applies the i-th
+        dropout layer (None: evaluation mode)."""
+        h, lin, drop = x, 0, 0
+        for kind in self.kinds:
+            if kind == "linear":
+                W, b = layers[lin]
+                h = torch.baddbmm(b, h, W)
+                lin += 1
+            elif kind == "dropout":
+                h = h if dropout is None else dropout(drop, h)
+                drop += 1
+            else:
+                h = self.acts[lin - 1](h)
+        return h
+
+    def _concrete(self, h, p, generators, draw, layer):
+        """:class:`~skhpo.hyper.ConcreteDropout` per student: rates ``p`` (K,), the noise of
+        the students in ``draw`` from their generators (the others pass through)."""
+        if not draw.any():
+            return h
+        eps = torch.finfo(h.dtype).eps
+        noise = torch.full(h.shape, 0.5, dtype=h.dtype)
+        for j in draw.nonzero().flatten().tolist():
+            noise[j].uniform_(generator=generators[j])  # the draws of torch.rand_like
+        v = noise.to(h.device).clamp(eps, 1 - eps)
+        p_c = p.to(h.dtype).clamp(eps, 1 - eps).view(-1, *[1] * (h.dim() - 1))
+        z = torch.sigmoid((torch.log(p_c) - torch.log1p(-p_c) + torch.log(v) - torch.log1p(-v))
+                          / self.temperatures[layer])
+        out = h * (1 - z) / (1 - p_c)
+        return torch.where(draw.to(h.device).view(-1, *[1] * (h.dim() - 1)), out, h)
+
+    def _penalty(self, layers, values):
+        """Each student's ``l2`` / ``l1`` penalty at its coefficients (0 where none)."""
+        total = 0.0
+        for kind in ("l2", "l1"):
+            coefs = values[kind]
+            if not bool((coefs != 0).any()):
+                continue
+            for i, (W, _) in enumerate(layers):
+                if bool((coefs[:, i] != 0).any()):
+                    total = total + coefs[:, i].to(W.device) * _norm(kind, W)
+        return total
+
+
+def _norm(kind, W):
+    """``sum w^2`` (l2) or ``sum |w|`` (l1) of each student's ``W`` (K, in, out)."""
+    return (W.pow(2) if kind == "l2" else W.abs()).sum((1, 2))
+
+
+def _coefficients(net):
+    """The net's own ``l2`` / ``l1`` coefficients per linear layer (zeros for a net without)."""
+    if hasattr(net, "penalty_coefficients"):
+        return net.penalty_coefficients()
+    n = sum(1 for m in net.module_.modules() if isinstance(m, torch.nn.Linear))
+    return {"l2": [0.0] * n, "l1": [0.0] * n}
+
