@@ -395,3 +395,73 @@ def test_a_finite_explosion_is_divergence_in_a_group_as_alone():
     free = _net(depth=1, width=128, max_epochs=3, callbacks__finite_loss__max_ratio=None)
     (kept,) = FusedTrainer(free, engine="fused").fit([FusedTask({"lr": 3.0}, seed=3)], X, y)
     assert kept.error == "" and kept.estimator is not None
+
+
+# -- the cost model: thresholds measured on the user's machine (skhpo.fused.cost) ---------------
+
+def test_groups_split_by_weights_give_the_same_models(digits, monkeypatch):
+    """A group holds at most $SKHPO_MAX_GROUP_WEIGHTS weights; splitting it changes no
+    model (every model's arithmetic is its own)."""
+    from skhpo.fused import group_size
+
+    X, y = digits
+    whole = FusedTrainer(_net(), engine="fused").fit(TASKS, X, y)
+    n = sum(p.numel() for p in whole[0].estimator.module_.parameters())
+    monkeypatch.setenv("SKHPO_MAX_GROUP_WEIGHTS", str(2 * n))
+    assert group_size(n) == 2 and group_size(n, max_group=1) == 2
+    split = FusedTrainer(_net(), engine="fused").fit(TASKS, X, y)
+    for a, b in zip(whole, split):
+        wa, wb = _weights(a.estimator), _weights(b.estimator)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_max_weights_from_the_environment(digits, monkeypatch):
+    from skhpo.fused import MAX_WEIGHTS, max_weights
+
+    X, y = digits
+    assert max_weights() == MAX_WEIGHTS
+    monkeypatch.setenv("SKHPO_MAX_WEIGHTS", "100")
+    assert max_weights() == 100
+    results = FusedTrainer(_net(), engine="auto").fit(TASKS[:2], X, y)
+    assert [r.group for r in results] == [-1, -1]
+    assert all("weights > max_weights=100" in r.reason for r in results)
+    for bad in ("-5", "lots"):
+        monkeypatch.setenv("SKHPO_MAX_WEIGHTS", bad)
+        with pytest.raises(ValueError, match="SKHPO_MAX_WEIGHTS must be a whole number"):
+            FusedTrainer(_net(), engine="auto").plan(TASKS)
+    monkeypatch.setenv("SKHPO_MAX_GROUP_WEIGHTS", "0")
+    with pytest.raises(ValueError, match="SKHPO_MAX_GROUP_WEIGHTS must be a whole number"):
+        from skhpo.fused import max_group_weights
+        max_group_weights()
+
+
+def test_recommend_reads_the_largest_net_that_gains():
+    from skhpo.fused import recommend
+
+    rows = [{"weights": w, "speedup": s} for w, s in
+            ((9_000, 2.8), (26_000, 2.3), (85_000, 1.15), (177_000, 0.76), (301_000, 1.2))]
+    assert recommend(rows) == 85_000            # stops at the first net that does not gain
+    assert recommend(rows, min_speedup=2.0) == 26_000
+    assert recommend(rows, min_speedup=3.0) == 0
+
+
+def test_measure_times_real_fits_and_a_fused_group():
+    from skhpo.fused import group_size
+    from skhpo.fused.cost import measure
+
+    row = measure(8, depth=1, batch_size=16, n_features=5, n_classes=3, n_batches=2)
+    assert row["weights"] == 5 * 8 + 8 + 8 * 3 + 3
+    assert row["k"] == group_size(row["weights"])
+    assert row["alone_s"] > 0 and row["fused_s"] > 0
+    assert row["speedup"] == pytest.approx(row["alone_s"] / row["fused_s"])
+
+
+def test_calibrate_command(capsys):
+    from skhpo.bench.commands import main
+
+    assert main(["calibrate", "--widths", "8", "--depth", "1", "--k", "2", "--batches", "2",
+                 "--features", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "export SKHPO_MAX_WEIGHTS=" in out and "speedup" in out
+    assert main(["calibrate", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err

@@ -448,3 +448,14 @@ def test_engine_auto_falls_back_with_the_reason_and_fused_refuses(digits):
         PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, engine="fused", **kw).fit(X, y)
     with pytest.raises(ValueError, match="engine"):
         PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, engine="gpu", **kw).fit(X, y)
+
+
+def test_a_population_split_into_parts_trains_the_same(digits, monkeypatch):
+    X, y = digits
+    kw = dict(population_size=4, n_steps=2, hyper_lr=0.05, random_state=2, engine="fused")
+    whole = PopulationMutationSearch(_pipe(), BOUNDS, **kw).fit(X, y)
+    monkeypatch.setenv("SKHPO_MAX_GROUP_WEIGHTS", "1")  # parts of 2 students
+    parts = PopulationMutationSearch(_pipe(), BOUNDS, **kw).fit(X, y)
+    pd.testing.assert_frame_equal(pd.DataFrame(whole.history_).drop(columns="alpha"),
+                                  pd.DataFrame(parts.history_).drop(columns="alpha"),
+                                  check_exact=True)

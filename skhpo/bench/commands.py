@@ -492,6 +492,69 @@ def which(args):
     return _finish(start, args.out)
 
 
+def _calibrate_parser(sub):
+    p = sub.add_parser("calibrate", help="does fusing pay on this machine? measure the "
+                       "largest net engine='auto' should fuse",
+                       description="Times K ordinary fits one after the other against the "
+                       "same K tasks in one fused group, for MLPs of growing width on random "
+                       "data, and prints the largest net (in weights) that still gains: set it "
+                       "as SKHPO_MAX_WEIGHTS for engine='auto' (docs/fused.md).")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 384, 512, 768],
+                   help="hidden units per layer to measure")
+    p.add_argument("--depth", type=int, default=2, help="hidden layers")
+    p.add_argument("--k", type=int, default=None,
+                   help="models per fused group (default: as the engine groups them, "
+                   "SKHPO_MAX_GROUP_WEIGHTS weights in all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--features", type=int, default=64, help="input features")
+    p.add_argument("--batches", type=int, default=20, help="minibatches timed per model")
+    p.add_argument("--min-speedup", type=float, default=1.1,
+                   help="the gain a net must show to be fused")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's own choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="JSON file for the rows")
+    return p
+
+
+def calibrate(args):
+    import torch
+
+    from ..fused.cost import ENV, max_group_weights, recommend
+    from ..fused.cost import calibrate as measure_all
+
+    _check_positive(args, "depth", "batch_size", "features", "batches",
+                    **({} if args.k is None else {"k": args.k}))
+    if not args.widths or min(args.widths) < 1:
+        raise ValueError(f"--widths must be positive, got {args.widths}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    print(f"{args.device}, {torch.get_num_threads()} torch thread(s), depth {args.depth}, "
+          f"batch {args.batch_size}, {args.features} features, groups of "
+          f"{args.k or f'at most {max_group_weights()} weights'}")
+    print(f"{'width':>6s} {'weights':>9s} {'K':>4s} {'alone s/model':>14s} "
+          f"{'fused s/model':>14s} {'speedup':>8s}")
+
+    def show(row):
+        print(f"{row['width']:6d} {row['weights']:9d} {row['k']:4d} {row['alone_s']:14.4f} "
+              f"{row['fused_s']:14.4f} {row['speedup']:7.2f}x", flush=True)
+    rows = measure_all(args.widths, args.depth, k=args.k, batch_size=args.batch_size,
+                       n_features=args.features, n_batches=args.batches, device=args.device,
+                       progress=show)
+    best = recommend(rows, args.min_speedup)
+    print(f"\nfusing gains at least {args.min_speedup}x up to {best} weights here; "
+          f"for engine='auto':\n  export {ENV}={best}")
+    if args.out:
+        import json
+
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return _finish(start)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="skhpo", description="skhpo command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -501,10 +564,12 @@ def main(argv=None):
     _hpm_parser(sub)
     _cpmlho_parser(sub)
     _which_parser(sub)
+    _calibrate_parser(sub)
     args = parser.parse_args(argv)
     try:
         return {"bench": bench, "bayesmark": bayesmark, "hyperlocal": hyperlocal,
-                "hpm": hpm, "cpmlho": cpmlho, "which": which}[args.command](args)
+                "hpm": hpm, "cpmlho": cpmlho, "which": which,
+                "calibrate": calibrate}[args.command](args)
     except ValueError as exc:
         print(f"skhpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

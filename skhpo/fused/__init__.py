@@ -2,6 +2,7 @@
 batched optimizer step per group of models (see :mod:`skhpo.fused.trainer`)."""
 
 from ._adam import BatchedAdam
+from .cost import calibrate, group_size, max_group_weights, max_weights, recommend
 from .population import StudentGroup, StudentState
 from .trainer import (
            ENGINES,
@@ -14,4 +15,5 @@ from .trainer import (
 )
 
 __all__ = ["ENGINES", "MAX_WEIGHTS", "BatchedAdam", "FusedTask", "FusedTrainer", "StudentGroup",
-           "StudentState", "TaskResult", "fusion_key", "unfusible"]
+           "StudentState", "TaskResult", "calibrate", "fusion_key", "group_size",
+           "max_group_weights", "max_weights", "recommend", "unfusible"]

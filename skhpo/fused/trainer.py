@@ -41,11 +41,13 @@ from ..nets import (
     trial_params,
 )
 from ._mlp import MLPGroup, MLPMember, epoch_history
+from .cost import group_size, max_weights
 
 __all__ = ["ENGINES", "MAX_WEIGHTS", "FusedTask", "FusedTrainer", "TaskResult", "unfusible"]
 
 ENGINES = ("auto", "fused", "sequential")
-#: ``engine="auto"``: nets with more weights train alone (measured: docs/fused.md)
+#: ``engine="auto"``: nets with more weights train alone (measured on the machine that built
+#: skhpo, docs/fused.md; ``$SKHPO_MAX_WEIGHTS`` overrides it: :mod:`skhpo.fused.cost`)
 MAX_WEIGHTS = 150_000
 _OPTIMIZER_ARGS = {"weight_decay", "betas", "eps"}
 _CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
@@ -94,17 +96,22 @@ class FusedTrainer:
         fuse, the others train alone.
     max_group : int, default=64
         Largest group (on one CPU core the gain per model flattens from about 16-32 models).
-    max_weights : int, default=150_000
-        ``"auto"``: nets with more weights train alone. On a CPU a fused step of a big net is
-        bound by its arithmetic, so fusing stops paying: measured on one thread, groups of
-        2-8 trained 1.6-1.8x faster than one at a time at 85k weights, 1.1-1.2x at 176k,
-        and 0.9-1.1x at 301k (``benchmarks/fused.py --depth 2 --width 512``).
+        A group of bigger nets is split further so that it holds at most
+        ``$SKHPO_MAX_GROUP_WEIGHTS`` (1,500,000) weights in all, at least 2 models: beyond
+        that its state leaves the cache and the gain falls (:mod:`skhpo.fused.cost`).
+    max_weights : int or None, default=None
+        ``"auto"``: nets with more weights train alone. None: ``$SKHPO_MAX_WEIGHTS`` if set
+        (``skhpo calibrate`` measures it on your machine), else 150,000. On a CPU a fused
+        step of a big net is bound by its arithmetic, so fusing stops paying: measured on
+        one thread, groups of 2-8 trained 1.6-1.8x faster than one at a time at 85k
+        weights, 1.1-1.2x at 176k, and 0.9-1.1x at 301k (``benchmarks/fused.py --depth 2
+        --width 512``).
     n_jobs : int or None, default=None
         Groups (and tasks that train alone) run in parallel through ``joblib.Parallel``;
         results do not depend on it.
     """
 
-    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=MAX_WEIGHTS,
+    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=None,
                  n_jobs=None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -119,6 +126,7 @@ class FusedTrainer:
     def plan(self, tasks):
         """``(groups, alone)``: lists of task indices that may train together, in task order
         per fusion key, and ``{task index: reason}`` of the tasks that train alone."""
+        self._max_weights()  # a bad $SKHPO_MAX_WEIGHTS fails here, before any training
         groups, alone = {}, {}
         for i, task in enumerate(tasks):
             if self.engine == "sequential":
@@ -188,6 +196,9 @@ class FusedTrainer:
                 on_group([i])
         return results
 
+    def _max_weights(self):
+        return max_weights() if self.max_weights is None else self.max_weights
+
     def _fit_alone(self, task, X, y, reason):
         start = time.perf_counter()
         est = self._clone(task, task.params)
@@ -225,8 +236,9 @@ class FusedTrainer:
             if init is None:
                 continue
             member = init[1]
-            if self.engine == "auto" and _n_weights(member.net) > self.max_weights:
-                moved[j] = f"{_n_weights(member.net)} weights > max_weights={self.max_weights}"
+            limit = self._max_weights()
+            if self.engine == "auto" and _n_weights(member.net) > limit:
+                moved[j] = f"{_n_weights(member.net)} weights > max_weights={limit}"
                 continue
             key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
                    member.net.module_.layers[-1].out_features)
@@ -238,7 +250,10 @@ class FusedTrainer:
             members = [inits[j][1] for j in same]
             net = members[0].net
             batch = batch_size_of(net, max(len(m.rows) for m in members))
-            MLPGroup(members, batch, isinstance(net, TabularMLPClassifier), net.device).run()
+            size = group_size(_n_weights(net), self.max_group)
+            for i in range(0, len(members), size):  # a group's state kept within the cache
+                MLPGroup(members[i:i + size], batch, isinstance(net, TabularMLPClassifier),
+                         net.device).run()
             for j in same:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
         return trained, moved

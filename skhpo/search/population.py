@@ -46,7 +46,7 @@ from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from torch import nn
 
-from ..fused import ENGINES, MAX_WEIGHTS, StudentGroup, unfusible
+from ..fused import ENGINES, StudentGroup, group_size, max_weights, unfusible
 from ..fused._mlp import epoch_history
 from ..hyper import (
     apply_hyperparams,
@@ -470,8 +470,14 @@ class _FusedNetPopulation(_NetPopulation):
             else:  # as seed_everything(seed) before the student's partial_fit
                 generator.manual_seed(int(seed))
             generators.append(generator)
-        losses, seconds = self.group.train(students, generators, index)
-        self.fit_time += seconds
+        size = group_size(sum(p.numel() for p in self.template.module_.parameters()),
+                          len(students))
+        losses = []
+        for i in range(0, len(students), size):  # each part's state kept within the cache
+            part, seconds = self.group.train(students[i:i + size], generators[i:i + size],
+                                             index)
+            losses += part
+            self.fit_time[i:i + size] += seconds
         return students, losses
 
     def values(self, student):
@@ -588,7 +594,8 @@ class PopulationMutationSearch(HoldoutSearch):
         engine's family), else a ``ValueError`` naming why, before any training.
         ``"sequential"``: every student is a skorch net trained by its own ``partial_fit``.
         ``"auto"``: fused where the family allows, on the CPU, for nets of at most 150,000
-        weights; else sequential, with the reason in ``engine_reason_``.
+        weights (or ``$SKHPO_MAX_WEIGHTS``, see ``skhpo calibrate``); else sequential, with the
+        reason in ``engine_reason_``.
     random_state : int, RandomState or None, default=None
         Seeds the split, the initial hyper-parameters, the students and the teacher.
     checkpoint : str, path or None, default=None
@@ -812,8 +819,8 @@ class PopulationMutationSearch(HoldoutSearch):
             if not str(net.device).startswith("cpu"):
                 reason = ("engine='auto' fuses on the CPU only until the GPU path has been "
                           "measured; engine='fused' trains a GPU population")
-            elif n_weights > MAX_WEIGHTS:
-                reason = f"{n_weights} weights > {MAX_WEIGHTS} (engine='auto')"
+            elif n_weights > max_weights():
+                reason = f"{n_weights} weights > max_weights={max_weights()} (engine='auto')"
         return ("sequential", reason) if reason else ("fused", "")
 
     def _report(self, step, rows):
