@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from skhpo import TabularMLPClassifier, TabularMLPRegressor
 from skhpo.fused import BatchedAdam, FusedTask, FusedTrainer, unfusible
+from skhpo.fused._sgd import BatchedSGD
 from skhpo.nets import trial_params
 
 
@@ -111,17 +112,82 @@ def test_pipelines_regressors_and_the_reasons_to_train_alone(digits):
         assert result.group == 0
         assert _max_diff(_weights(result.estimator), _weights(_alone(reg, task, X, target))) < 2e-6
     # what cannot fuse trains alone, with its reason
-    plan = FusedTrainer(_net()).plan([FusedTask({"optimizer": torch.optim.SGD}),
-                                      FusedTask({"width": 32}), FusedTask({}), FusedTask({})])
+    plan = FusedTrainer(_net()).plan([FusedTask({"optimizer": torch.optim.RMSprop}),
+                                      FusedTask({"width": 32}), FusedTask({}), FusedTask({}),
+                                      FusedTask({"optimizer": torch.optim.SGD})])
     assert plan[0] == [[2, 3]]
-    assert "optimizer SGD" in plan[1][0] and "only task" in plan[1][1]
+    assert "optimizer RMSprop" in plan[1][0] and "only task" in plan[1][1]
+    assert "only task" in plan[1][4]  # SGD fuses, with SGD tasks only
     assert "train_split" in unfusible(_net(train_split=5))
     on_gpu = FusedTrainer(_net(device="cuda")).plan([FusedTask(), FusedTask()])
     assert on_gpu[0] == [] and "CPU only" in on_gpu[1][0]  # auto: not on an unmeasured GPU
-    with pytest.raises(ValueError, match="task 0 cannot be fused: optimizer SGD"):
-        FusedTrainer(_net(), engine="fused").plan([FusedTask({"optimizer": torch.optim.SGD})])
+    with pytest.raises(ValueError, match="task 0 cannot be fused: optimizer RMSprop"):
+        FusedTrainer(_net(), engine="fused").plan([FusedTask({"optimizer": torch.optim.RMSprop})])
+    with pytest.raises(ValueError, match=r"cannot be fused: optimizer arguments \['foreach'\]"):
+        FusedTrainer(_net(optimizer=torch.optim.SGD), engine="fused").plan(
+            [FusedTask({"optimizer__foreach": False})])
     with pytest.raises(ValueError, match="engine must be one of"):
         FusedTrainer(_net(), engine="fast")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_batched_sgd_is_torch_sgd_per_model(nesterov):
+    """float64: each slice follows torch.optim.SGD to 1e-13, with per-model learning rate,
+    weight decay, momentum (one model without) and dampening, and a frozen model."""
+    g = torch.Generator().manual_seed(0)
+    K, shapes = 4, [(4, 5), (1, 5)]
+    params = [torch.randn(K, *s, dtype=torch.float64, generator=g) for s in shapes]
+    coefs = [dict(lr=1e-2, weight_decay=0.0, momentum=0.9, dampening=0.0),
+             dict(lr=3e-2, weight_decay=1e-2, momentum=0.5, dampening=0.0 if nesterov else 0.1),
+             dict(lr=1e-1, weight_decay=1e-3, momentum=0.3 if nesterov else 0.0, dampening=0.0),
+             dict(lr=5e-3, weight_decay=0.0, momentum=0.99, dampening=0.0)]
+    batched = BatchedSGD(params, *([c[k] for c in coefs]
+                                   for k in ("lr", "weight_decay", "momentum", "dampening")),
+                         nesterov=nesterov)
+    alone = [[p[k].clone().requires_grad_(True) for p in params] for k in range(K)]
+    opts = [torch.optim.SGD(ps, nesterov=nesterov, **c) for ps, c in zip(alone, coefs)]
+    for step in range(6):
+        grads = [torch.randn(K, *s, dtype=torch.float64, generator=g) for s in shapes]
+        active = torch.tensor([True, step not in (0, 3), True, step != 5])
+        batched.step(grads, active)
+        for k in range(K):
+            if active[k]:
+                for p, gr in zip(alone[k], grads):
+                    p.grad = gr[k].clone()
+                opts[k].step()
+    for k in range(K):
+        for i, (p, q) in enumerate(zip(batched.params, alone[k])):
+            torch.testing.assert_close(p[k], q.detach(), rtol=1e-13, atol=1e-13)
+            state = batched.state_of(k)[i]
+            assert state.keys() == opts[k].state[q].keys()
+            if state:
+                torch.testing.assert_close(state["momentum_buffer"],
+                                           opts[k].state[q]["momentum_buffer"], rtol=1e-13,
+                                           atol=1e-13)
+
+
+def test_sgd_models_equal_their_own_fit(digits):
+    X, y = digits
+    net = _net(optimizer=torch.optim.SGD, lr=0.05, optimizer__momentum=0.9)
+    tasks = [FusedTask({"lr": 0.05}, seed=1),
+             FusedTask({"optimizer__momentum": 0.5, "optimizer__dampening": 0.1,
+                        "optimizer__weight_decay": 1e-3, "dropout": 0.2}, seed=2,
+                       rows=np.arange(0, 430)),
+             FusedTask({"optimizer__momentum": 0.0, "lr": 0.1}, seed=3)]
+    results = FusedTrainer(net, engine="fused").fit(tasks, X, y)
+    assert [r.group for r in results] == [0, 0, 0]
+    for task, result in zip(tasks, results):
+        alone = _alone(net, task, X, y)
+        assert _max_diff(_weights(result.estimator), _weights(alone)) < 2e-6
+        fused_state = result.estimator.optimizer_.state_dict()["state"]
+        alone_state = alone.optimizer_.state_dict()["state"]
+        assert fused_state.keys() == alone_state.keys()
+        for key in alone_state:
+            torch.testing.assert_close(fused_state[key]["momentum_buffer"],
+                                       alone_state[key]["momentum_buffer"], rtol=1e-3, atol=1e-6)
+    plan = FusedTrainer(net).plan([FusedTask({"optimizer__nesterov": True}), FusedTask({}),
+                                   FusedTask({})])
+    assert plan[0] == [[1, 2]] and "only task" in plan[1][0]  # Nesterov or not: apart
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(weight_decay=1e-2, betas=(0.8, 0.95), eps=1e-6)])

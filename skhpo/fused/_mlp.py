@@ -25,9 +25,11 @@ from ..hyper.concrete import ConcreteDropout
 from ..hyper.space import penalty_term
 from ..nets import FiniteLossGuard, divergence
 from ._adam import BatchedAdam
+from ._sgd import BatchedSGD
 
-__all__ = ["MLPGroup", "MLPMember", "batched_loss", "epoch_history", "flat_weights", "layer_views",
-           "load_adam_state", "write_weights"]
+__all__ = ["MLPGroup", "MLPMember", "batched_loss", "batched_optimizer", "epoch_history",
+           "flat_weights", "layer_views", "load_adam_state", "load_optimizer_state",
+           "write_weights"]
 
 
 class MLPMember:
@@ -76,10 +78,7 @@ class MLPGroup:
         # then the bias; one optimiser update per step over the whole buffer
         flat = torch.stack([flat_weights(m.net.module_) for m in members]).to(self.device)
         nets = [m.net for m in members]
-        groups = [n.optimizer_.param_groups[0] for n in nets]
-        self.opt = BatchedAdam([flat], [g["lr"] for g in groups],
-                               [g["weight_decay"] for g in groups],
-                               [g["betas"] for g in groups], [g["eps"] for g in groups])
+        self.opt = batched_optimizer(flat, [n.optimizer_ for n in nets])
         coefs = [n.penalty_coefficients() if getattr(n, "_penalized", False) else None
                  for n in nets]
         self.l2 = self._coefficients(coefs, "l2")
@@ -289,8 +288,19 @@ class MLPGroup:
     def _hand_back(self, member, j):
         """Model ``j``'s weights into its net's module, its Adam state into its optimiser."""
         self._write_weights(member, j)
-        state = self.opt.state_of(j)[0]
-        load_adam_state(member.net, state["exp_avg"], state["exp_avg_sq"], state["step"])
+        load_optimizer_state(member.net, self.opt.state_of(j)[0])
+
+
+def batched_optimizer(flat, optimizers):
+    """The batched twin of the models' torch optimisers (all Adam, or all SGD with one
+    ``nesterov``) over the stacked buffer ``flat``, with each model's coefficients."""
+    groups = [opt.param_groups[0] for opt in optimizers]
+    if isinstance(optimizers[0], torch.optim.SGD):
+        return BatchedSGD([flat], [g["lr"] for g in groups], [g["weight_decay"] for g in groups],
+                          [g["momentum"] for g in groups], [g["dampening"] for g in groups],
+                          groups[0]["nesterov"])
+    return BatchedAdam([flat], [g["lr"] for g in groups], [g["weight_decay"] for g in groups],
+                       [g["betas"] for g in groups], [g["eps"] for g in groups])
 
 
 def _limit(member):
@@ -349,24 +359,35 @@ def write_weights(module, row):
             layer.bias.copy_(b[0, 0])
 
 
-def load_adam_state(net, exp_avg, exp_avg_sq, step):
-    """One model's Adam moments (rows of a stacked buffer) and step count into ``net``'s
-    ``torch.optim.Adam``, as it keeps them per parameter."""
+def load_optimizer_state(net, state):
+    """One model's optimiser state into ``net``'s optimiser, as torch keeps it per parameter:
+    ``state`` maps a key to a row of the stacked buffer (Adam's moments, SGD's momentum
+    buffer: split into the layers' tensors) or to a scalar tensor (Adam's step count: one
+    copy per parameter). An empty ``state`` leaves the optimiser without state (SGD without
+    momentum)."""
     module = net.module_
     shapes = _shapes(module)
-    moments = {key: layer_views(row.detach()[None], shapes)
-               for key, row in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq))}
+    rows = {key: layer_views(value.detach()[None], shapes) for key, value in state.items()
+            if value.dim() > 0}
+    scalars = {key: value for key, value in state.items() if value.dim() == 0}
     optimizer = net.optimizer_
     optimizer.state.clear()
-    step = torch.as_tensor(step, dtype=torch.float32)
+    if not state:
+        return
     with torch.no_grad():
         for i, layer in enumerate(_linears(net)):
             for p, pick in ((layer.weight, lambda t: t[0].T.contiguous()),
                             (layer.bias, lambda t: t[0, 0].clone())):
                 optimizer.state[p] = {
-                    "step": step.clone(),
-                    **{key: pick(moments[key][i][0 if p is layer.weight else 1])
-                       for key in moments}}
+                    **{key: value.clone() for key, value in scalars.items()},
+                    **{key: pick(rows[key][i][0 if p is layer.weight else 1]) for key in rows}}
+
+
+def load_adam_state(net, exp_avg, exp_avg_sq, step):
+    """One model's Adam moments (rows of a stacked buffer) and step count into ``net``'s
+    ``torch.optim.Adam``, as it keeps them per parameter."""
+    load_optimizer_state(net, {"step": torch.as_tensor(step, dtype=torch.float32),
+                               "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq})
 
 
 def epoch_history(rows):

@@ -9,12 +9,13 @@ fitted on the task's rows, its net's ``module_``, ``optimizer_`` state and ``his
 the training), or the reason it failed.
 
 What fuses (the *fused family*): skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor``
-(alone or as a Pipeline's last step) with their own module, Adam, their default criterion, the
-``ArrayBatchIterator`` with shuffling, no validation split, no ``warm_start`` and no callbacks
-that act during training. Within a group the tasks may differ in learning rate, weight decay,
-Adam's betas and eps, dropout rates, ``l2`` / ``l1``, ``max_epochs``, seed and training rows
-(CV folds of unequal size); they share depth, width, activation, input-dropout layer, batch
-size, device and the shapes after preprocessing. Anything else trains alone, with the reason
+(alone or as a Pipeline's last step) with their own module, Adam or SGD, their default
+criterion, the ``ArrayBatchIterator`` with shuffling, no validation split, no ``warm_start`` and
+no callbacks that act during training. Within a group the tasks may differ in learning rate,
+weight decay, Adam's betas and eps, SGD's momentum and dampening, dropout rates, ``l2`` /
+``l1``, ``max_epochs``, seed and training rows (CV folds of unequal size); they share depth,
+width, activation, input-dropout layer, batch size, optimiser class (and SGD's Nesterov),
+device and the shapes after preprocessing. Anything else trains alone, with the reason
 in :attr:`TaskResult.reason`.
 """
 
@@ -49,7 +50,9 @@ ENGINES = ("auto", "fused", "sequential")
 #: ``engine="auto"``: nets with more weights train alone (measured on the machine that built
 #: skhpo, docs/fused.md; ``$SKHPO_MAX_WEIGHTS`` overrides it: :mod:`skhpo.fused.cost`)
 MAX_WEIGHTS = 150_000
-_OPTIMIZER_ARGS = {"weight_decay", "betas", "eps"}
+#: the optimisers the engine has a batched twin of, and the arguments that may differ per model
+_OPTIMIZER_ARGS = {torch.optim.Adam: {"weight_decay", "betas", "eps"},
+                   torch.optim.SGD: {"weight_decay", "momentum", "dampening", "nesterov"}}
 _CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
              TabularMLPRegressor: torch.nn.MSELoss}
 
@@ -302,17 +305,17 @@ def unfusible(estimator):
         return (f"{type(estimator).__name__} is not a skorch net (the fused engine trains "
                 "skhpo's tabular MLPs)")
     kind = type(net)
+    extra = set(net.get_params_for("optimizer")) - _OPTIMIZER_ARGS.get(net.optimizer, set())
     if kind not in _CRITERIA:
         return (f"{kind.__name__} is not one of skhpo's tabular MLPs (TabularMLPClassifier, "
                 "TabularMLPRegressor), the family the fused engine trains")
     checks = [
         (net.module is not MLPModule, "a custom module"),
         (bool(net.get_params_for("module")), "module__ arguments"),
-        (net.optimizer is not torch.optim.Adam,
+        (net.optimizer not in _OPTIMIZER_ARGS,
          f"optimizer {getattr(net.optimizer, '__name__', net.optimizer)} (the fused engine "
-         "has Adam)"),
-        (not set(net.get_params_for("optimizer")) <= _OPTIMIZER_ARGS,
-         f"optimizer arguments {sorted(set(net.get_params_for('optimizer')) - _OPTIMIZER_ARGS)}"),
+         "has Adam and SGD)"),
+        (bool(extra), f"optimizer arguments {sorted(extra)}"),
         (net.criterion is not _CRITERIA[kind] or bool(net.get_params_for("criterion")),
          "a criterion other than the model's default"),
         (net.train_split is not None, "train_split (a validation split every epoch)"),
@@ -350,12 +353,14 @@ def _unreadable(callbacks):
 
 def fusion_key(estimator):
     """What tasks must share to train together (model class, depth, width, activation, input
-    dropout on or off, batch size, device): ``estimator`` with the task's parameters set."""
+    dropout on or off, batch size, optimiser class and Nesterov or not, device; the device
+    last): ``estimator`` with the task's parameters set."""
     net, _ = find_net(estimator)
     p = net.get_params(deep=False)
     batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
+    nesterov = bool(net.get_params_for("optimizer").get("nesterov", False))
     return (type(net).__name__, p["depth"], p["width"], p["activation"],
-            p["input_dropout"] is None, batch, str(net.device))
+            p["input_dropout"] is None, batch, net.optimizer.__name__, nesterov, str(net.device))
 
 
 def _rows(a, rows):

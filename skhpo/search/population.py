@@ -812,6 +812,9 @@ class PopulationMutationSearch(HoldoutSearch):
             return "sequential", "engine='sequential'"
         reason = unfusible(clone(net).set_params(max_epochs=1, train_split=None,
                                                  warm_start=False))
+        if not reason and net.optimizer is not torch.optim.Adam:
+            reason = (f"optimizer {net.optimizer.__name__} (the fused population has Adam: "
+                      "its students' state is Adam's)")
         if reason and self.engine == "fused":
             raise ValueError(f"engine='fused': the students cannot be trained as one stacked "
                              f"model: {reason}; use engine='auto' or 'sequential'")
