@@ -254,7 +254,7 @@ def test_engine_fused_names_what_cannot_fuse_before_training(digits):
     assert not hasattr(search, "history_")
     auto = FlatnessSearchCV(net, {"lr": [1e-2, 1e-3]}, n_candidates=2, n_finalists=1, cv=2,
                             random_state=0).fit(X, y)
-    assert all("not one of skhpo's tabular MLPs" in r for r in auto.history_["engine_reason"])
+    assert all("not one of skhpo's models" in r for r in auto.history_["engine_reason"])
 
 
 @pytest.fixture
@@ -531,3 +531,38 @@ def test_calibrate_command(capsys):
     assert "export SKHPO_MAX_WEIGHTS=" in out and "speedup" in out
     assert main(["calibrate", "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+# -- skhpo's small CNNs: grouped convolutions -----------------------------------------------------
+
+def test_small_cnns_equal_their_own_fit(digits):
+    """SmallCNNClassifier: the K models' convolutions as one grouped convolution, the dense
+    head batched; per-model lr, weight decay, dropout, l2, epochs, seed and rows."""
+    from skhpo import SmallCNNClassifier
+
+    X, y = digits
+    images = X.reshape(-1, 1, 8, 8)
+    net = SmallCNNClassifier(n_filters=4, width=16, max_epochs=2)
+    tasks = [FusedTask({"lr": 3e-3}, seed=1),
+             FusedTask({"lr": 1e-2, "optimizer__weight_decay": 1e-4, "dropout": 0.3,
+                        "l2": [1e-3, 0.0], "max_epochs": 3}, seed=2, rows=np.arange(0, 430)),
+             FusedTask({"lr": 1e-3, "dropout": 0.1}, seed=3, rows=np.arange(100, 600))]
+    results = FusedTrainer(net, engine="fused").fit(tasks, images, y)
+    assert [r.group for r in results] == [0, 0, 0] and not any(r.error for r in results)
+    for task, result in zip(tasks, results):
+        alone = _alone(net, task, images, y)
+        assert _max_diff(_weights(result.estimator), _weights(alone)) < 2e-6
+        np.testing.assert_allclose(result.estimator.predict_proba(images),
+                                   alone.predict_proba(images), atol=2e-6)
+        fused_state = result.estimator.optimizer_.state_dict()["state"]
+        alone_state = alone.optimizer_.state_dict()["state"]
+        for key in alone_state:
+            assert float(fused_state[key]["step"]) == float(alone_state[key]["step"])
+            torch.testing.assert_close(fused_state[key]["exp_avg_sq"],
+                                       alone_state[key]["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+    # alone in a group of one: bitwise the same model
+    (single,) = FusedTrainer(net, engine="fused").fit([tasks[1]], images, y)
+    a, b = _weights(results[1].estimator), _weights(single.estimator)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plan = FusedTrainer(net).plan([FusedTask({}), FusedTask({}), FusedTask({"n_filters": 8})])
+    assert plan[0] == [[0, 1]] and "only task" in plan[1][2]

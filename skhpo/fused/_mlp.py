@@ -61,22 +61,18 @@ def _structure(module):
 
 
 class MLPGroup:
-    """Train the ``members`` (same architecture and batch size) together."""
+    """Train the ``members`` (same architecture and batch size: skhpo MLPs, or skhpo small
+    CNNs) together."""
 
     def __init__(self, members, batch_size, classifier, device="cpu"):
         self.members, self.B, self.classifier = members, int(batch_size), classifier
         self.device = torch.device(device)
-        first = _structure(members[0].net.module_)
-        self.kinds = [k for k, _ in first]
-        self.acts = [layer for k, layer in first if k == "act"]
-        self.rates = [[float(layer.p) for k, layer in _structure(m.net.module_) if k == "dropout"]
+        self.layout = layout_of(members[0].net.module_)
+        self.rates = [[float(layer.p) for layer in self.layout.dropouts(m.net.module_)]
                       for m in members]
-        self.shapes = [(layer.in_features, layer.out_features)
-                       for k, layer in first if k == "linear"]
-        self.widths = [out for _, out in self.shapes]
-        # every model's weights as one row of a (K, P) buffer: per linear layer W^T (in x out),
-        # then the bias; one optimiser update per step over the whole buffer
-        flat = torch.stack([flat_weights(m.net.module_) for m in members]).to(self.device)
+        # every model's weights as one row of a (K, P) buffer (the layout's order); one
+        # optimiser update per step over the whole buffer
+        flat = torch.stack([self.layout.flat(m.net.module_) for m in members]).to(self.device)
         nets = [m.net for m in members]
         self.opt = batched_optimizer(flat, [n.optimizer_ for n in nets])
         coefs = [n.penalty_coefficients() if getattr(n, "_penalized", False) else None
@@ -99,12 +95,10 @@ class MLPGroup:
         return out, False
 
     def _leaves(self):
-        """Per layer, W and b as views of the buffer that autograd treats as leaves: their
-        gradients come back apart and are joined into one buffer-shaped gradient (cheaper
-        than differentiating through slices of the buffer)."""
-        self.layers = [(W.requires_grad_(True), b.requires_grad_(True))
-                       for W, b in self._layers(self.opt.params[0])]
-        self.leaves = [t for pair in self.layers for t in pair]
+        """Per parameter, views of the buffer that autograd treats as leaves: their gradients
+        come back apart and are joined into one buffer-shaped gradient (cheaper than
+        differentiating through slices of the buffer)."""
+        self.leaves = [t.requires_grad_(True) for t in self.layout.views(self.opt.params[0])]
         self._owners = torch.tensor(self.alive)[:, None]  # each live model's data row
         self._set_limits()
 
@@ -116,13 +110,10 @@ class MLPGroup:
 
     def _coefficients(self, coefs, kind):
         """``(K, layers)`` coefficients, or None when no model has a non-zero one."""
-        rows = [c[kind] if c is not None else [0.0] * len(self.widths) for c in coefs]
+        rows = [c[kind] if c is not None else [0.0] * self.layout.n_linear for c in coefs]
         if not any(any(r) for r in rows):
             return None
         return torch.tensor(rows, dtype=self.opt.params[0].dtype, device=self.device)
-
-    def _layers(self, flat):
-        return layer_views(flat, self.shapes)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -200,8 +191,10 @@ class MLPGroup:
                 torch.tensor([self.alive[j] for j in pos])[:, None]
             xb = _gather(self.X, self.X_shared, owners, rows)
             yb = _gather(self.y, self.y_shared, owners, rows)
-            layers = self.layers if everyone else [(W[pos], b[pos]) for W, b in self.layers]
-            out = self._forward(layers, xb.to(self.device), [self.alive[j] for j in pos])
+            views = self.leaves if everyone else [t[pos] for t in self.leaves]
+            members = [self.alive[j] for j in pos]
+            out = self.layout.forward(views, xb.to(self.device),
+                                      lambda i, h, members=members: self._dropout(i, h, members))
             each = batched_loss(out, yb.to(self.device), self.classifier)
             if everyone:
                 return each + self._penalty()
@@ -210,20 +203,9 @@ class MLPGroup:
         zero = self.leaves[0].new_zeros(())
         return torch.stack([zero if v is None else v for v in losses]) + self._penalty()
 
-    def _forward(self, layers, xb, members):
-        h, lin, drop = xb, 0, 0
-        for kind in self.kinds:
-            if kind == "linear":
-                W, b = layers[lin]
-                h = torch.baddbmm(b, h, W)
-                lin += 1
-            elif kind == "dropout":
-                noise = self._masks(drop, h, members)
-                h = h if noise is None else h * noise
-                drop += 1
-            else:
-                h = self.acts[lin - 1](h)
-        return h
+    def _dropout(self, layer, h, members):
+        noise = self._masks(layer, h, members)
+        return h if noise is None else h * noise
 
     def _masks(self, layer, h, members):
         """Dropout noise per model, drawn from its own generator as ``F.dropout`` draws it:
@@ -247,7 +229,7 @@ class MLPGroup:
             if coefs is None:
                 continue
             alive = coefs[torch.tensor(self.alive)]
-            for i, (W, _) in enumerate(self.layers):
+            for i, W in enumerate(self.layout.linear_weights(self.leaves)):
                 terms = torch.stack([penalty_term(kind, [W[j]]) for j in range(len(W))])
                 total = total + alive[:, i] * terms
         return total
@@ -283,12 +265,13 @@ class MLPGroup:
 
     def _write_weights(self, member, j):
         """Model ``j``'s current weights into its net's module."""
-        write_weights(member.net.module_, self.opt.params[0][j])
+        self.layout.write(member.net.module_, self.opt.params[0][j])
 
     def _hand_back(self, member, j):
-        """Model ``j``'s weights into its net's module, its Adam state into its optimiser."""
+        """Model ``j``'s weights into its net's module, its optimiser state into its
+        optimiser."""
         self._write_weights(member, j)
-        load_optimizer_state(member.net, self.opt.state_of(j)[0])
+        self.layout.load_state(member.net, self.opt.state_of(j)[0])
 
 
 def batched_optimizer(flat, optimizers):
@@ -411,3 +394,141 @@ def batched_loss(out, y, classifier):
     else:
         each = F.mse_loss(out, y, reduction="none")
     return each.reshape(k, -1).mean(1)
+
+
+# -- layouts: how one model's weights sit in a row of the buffer, and the stacked forward ------
+
+def layout_of(module):
+    """The layout of ``module`` (an ``MLPModule`` or a ``SmallCNNModule``)."""
+    from ..models import SmallCNNModule
+
+    return CNNLayout(module) if isinstance(module, SmallCNNModule) else MLPLayout(module)
+
+
+class MLPLayout:
+    """skhpo's ``MLPModule``: per linear layer W^T (in x out) then its bias; the stacked
+    forward is one ``torch.baddbmm`` per linear layer."""
+
+    def __init__(self, module):
+        structure = _structure(module)
+        self.kinds = [kind for kind, _ in structure]
+        self.acts = [layer for kind, layer in structure if kind == "act"]
+        self.shapes = _shapes(module)
+        self.n_linear = len(self.shapes)
+
+    def flat(self, module):
+        return flat_weights(module)
+
+    def views(self, flat):
+        return [t for pair in layer_views(flat, self.shapes) for t in pair]
+
+    def linear_weights(self, views):
+        return views[0::2]
+
+    @staticmethod
+    def dropouts(module):
+        return [layer for kind, layer in _structure(module) if kind == "dropout"]
+
+    def forward(self, views, x, dropout):
+        """Every model's output for its batch ``x`` (K, b, in); ``dropout(i, h)`` applies the
+        i-th dropout layer."""
+        h, lin, drop = x, 0, 0
+        for kind in self.kinds:
+            if kind == "linear":
+                h = torch.baddbmm(views[2 * lin + 1], h, views[2 * lin])
+                lin += 1
+            elif kind == "dropout":
+                h = dropout(drop, h)
+                drop += 1
+            else:
+                h = self.acts[lin - 1](h)
+        return h
+
+    @staticmethod
+    def write(module, row):
+        write_weights(module, row)
+
+    @staticmethod
+    def load_state(net, state):
+        load_optimizer_state(net, state)
+
+
+class CNNLayout:
+    """skhpo's ``SmallCNNModule``: every parameter in its own layout, in
+    ``module.parameters()`` order. The convolutions run per model (a grouped convolution,
+    ``groups=K``, was no faster on a CPU and its weight gradients depend on K in their last
+    bits); the dense head is one ``torch.baddbmm`` per linear layer, the loss and the
+    optimiser step are batched."""
+
+    def __init__(self, module):
+        self.image_shape = tuple(module.image_shape)
+        self.shapes = [tuple(p.shape) for p in module.parameters()]
+        linear = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
+        self.linear = [i for i, p in enumerate(module.parameters()) if id(p) in linear]
+        self.n_linear = len(self.linear)
+        self.features, self.head = list(module.features), list(module.head)
+
+    def flat(self, module):
+        return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+    def views(self, flat):
+        out, start = [], 0
+        for shape in self.shapes:
+            n = math.prod(shape)
+            out.append(flat[:, start:start + n].view(-1, *shape))
+            start += n
+        return out
+
+    def linear_weights(self, views):
+        return [views[i] for i in self.linear]
+
+    @staticmethod
+    def dropouts(module):
+        return [m for m in module.modules() if isinstance(m, (nn.Dropout, ConcreteDropout))]
+
+    def forward(self, views, x, dropout):
+        K, b = x.shape[:2]
+        params = iter(views)
+        h = x.reshape(K, b, *self.image_shape)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                # one convolution per model: as fast as one grouped convolution on a CPU here,
+                # and a model's arithmetic then never depends on its group (bitwise)
+                W, bias = next(params), next(params)
+                h = torch.stack([F.conv2d(h[k], W[k], bias[k], layer.stride, layer.padding,
+                                          layer.dilation) for k in range(K)])
+            elif isinstance(layer, nn.Flatten):
+                h = h.reshape(K, b, -1)  # each model's C*H*W, as nn.Flatten orders them
+            else:  # activation, max pooling: per sample
+                out = layer(h.reshape(K * b, *h.shape[2:]))
+                h = out.reshape(K, b, *out.shape[1:])
+        drop = 0
+        for layer in self.head:
+            if isinstance(layer, nn.Linear):
+                W, bias = next(params), next(params)
+                h = torch.baddbmm(bias.unsqueeze(1), h, W.transpose(1, 2))
+            elif isinstance(layer, (nn.Dropout, ConcreteDropout)):
+                h = dropout(drop, h)
+                drop += 1
+            else:
+                h = layer(h)
+        return h
+
+    def _tensors(self, row):
+        return [t[0] for t in self.views(row.detach()[None])]
+
+    def write(self, module, row):
+        with torch.no_grad():
+            for p, t in zip(module.parameters(), self._tensors(row)):
+                p.copy_(t)
+
+    def load_state(self, net, state):
+        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
+        scalars = {key: value for key, value in state.items() if value.dim() == 0}
+        optimizer = net.optimizer_
+        optimizer.state.clear()
+        if not state:
+            return
+        for i, p in enumerate(net.module_.parameters()):
+            optimizer.state[p] = {**{key: value.clone() for key, value in scalars.items()},
+                                  **{key: rows[key][i].clone() for key in rows}}

@@ -30,7 +30,13 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.utils import _safe_indexing
 
-from ..models import MLPModule, TabularMLPClassifier, TabularMLPRegressor
+from ..models import (
+    MLPModule,
+    SmallCNNClassifier,
+    SmallCNNModule,
+    TabularMLPClassifier,
+    TabularMLPRegressor,
+)
 from ..nets import (
     ArrayBatchIterator,
     FiniteLossGuard,
@@ -53,7 +59,11 @@ MAX_WEIGHTS = 150_000
 #: the optimisers the engine has a batched twin of, and the arguments that may differ per model
 _OPTIMIZER_ARGS = {torch.optim.Adam: {"weight_decay", "betas", "eps"},
                    torch.optim.SGD: {"weight_decay", "momentum", "dampening", "nesterov"}}
+_CE = torch.nn.CrossEntropyLoss
+_MODULES = {TabularMLPClassifier: MLPModule, TabularMLPRegressor: MLPModule,
+            SmallCNNClassifier: SmallCNNModule}
 _CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
+             SmallCNNClassifier: torch.nn.CrossEntropyLoss,
              TabularMLPRegressor: torch.nn.MSELoss}
 
 
@@ -244,7 +254,7 @@ class FusedTrainer:
                 moved[j] = f"{_n_weights(member.net)} weights > max_weights={limit}"
                 continue
             key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
-                   member.net.module_.layers[-1].out_features)
+                   _n_outputs(member.net))
             by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
             if len(same) == 1 and self.engine == "auto" and not keep_single:
@@ -255,7 +265,7 @@ class FusedTrainer:
             batch = batch_size_of(net, max(len(m.rows) for m in members))
             size = group_size(_n_weights(net), self.max_group)
             for i in range(0, len(members), size):  # a group's state kept within the cache
-                MLPGroup(members[i:i + size], batch, isinstance(net, TabularMLPClassifier),
+                MLPGroup(members[i:i + size], batch, _CRITERIA[type(net)] is _CE,
                          net.device).run()
             for j in same:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
@@ -303,14 +313,14 @@ def unfusible(estimator):
         net, _ = find_net(estimator)
     except TypeError:
         return (f"{type(estimator).__name__} is not a skorch net (the fused engine trains "
-                "skhpo's tabular MLPs)")
+                "skhpo's MLPs and small CNNs)")
     kind = type(net)
     extra = set(net.get_params_for("optimizer")) - _OPTIMIZER_ARGS.get(net.optimizer, set())
     if kind not in _CRITERIA:
-        return (f"{kind.__name__} is not one of skhpo's tabular MLPs (TabularMLPClassifier, "
-                "TabularMLPRegressor), the family the fused engine trains")
+        return (f"{kind.__name__} is not one of skhpo's models (TabularMLPClassifier, "
+                "TabularMLPRegressor, SmallCNNClassifier), the family the fused engine trains")
     checks = [
-        (net.module is not MLPModule, "a custom module"),
+        (net.module is not _MODULES[kind], "a custom module"),
         (bool(net.get_params_for("module")), "module__ arguments"),
         (net.optimizer not in _OPTIMIZER_ARGS,
          f"optimizer {getattr(net.optimizer, '__name__', net.optimizer)} (the fused engine "
@@ -359,8 +369,14 @@ def fusion_key(estimator):
     p = net.get_params(deep=False)
     batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
     nesterov = bool(net.get_params_for("optimizer").get("nesterov", False))
-    return (type(net).__name__, p["depth"], p["width"], p["activation"],
-            p["input_dropout"] is None, batch, net.optimizer.__name__, nesterov, str(net.device))
+    shape = tuple(p[k] for k in ("n_blocks", "n_filters", "kernel_size", "image_shape")) \
+        if isinstance(net, SmallCNNClassifier) else (p["depth"], p.get("input_dropout") is None)
+    return (type(net).__name__, *shape, p["width"], p["activation"], batch,
+            net.optimizer.__name__, nesterov, str(net.device))
+
+
+def _n_outputs(net):
+    return [m for m in net.module_.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
 
 def _rows(a, rows):

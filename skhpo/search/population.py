@@ -57,7 +57,7 @@ from ..hyper import (
     resolve_hyperparam,
 )
 from ..log import report
-from ..models import TabularMLPClassifier
+from ..models import TabularMLPClassifier, TabularMLPRegressor
 from ..nets import (
     FiniteLossGuard,
     TrainingDivergedError,
@@ -812,6 +812,9 @@ class PopulationMutationSearch(HoldoutSearch):
             return "sequential", "engine='sequential'"
         reason = unfusible(clone(net).set_params(max_epochs=1, train_split=None,
                                                  warm_start=False))
+        if not reason and not isinstance(net, (TabularMLPClassifier, TabularMLPRegressor)):
+            reason = (f"{type(net).__name__} (the fused population trains skhpo's tabular "
+                      "MLPs)")
         if not reason and net.optimizer is not torch.optim.Adam:
             reason = (f"optimizer {net.optimizer.__name__} (the fused population has Adam: "
                       "its students' state is Adam's)")
