@@ -6,10 +6,12 @@
 Each search fits a skhpo net built with ``device=DEVICE`` on a few hundred digits samples
 (FlatnessSearchCV, AutoHyperSearchCV, HyperLocalRefiner over a RandomizedSearchCV,
 PopulationMutationSearch, CuttingPlaneTuner, FusedRandomizedSearchCV with its fused engine;
-the MLP, and the SmallCNN for AutoHyperSearchCV and CuttingPlaneTuner). Each row says whether
-the fit finished, where the best model's weights live, its test accuracy, its wall time and,
-if it failed, the error. The process exits with 1 if any class failed, so the script itself
-is the pass/fail of the device run.
+the MLP, and the SmallCNN for AutoHyperSearchCV and CuttingPlaneTuner; and, since
+``engine="auto"`` fuses on the CPU only, three rows with ``engine="fused"``: the drop-in on an
+SGD MLP and on the SmallCNN, and PopulationMutationSearch's stacked population). Each row says
+whether the fit finished, where the best model's weights live, its test accuracy, its wall
+time and, if it failed, the error. The process exits with 1 if any class failed, so the script
+itself is the pass/fail of the device run.
 """
 
 import argparse
@@ -65,6 +67,17 @@ def searches(device, epochs):
         "FusedRandomizedSearchCV": FusedRandomizedSearchCV(
             mlp(), {"lr": loguniform(1e-3, 3e-2), "dropout": uniform(0.0, 0.3)}, n_iter=6,
             cv=2, random_state=0),
+        # engine="auto" fuses on the CPU only: these run the fused engine on the device
+        "FusedRandomizedSearchCV (MLP, SGD, engine=fused)": FusedRandomizedSearchCV(
+            mlp(optimizer=torch.optim.SGD, optimizer__momentum=0.9),
+            {"lr": loguniform(1e-3, 3e-2), "dropout": uniform(0.0, 0.3)}, n_iter=6, cv=2,
+            engine="fused", random_state=0),
+        "FusedRandomizedSearchCV (SmallCNN, engine=fused)": FusedRandomizedSearchCV(
+            cnn(), {"lr": loguniform(1e-3, 3e-2), "dropout": uniform(0.0, 0.3)}, n_iter=4,
+            cv=2, engine="fused", random_state=0),
+        "PopulationMutationSearch (engine=fused)": PopulationMutationSearch(
+            mlp(dropout=0.1), {"lr": (1e-3, 3e-2), "dropout": (0.0, 0.5)},
+            population_size=4, n_steps=2, engine="fused", random_state=0),
     }
 
 

@@ -200,7 +200,8 @@ class StudentGroup:
         val_rows = torch.stack([torch.randint(len(self.yv), (size,), generator=generators[j])
                                 for j in pick])
         leaf = u.detach().clone().requires_grad_(True)
-        h = [hp.box.forward(leaf[index, i]).float() for i, hp in enumerate(self.hypers)]
+        h = [hp.box.forward(leaf[index, i]).float().to(self.device)
+             for i, hp in enumerate(self.hypers)]
         tuned = {hp.kind: h[i] for i, hp in enumerate(self.hypers)
                  if hp.kind in ("lr", "weight_decay")}
         columns = list(values["rates"][index].unbind(1))
@@ -228,8 +229,9 @@ class StudentGroup:
                 double = True
             double = double or hp.kind == "dropout"
         grads = torch.autograd.grad(loss.sum(), params, create_graph=double)
-        eta = tuned.get("lr", values["lr"][index].to(loss.dtype))
-        wd = tuned.get("weight_decay", values["weight_decay"][index].to(loss.dtype))
+        eta = tuned.get("lr", values["lr"][index].to(device=self.device, dtype=loss.dtype))
+        wd = tuned.get("weight_decay", values["weight_decay"][index].to(device=self.device,
+                                                                       dtype=loss.dtype))
         shape = (-1, 1, 1)
         stepped = [p - eta.view(shape) * (g + wd.view(shape) * p) for p, g in zip(params, grads)]
         out = self._forward(list(zip(stepped[::2], stepped[1::2])), self.Xv[val_rows.to(
@@ -309,7 +311,8 @@ class StudentGroup:
         for j in draw.nonzero().flatten().tolist():
             noise[j].uniform_(generator=generators[j])  # the draws of torch.rand_like
         v = noise.to(h.device).clamp(eps, 1 - eps)
-        p_c = p.to(h.dtype).clamp(eps, 1 - eps).view(-1, *[1] * (h.dim() - 1))
+        p_c = p.to(device=h.device, dtype=h.dtype).clamp(eps, 1 - eps).view(
+            -1, *[1] * (h.dim() - 1))
         z = torch.sigmoid((torch.log(p_c) - torch.log1p(-p_c) + torch.log(v) - torch.log1p(-v))
                           / self.temperatures[layer])
         out = h * (1 - z) / (1 - p_c)
