@@ -4,6 +4,7 @@
     python benchmarks/fused.py --k 1 32 256 1024 --device cuda --sequential-max 64
     python benchmarks/fused.py --k 2 8 --depth 2 --width 512 --epochs 5   # a bigger net
     python benchmarks/fused.py --model cnn --k 8 32 --epochs 10           # SmallCNNClassifier
+    python benchmarks/fused.py --model torch-func --k 8 32 --epochs 10    # a user's module
 
 digits (1797 x 64), TabularMLPClassifier 64-128-10 (depth 1), Adam with each model's own
 learning rate (log-uniform 3e-4..3e-2), weight decay (log-uniform 1e-6..1e-3) and seed, batch
@@ -14,6 +15,9 @@ runs of 560 Adam steps differ in their last bits, which some learning rates ampl
 median over models of the largest difference of their predicted probabilities, and the
 process's peak RSS. Both ways train once on a tiny task first, outside the timings. ``--model
 cnn``: ``SmallCNNClassifier`` (2 blocks of 16 and 32 filters, dense 64) on the 8 x 8 images.
+``--model torch-func``: a plain skorch ``NeuralNetClassifier`` around a user's module (a
+residual block of width 128 with two dropout layers and a softmax output, skorch's DataLoader
+with shuffling, NLLLoss), fused through ``torch.func``.
 """
 
 import argparse
@@ -31,6 +35,22 @@ from skhpo.fused import FusedTask, FusedTrainer
 from skhpo.nets import trial_params
 
 
+class Residual(torch.nn.Module):
+    """A user's module: a residual block, two dropout layers, softmax output."""
+
+    def __init__(self, hidden=128, p=0.2):
+        super().__init__()
+        self.inp = torch.nn.Linear(64, hidden)
+        self.block = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.Tanh())
+        self.early, self.late = torch.nn.Dropout(p / 2), torch.nn.Dropout(p)
+        self.out = torch.nn.Linear(hidden, 10)
+
+    def forward(self, X):
+        h = self.early(torch.relu(self.inp(X)))
+        h = self.late(h + self.block(h))
+        return torch.softmax(self.out(h), dim=-1)
+
+
 def tasks(K, seed=0):
     rng = np.random.default_rng(seed)
     return [FusedTask({"lr": float(10 ** rng.uniform(np.log10(3e-4), np.log10(3e-2))),
@@ -46,7 +66,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--depth", type=int, default=1, help="hidden layers")
     p.add_argument("--width", type=int, default=128, help="units per hidden layer")
-    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    p.add_argument("--model", choices=["mlp", "cnn", "torch-func"], default="mlp")
     p.add_argument("--sequential-max", type=int, default=64,
                    help="largest K also run one model at a time")
     p.add_argument("--out", default=None, help="JSON file for the rows")
@@ -57,6 +77,12 @@ def main(argv=None):
     if args.model == "cnn":
         X = X.reshape(-1, 1, 8, 8)
         net = SmallCNNClassifier(batch_size=64, max_epochs=args.epochs, device=args.device)
+    elif args.model == "torch-func":
+        from skorch import NeuralNetClassifier
+
+        net = NeuralNetClassifier(Residual, batch_size=64, max_epochs=args.epochs,
+                                  train_split=None, iterator_train__shuffle=True,
+                                  optimizer=torch.optim.Adam, device=args.device, verbose=0)
     else:
         net = TabularMLPClassifier(depth=args.depth, width=args.width, batch_size=64,
                                    max_epochs=args.epochs, device=args.device)

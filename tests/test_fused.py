@@ -1,6 +1,8 @@
 """The fused engine: many tabular MLPs trained as one stacked model, handed back as ordinary
 fitted nets that equal the nets' own fits."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -245,16 +247,17 @@ def test_engine_fused_names_what_cannot_fuse_before_training(digits):
     from skhpo import FlatnessSearchCV
 
     X, y = digits
-    net = NeuralNetClassifier(nn.Sequential(nn.Linear(64, 10), nn.Softmax(dim=-1)),
-                              max_epochs=1, train_split=None)
+    net = NeuralNetClassifier(nn.Sequential(nn.Linear(64, 10), nn.BatchNorm1d(10),
+                                            nn.Softmax(dim=-1)), max_epochs=1, train_split=None)
     search = FlatnessSearchCV(net, {"lr": [1e-2, 1e-3]}, n_candidates=2, n_finalists=1,
                               engine="fused")
-    with pytest.raises(ValueError, match="cannot be fused: NeuralNetClassifier is not one of"):
+    reason = "layer '1' (BatchNorm1d) keeps running statistics"
+    with pytest.raises(ValueError, match=f"cannot be fused: {re.escape(reason)}"):
         search.fit(X, y)
     assert not hasattr(search, "history_")
     auto = FlatnessSearchCV(net, {"lr": [1e-2, 1e-3]}, n_candidates=2, n_finalists=1, cv=2,
                             random_state=0).fit(X, y)
-    assert all("not one of skhpo's models" in r for r in auto.history_["engine_reason"])
+    assert all(reason in r for r in auto.history_["engine_reason"])
 
 
 @pytest.fixture
@@ -566,3 +569,72 @@ def test_small_cnns_equal_their_own_fit(digits):
     assert all(torch.equal(a[k], b[k]) for k in a)
     plan = FusedTrainer(net).plan([FusedTask({}), FusedTask({}), FusedTask({"n_filters": 8})])
     assert plan[0] == [[0, 1]] and "only task" in plan[1][2]
+
+
+# -- any module through torch.func (the generic path) --------------------------------------------
+
+class _Residual(torch.nn.Module):
+    """A user's module: a residual block, dropout in two places, called in another order
+    than registered, softmax output (skorch's NLLLoss path)."""
+
+    def __init__(self, hidden=16, p=0.2):
+        super().__init__()
+        self.late = torch.nn.Dropout(p)
+        self.inp = torch.nn.Linear(64, hidden)
+        self.block = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.Tanh())
+        self.early = torch.nn.Dropout(p / 2)
+        self.out = torch.nn.Linear(hidden, 10)
+
+    def forward(self, X):
+        h = self.early(torch.relu(self.inp(X)))
+        h = self.late(h + self.block(h))
+        return torch.softmax(self.out(h), dim=-1)
+
+
+class _Noisy(_Residual):
+    def forward(self, X):  # randomness the engine cannot replay
+        return super().forward(torch.nn.functional.dropout(X, 0.1, self.training))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_user_module_fuses_through_torch_func(digits, shuffle):
+    from skorch import NeuralNetClassifier
+
+    X, y = digits
+    net = NeuralNetClassifier(_Residual, max_epochs=2, batch_size=50, train_split=None,
+                              iterator_train__shuffle=shuffle, optimizer=torch.optim.Adam)
+    tasks = [FusedTask({"lr": 3e-3, "module__p": 0.3}, seed=1),
+             FusedTask({"lr": 1e-2, "module__p": 0.3, "optimizer__weight_decay": 1e-3},
+                       seed=2, rows=np.arange(0, 430)),
+             FusedTask({"lr": 1e-3, "module__p": 0.3, "max_epochs": 3}, seed=3)]
+    results = FusedTrainer(net, engine="fused").fit(tasks, X, y)
+    assert [r.group for r in results] == [0, 0, 0] and not any(r.error for r in results)
+    for task, result in zip(tasks, results):
+        alone = _alone(net, task, X, y)
+        assert _max_diff(_weights(result.estimator), _weights(alone)) < 2e-6
+        np.testing.assert_allclose(result.estimator.predict_proba(X), alone.predict_proba(X),
+                                   atol=2e-6)
+    (single,) = FusedTrainer(net, engine="fused").fit([tasks[1]], X, y)
+    a, b = _weights(results[1].estimator), _weights(single.estimator)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # its group does not change it
+    # different module arguments: different groups
+    plan = FusedTrainer(net).plan([FusedTask({"module__hidden": 8}), FusedTask({}),
+                                   FusedTask({})])
+    assert plan[0] == [[1, 2]]
+
+
+def test_what_torch_func_cannot_replay_trains_alone_with_the_reason(digits):
+    from skorch import NeuralNetClassifier
+
+    X, y = digits
+    net = NeuralNetClassifier(_Noisy, max_epochs=1, train_split=None)
+    tasks = [FusedTask({"lr": 1e-2}, seed=1), FusedTask({"lr": 1e-3}, seed=2)]
+    results = FusedTrainer(net).fit(tasks, X, y)
+    assert [r.group for r in results] == [-1, -1] and not any(r.error for r in results)
+    assert all("does not run under torch.func.vmap" in r.reason and "random" in r.reason
+               for r in results)
+    with pytest.raises(ValueError, match="task 0 cannot be fused: its module cannot be fused"):
+        FusedTrainer(net, engine="fused").fit(tasks, X, y)
+    gru = NeuralNetClassifier(torch.nn.GRU, module__input_size=64, module__hidden_size=4,
+                              train_split=None)
+    assert "layer '' (GRU): recurrent layers are not fused" in unfusible(gru)

@@ -39,9 +39,10 @@ class MLPMember:
     its ``epochs``. Its divergence rule is its net's :class:`~skhpo.nets.FiniteLossGuard`'s
     (``max_ratio`` times its first batch's loss; none without a guard: non-finite only)."""
 
-    def __init__(self, net, X, y, generator, epochs, rows=None):
+    def __init__(self, net, X, y, generator, epochs, rows=None, shuffle="array"):
         self.net, self.X, self.y, self.generator, self.epochs = net, X, y, generator, epochs
         self.rows = torch.arange(len(y)) if rows is None else torch.as_tensor(rows)
+        self.shuffle = shuffle  # how its own fit orders an epoch (see _epoch_order)
         self.losses, self.error, self.seconds = [], "", 0.0
         guards = [cb for _, cb in getattr(net, "callbacks_", ())
                   if isinstance(cb, FiniteLossGuard)]
@@ -67,7 +68,8 @@ class MLPGroup:
     def __init__(self, members, batch_size, classifier, device="cpu"):
         self.members, self.B, self.classifier = members, int(batch_size), classifier
         self.device = torch.device(device)
-        self.layout = layout_of(members[0].net.module_)
+        first = members[0]
+        self.layout = layout_of(first.net.module_, first.X[first.rows[:2]])
         self.rates = [[float(layer.p) for layer in self.layout.dropouts(m.net.module_)]
                       for m in members]
         # every model's weights as one row of a (K, P) buffer (the layout's order); one
@@ -121,9 +123,8 @@ class MLPGroup:
         start = time.perf_counter()
         for epoch in range(max(m.epochs for m in self.members)):
             t0 = time.perf_counter()
-            # ArrayBatchIterator: one permutation of the model's own rows per epoch
-            orders = [m.rows[torch.randperm(len(m.rows), generator=m.generator)]
-                      for m in (self.members[k] for k in self.alive)]
+            # one permutation of the model's own rows per epoch, drawn as its own fit draws it
+            orders = [m.rows[_epoch_order(m)] for m in (self.members[k] for k in self.alive)]
             sums = torch.zeros(len(self.alive), dtype=torch.float64)
             steps = max(math.ceil(len(o) / self.B) for o in orders)
             for s in range(steps):
@@ -195,13 +196,19 @@ class MLPGroup:
             members = [self.alive[j] for j in pos]
             out = self.layout.forward(views, xb.to(self.device),
                                       lambda i, h, members=members: self._dropout(i, h, members))
-            each = batched_loss(out, yb.to(self.device), self.classifier)
+            each = self._loss(out, yb.to(self.device))
             if everyone:
                 return each + self._penalty()
             for j, value in zip(pos, each):
                 losses[j] = value
         zero = self.leaves[0].new_zeros(())
         return torch.stack([zero if v is None else v for v in losses]) + self._penalty()
+
+    def _loss(self, out, y):
+        """Each model's criterion on its batch (the penalties are added apart)."""
+        if hasattr(self.layout, "loss"):  # a module on the torch.func path: its net's get_loss
+            return self.layout.loss(self.members[0].net, out, y)
+        return batched_loss(out, y, self.classifier)
 
     def _dropout(self, layer, h, members):
         noise = self._masks(layer, h, members)
@@ -284,6 +291,22 @@ def batched_optimizer(flat, optimizers):
                           groups[0]["nesterov"])
     return BatchedAdam([flat], [g["lr"] for g in groups], [g["weight_decay"] for g in groups],
                        [g["betas"] for g in groups], [g["eps"] for g in groups])
+
+
+def _epoch_order(member):
+    """This epoch's order of the member's rows, drawn as its own fit draws it:
+    ``ArrayBatchIterator``, one ``randperm`` (none without shuffling); ``DataLoader``, the
+    iterator's base seed, then (with shuffling) ``RandomSampler``'s seed for a fresh
+    generator and its ``randperm``."""
+    n, g = len(member.rows), member.generator
+    if member.shuffle.startswith("dataloader"):
+        torch.empty((), dtype=torch.int64).random_(generator=g)  # _BaseDataLoaderIter
+        if member.shuffle == "dataloader":
+            seed = int(torch.empty((), dtype=torch.int64).random_(generator=g).item())
+            return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if member.shuffle.endswith("ordered"):
+        return torch.arange(n)
+    return torch.randperm(n, generator=g)
 
 
 def _limit(member):
@@ -398,11 +421,17 @@ def batched_loss(out, y, classifier):
 
 # -- layouts: how one model's weights sit in a row of the buffer, and the stacked forward ------
 
-def layout_of(module):
-    """The layout of ``module`` (an ``MLPModule`` or a ``SmallCNNModule``)."""
-    from ..models import SmallCNNModule
+def layout_of(module, sample=None):
+    """The layout of ``module``: an ``MLPModule``, a ``SmallCNNModule``, or any other module
+    through ``torch.func`` (:class:`~._generic.FuncLayout`; ``sample``: a few input rows)."""
+    from ..models import MLPModule, SmallCNNModule
+    from ._generic import FuncLayout
 
-    return CNNLayout(module) if isinstance(module, SmallCNNModule) else MLPLayout(module)
+    if isinstance(module, SmallCNNModule):
+        return CNNLayout(module)
+    if type(module) is MLPModule:
+        return MLPLayout(module)
+    return FuncLayout(module, sample)
 
 
 class MLPLayout:
@@ -453,20 +482,15 @@ class MLPLayout:
         load_optimizer_state(net, state)
 
 
-class CNNLayout:
-    """skhpo's ``SmallCNNModule``: every parameter in its own layout, in
-    ``module.parameters()`` order. The convolutions run per model (a grouped convolution,
-    ``groups=K``, was no faster on a CPU and its weight gradients depend on K in their last
-    bits); the dense head is one ``torch.baddbmm`` per linear layer, the loss and the
-    optimiser step are batched."""
+class ParamLayout:
+    """Every parameter of the module in its own layout, in ``module.parameters()`` order: the
+    views of the buffer are ``(K, *parameter shape)``."""
 
     def __init__(self, module):
-        self.image_shape = tuple(module.image_shape)
         self.shapes = [tuple(p.shape) for p in module.parameters()]
         linear = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
         self.linear = [i for i, p in enumerate(module.parameters()) if id(p) in linear]
         self.n_linear = len(self.linear)
-        self.features, self.head = list(module.features), list(module.head)
 
     def flat(self, module):
         return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
@@ -485,6 +509,37 @@ class CNNLayout:
     @staticmethod
     def dropouts(module):
         return [m for m in module.modules() if isinstance(m, (nn.Dropout, ConcreteDropout))]
+
+    def _tensors(self, row):
+        return [t[0] for t in self.views(row.detach()[None])]
+
+    def write(self, module, row):
+        with torch.no_grad():
+            for p, t in zip(module.parameters(), self._tensors(row)):
+                p.copy_(t)
+
+    def load_state(self, net, state):
+        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
+        scalars = {key: value for key, value in state.items() if value.dim() == 0}
+        optimizer = net.optimizer_
+        optimizer.state.clear()
+        if not state:
+            return
+        for i, p in enumerate(net.module_.parameters()):
+            optimizer.state[p] = {**{key: value.clone() for key, value in scalars.items()},
+                                  **{key: rows[key][i].clone() for key in rows}}
+
+
+class CNNLayout(ParamLayout):
+    """skhpo's ``SmallCNNModule``, its parameters as :class:`ParamLayout` keeps them. The
+    convolutions run per model (a grouped convolution, ``groups=K``, was no faster on a CPU
+    and its weight gradients depend on K in their last bits); the dense head is one
+    ``torch.baddbmm`` per linear layer, the loss and the optimiser step are batched."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.image_shape = tuple(module.image_shape)
+        self.features, self.head = list(module.features), list(module.head)
 
     def forward(self, views, x, dropout):
         K, b = x.shape[:2]
@@ -513,22 +568,3 @@ class CNNLayout:
             else:
                 h = layer(h)
         return h
-
-    def _tensors(self, row):
-        return [t[0] for t in self.views(row.detach()[None])]
-
-    def write(self, module, row):
-        with torch.no_grad():
-            for p, t in zip(module.parameters(), self._tensors(row)):
-                p.copy_(t)
-
-    def load_state(self, net, state):
-        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
-        scalars = {key: value for key, value in state.items() if value.dim() == 0}
-        optimizer = net.optimizer_
-        optimizer.state.clear()
-        if not state:
-            return
-        for i, p in enumerate(net.module_.parameters()):
-            optimizer.state[p] = {**{key: value.clone() for key, value in scalars.items()},
-                                  **{key: rows[key][i].clone() for key in rows}}

@@ -29,6 +29,7 @@ import torch
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.utils import _safe_indexing
+from torch.utils.data import DataLoader
 
 from ..models import (
     MLPModule,
@@ -47,6 +48,7 @@ from ..nets import (
     net_input,
     trial_params,
 )
+from ._generic import FuncLayout, stateful_layer
 from ._mlp import MLPGroup, MLPMember, epoch_history
 from .cost import group_size, max_weights
 
@@ -182,6 +184,14 @@ class FusedTrainer:
         groups, alone = self.plan(tasks) if plan is None else plan
         keep_single = plan is not None
         results = [None] * len(tasks)
+        for g, members in enumerate(groups):  # the generic path: can it run? (no training)
+            reason = self._func_reason(tasks[members[0]], X, y) if members else ""
+            if reason:
+                if self.engine == "fused":
+                    raise ValueError(f"engine='fused': task {members[0]} cannot be fused: "
+                                     f"{reason}")
+                alone.update({i: reason for i in members})
+                groups[g] = []
 
         def parallel(jobs):  # each result as soon as it is done
             return Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
@@ -208,6 +218,30 @@ class FusedTrainer:
             if on_group is not None:
                 on_group([i])
         return results
+
+    def _func_reason(self, task, X, y):
+        """For a task whose module takes the ``torch.func`` path: "" if its forward runs
+        under ``vmap`` (a 0-epoch initialisation on a few rows and two stacked copies, no
+        training), else why not."""
+        est = clone(self.estimator).set_params(**clone(task.params, safe=False))
+        net, _ = find_net(est)
+        if type(net) in _MODULES and net.module is _MODULES[type(net)]:
+            return ""
+        rows = np.arange(min(len(y), 8)) if task.rows is None else np.asarray(task.rows)[:8]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                est.set_params(**trial_params(self.estimator, seed=task.seed, max_epochs=0))
+                est.fit(_rows(X, rows), _rows(y, rows))
+                net = find_net(est)[0]
+                sample = torch.as_tensor(np.ascontiguousarray(
+                    net_input(est, _rows(X, rows)) if est is not net else _net_X(net, _rows(
+                        X, rows))))[:2]
+                FuncLayout(net.module_, sample)
+        except ValueError as exc:
+            return f"its module cannot be fused: {exc}"
+        except Exception as exc:  # trains alone, and fails there as its own fit does
+            return f"its initialisation failed ({type(exc).__name__})"
+        return ""
 
     def _max_weights(self):
         return max_weights() if self.max_weights is None else self.max_weights
@@ -254,7 +288,7 @@ class FusedTrainer:
                 moved[j] = f"{_n_weights(member.net)} weights > max_weights={limit}"
                 continue
             key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
-                   _n_outputs(member.net))
+                   tuple(tuple(p.shape) for p in member.net.module_.parameters()))
             by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
             if len(same) == 1 and self.engine == "auto" and not keep_single:
@@ -264,9 +298,9 @@ class FusedTrainer:
             net = members[0].net
             batch = batch_size_of(net, max(len(m.rows) for m in members))
             size = group_size(_n_weights(net), self.max_group)
+            classifier = _CRITERIA.get(type(net)) is _CE
             for i in range(0, len(members), size):  # a group's state kept within the cache
-                MLPGroup(members[i:i + size], batch, _CRITERIA[type(net)] is _CE,
-                         net.device).run()
+                MLPGroup(members[i:i + size], batch, classifier, net.device).run()
             for j in same:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
         return trained, moved
@@ -283,16 +317,19 @@ class FusedTrainer:
         est.fit(Xr, yr)
         generator = torch.Generator().set_state(torch.get_rng_state())
         net, _ = find_net(est)
+        shuffle = ("dataloader" if net.iterator_train is DataLoader else "array") + \
+            ("" if net.get_params_for("iterator_train").get("shuffle", False) else "-ordered")
         if est is not net:  # preprocessing fitted on the task's rows: its own data
             Xt = torch.as_tensor(np.ascontiguousarray(net_input(est, Xr)))
-            yt = torch.as_tensor(net._check_y(yr, reset=False))
-            return est, MLPMember(net, Xt, yt, generator, epochs)
+            yt = torch.as_tensor(_net_y(net, yr))
+            return est, MLPMember(net, Xt, yt, generator, epochs, shuffle=shuffle)
         if "X" not in shared:
-            shared["X"] = torch.as_tensor(np.ascontiguousarray(net._check_X(X, reset=False)))
+            shared["X"] = torch.as_tensor(np.ascontiguousarray(_net_X(net, X)))
         classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
         if classes not in shared:
-            shared[classes] = torch.as_tensor(net._check_y(y, reset=False))
-        return est, MLPMember(net, shared["X"], shared[classes], generator, epochs, task.rows)
+            shared[classes] = torch.as_tensor(_net_y(net, y))
+        return est, MLPMember(net, shared["X"], shared[classes], generator, epochs, task.rows,
+                              shuffle=shuffle)
 
     @staticmethod
     def _hand_back(g, task, est, member):
@@ -313,28 +350,30 @@ def unfusible(estimator):
         net, _ = find_net(estimator)
     except TypeError:
         return (f"{type(estimator).__name__} is not a skorch net (the fused engine trains "
-                "skhpo's MLPs and small CNNs)")
+                "skorch nets)")
     kind = type(net)
+    family = kind in _MODULES and net.module is _MODULES[kind]
     extra = set(net.get_params_for("optimizer")) - _OPTIMIZER_ARGS.get(net.optimizer, set())
-    if kind not in _CRITERIA:
-        return (f"{kind.__name__} is not one of skhpo's models (TabularMLPClassifier, "
-                "TabularMLPRegressor, SmallCNNClassifier), the family the fused engine trains")
+    iterator = net.get_params_for("iterator_train")
     checks = [
-        (net.module is not _MODULES[kind], "a custom module"),
-        (bool(net.get_params_for("module")), "module__ arguments"),
+        (not family and _own_get_loss(kind) is None,
+         f"{kind.__name__} overrides get_loss (the fused engine computes each model's loss "
+         "with skorch's or skhpo's get_loss)"),
+        (family and bool(net.get_params_for("module")), "module__ arguments"),
         (net.optimizer not in _OPTIMIZER_ARGS,
          f"optimizer {getattr(net.optimizer, '__name__', net.optimizer)} (the fused engine "
          "has Adam and SGD)"),
         (bool(extra), f"optimizer arguments {sorted(extra)}"),
-        (net.criterion is not _CRITERIA[kind] or bool(net.get_params_for("criterion")),
+        (family and (net.criterion is not _CRITERIA[kind] or
+                     bool(net.get_params_for("criterion"))),
          "a criterion other than the model's default"),
         (net.train_split is not None, "train_split (a validation split every epoch)"),
         (bool(net.warm_start), "warm_start"),
         (bool(getattr(net, "compile", False)), "compile=True"),
-        (net.iterator_train is not ArrayBatchIterator or
-         set(net.get_params_for("iterator_train")) - {"shuffle", "batch_size"} or
-         not net.get_params_for("iterator_train").get("shuffle", False),
-         "a training iterator other than ArrayBatchIterator with shuffling"),
+        (net.iterator_train not in (ArrayBatchIterator, DataLoader) or
+         bool(set(iterator) - {"shuffle", "batch_size"}),
+         "a training iterator other than ArrayBatchIterator or DataLoader (with no arguments "
+         "but shuffle and batch_size)"),
         (int(net.max_epochs) < 1, "max_epochs < 1"),
     ]
     for failed, reason in checks:
@@ -346,7 +385,25 @@ def unfusible(estimator):
             return (f"the callback {type(cb).__name__} acts during training (the fused engine "
                     "runs skhpo's seed and loss guard, and callbacks that only read the net at "
                     "epoch ends)")
+    if not family:  # the torch.func path: a layer whose state or randomness it cannot keep
+        try:
+            module = clone(net).initialize().module_
+        except Exception:  # sized from the data (skhpo's models): checked before training
+            return ""
+        reason = stateful_layer(module)
+        if reason:
+            return reason
     return ""
+
+
+def _own_get_loss(kind):
+    """The ``get_loss`` of skorch or skhpo that ``kind`` uses, or None if it has its own."""
+    from skorch import NeuralNet, NeuralNetClassifier
+
+    from ..models import _SkhpoNetMixin
+
+    known = {NeuralNet.get_loss, NeuralNetClassifier.get_loss, _SkhpoNetMixin.get_loss}
+    return kind.get_loss if kind.get_loss in known else None
 
 
 def _reads_epochs(callback):
@@ -362,21 +419,38 @@ def _unreadable(callbacks):
 
 
 def fusion_key(estimator):
-    """What tasks must share to train together (model class, depth, width, activation, input
-    dropout on or off, batch size, optimiser class and Nesterov or not, device; the device
-    last): ``estimator`` with the task's parameters set."""
+    """What tasks must share to train together (model class, its architecture, batch size,
+    optimiser class and Nesterov or not, device; the device last): ``estimator`` with the
+    task's parameters set. For a module on the ``torch.func`` path: the module and its
+    arguments, the criterion and the training iterator (the parameters' shapes are compared
+    once the nets are initialised)."""
     net, _ = find_net(estimator)
     p = net.get_params(deep=False)
     batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
     nesterov = bool(net.get_params_for("optimizer").get("nesterov", False))
-    shape = tuple(p[k] for k in ("n_blocks", "n_filters", "kernel_size", "image_shape")) \
-        if isinstance(net, SmallCNNClassifier) else (p["depth"], p.get("input_dropout") is None)
-    return (type(net).__name__, *shape, p["width"], p["activation"], batch,
-            net.optimizer.__name__, nesterov, str(net.device))
+    if type(net) in _MODULES and net.module is _MODULES[type(net)]:
+        shape = tuple(p[k] for k in ("n_blocks", "n_filters", "kernel_size", "image_shape",
+                                     "width", "activation")) \
+            if isinstance(net, SmallCNNClassifier) else \
+            (p["depth"], p.get("input_dropout") is None, p["width"], p["activation"])
+    else:
+        module = net.module if isinstance(net.module, type) else type(net.module)
+        shape = (f"{module.__module__}.{module.__qualname__}",
+                 repr(sorted(net.get_params_for("module").items())),
+                 repr(net.criterion), repr(sorted(net.get_params_for("criterion").items())),
+                 net.iterator_train.__name__)
+    return (type(net).__name__, *shape, batch, net.optimizer.__name__, nesterov,
+            str(net.device))
 
 
-def _n_outputs(net):
-    return [m for m in net.module_.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+def _net_X(net, X):
+    """``X`` as the net's training sees it (skhpo's models validate it to float32)."""
+    return net._check_X(X, reset=False) if hasattr(net, "_check_X") else np.asarray(X)
+
+
+def _net_y(net, y):
+    """``y`` as the net's loss takes it (skhpo's classifiers: class indices)."""
+    return net._check_y(y, reset=False) if hasattr(net, "_check_y") else np.asarray(y)
 
 
 def _rows(a, rows):

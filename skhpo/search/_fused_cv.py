@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 from sklearn.base import is_classifier
 from sklearn.model_selection import check_cv
 from sklearn.utils import _safe_indexing, indexable
@@ -221,7 +222,8 @@ def _fold_key(result, X, y, rows):
     Xr = X if rows is None else _safe_indexing(X, rows)
     yr = y if rows is None else _safe_indexing(y, rows)
     net, _ = find_net(result.estimator)
-    return fingerprint(net_input(result.estimator, Xr), net._check_y(yr, reset=False))
+    y_net = net._check_y(yr, reset=False) if hasattr(net, "_check_y") else np.asarray(yr)
+    return fingerprint(net_input(result.estimator, Xr), y_net)
 
 
 def _fold_record(result, X, y, rows):
