@@ -220,7 +220,8 @@ class MLPGroup:
         rates = [self.rates[k][layer] for k in members]
         if not any(rates):
             return None
-        noise = torch.ones(h.shape, dtype=h.dtype)
+        # every row is drawn when every rate is positive: no need to fill it first
+        noise = (torch.empty if all(rates) else torch.ones)(h.shape, dtype=h.dtype)
         for q, (k, p) in enumerate(zip(members, rates)):
             if p > 0:  # drawn in place: the same numbers as empty(b, width).bernoulli_
                 noise[q].bernoulli_(1 - p, generator=self.members[k].generator)

@@ -19,7 +19,16 @@ import numpy as np
 from skorch.callbacks import Callback
 from skorch.history import History
 
-__all__ = ["PrefitStates", "fingerprint", "net_state"]
+__all__ = ["PrefitStates", "SharedStates", "fingerprint", "net_state"]
+
+
+class SharedStates(dict):
+    """The trained folds of one candidate, shared, not copied, by ``copy.deepcopy`` (so by
+    scikit-learn's ``clone`` of the net that holds them: every CV fit of the candidate clones
+    it). Read-only by use: loading a state copies it into the net."""
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 def fingerprint(X, y):

@@ -22,7 +22,7 @@ from sklearn.utils import _safe_indexing, indexable
 
 from ..checkpoint import Checkpoint, check_checkpoint, search_parts
 from ..fused import FusedTask, FusedTrainer
-from ..fused.prefit import PrefitStates, fingerprint, net_state
+from ..fused.prefit import PrefitStates, SharedStates, fingerprint, net_state
 from ..nets import (
     find_net,
     free_estimator,
@@ -178,7 +178,7 @@ class FusedCVMixin:
         for task, cand_states, cand_key in zip(tasks, states, cand_keys):
             if cand_states or ck is not None:
                 base = task.get(key, user_callbacks(net))
-                prefit = PrefitStates(cand_states, checkpoint=ck, prefix=cand_key)
+                prefit = PrefitStates(SharedStates(cand_states), checkpoint=ck, prefix=cand_key)
                 task = {**task, key: [*base, ("skhpo_prefit", prefit)]}
                 self._task_keys.add(key)
             out.append(task)
