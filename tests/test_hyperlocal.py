@@ -369,3 +369,32 @@ def test_auto_takes_the_lp_step_on_small_nets_and_the_response_step_on_large_one
         h = HyperLocalRefiner(net, ["l2"], random_state=0).fit(Xv, yv, X_train=Xa, y_train=ya)
         kinds[width] = h.history_["kind"][0]
     assert kinds == {16: "lp", 256: "response"}
+
+
+def test_a_scikit_learn_base_search_runs_as_its_fused_drop_in(digits):
+    """engine="auto": the same fits (seeded nets), the same base results, trained as stacked
+    models; "sequential": the search as given; another search class: as given."""
+    from scipy.stats import loguniform
+    from sklearn.model_selection import RandomizedSearchCV
+
+    from skhpo import FlatnessSearchCV, FusedGridSearchCV, FusedRandomizedSearchCV
+
+    X, _, y, _ = digits
+    net = TabularMLPClassifier(width=16, max_epochs=3, random_state=0, l2=1e-4)
+    base = RandomizedSearchCV(net, {"l2": loguniform(1e-6, 1e-2), "lr": loguniform(1e-3, 3e-2)},
+                              n_iter=3, cv=2, random_state=0)
+    fused = HyperLocalRefiner(base, ["l2"], random_state=0).fit(X, y)
+    plain = HyperLocalRefiner(base, ["l2"], engine="sequential", random_state=0).fit(X, y)
+    assert type(fused.base_search_) is FusedRandomizedSearchCV
+    assert type(plain.base_search_) is RandomizedSearchCV and not hasattr(base, "cv_results_")
+    np.testing.assert_allclose(fused.base_search_.cv_results_["mean_test_score"],
+                               plain.base_search_.cv_results_["mean_test_score"], atol=1e-6)
+    assert fused.best_params_ == pytest.approx(plain.best_params_)
+    grid = GridSearchCV(net, {"l2": [1e-4, 1e-3]}, cv=2)
+    refined = HyperLocalRefiner(grid, ["l2"], random_state=3).fit(X, y)
+    assert type(refined.base_search_) is FusedGridSearchCV
+    assert refined.base_search_.random_state == 3
+    flat = FlatnessSearchCV(net, {"l2": [1e-4, 1e-3]}, n_candidates=2, n_finalists=1, cv=2,
+                            random_state=0)
+    assert type(HyperLocalRefiner(flat, ["l2"], random_state=0).fit(X, y).base_search_) \
+        is FlatnessSearchCV

@@ -49,6 +49,7 @@ from sklearn.metrics import check_scoring
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ...fused import ENGINES
 from ...hyper.space import check_space, parse_name, penalty_gradient, penalty_term, read_dimension
 from ...log import report
 from ...nets import check_module_output, draw_seed, find_net, net_input
@@ -183,6 +184,15 @@ class HyperLocalRefiner(HoldoutSearch):
     lp_solver : {"highs", "gurobi"}, default="highs"
     hessian_samples : int, default=4096
         Training samples used for the Hessian rows (a seeded subset if more).
+    engine : {"auto", "fused", "sequential"}, default="auto"
+        How an unfitted base search trains. ``"auto"`` / ``"fused"``: scikit-learn's
+        ``RandomizedSearchCV`` or ``GridSearchCV`` runs as its fused drop-in
+        (:class:`skhpo.FusedRandomizedSearchCV` / :class:`skhpo.FusedGridSearchCV`, same
+        parameters, with this ``engine``; the grid's fits seeded from ``random_state``),
+        which trains the fits of nets the engine can fuse as stacked models and is
+        scikit-learn's own search for anything else; ``"sequential"``: the search as given.
+        Other searches (an skhpo search, ``OptunaSearchCV``) run as given; the refinement
+        itself trains one model.
     random_state : int, RandomState or None, default=None
         The validation split, the row subset and the LP's tie-breaking.
     checkpoint : str, path or None, default=None
@@ -199,6 +209,8 @@ class HyperLocalRefiner(HoldoutSearch):
     ----------
     best_estimator_ : the refined model (a copy; the base is never modified).
     base_estimator_ : the base search's best model.
+    base_search_ : the fitted base search (the given one when ``search`` was fitted; else
+        the clone that ran, a fused drop-in where ``engine`` made it one).
     best_params_ : dict
         The base's best parameters with the refined penalty values.
     best_score_ : float
@@ -262,6 +274,7 @@ class HyperLocalRefiner(HoldoutSearch):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "lp_solver": [StrOptions(set(SOLVERS))],
         "hessian_samples": [Interval(Integral, 1, None, closed="left")],
+        "engine": [StrOptions(set(ENGINES))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "checkpoint": [str, os.PathLike, None],
@@ -271,7 +284,8 @@ class HyperLocalRefiner(HoldoutSearch):
                  weight_step="auto", accept_fraction=0.5, accept_confidence=0.9,
                  rows=0.01, hessian="hvp", delta=1e-4, box_hparams=1.0, box_weights=None,
                  line_step=None, gss_tol=None, max_iter=1, lp_solver="highs",
-                 hessian_samples=4096, random_state=None, checkpoint=None, verbose=0):
+                 hessian_samples=4096, engine="auto", random_state=None, checkpoint=None,
+                 verbose=0):
         self.search = search
         self.continuous = continuous
         self.validation_fraction = validation_fraction
@@ -288,6 +302,7 @@ class HyperLocalRefiner(HoldoutSearch):
         self.max_iter = max_iter
         self.lp_solver = lp_solver
         self.hessian_samples = hessian_samples
+        self.engine = engine
         self.random_state = random_state
         self.checkpoint = checkpoint
         self.verbose = verbose
@@ -368,7 +383,7 @@ class HyperLocalRefiner(HoldoutSearch):
         self.n_resumed_ = int(fitted is not None and not prefit)
         if fitted is None:
             with Phase(self, ctx, "base search", 0):  # a leaf
-                fitted = clone(self.search).fit(Xt, yt)
+                fitted = _with_engine(self.search, self.engine, self.random_state).fit(Xt, yt)
             if ck is not None:
                 ck.save("base", "search", fitted)
         base = getattr(fitted, "best_estimator_", None)
@@ -378,7 +393,7 @@ class HyperLocalRefiner(HoldoutSearch):
                                  "HyperLocalRefiner refines the refitted best model")
             base = fitted
         base_params = dict(getattr(fitted, "best_params_", {}))
-        self.base_estimator_ = base
+        self.base_estimator_, self.base_search_ = base, fitted
         self.scorer_ = check_scoring(base)
         epochs, trainings = (0, 0) if prefit else _base_cost(fitted)
         if find_linear(base) is not None:
@@ -776,6 +791,22 @@ def _base_cost(fitted):
     epochs = [int(p.get(f"{prefix}max_epochs", net.max_epochs)) for p in params]
     best = getattr(fitted, "best_params_", {}).get(f"{prefix}max_epochs", net.max_epochs)
     return sum(epochs) * splits + refit * int(best), len(params) * splits + refit
+
+
+def _with_engine(search, engine, random_state):
+    """A clone of the unfitted ``search`` to run: scikit-learn's ``RandomizedSearchCV`` /
+    ``GridSearchCV`` as its fused drop-in with ``engine`` (unless "sequential")."""
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+
+    from ..fused_search import FusedGridSearchCV, FusedRandomizedSearchCV
+
+    drop_ins = {RandomizedSearchCV: FusedRandomizedSearchCV, GridSearchCV: FusedGridSearchCV}
+    if engine == "sequential" or type(search) not in drop_ins:
+        return clone(search)
+    params = clone(search).get_params(deep=False)
+    if "random_state" not in params:  # the grid: its fits seeded from the refiner's seed
+        params["random_state"] = random_state if isinstance(random_state, Integral) else None
+    return drop_ins[type(search)](**params, engine=engine)
 
 
 def _declared_names(search):
