@@ -7,8 +7,9 @@ Each search fits a skhpo net built with ``device=DEVICE`` on a few hundred digit
 (FlatnessSearchCV, AutoHyperSearchCV, HyperLocalRefiner over a RandomizedSearchCV,
 PopulationMutationSearch, CuttingPlaneTuner, FusedRandomizedSearchCV with its fused engine;
 the MLP, and the SmallCNN for AutoHyperSearchCV and CuttingPlaneTuner; and, since
-``engine="auto"`` fuses on the CPU only, three rows with ``engine="fused"``: the drop-in on an
-SGD MLP and on the SmallCNN, and PopulationMutationSearch's stacked population). Each row says
+``engine="auto"`` fuses on the CPU only, four rows with ``engine="fused"``: the drop-in on an
+SGD MLP, on the SmallCNN and on a user's module (a plain skorch net, through ``torch.func``),
+and PopulationMutationSearch's stacked population). Each row says
 whether the fit finished, where the best model's weights live, its test accuracy, its wall
 time and, if it failed, the error. The process exits with 1 if any class failed, so the script
 itself is the pass/fail of the device run.
@@ -25,6 +26,7 @@ import torch
 from scipy.stats import loguniform, uniform
 from sklearn.datasets import load_digits
 from sklearn.model_selection import RandomizedSearchCV, train_test_split
+from skorch import NeuralNetClassifier
 
 from skhpo import (
     AutoHyperSearchCV,
@@ -37,6 +39,19 @@ from skhpo import (
     TabularMLPClassifier,
 )
 from skhpo.nets import find_net
+
+
+class UserModule(torch.nn.Module):
+    """A user's module for the torch.func path: a residual block with dropout."""
+
+    def __init__(self, p=0.1):
+        super().__init__()
+        self.inp, self.hidden = torch.nn.Linear(64, 32), torch.nn.Linear(32, 32)
+        self.drop, self.out = torch.nn.Dropout(p), torch.nn.Linear(32, 10)
+
+    def forward(self, X):
+        h = torch.relu(self.inp(X))
+        return self.out(self.drop(h + torch.tanh(self.hidden(h))))
 
 
 def searches(device, epochs):
@@ -75,6 +90,14 @@ def searches(device, epochs):
         "FusedRandomizedSearchCV (SmallCNN, engine=fused)": FusedRandomizedSearchCV(
             cnn(), {"lr": loguniform(1e-3, 3e-2), "dropout": uniform(0.0, 0.3)}, n_iter=4,
             cv=2, engine="fused", random_state=0),
+        "FusedRandomizedSearchCV (a user's module via torch.func, engine=fused)":
+            FusedRandomizedSearchCV(
+                NeuralNetClassifier(UserModule, criterion=torch.nn.CrossEntropyLoss,
+                                    max_epochs=epochs, train_split=None,
+                                    iterator_train__shuffle=True, optimizer=torch.optim.Adam,
+                                    device=device, verbose=0),
+                {"lr": loguniform(1e-3, 3e-2), "module__p": uniform(0.0, 0.3)}, n_iter=4,
+                cv=2, engine="fused", random_state=0),
         "PopulationMutationSearch (engine=fused)": PopulationMutationSearch(
             mlp(dropout=0.1), {"lr": (1e-3, 3e-2), "dropout": (0.0, 0.5)},
             population_size=4, n_steps=2, engine="fused", random_state=0),

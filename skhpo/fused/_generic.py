@@ -60,6 +60,10 @@ class FuncLayout(ParamLayout):
 
     def __init__(self, module, sample):
         super().__init__(module)
+        param = next(module.parameters(), None)
+        if param is None:
+            raise ValueError("the module has no parameters to train")
+        sample = sample.to(param.device)
         reason = stateful_layer(module)
         if reason:
             raise ValueError(reason)
