@@ -638,3 +638,27 @@ def test_what_torch_func_cannot_replay_trains_alone_with_the_reason(digits):
     gru = NeuralNetClassifier(torch.nn.GRU, module__input_size=64, module__hidden_size=4,
                               train_split=None)
     assert "layer '' (GRU): recurrent layers are not fused" in unfusible(gru)
+
+
+def test_groups_and_lone_tasks_take_device_slots_round_robin(digits, monkeypatch):
+    """Several GPUs: each group gets its own slot (cuda:<slot mod k> through
+    skhpo.nets.task_device), then each task that trains alone."""
+    import skhpo.nets
+
+    X, y = digits
+    seen = []
+
+    def record(device, task_index):
+        seen.append(task_index)
+        return device
+    monkeypatch.setattr(skhpo.nets, "task_device", record)
+    tasks = [FusedTask({"width": 16}, seed=1), FusedTask({"width": 32}, seed=2),
+             FusedTask({"width": 16}, seed=3), FusedTask({"width": 32}, seed=4),
+             FusedTask({"width": 8}, seed=5)]
+    trainer = FusedTrainer(_net(max_epochs=1))
+    groups, alone = trainer.plan(tasks)
+    assert groups == [[0, 2], [1, 3]] and list(alone) == [4]
+    seen.clear()
+    trainer.fit(tasks, X, y)
+    assert sorted(set(seen)) == [0, 1, 2]  # group 0, group 1, the lone task
+    assert seen.count(0) >= 2 and seen.count(1) >= 2 and seen[-1] == 2

@@ -210,8 +210,11 @@ class FusedTrainer:
                 on_group([members[j] for j in trained])
             alone.update({members[j]: reason for j, reason in moved.items()})
         solo = sorted(i for i in alone if results[i] is None)
-        for result, i in zip(parallel(delayed(self._fit_alone)(tasks[i], X, y, alone[i])
-                                      for i in solo), solo):
+        # devices round-robin: each group, then each task that trains alone, its own slot
+        first = len(groups)
+        for result, i in zip(parallel(delayed(self._fit_alone)(tasks[i], X, y, alone[i],
+                                                               first + n)
+                                      for n, i in enumerate(solo)), solo):
             results[i] = result
             if on_result is not None:
                 on_result(i, result)
@@ -246,9 +249,9 @@ class FusedTrainer:
     def _max_weights(self):
         return max_weights() if self.max_weights is None else self.max_weights
 
-    def _fit_alone(self, task, X, y, reason):
+    def _fit_alone(self, task, X, y, reason, slot=0):
         start = time.perf_counter()
-        est = self._clone(task, task.params)
+        est = self._clone(task, task.params, task_index=slot)
         Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
         try:
             est.fit(Xr, yr)
@@ -259,10 +262,11 @@ class FusedTrainer:
             est, error = None, f"{type(exc).__name__}: {exc}"
         return TaskResult(est, error, time.perf_counter() - start, -1, reason)
 
-    def _clone(self, task, params, **overrides):
-        """A clone with the task's parameters, seed and loss guard (``overrides`` win)."""
+    def _clone(self, task, params, task_index=0, **overrides):
+        """A clone with the task's parameters, seed and loss guard (``overrides`` win), on
+        device slot ``task_index`` (round-robin over several GPUs)."""
         extra = trial_params(self.estimator, seed=task.seed, extra_callbacks=task.callbacks,
-                             **overrides)
+                             task_index=task_index, **overrides)
         return clone(self.estimator).set_params(**{**clone(params, safe=False), **extra})
 
     def _fit_group(self, g, tasks, X, y, keep_single=False):
@@ -274,7 +278,7 @@ class FusedTrainer:
         with torch.random.fork_rng(devices=[]):
             for j, task in enumerate(tasks):
                 try:
-                    inits.append(self._init(task, X, y, shared))
+                    inits.append(self._init(task, X, y, shared, slot=g))
                 except Exception as exc:  # trains alone, and fails there as its own fit does
                     inits.append(None)
                     moved[j] = f"its initialisation failed ({type(exc).__name__})"
@@ -305,13 +309,14 @@ class FusedTrainer:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
         return trained, moved
 
-    def _init(self, task, X, y, shared):
-        """The task's net fitted for 0 epochs (its own initialisation from its seed), the
-        state of torch's generator after it, and its training data: without preprocessing
-        every member indexes one shared copy of X (and of y, for equal classes)."""
+    def _init(self, task, X, y, shared, slot=0):
+        """The task's net fitted for 0 epochs (its own initialisation from its seed) on device
+        slot ``slot`` (its group's: groups go round-robin over several GPUs), the state of
+        torch's generator after it, and its training data: without preprocessing every
+        member indexes one shared copy of X (and of y, for equal classes)."""
         est = clone(self.estimator).set_params(**clone(task.params, safe=False))
         epochs = int(find_net(est)[0].max_epochs)
-        est.set_params(**trial_params(self.estimator, seed=task.seed,
+        est.set_params(**trial_params(self.estimator, seed=task.seed, task_index=slot,
                                       extra_callbacks=task.callbacks, max_epochs=0))
         Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
         est.fit(Xr, yr)

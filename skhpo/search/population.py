@@ -323,6 +323,9 @@ class _NetPopulation:
     students train on; ``y_enc`` and ``yv_t`` are the targets as the net's loss takes them
     (class indices for skhpo classifiers), for the look-ahead steps."""
 
+    #: students spread round-robin over several GPUs (one stacked population: all on one)
+    spread = True
+
     def __init__(self, settings, net, hypers, X, y, y_enc, Xv_t, yv_t, seeds, classes=None):
         self.settings, self.net, self.hypers = settings, net, hypers
         self.boxes = [hp.box for hp in hypers]
@@ -348,7 +351,7 @@ class _NetPopulation:
             overrides["classes"] = self.classes
         if "random_state" in self.net.get_params(deep=False):
             overrides["random_state"] = int(self.seeds[k] % (2**31 - 1))
-        params = trial_params(self.net, seed=None, task_index=k,
+        params = trial_params(self.net, seed=None, task_index=k if self.spread else 0,
                               extra_callbacks=[("skhpo_hpm", hyper)], **overrides)
         return clone(self.net).set_params(**params)
 
@@ -440,6 +443,7 @@ class _FusedNetPopulation(_NetPopulation):
     students are :class:`~skhpo.fused.StudentState` until :meth:`nets`."""
 
     group = None
+    spread = False
 
     def init(self, k, rng):
         net = super().init(k, rng)
