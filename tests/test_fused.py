@@ -192,16 +192,23 @@ def test_sgd_models_equal_their_own_fit(digits):
     assert plan[0] == [[1, 2]] and "only task" in plan[1][0]  # Nesterov or not: apart
 
 
+@pytest.mark.parametrize("shapes", [[(4, 5), (1, 5)], [(40, 40), (32, 40)]],
+                         ids=["batched passes", "fused kernel per model"])
 @pytest.mark.parametrize("kw", [dict(), dict(weight_decay=1e-2, betas=(0.8, 0.95), eps=1e-6)])
-def test_batched_adam_is_torch_adam_per_model(kw):
+def test_batched_adam_is_torch_adam_per_model(kw, shapes):
     """float64: each slice of the batched optimiser follows torch.optim.Adam to 1e-14, with
-    per-model coefficients and a frozen model in some steps."""
+    per-model coefficients and a frozen model in some steps; small rows through batched
+    elementwise passes, large ones (PER_MODEL_MIN) through torch's fused kernel per model."""
+    from skhpo.fused._adam import PER_MODEL_MIN
+
     g = torch.Generator().manual_seed(0)
-    K, shapes = 3, [(4, 5), (1, 5)]
+    K = 3
+    per_model = min(a * b for a, b in shapes) >= PER_MODEL_MIN
     params = [torch.randn(K, *s, dtype=torch.float64, generator=g) for s in shapes]
     lrs = [1e-3, 1e-2, 3e-2]
     batched = BatchedAdam(params, lrs, [kw.get("weight_decay", 0.0)] * K,
                           [kw.get("betas", (0.9, 0.999))] * K, [kw.get("eps", 1e-8)] * K)
+    assert batched._per_model() == per_model == (shapes[0][0] == 40)
     alone = [[p[k].clone().requires_grad_(True) for p in params] for k in range(K)]
     opts = [torch.optim.Adam(ps, lr=lr, **kw) for ps, lr in zip(alone, lrs)]
     for step in range(5):

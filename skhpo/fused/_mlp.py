@@ -222,9 +222,9 @@ class MLPGroup:
             return None
         # every row is drawn when every rate is positive: no need to fill it first
         noise = (torch.empty if all(rates) else torch.ones)(h.shape, dtype=h.dtype)
-        for q, (k, p) in enumerate(zip(members, rates)):
+        for row, k, p in zip(noise.unbind(0), members, rates):
             if p > 0:  # drawn in place: the same numbers as empty(b, width).bernoulli_
-                noise[q].bernoulli_(1 - p, generator=self.members[k].generator)
+                row.bernoulli_(1 - p, generator=self.members[k].generator)
         # one division for the group: the same quotient as each model's div_(1 - p)
         keep = torch.tensor([1 - p for p in rates], dtype=h.dtype).view(-1, *[1] * (h.dim() - 1))
         return noise.div_(keep).to(h.device)
