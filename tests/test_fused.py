@@ -669,3 +669,20 @@ def test_groups_and_lone_tasks_take_device_slots_round_robin(digits, monkeypatch
     trainer.fit(tasks, X, y)
     assert sorted(set(seen)) == [0, 1, 2]  # group 0, group 1, the lone task
     assert seen.count(0) >= 2 and seen.count(1) >= 2 and seen[-1] == 2
+
+
+def test_dropout_masks_from_uniforms_are_the_bernoulli_masks(digits, monkeypatch):
+    """The masks drawn as double uniforms compared with 1 - p (checked once per process) are
+    bitwise those of bernoulli_: the models trained either way are identical."""
+    from skhpo.fused import _mlp
+
+    X, y = digits
+    tasks = [FusedTask({"dropout": 0.3}, seed=1), FusedTask({"dropout": [0.5, 0.0]}, seed=2),
+             FusedTask({"dropout": 0.0}, seed=3)]
+    assert _mlp.uniform_is_bernoulli()  # this CPU build: the fast path
+    fast = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
+    monkeypatch.setattr(_mlp, "uniform_is_bernoulli", lambda: False)
+    slow = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
+    for a, b in zip(fast, slow):
+        wa, wb = _weights(a.estimator), _weights(b.estimator)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
