@@ -31,14 +31,7 @@ import torch
 from ..hyper.layers import dropout_layers
 from ..nets import divergence, guard_ratio
 from ._adam import BatchedAdam
-from ._mlp import (
-    _structure,
-    batched_loss,
-    flat_weights,
-    layer_views,
-    load_adam_state,
-    write_weights,
-)
+from ._mlp import MLPLayout, batched_loss, flat_weights, load_adam_state, write_weights
 
 __all__ = ["StudentGroup", "StudentState"]
 
@@ -87,12 +80,8 @@ class StudentGroup:
         self.classifier = classifier
         module = template.module_
         self.device = next(module.parameters()).device
-        layers = _structure(module)
-        self.kinds = [kind for kind, _ in layers]
-        self.acts = [layer for kind, layer in layers if kind == "act"]
-        self.shapes = [(layer.in_features, layer.out_features)
-                       for kind, layer in layers if kind == "linear"]
-        drops = [layer for kind, layer in layers if kind == "dropout"]
+        self.layout = MLPLayout(module)  # the stacked forward, shared with the drop-ins' groups
+        drops = self.layout.dropouts(module)
         self.temperatures = [layer.temperature for layer in drops]
         paths = {id(layer): path for path, layer in dropout_layers(module).items()}
         self.drop_index = {f"{paths[id(layer)]}.p": i for i, layer in enumerate(drops)}
@@ -178,14 +167,11 @@ class StudentGroup:
     def _train_batch(self, opt, values, xb, yb, generators, alive):
         """One minibatch of every student: its training loss (criterion + its ``l2`` / ``l1``
         penalties, concrete dropout at its rates) and one Adam step of the live ones."""
-        flat = opt.params[0]
-        leaves = [t.detach().requires_grad_(True) for pair in layer_views(flat, self.shapes)
-                  for t in pair]
-        layers = list(zip(leaves[::2], leaves[1::2]))
+        leaves = [t.detach().requires_grad_(True) for t in self.layout.views(opt.params[0])]
         rates = values["rates"]
-        out = self._forward(layers, xb, lambda i, h: self._concrete(
+        out = self.layout.forward(leaves, xb, lambda i, h: self._concrete(
             h, rates[:, i], generators, alive & (rates[:, i] != 0), i))
-        losses = batched_loss(out, yb, self.classifier) + self._penalty(layers, values)
+        losses = batched_loss(out, yb, self.classifier) + self._penalty(leaves, values)
         grads = torch.autograd.grad(losses.sum(), leaves)
         opt.step([torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)],
                  None if bool(alive.all()) else alive)
@@ -212,20 +198,20 @@ class StudentGroup:
                 learned[self.drop_index[target]] = True
         everyone = len(pick) == len(due)
         params = [(t.detach() if everyone else t.detach()[index]).requires_grad_(True)
-                  for pair in layer_views(opt.params[0], self.shapes) for t in pair]
-        layers = list(zip(params[::2], params[1::2]))
+                  for t in self.layout.views(opt.params[0])]
+        weights = self.layout.linear_weights(params)
         gens = [generators[j] for j in pick]
         ones = torch.ones(len(pick), dtype=torch.bool)
         if not everyone:
             xb, yb = xb[index], yb[index]
-        out = self._forward(layers, xb, lambda i, x: self._concrete(
+        out = self.layout.forward(params, xb, lambda i, x: self._concrete(
             x, columns[i], gens, ones if learned[i] else columns[i] != 0, i))
         loss = batched_loss(out, yb, self.classifier)
         double = False
         for i, hp in enumerate(self.hypers):
             if hp.kind in ("l2", "l1"):
                 loss = loss + h[i].to(loss.dtype) * sum(
-                    _norm(hp.kind, layers[k][0]) for k in hp.layers)
+                    _norm(hp.kind, weights[k]) for k in hp.layers)
                 double = True
             double = double or hp.kind == "dropout"
         grads = torch.autograd.grad(loss.sum(), params, create_graph=double)
@@ -234,8 +220,7 @@ class StudentGroup:
                                                                        dtype=loss.dtype))
         shape = (-1, 1, 1)
         stepped = [p - eta.view(shape) * (g + wd.view(shape) * p) for p, g in zip(params, grads)]
-        out = self._forward(list(zip(stepped[::2], stepped[1::2])), self.Xv[val_rows.to(
-            self.device)])
+        out = self.layout.forward(stepped, self.Xv[val_rows.to(self.device)], _evaluation)
         val = batched_loss(out, self.yv[val_rows.to(self.device)], self.classifier)
         (grad,) = torch.autograd.grad(val.sum(), [leaf])
         ok = due & torch.isfinite(grad).all(1)
@@ -252,8 +237,8 @@ class StudentGroup:
         """Each student's loss on the whole validation part (evaluation mode: no dropout);
         ``inf`` for a student that diverged."""
         with torch.no_grad():
-            out = self._forward(layer_views(flat, self.shapes), self.Xv.expand(
-                len(flat), *self.Xv.shape))
+            out = self.layout.forward(self.layout.views(flat), self.Xv.expand(
+                len(flat), *self.Xv.shape), _evaluation)
             losses = batched_loss(out, self.yv.expand(len(flat), *self.yv.shape),
                                   self.classifier).double().cpu()
         return [float(v) if ok and math.isfinite(v) else math.inf
@@ -285,22 +270,6 @@ class StudentGroup:
         out.update({key: value.to(dtype) for key, value in lists.items()})
         return out
 
-    def _forward(self, layers, x, dropout=None):
-        """Every student's output: ``x`` (K, b, in); ``dropout(i, h)`` applies the i-th
-        dropout layer (None: evaluation mode)."""
-        h, lin, drop = x, 0, 0
-        for kind in self.kinds:
-            if kind == "linear":
-                W, b = layers[lin]
-                h = torch.baddbmm(b, h, W)
-                lin += 1
-            elif kind == "dropout":
-                h = h if dropout is None else dropout(drop, h)
-                drop += 1
-            else:
-                h = self.acts[lin - 1](h)
-        return h
-
     def _concrete(self, h, p, generators, draw, layer):
         """:class:`~skhpo.hyper.ConcreteDropout` per student: rates ``p`` (K,), the noise of
         the students in ``draw`` from their generators (the others pass through)."""
@@ -318,17 +287,22 @@ class StudentGroup:
         out = h * (1 - z) / (1 - p_c)
         return torch.where(draw.to(h.device).view(-1, *[1] * (h.dim() - 1)), out, h)
 
-    def _penalty(self, layers, values):
+    def _penalty(self, views, values):
         """Each student's ``l2`` / ``l1`` penalty at its coefficients (0 where none)."""
         total = 0.0
         for kind in ("l2", "l1"):
             coefs = values[kind]
             if not bool((coefs != 0).any()):
                 continue
-            for i, (W, _) in enumerate(layers):
+            for i, W in enumerate(self.layout.linear_weights(views)):
                 if bool((coefs[:, i] != 0).any()):
                     total = total + coefs[:, i].to(W.device) * _norm(kind, W)
         return total
+
+
+def _evaluation(layer, h):
+    """Evaluation mode: a dropout layer passes its input through."""
+    return h
 
 
 def _norm(kind, W):

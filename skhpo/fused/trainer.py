@@ -326,13 +326,13 @@ class FusedTrainer:
             ("" if net.get_params_for("iterator_train").get("shuffle", False) else "-ordered")
         if est is not net:  # preprocessing fitted on the task's rows: its own data
             Xt = torch.as_tensor(np.ascontiguousarray(net_input(est, Xr)))
-            yt = torch.as_tensor(_net_y(net, yr))
+            yt = torch.as_tensor(net_y(net, yr))
             return est, MLPMember(net, Xt, yt, generator, epochs, shuffle=shuffle)
         if "X" not in shared:
             shared["X"] = torch.as_tensor(np.ascontiguousarray(_net_X(net, X)))
         classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
         if classes not in shared:
-            shared[classes] = torch.as_tensor(_net_y(net, y))
+            shared[classes] = torch.as_tensor(net_y(net, y))
         return est, MLPMember(net, shared["X"], shared[classes], generator, epochs, task.rows,
                               shuffle=shuffle)
 
@@ -453,7 +453,7 @@ def _net_X(net, X):
     return net._check_X(X, reset=False) if hasattr(net, "_check_X") else np.asarray(X)
 
 
-def _net_y(net, y):
+def net_y(net, y):
     """``y`` as the net's loss takes it (skhpo's classifiers: class indices)."""
     return net._check_y(y, reset=False) if hasattr(net, "_check_y") else np.asarray(y)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import numpy as np
 from sklearn.base import is_classifier
 from sklearn.model_selection import check_cv
 from sklearn.utils import _safe_indexing, indexable
@@ -23,6 +22,7 @@ from sklearn.utils import _safe_indexing, indexable
 from ..checkpoint import Checkpoint, check_checkpoint, search_parts
 from ..fused import FusedTask, FusedTrainer
 from ..fused.prefit import PrefitStates, SharedStates, fingerprint, net_state
+from ..fused.trainer import net_y
 from ..nets import (
     find_net,
     free_estimator,
@@ -222,8 +222,7 @@ def _fold_key(result, X, y, rows):
     Xr = X if rows is None else _safe_indexing(X, rows)
     yr = y if rows is None else _safe_indexing(y, rows)
     net, _ = find_net(result.estimator)
-    y_net = net._check_y(yr, reset=False) if hasattr(net, "_check_y") else np.asarray(yr)
-    return fingerprint(net_input(result.estimator, Xr), y_net)
+    return fingerprint(net_input(result.estimator, Xr), net_y(net, yr))
 
 
 def _fold_record(result, X, y, rows):
