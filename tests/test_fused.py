@@ -686,3 +686,25 @@ def test_dropout_masks_from_uniforms_are_the_bernoulli_masks(digits, monkeypatch
     for a, b in zip(fast, slow):
         wa, wb = _weights(a.estimator), _weights(b.estimator)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("make", [lambda: _net(max_epochs=1),
+                                  lambda: make_pipeline(StandardScaler(), _net(max_epochs=1)),
+                                  lambda: TabularMLPRegressor(width=8, max_epochs=1)])
+def test_the_engine_hands_back_the_fingerprint_of_the_data_each_net_saw(digits, make):
+    """The key a CV fit looks its fold up by, from the group's own data: the same as computed
+    from X and y through the fitted preprocessing (no second transform per fold)."""
+    from dataclasses import replace
+
+    from skhpo.nets import find_net
+    from skhpo.search._fused_cv import _fold_key
+
+    X, y = digits
+    est = make()
+    target = X[:, 0] if isinstance(find_net(est)[0], TabularMLPRegressor) else y
+    prefix = find_net(est)[1]
+    tasks = [FusedTask({prefix + "lr": lr}, seed=s, rows=rows) for lr, s, rows in
+             ((1e-3, 1, np.arange(0, 400)), (1e-2, 2, np.arange(200, 600)))]
+    for task, result in zip(tasks, FusedTrainer(est, engine="fused").fit(tasks, X, target)):
+        assert result.group == 0 and result.data_key
+        assert result.data_key == _fold_key(replace(result, data_key=""), X, target, task.rows)

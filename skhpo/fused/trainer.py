@@ -51,6 +51,7 @@ from ..nets import (
 from ._generic import FuncLayout, stateful_layer
 from ._mlp import MLPGroup, MLPMember, epoch_history
 from .cost import group_size, max_weights
+from .prefit import fingerprint
 
 __all__ = ["ENGINES", "MAX_WEIGHTS", "FusedTask", "FusedTrainer", "TaskResult", "unfusible"]
 
@@ -88,13 +89,16 @@ class TaskResult:
     """``estimator``: the fitted clone (None if the training failed); ``error``: "" or the
     reason it failed (``"diverged: ..."`` for a non-finite training loss); ``fit_time``: its
     share of its group's time; ``group``: the group it trained in (-1: alone); ``reason``:
-    why it trained alone ("" if fused)."""
+    why it trained alone ("" if fused); ``data_key``: the fingerprint
+    (:func:`skhpo.fused.prefit.fingerprint`) of the data its net trained on, after any
+    preprocessing, when the fused engine has it at hand ("" otherwise)."""
 
     estimator: object
     error: str
     fit_time: float
     group: int
     reason: str
+    data_key: str = ""
 
 
 class FusedTrainer:
@@ -344,7 +348,9 @@ class FusedTrainer:
         net.history_ = epoch_history(member.losses)
         net.max_epochs = member.epochs
         net.module_.eval()
-        return TaskResult(est, "", member.seconds, g, "")
+        rows = member.rows.numpy()  # the data as the net received it, without recomputing
+        key = fingerprint(member.X.numpy()[rows], member.y.numpy()[rows])
+        return TaskResult(est, "", member.seconds, g, "", key)
 
 
 # -- what fuses ------------------------------------------------------------------------------

@@ -218,7 +218,10 @@ class _Splits:
 
 
 def _fold_key(result, X, y, rows):
-    """The fingerprint of the data a task's net trained on (after any preprocessing)."""
+    """The fingerprint of the data a task's net trained on (after any preprocessing): the
+    engine's, or computed here for a task that trained alone."""
+    if result.data_key:
+        return result.data_key
     Xr = X if rows is None else _safe_indexing(X, rows)
     yr = y if rows is None else _safe_indexing(y, rows)
     net, _ = find_net(result.estimator)
