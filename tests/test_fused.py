@@ -603,6 +603,11 @@ class _Noisy(_Residual):
         return super().forward(torch.nn.functional.dropout(X, 0.1, self.training))
 
 
+class _Branchy(_Residual):
+    def forward(self, X):  # control flow on the data: vmap cannot batch it
+        return super().forward(X if X.mean() > 0 else -X)
+
+
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_a_user_module_fuses_through_torch_func(digits, shuffle):
     from skorch import NeuralNetClassifier
@@ -645,6 +650,10 @@ def test_what_torch_func_cannot_replay_trains_alone_with_the_reason(digits):
     gru = NeuralNetClassifier(torch.nn.GRU, module__input_size=64, module__hidden_size=4,
                               train_split=None)
     assert "layer '' (GRU): recurrent layers are not fused" in unfusible(gru)
+    branchy = NeuralNetClassifier(_Branchy, max_epochs=1, train_split=None)
+    (result, _) = FusedTrainer(branchy).fit(tasks, X, y)
+    assert result.group == -1 and "does not run under torch.func.vmap" in result.reason
+    assert result.estimator is not None  # trained alone, by its own fit
 
 
 def test_groups_and_lone_tasks_take_device_slots_round_robin(digits, monkeypatch):
