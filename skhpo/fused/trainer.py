@@ -21,13 +21,16 @@ in :attr:`TaskResult.reason`.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
+import joblib
 import numpy as np
 import torch
 from joblib import Parallel, delayed
 from sklearn.base import clone
+from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 from torch.utils.data import DataLoader
 
@@ -318,20 +321,40 @@ class FusedTrainer:
         slot ``slot`` (its group's: groups go round-robin over several GPUs), the state of
         torch's generator after it, and its training data: without preprocessing every
         member indexes one shared copy of X (and of y, for equal classes)."""
-        est = clone(self.estimator).set_params(**clone(task.params, safe=False))
-        epochs = int(find_net(est)[0].max_epochs)
-        est.set_params(**trial_params(self.estimator, seed=task.seed, task_index=slot,
-                                      extra_callbacks=task.callbacks, max_epochs=0))
+        params = clone(task.params, safe=False)
+        template, prefix = find_net(self.estimator)
+        epochs = int(params.get(f"{prefix}max_epochs", template.max_epochs))
+        est = clone(self.estimator).set_params(**{  # one set_params: a Pipeline's is slow
+            **params, **trial_params(self.estimator, seed=task.seed, task_index=slot,
+                                     extra_callbacks=task.callbacks, max_epochs=0)})
         Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
-        est.fit(Xr, yr)
-        generator = torch.Generator().set_state(torch.get_rng_state())
         net, _ = find_net(est)
+        pre = _plain_preprocessing(est)
+        if pre is None:
+            est.fit(Xr, yr)
+        else:  # the steps before the net, fitted once per fold and shared by its tasks
+            key = ("pre", joblib.hash((pre, task.rows)))
+            if key not in shared:
+                shared[key] = ([step for _, step in pre.steps], pre.fit_transform(Xr, yr))
+            fitted, Xt_pre = shared[key]
+            for i, step in enumerate(fitted):  # each task its own copy of the fitted steps
+                est.steps[i] = (est.steps[i][0], step if step is pre.steps[i][1] else
+                                copy.deepcopy(step))
+            net.fit(Xt_pre, yr)  # as Pipeline.fit feeds it: the steps' fit_transform
+        generator = torch.Generator().set_state(torch.get_rng_state())
         shuffle = ("dataloader" if net.iterator_train is DataLoader else "array") + \
             ("" if net.get_params_for("iterator_train").get("shuffle", False) else "-ordered")
         if est is not net:  # preprocessing fitted on the task's rows: its own data
-            Xt = torch.as_tensor(np.ascontiguousarray(net_input(est, Xr)))
-            yt = torch.as_tensor(net_y(net, yr))
-            return est, MLPMember(net, Xt, yt, generator, epochs, shuffle=shuffle)
+            if pre is None:
+                Xt, yt = net_input(est, Xr), net_y(net, yr)
+            else:
+                data = (key, tuple(np.asarray(getattr(net, "classes_", ())).tolist()))
+                if data not in shared:
+                    shared[data] = (_net_X(net, Xt_pre), net_y(net, yr))
+                Xt, yt = shared[data]
+            Xt = torch.as_tensor(np.ascontiguousarray(Xt))
+            return est, MLPMember(net, Xt, torch.as_tensor(yt), generator, epochs,
+                                  shuffle=shuffle)
         if "X" not in shared:
             shared["X"] = torch.as_tensor(np.ascontiguousarray(_net_X(net, X)))
         classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
@@ -457,6 +480,17 @@ def fusion_key(estimator):
 def _net_X(net, X):
     """``X`` as the net's training sees it (skhpo's models validate it to float32)."""
     return net._check_X(X, reset=False) if hasattr(net, "_check_X") else np.asarray(X)
+
+
+def _plain_preprocessing(estimator):
+    """The steps before the net of a plain Pipeline (no memory, no ``transform_input``, more
+    than one step), whose ``fit`` is each step's ``fit_transform`` then the net's ``fit``;
+    else None."""
+    if not isinstance(estimator, Pipeline) or len(estimator.steps) < 2:
+        return None
+    if estimator.memory is not None or getattr(estimator, "transform_input", None):
+        return None
+    return estimator[:-1]
 
 
 def net_y(net, y):
