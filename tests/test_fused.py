@@ -717,3 +717,25 @@ def test_the_engine_hands_back_the_fingerprint_of_the_data_each_net_saw(digits, 
     for task, result in zip(tasks, FusedTrainer(est, engine="fused").fit(tasks, X, target)):
         assert result.group == 0 and result.data_key
         assert result.data_key == _fold_key(replace(result, data_key=""), X, target, task.rows)
+
+
+def test_a_pipelines_preprocessing_is_fitted_once_per_fold_and_copied(digits, monkeypatch):
+    X, y = digits
+    fits = []
+    original = StandardScaler.fit_transform
+
+    def counted(self, *args, **kwargs):
+        fits.append(len(args[0]))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(StandardScaler, "fit_transform", counted)
+    pipe = make_pipeline(StandardScaler(), _net(max_epochs=1))
+    folds = [np.arange(0, 400), np.arange(200, 600)]
+    tasks = [FusedTask({"tabularmlpclassifier__lr": lr}, seed=i, rows=folds[i % 2])
+             for i, lr in enumerate((1e-3, 3e-3, 1e-2, 3e-2))]
+    results = FusedTrainer(pipe, engine="fused").fit(tasks, X, y)
+    assert fits == [400, 400]  # one fit per fold, not per task
+    scalers = [r.estimator[0] for r in results]
+    assert len({id(s) for s in scalers}) == 4  # each task its own fitted copy
+    np.testing.assert_array_equal(scalers[0].mean_, scalers[2].mean_)
+    for task, result in zip(tasks, results):  # and each still equals its own fit
+        assert _max_diff(_weights(result.estimator), _weights(_alone(pipe, task, X, y))) < 2e-6
