@@ -5,13 +5,13 @@ from ._adam import BatchedAdam
 from .cost import calibrate, group_size, max_group_weights, max_weights, recommend
 from .population import StudentGroup, StudentState
 from .trainer import (
-           ENGINES,
-           MAX_WEIGHTS,
-           FusedTask,
-           FusedTrainer,
-           TaskResult,
-           fusion_key,
-           unfusible,
+    ENGINES,
+    MAX_WEIGHTS,
+    FusedTask,
+    FusedTrainer,
+    TaskResult,
+    fusion_key,
+    unfusible,
 )
 
 __all__ = ["ENGINES", "MAX_WEIGHTS", "BatchedAdam", "FusedTask", "FusedTrainer", "StudentGroup",

@@ -8,15 +8,17 @@ returns one :class:`TaskResult` per task: a fitted clone of the estimator (its P
 fitted on the task's rows, its net's ``module_``, ``optimizer_`` state and ``history`` those of
 the training), or the reason it failed.
 
-What fuses (the *fused family*): skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor``
-(alone or as a Pipeline's last step) with their own module, Adam or SGD, their default
-criterion, the ``ArrayBatchIterator`` with shuffling, no validation split, no ``warm_start`` and
-no callbacks that act during training. Within a group the tasks may differ in learning rate,
-weight decay, Adam's betas and eps, SGD's momentum and dampening, dropout rates, ``l2`` /
-``l1``, ``max_epochs``, seed and training rows (CV folds of unequal size); they share depth,
-width, activation, input-dropout layer, batch size, optimiser class (and SGD's Nesterov),
-device and the shapes after preprocessing. Anything else trains alone, with the reason
-in :attr:`TaskResult.reason`.
+What fuses: skorch nets (alone or as a Pipeline's last step) with Adam or SGD, no validation
+split, no ``warm_start``, skhpo's ``ArrayBatchIterator`` or torch's ``DataLoader``, and no
+callbacks that act during training. skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor``
+(their own module and criterion) stack as batched products, its ``SmallCNNClassifier`` with
+per-model convolutions, any other module through ``torch.func``
+(:class:`~._generic.FuncLayout`, which refuses, with the reason, what it cannot replay).
+Within a group the tasks may differ in learning rate, weight decay, Adam's betas and eps,
+SGD's momentum and dampening, dropout rates, ``l2`` / ``l1``, ``max_epochs``, seed and
+training rows (CV folds of unequal size); they share the architecture, batch size, optimiser
+class (and SGD's Nesterov), device and the shapes after preprocessing. Anything else trains
+alone, with the reason in :attr:`TaskResult.reason`.
 """
 
 from __future__ import annotations
