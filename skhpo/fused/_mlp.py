@@ -28,9 +28,8 @@ from ..nets import FiniteLossGuard, divergence
 from ._adam import BatchedAdam
 from ._sgd import BatchedSGD
 
-__all__ = ["MLPGroup", "MLPMember", "batched_loss", "batched_optimizer", "epoch_history",
-           "flat_weights", "layer_views", "load_adam_state", "load_optimizer_state",
-           "write_weights"]
+__all__ = ["CNNLayout", "MLPGroup", "MLPLayout", "MLPMember", "ParamLayout", "batched_loss",
+           "batched_optimizer", "epoch_history", "flat_weights", "layer_views"]
 
 
 class MLPMember:
@@ -359,10 +358,6 @@ def _gather(data, shared, owners, rows):
     return flat.index_select(0, index.reshape(-1)).view(*rows.shape, *flat.shape[1:])
 
 
-def _linears(net):
-    return [layer for kind, layer in _structure(net.module_) if kind == "linear"]
-
-
 # -- one model's weights as a row of the stacked buffer ------------------------------------------
 
 def flat_weights(module):
@@ -387,47 +382,6 @@ def layer_views(flat, shapes):
 def _shapes(module):
     return [(layer.in_features, layer.out_features)
             for kind, layer in _structure(module) if kind == "linear"]
-
-
-def write_weights(module, row):
-    """One model's row of a stacked buffer into ``module``'s linear layers."""
-    views = layer_views(row.detach()[None], _shapes(module))
-    linears = [layer for kind, layer in _structure(module) if kind == "linear"]
-    with torch.no_grad():
-        for layer, (W, b) in zip(linears, views):
-            layer.weight.copy_(W[0].T)
-            layer.bias.copy_(b[0, 0])
-
-
-def load_optimizer_state(net, state):
-    """One model's optimiser state into ``net``'s optimiser, as torch keeps it per parameter:
-    ``state`` maps a key to a row of the stacked buffer (Adam's moments, SGD's momentum
-    buffer: split into the layers' tensors) or to a scalar tensor (Adam's step count: one
-    copy per parameter). An empty ``state`` leaves the optimiser without state (SGD without
-    momentum)."""
-    module = net.module_
-    shapes = _shapes(module)
-    rows = {key: layer_views(value.detach()[None], shapes) for key, value in state.items()
-            if value.dim() > 0}
-    scalars = {key: value for key, value in state.items() if value.dim() == 0}
-    optimizer = net.optimizer_
-    optimizer.state.clear()
-    if not state:
-        return
-    with torch.no_grad():
-        for i, layer in enumerate(_linears(net)):
-            for p, pick in ((layer.weight, lambda t: t[0].T.contiguous()),
-                            (layer.bias, lambda t: t[0, 0].clone())):
-                optimizer.state[p] = {
-                    **{key: value.clone() for key, value in scalars.items()},
-                    **{key: pick(rows[key][i][0 if p is layer.weight else 1]) for key in rows}}
-
-
-def load_adam_state(net, exp_avg, exp_avg_sq, step):
-    """One model's Adam moments (rows of a stacked buffer) and step count into ``net``'s
-    ``torch.optim.Adam``, as it keeps them per parameter."""
-    load_optimizer_state(net, {"step": torch.as_tensor(step, dtype=torch.float32),
-                               "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq})
 
 
 def epoch_history(rows):
@@ -468,7 +422,36 @@ def layout_of(module, sample=None):
     return FuncLayout(module, sample)
 
 
-class MLPLayout:
+class _Layout:
+    """What every layout shares: writing one model's row into its module and its optimiser
+    state into its optimiser, once ``_tensors(row)`` says which tensor of the row is which
+    parameter (in ``module.parameters()`` order, shaped as the parameter)."""
+
+    def write(self, module, row):
+        """One model's row of the stacked buffer into ``module``'s parameters."""
+        with torch.no_grad():
+            for p, t in zip(module.parameters(), self._tensors(row)):
+                p.copy_(t)
+
+    def load_state(self, net, state):
+        """One model's optimiser state into ``net``'s optimiser, as torch keeps it per
+        parameter: ``state`` maps a key to a row of the stacked buffer (Adam's moments, SGD's
+        momentum buffer) or to a scalar tensor (Adam's step count: one copy per parameter).
+        An empty ``state`` leaves the optimiser without state (SGD without momentum)."""
+        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
+        scalars = {key: value for key, value in state.items() if value.dim() == 0}
+        optimizer = net.optimizer_
+        optimizer.state.clear()
+        if not state:
+            return
+        for i, p in enumerate(net.module_.parameters()):
+            optimizer.state[p] = {
+                **{key: value.clone() for key, value in scalars.items()},
+                **{key: rows[key][i].clone(memory_format=torch.contiguous_format)
+                   for key in rows}}
+
+
+class MLPLayout(_Layout):
     """skhpo's ``MLPModule``: per linear layer W^T (in x out) then its bias; the stacked
     forward is one ``torch.baddbmm`` per linear layer."""
 
@@ -507,16 +490,12 @@ class MLPLayout:
                 h = self.acts[lin - 1](h)
         return h
 
-    @staticmethod
-    def write(module, row):
-        write_weights(module, row)
-
-    @staticmethod
-    def load_state(net, state):
-        load_optimizer_state(net, state)
+    def _tensors(self, row):
+        return [t for W, b in layer_views(row.detach()[None], self.shapes)
+                for t in (W[0].T, b[0, 0])]
 
 
-class ParamLayout:
+class ParamLayout(_Layout):
     """Every parameter of the module in its own layout, in ``module.parameters()`` order: the
     views of the buffer are ``(K, *parameter shape)``."""
 
@@ -546,22 +525,6 @@ class ParamLayout:
 
     def _tensors(self, row):
         return [t[0] for t in self.views(row.detach()[None])]
-
-    def write(self, module, row):
-        with torch.no_grad():
-            for p, t in zip(module.parameters(), self._tensors(row)):
-                p.copy_(t)
-
-    def load_state(self, net, state):
-        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
-        scalars = {key: value for key, value in state.items() if value.dim() == 0}
-        optimizer = net.optimizer_
-        optimizer.state.clear()
-        if not state:
-            return
-        for i, p in enumerate(net.module_.parameters()):
-            optimizer.state[p] = {**{key: value.clone() for key, value in scalars.items()},
-                                  **{key: rows[key][i].clone() for key in rows}}
 
 
 class CNNLayout(ParamLayout):

@@ -31,7 +31,7 @@ import torch
 from ..hyper.layers import dropout_layers
 from ..nets import divergence, guard_ratio
 from ._adam import BatchedAdam
-from ._mlp import MLPLayout, batched_loss, flat_weights, load_adam_state, write_weights
+from ._mlp import MLPLayout, batched_loss
 
 __all__ = ["StudentGroup", "StudentState"]
 
@@ -98,7 +98,7 @@ class StudentGroup:
     def state_of(self, net, u, root):
         """The state of an initialised student ``net`` (no training yet) with coordinates
         ``u``; its generator starts where the net's initialisation left torch's."""
-        weights = flat_weights(net.module_)
+        weights = self.layout.flat(net.module_)
         zeros = torch.zeros(len(u), dtype=torch.float64)
         return StudentState(weights, torch.zeros_like(weights), torch.zeros_like(weights), 0.0,
                             u.detach().clone(), zeros, zeros.clone(), root=root,
@@ -110,8 +110,9 @@ class StudentGroup:
 
     def into_net(self, state, net):
         """Write ``state``'s weights and Adam state into ``net`` (a copy of the template)."""
-        write_weights(net.module_, state.weights)
-        load_adam_state(net, state.exp_avg, state.exp_avg_sq, state.steps)
+        self.layout.write(net.module_, state.weights)
+        self.layout.load_state(net, {"step": torch.tensor(float(state.steps)),
+                                     "exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq})
 
     # -- one train step -----------------------------------------------------------------------
 
