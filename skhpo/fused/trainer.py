@@ -422,14 +422,28 @@ def unfusible(estimator):
                     "runs skhpo's seed and loss guard, and callbacks that only read the net at "
                     "epoch ends)")
     if not family:  # the torch.func path: a layer whose state or randomness it cannot keep
-        try:
-            module = clone(net).initialize().module_
-        except Exception:  # sized from the data (skhpo's models): checked before training
-            return ""
-        reason = stateful_layer(module)
-        if reason:
-            return reason
+        return _layer_reason(net)
     return ""
+
+
+_LAYER_REASONS = {}
+
+
+def _layer_reason(net):
+    """:func:`~._generic.stateful_layer` of ``net``'s module: read off a module instance,
+    else built once per module class and arguments (a plan asks for every task); "" when
+    the module is sized from the data (skhpo's models: checked before training)."""
+    if isinstance(net.module, torch.nn.Module):
+        return stateful_layer(net.module)
+    kwargs = net.get_params_for("module")
+    key = (net.module, repr(sorted(kwargs.items())))
+    if key not in _LAYER_REASONS:
+        try:
+            with torch.random.fork_rng(devices=[]):
+                _LAYER_REASONS[key] = stateful_layer(net.module(**kwargs))
+        except Exception:
+            return ""
+    return _LAYER_REASONS[key]
 
 
 def _own_get_loss(kind):
