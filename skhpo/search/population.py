@@ -236,9 +236,18 @@ class HyperStep(Callback):
 
     def reset(self, values):
         """Start again from ``values`` (``{name: float}``) with a fresh Adam state."""
-        self.u_ = torch.tensor([float(hp.box.inverse(values[hp.name])) for hp in self.hypers],
-                               dtype=torch.float64, requires_grad=True)
+        self.restore(torch.tensor([float(hp.box.inverse(values[hp.name]))
+                                   for hp in self.hypers], dtype=torch.float64))
+
+    def restore(self, u, adam=None, n_batches=None):
+        """Continue from coordinates ``u`` with Adam's state ``adam`` (``step``, ``exp_avg``,
+        ``exp_avg_sq``; None: a fresh one), e.g. a student of the fused population."""
+        self.u_ = u.detach().clone().requires_grad_(True)
         self.opt_ = torch.optim.Adam([self.u_], lr=self.hyper_lr)
+        if adam is not None:
+            self.opt_.state[self.u_] = {key: value.clone() for key, value in adam.items()}
+        if n_batches is not None:
+            self.n_batches_ = n_batches
 
     def current(self):
         with torch.no_grad():
@@ -500,14 +509,9 @@ class _FusedNetPopulation(_NetPopulation):
         out = []
         for state in students:
             net = self._into(state, copy.deepcopy(self.template))
-            hyper = _hyper_step(net)
-            hyper.u_ = state.u.clone().requires_grad_(True)
-            hyper.opt_ = torch.optim.Adam([hyper.u_], lr=self.settings.hyper_lr)
-            if state.hyper_steps:
-                hyper.opt_.state[hyper.u_] = {
-                    "step": torch.tensor(state.hyper_steps), "exp_avg": state.hyper_m.clone(),
-                    "exp_avg_sq": state.hyper_v.clone()}
-            hyper.n_batches_ = state.n_batches
+            adam = {"step": torch.tensor(state.hyper_steps), "exp_avg": state.hyper_m,
+                    "exp_avg_sq": state.hyper_v} if state.hyper_steps else None
+            _hyper_step(net).restore(state.u, adam, state.n_batches)
             for _, cb in net.callbacks_:
                 if isinstance(cb, FiniteLossGuard):
                     cb.first_loss_ = state.first_loss
