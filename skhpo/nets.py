@@ -41,6 +41,7 @@ __all__ = [
     "module_mode",
     "net_input",
     "seed_everything",
+    "seed_torch",
     "spawn_seeds",
     "task_device",
     "trial_params",
@@ -248,10 +249,21 @@ def draw_seed(rng, size=None):
     return [int(v) for v in rng.randint(2**31 - 1, size=size)]
 
 
+def seed_torch(seed):
+    """``torch.manual_seed(seed)``, without its cost where there is no device: on a machine
+    with no accelerator it would still queue, per call, a lazy seeding of each device type
+    with the caller's stack (0.4 ms a call inside a search); the CPU generator is seeded."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None and not accelerator.is_available():
+        torch.default_generator.manual_seed(int(seed))
+    else:
+        torch.manual_seed(int(seed))
+
+
 def seed_everything(seed):
     """Seed torch, numpy and ``random`` in the current process (call it inside the worker)."""
     seed = int(seed)
-    torch.manual_seed(seed)
+    seed_torch(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
 

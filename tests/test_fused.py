@@ -739,3 +739,40 @@ def test_a_pipelines_preprocessing_is_fitted_once_per_fold_and_copied(digits, mo
     np.testing.assert_array_equal(scalers[0].mean_, scalers[2].mean_)
     for task, result in zip(tasks, results):  # and each still equals its own fit
         assert _max_diff(_weights(result.estimator), _weights(_alone(pipe, task, X, y))) < 2e-6
+
+
+@pytest.mark.parametrize("classes", [2, 10, 32, 33, 100])
+def test_the_batched_loss_is_each_models_cross_entropy(classes):
+    """Few classes: the loss runs across the batch's rows (a faster kernel), many: per row;
+    either way each model's loss and gradient are its own cross-entropy's (to rounding) and
+    do not depend on the other models (bitwise)."""
+    import torch.nn.functional as F
+
+    from skhpo.fused._mlp import CLASSES_ACROSS, batched_loss
+
+    gen = torch.Generator().manual_seed(classes)
+    out = torch.randn(6, 17, classes, generator=gen, dtype=torch.float64).requires_grad_()
+    y = torch.randint(0, classes, (6, 17), generator=gen)
+    loss = batched_loss(out, y, classifier=True)
+    grad, = torch.autograd.grad(loss.sum(), out)
+    for k in range(6):
+        alone = out[k].detach().requires_grad_()
+        own = F.cross_entropy(alone, y[k])
+        own_grad, = torch.autograd.grad(own, alone)
+        torch.testing.assert_close(loss[k], own, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(grad[k], own_grad, rtol=1e-12, atol=1e-15)
+    one = out[2:3].detach().requires_grad_()
+    loss_one = batched_loss(one, y[2:3], classifier=True)
+    assert torch.equal(loss_one[0], loss[2])
+    assert torch.equal(torch.autograd.grad(loss_one.sum(), one)[0][0], grad[2])
+    assert (classes <= CLASSES_ACROSS) == (classes in (2, 10, 32))
+
+
+def test_seed_torch_is_torch_manual_seed():
+    from skhpo.nets import seed_torch
+
+    seed_torch(123)
+    a = torch.rand(5), torch.randperm(9)
+    torch.manual_seed(123)
+    b = torch.rand(5), torch.randperm(9)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -66,6 +66,7 @@ from ..nets import (
     draw_seed,
     free_estimator,
     seed_everything,
+    seed_torch,
     spawn_seeds,
     trial_params,
 )
@@ -126,7 +127,7 @@ def run_hpm(problem, *, population_size, truncation, n_steps, mutation="teacher"
     students = [problem.init(k, rng) for k in range(population_size)]
     teacher, opt = None, None
     if mutation == "teacher":
-        torch.manual_seed(draw_seed(rng))
+        seed_torch(draw_seed(rng))
         teacher = Teacher(len(boxes), teacher_keys)
         opt = torch.optim.SGD(teacher.parameters(), lr=teacher_lr)
     lo = torch.tensor([b.lo + b.eps for b in boxes], dtype=torch.float64)
