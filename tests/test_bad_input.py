@@ -154,6 +154,7 @@ SPECIFIC = [
     ("hpm", {"space": {"lr": (1e-1, 1e-3)}}, ValueError, "lr"),
     ("hpm", {"space": {"dropout": (0.0, 1.5)}}, ValueError, "dropout"),
     ("cpmlho", {"warmup_epochs": -1}, ValueError, "warmup_epochs"),
+    ("cpmlho", {"engine": "fused"}, ValueError, r"engine='fused'.*nothing to train together"),
     ("hyperlocal", {"hessian": "sr1", "weight_step": "lp"}, ValueError, r"sr1.*SR1Snapshots"),
     ("hyperlocal", {"hessian": "sr1", "weight_step": "response"}, ValueError,
      r"sr1.*set weight_step='lp'"),

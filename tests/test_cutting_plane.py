@@ -291,6 +291,8 @@ def test_divergence_names_the_epoch(digits):
     ({}, {}, "hyperparams is empty"),
     (None, {"mu": -1.0}, "mu"),
     (None, {"theta": -0.5}, "theta"),
+    (None, {"engine": "fused"}, "one self-tuning network, there is nothing to train together"),
+    (None, {"engine": "stacked"}, "engine"),
 ])
 def test_bad_input(digits, hyperparams, kw, message):
     X, y = digits
@@ -306,6 +308,18 @@ def test_module_without_dropout_needs_names(digits):
                               max_epochs=1, train_split=None)
     with pytest.raises(ValueError, match="has none"):
         CuttingPlaneTuner(net).fit(X[:50], y[:50])
+
+
+def test_the_engine_is_one_training_either_way(digits):
+    """engine='auto' and 'sequential' run the one self-tuning network alike."""
+    X, y = digits
+    runs = [CuttingPlaneTuner(_mlp(max_epochs=3), warmup_epochs=1, engine=engine,
+                              random_state=0).fit(X[:300], y[:300])
+            for engine in ("auto", "sequential")]
+    assert runs[0].best_params_ == runs[1].best_params_
+    assert runs[0].best_score_ == runs[1].best_score_
+    assert [r.engine_ for r in runs] == ["sequential", "sequential"]
+    assert "nothing to stack" in runs[0].engine_reason_
 
 
 def test_clone():

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..fused import ENGINES
 from ..hyper import Box, parse_name, read_dimension, set_dropout_rate
 from ..hyper.layers import convert_module, dropout_layers, general_state_dict
 from ..hyper.space import AUGMENTATIONS
@@ -47,6 +48,8 @@ from ._progress import Phase
 __all__ = ["CuttingPlaneTuner", "cut_penalty"]
 
 DEFAULT_BOX, DEFAULT_INIT = (0.0, 0.95), 0.05
+#: ``engine_reason_``: why CPMLHO always trains alone
+ONE_NETWORK = "one self-tuning network trains (nothing to stack)"
 #: the discrete ones, applied as floor(value)
 DISCRETE = ("cutout_holes", "cutout_length")
 
@@ -137,6 +140,12 @@ class CuttingPlaneTuner(HoldoutSearch):
         ``random_state``.
     verbose : int, default=0
         One line per epoch when > 0.
+    engine : {"auto", "fused", "sequential"}, default="auto"
+        The training engine, as in the other searches. CPMLHO trains one self-tuning network
+        (and, with ``refit=True``, one plain net): there is nothing to train together, so
+        ``"auto"`` and ``"sequential"`` run the same single training, and ``"fused"`` raises
+        a ``ValueError`` saying so, before any training. Accepted so that code which sets
+        ``engine`` on every skhpo search runs unchanged.
 
     Attributes
     ----------
@@ -163,6 +172,10 @@ class CuttingPlaneTuner(HoldoutSearch):
         Epochs trained (and the refit's).
     n_resumed_ : int
         Epochs restored from ``checkpoint``.
+    engine_ : "sequential"
+        The engine that trained (always one network).
+    engine_reason_ : str
+        Why: one self-tuning network, nothing to stack.
 
     Notes
     -----
@@ -208,13 +221,14 @@ class CuttingPlaneTuner(HoldoutSearch):
         "image_shape": [tuple, list, None],
         "refit": ["boolean", StrOptions({"tuned"})],
         "checkpoint": [str, os.PathLike, None],
+        "engine": [StrOptions(set(ENGINES))],
     }
 
     def __init__(self, estimator, hyperparams=None, *, warmup_epochs=5, train_steps=5,
                  valid_steps=1, validation_fraction=0.15, mu=1e-3, eps2=1e-8,
                  cut_mode="hinge", cut_memory="last", theta=1.0, entropy_weight=1e-3,
                  tune_scales=True, linearize=True, hyper_lr=1e-2, image_shape=None, scoring=None,
-                 refit="tuned", random_state=None, checkpoint=None, verbose=0):
+                 refit="tuned", random_state=None, checkpoint=None, verbose=0, engine="auto"):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.warmup_epochs = warmup_epochs
@@ -236,8 +250,16 @@ class CuttingPlaneTuner(HoldoutSearch):
         self.checkpoint = checkpoint
         self.random_state = random_state
         self.verbose = verbose
+        self.engine = engine
 
     # -- the method (HoldoutSearch.fit calls these) -----------------------------------------
+
+    def _check_search_params(self):
+        if self.engine == "fused":
+            raise ValueError("engine='fused': CuttingPlaneTuner trains one self-tuning "
+                             "network, there is nothing to train together; use engine='auto' "
+                             "or 'sequential' (the same single training)")
+        self.engine_, self.engine_reason_ = "sequential", ONE_NETWORK
 
     def _draw_seeds(self, rng):
         split_seed, torch_seed = draw_seed(rng, size=2)
