@@ -132,12 +132,16 @@ def test_pipelines_regressors_and_the_reasons_to_train_alone(digits):
         FusedTrainer(_net(), engine="fast")
 
 
+@pytest.mark.parametrize("shapes", [[(4, 5), (1, 5)], [(3000,)]], ids=["batched", "per-model"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_batched_sgd_is_torch_sgd_per_model(nesterov):
-    """float64: each slice follows torch.optim.SGD to 1e-13, with per-model learning rate,
-    weight decay, momentum (one model without) and dampening, and a frozen model."""
+def test_batched_sgd_is_torch_sgd_per_model(nesterov, shapes):
+    """float64: each slice follows torch.optim.SGD to 1e-13 (rows of at least PER_MODEL_MIN
+    values: torch's fused kernel per model, bitwise), with per-model learning rate, weight
+    decay, momentum (one model without) and dampening, and a frozen model."""
+    from skhpo.fused._adam import PER_MODEL_MIN
+
     g = torch.Generator().manual_seed(0)
-    K, shapes = 4, [(4, 5), (1, 5)]
+    K = 4
     params = [torch.randn(K, *s, dtype=torch.float64, generator=g) for s in shapes]
     coefs = [dict(lr=1e-2, weight_decay=0.0, momentum=0.9, dampening=0.0),
              dict(lr=3e-2, weight_decay=1e-2, momentum=0.5, dampening=0.0 if nesterov else 0.1),
@@ -157,9 +161,12 @@ def test_batched_sgd_is_torch_sgd_per_model(nesterov):
                 for p, gr in zip(alone[k], grads):
                     p.grad = gr[k].clone()
                 opts[k].step()
+    assert batched._per_model() == (shapes[0][0] >= PER_MODEL_MIN)
+    exact = batched._per_model()
     for k in range(K):
         for i, (p, q) in enumerate(zip(batched.params, alone[k])):
             torch.testing.assert_close(p[k], q.detach(), rtol=1e-13, atol=1e-13)
+            assert torch.equal(p[k], q.detach()) or not exact
             state = batched.state_of(k)[i]
             assert state.keys() == opts[k].state[q].keys()
             if state:

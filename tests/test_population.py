@@ -377,6 +377,15 @@ ENGINE_CASES = {
         {"tabularmlpregressor__lr": loguniform(1e-3, 3e-2),
          "tabularmlpregressor__l2[1]": (0.0, 0.01), "tabularmlpregressor__l1": (0.0, 1e-3)},
         {"step": 5, "hyper_every": 3}),
+    # SGD students with momentum (the STN / HPM benchmark setting) tuning lr and dropout
+    "sgd-momentum": (
+        lambda: _pipe(optimizer=torch.optim.SGD, optimizer__momentum=0.9, lr=0.05),
+        {"tabularmlpclassifier__lr": loguniform(1e-2, 1e-1),
+         "tabularmlpclassifier__dropout": (0.0, 0.5)}, {}),
+    # plain SGD (no momentum buffer) with Nesterov off and weight decay tuned
+    "sgd-plain-wd": (
+        lambda: _pipe(optimizer=torch.optim.SGD, lr=0.1),
+        {"tabularmlpclassifier__optimizer__weight_decay": loguniform(1e-5, 1e-2)}, {}),
 }
 
 
@@ -417,8 +426,16 @@ def test_fused_population_follows_the_sequential_one(digits, case):
     np.testing.assert_allclose(a.history[:, "train_loss"], b.history[:, "train_loss"],
                                rtol=1e-5)
     state_a, state_b = a.optimizer_.state_dict(), b.optimizer_.state_dict()
-    assert [s["step"] for s in state_a["state"].values()] == \
-        [s["step"] for s in state_b["state"].values()]
+    assert type(a.optimizer_) is type(b.optimizer_)
+    assert [sorted(s) for s in state_a["state"].values()] == \
+        [sorted(s) for s in state_b["state"].values()]
+    if isinstance(a.optimizer_, torch.optim.Adam):
+        assert [s["step"] for s in state_a["state"].values()] == \
+            [s["step"] for s in state_b["state"].values()]
+    for sa, sb in zip(state_a["state"].values(), state_b["state"].values()):
+        for key in ("exp_avg", "momentum_buffer"):
+            if key in sa:
+                torch.testing.assert_close(sa[key], sb[key], rtol=1e-3, atol=1e-5)
     assert a.optimizer_.param_groups[0]["lr"] == pytest.approx(
         b.optimizer_.param_groups[0]["lr"], rel=1e-5)
 
@@ -440,11 +457,12 @@ def test_fused_students_diverge_alone_as_skorch_students_do(digits):
 
 def test_engine_auto_falls_back_with_the_reason_and_fused_refuses(digits):
     X, y = digits
-    net = TabularMLPClassifier(width=16, dropout=0.1, optimizer=torch.optim.SGD, max_epochs=2)
+    net = TabularMLPClassifier(width=16, dropout=0.1, optimizer=torch.optim.RMSprop,
+                               max_epochs=2)
     kw = dict(population_size=2, n_steps=1, random_state=0)
     auto = PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, **kw).fit(X, y)
-    assert auto.engine_ == "sequential" and "optimizer SGD" in auto.engine_reason_
-    with pytest.raises(ValueError, match="engine='fused'.*optimizer SGD"):
+    assert auto.engine_ == "sequential" and "optimizer RMSprop" in auto.engine_reason_
+    with pytest.raises(ValueError, match="engine='fused'.*optimizer RMSprop"):
         PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, engine="fused", **kw).fit(X, y)
     with pytest.raises(ValueError, match="engine"):
         PopulationMutationSearch(net, {"dropout": (0.0, 0.5)}, engine="gpu", **kw).fit(X, y)

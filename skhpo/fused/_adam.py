@@ -55,6 +55,13 @@ class BatchedAdam:
         self.v = [v.to(p).clone() for v, p in zip(exp_avg_sq, self.params)]
         self.t = torch.as_tensor(steps, dtype=torch.float64).reshape(-1).clone()
 
+    def load_rows(self, states, steps):
+        """Continue from one model's state per row, as :meth:`state_of` gives it for a
+        one-tensor buffer (``{}``: a fresh model), and the per-model step counts."""
+        zero = torch.zeros_like(self.params[0][0])
+        self.load_state([torch.stack([s.get("exp_avg", zero) for s in states])],
+                        [torch.stack([s.get("exp_avg_sq", zero) for s in states])], steps)
+
     def set_rates(self, lr=None, weight_decay=None):
         """New per-model learning rates and / or weight decays (``(K,)``), e.g. after a
         hyper-parameter step; the moments and step counts are kept."""

@@ -1,10 +1,12 @@
 """A population of students trained as one stacked model (HPM's train step, fused).
 
 :class:`~skhpo.PopulationMutationSearch` trains K students of one skhpo MLP that differ in
-weights, Adam state and tuned hyper-parameters. :class:`StudentGroup` runs one train step of
-all of them together: the students' weights are the rows of a ``(K, P)`` buffer; every
-minibatch is one batched forward and backward (``torch.baddbmm``) and one
-:class:`~._adam.BatchedAdam` step with each student's own learning rate and weight decay; every
+weights, optimiser state and tuned hyper-parameters. :class:`StudentGroup` runs one train step
+of all of them together: the students' weights are the rows of a ``(K, P)`` buffer; every
+minibatch is one batched forward and backward (``torch.baddbmm``) and one step of the net's
+optimiser, batched (:class:`~._adam.BatchedAdam`, or :class:`~._sgd.BatchedSGD` with its
+momentum, dampening and Nesterov choice), with each student's own learning rate and weight
+decay; every
 ``every`` minibatches, one batched one-step look-ahead hypergradient for all students (the
 arithmetic of :func:`skhpo.hyper.lookahead_loss`, a double backward only when a dropout rate
 or an ``l2`` / ``l1`` penalty is tuned) and one batched Adam step of their hyper-parameters.
@@ -15,8 +17,9 @@ minibatch of each hyper step and the noise of its look-ahead forward) is drawn, 
 order, from that student's own generator. So a fused run follows the run of skorch students
 to float32 rounding (``tests/test_population.py``).
 
-A student's state between steps is a :class:`StudentState` (its row of the buffer, its Adam
-state, its hyper-parameters' coordinates and their Adam state, its history), so the search can
+A student's state between steps is a :class:`StudentState` (its row of the buffer, its
+optimiser state, its hyper-parameters' coordinates and their Adam state, its history), so the
+search can
 copy a student, checkpoint it, and turn it into an ordinary fitted net at the end.
 """
 
@@ -31,23 +34,24 @@ import torch
 from ..hyper.layers import dropout_layers
 from ..nets import divergence, guard_ratio
 from ._adam import BatchedAdam
-from ._mlp import MLPLayout, batched_loss
+from ._mlp import MLPLayout, batched_loss, batched_optimizer
 
 __all__ = ["StudentGroup", "StudentState"]
 
 
 @dataclass
 class StudentState:
-    """One student between train steps: ``weights`` (its row), Adam's ``exp_avg``,
-    ``exp_avg_sq`` and ``steps``; ``u`` (its hyper-parameters in unconstrained coordinates) and
+    """One student between train steps: ``weights`` (its row), ``optimizer`` (its optimiser's
+    state as torch keeps it for the row: Adam's ``step``, ``exp_avg``, ``exp_avg_sq``, SGD's
+    ``momentum_buffer``; ``{}`` before its first step) and ``steps`` (optimiser steps taken);
+    ``u`` (its hyper-parameters in unconstrained coordinates) and
     their Adam state ``hyper_m``, ``hyper_v``, ``hyper_steps``; ``n_batches`` trained,
     ``first_loss`` (its loss guard's reference), ``history`` (``(train_loss, seconds)`` per
     step), ``root`` (the initial student it descends from) and ``init_state`` (its generator
     right after its initialisation, until its first step)."""
 
     weights: torch.Tensor
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
+    optimizer: dict
     steps: float
     u: torch.Tensor
     hyper_m: torch.Tensor
@@ -63,7 +67,8 @@ class StudentState:
         """A copy that continues with hyper-parameter coordinates ``u`` and a fresh Adam
         state for them (HPM's exploit and explore)."""
         zeros = torch.zeros_like(u)
-        return StudentState(self.weights.clone(), self.exp_avg.clone(), self.exp_avg_sq.clone(),
+        return StudentState(self.weights.clone(),
+                            {key: value.clone() for key, value in self.optimizer.items()},
                             self.steps, u, zeros, zeros.clone(), 0.0, self.n_batches,
                             self.first_loss, list(self.history), self.root, None)
 
@@ -85,8 +90,8 @@ class StudentGroup:
         self.temperatures = [layer.temperature for layer in drops]
         paths = {id(layer): path for path, layer in dropout_layers(module).items()}
         self.drop_index = {f"{paths[id(layer)]}.p": i for i, layer in enumerate(drops)}
-        group = template.optimizer_.param_groups[0]
-        self.betas, self.eps = group["betas"], group["eps"]
+        self.optimizer = template.optimizer_  # the students' (Adam or SGD) and its settings
+        group = self.optimizer.param_groups[0]
         self.base = {"lr": float(group["lr"]), "weight_decay": float(group["weight_decay"]),
                      "rates": [float(layer.p) for layer in drops], **_coefficients(template)}
         self.max_ratio = guard_ratio(template)
@@ -100,8 +105,7 @@ class StudentGroup:
         ``u``; its generator starts where the net's initialisation left torch's."""
         weights = self.layout.flat(net.module_)
         zeros = torch.zeros(len(u), dtype=torch.float64)
-        return StudentState(weights, torch.zeros_like(weights), torch.zeros_like(weights), 0.0,
-                            u.detach().clone(), zeros, zeros.clone(), root=root,
+        return StudentState(weights, {}, 0.0, u.detach().clone(), zeros, zeros.clone(), root=root,
                             init_state=torch.get_rng_state())
 
     def current(self, u):
@@ -109,10 +113,10 @@ class StudentGroup:
         return {hp.name: float(hp.box.forward(u[i])) for i, hp in enumerate(self.hypers)}
 
     def into_net(self, state, net):
-        """Write ``state``'s weights and Adam state into ``net`` (a copy of the template)."""
+        """Write ``state``'s weights and optimiser state into ``net`` (a copy of the
+        template)."""
         self.layout.write(net.module_, state.weights)
-        self.layout.load_state(net, {"step": torch.tensor(float(state.steps)),
-                                     "exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq})
+        self.layout.load_state(net, state.optimizer)
 
     # -- one train step -----------------------------------------------------------------------
 
@@ -125,9 +129,9 @@ class StudentGroup:
         flat = torch.stack([s.weights for s in states]).to(self.device)
         u = torch.stack([s.u for s in states])
         values = self._values(u)
-        opt = BatchedAdam([flat], values["lr"], values["weight_decay"], self.betas, self.eps)
-        opt.load_state([torch.stack([s.exp_avg for s in states])],
-                       [torch.stack([s.exp_avg_sq for s in states])], [s.steps for s in states])
+        opt = batched_optimizer(flat, [self.optimizer] * K)
+        opt.set_rates(values["lr"], values["weight_decay"])
+        opt.load_rows([s.optimizer for s in states], [s.steps for s in states])
         hopt = BatchedAdam([u], [self.hyper_lr] * K, [0.0] * K, (0.9, 0.999), 1e-8)
         hopt.load_state([torch.stack([s.hyper_m for s in states])],
                         [torch.stack([s.hyper_v for s in states])],
@@ -155,8 +159,7 @@ class StudentGroup:
         seconds = (time.perf_counter() - start) / K
         for j, state in enumerate(states):
             state.weights = opt.params[0][j].detach().clone()
-            state.exp_avg, state.exp_avg_sq = opt.m[0][j].clone(), opt.v[0][j].clone()
-            state.steps = float(opt.t[j])
+            state.optimizer, state.steps = opt.state_of(j)[0], float(opt.t[j])
             state.u = u[j].detach().clone()
             state.hyper_m, state.hyper_v = hopt.m[0][j].clone(), hopt.v[0][j].clone()
             state.hyper_steps = float(hopt.t[j])
@@ -167,7 +170,7 @@ class StudentGroup:
 
     def _train_batch(self, opt, values, xb, yb, generators, alive):
         """One minibatch of every student: its training loss (criterion + its ``l2`` / ``l1``
-        penalties, concrete dropout at its rates) and one Adam step of the live ones."""
+        penalties, concrete dropout at its rates) and one optimiser step of the live ones."""
         leaves = [t.detach().requires_grad_(True) for t in self.layout.views(opt.params[0])]
         rates = values["rates"]
         out = self.layout.forward(leaves, xb, lambda i, h: self._concrete(

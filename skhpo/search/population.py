@@ -523,7 +523,8 @@ class _FusedNetPopulation(_NetPopulation):
         return out
 
     def _into(self, state, net):
-        """``net`` holding ``state``'s weights, Adam state and current hyper-parameters."""
+        """``net`` holding ``state``'s weights, optimiser state and current
+        hyper-parameters."""
         self.group.into_net(state, net)
         apply_hyperparams(net, self.hypers, self.group.current(state.u))
         return net
@@ -595,12 +596,13 @@ class PopulationMutationSearch(HoldoutSearch):
         (``engine_ == "sequential"``).
     engine : {"auto", "fused", "sequential"}, default="auto"
         How the students train. ``"fused"``: all of them as one stacked model
-        (:class:`skhpo.fused.StudentGroup`: one batched forward, backward and Adam step per
-        minibatch, one batched look-ahead hypergradient per hyper step), each drawing its
+        (:class:`skhpo.fused.StudentGroup`: one batched forward, backward and optimiser step
+        per minibatch, one batched look-ahead hypergradient per hyper step), each drawing its
         shuffling and dropout noise from its own generator as its skorch ``partial_fit``
         would, so the run follows the sequential one to float32 rounding (docs/fused.md);
-        for skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor`` with Adam (the fused
-        engine's family), else a ``ValueError`` naming why, before any training.
+        for skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor`` with Adam or SGD
+        (momentum, dampening, Nesterov: the fused engine's family), else a ``ValueError``
+        naming why, before any training.
         ``"sequential"``: every student is a skorch net trained by its own ``partial_fit``.
         ``"auto"``: fused where the family allows, on the CPU, for nets of at most 150,000
         weights (or ``$SKHPO_MAX_WEIGHTS``, see ``skhpo calibrate``); else sequential, with the
@@ -824,9 +826,6 @@ class PopulationMutationSearch(HoldoutSearch):
         if not reason and not isinstance(net, (TabularMLPClassifier, TabularMLPRegressor)):
             reason = (f"{type(net).__name__} (the fused population trains skhpo's tabular "
                       "MLPs)")
-        if not reason and net.optimizer is not torch.optim.Adam:
-            reason = (f"optimizer {net.optimizer.__name__} (the fused population has Adam: "
-                      "its students' state is Adam's)")
         if reason and self.engine == "fused":
             raise ValueError(f"engine='fused': the students cannot be trained as one stacked "
                              f"model: {reason}; use engine='auto' or 'sequential'")
