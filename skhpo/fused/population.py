@@ -6,10 +6,10 @@ of all of them together: the students' weights are the rows of a ``(K, P)`` buff
 minibatch is one batched forward and backward (``torch.baddbmm``) and one step of the net's
 optimiser, batched (:class:`~._adam.BatchedAdam`, or :class:`~._sgd.BatchedSGD` with its
 momentum, dampening and Nesterov choice), with each student's own learning rate and weight
-decay; every
-``every`` minibatches, one batched one-step look-ahead hypergradient for all students (the
-arithmetic of :func:`skhpo.hyper.lookahead_loss`, a double backward only when a dropout rate
-or an ``l2`` / ``l1`` penalty is tuned) and one batched Adam step of their hyper-parameters.
+decay; every ``every`` minibatches, one batched one-step look-ahead hypergradient for all
+students (the arithmetic of :func:`skhpo.hyper.lookahead_loss`, a double backward only when a
+dropout rate or an ``l2`` / ``l1`` penalty is tuned) and one batched Adam step of their
+hyper-parameters.
 
 The RNG protocol is the skorch student's: what its ``partial_fit`` draws from torch's global
 generator (the epoch's permutation, the concrete-dropout noise layer by layer, the validation
@@ -19,8 +19,7 @@ to float32 rounding (``tests/test_population.py``).
 
 A student's state between steps is a :class:`StudentState` (its row of the buffer, its
 optimiser state, its hyper-parameters' coordinates and their Adam state, its history), so the
-search can
-copy a student, checkpoint it, and turn it into an ordinary fitted net at the end.
+search can copy a student, checkpoint it, and turn it into an ordinary fitted net at the end.
 """
 
 from __future__ import annotations

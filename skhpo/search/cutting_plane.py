@@ -259,13 +259,13 @@ class CuttingPlaneTuner(HoldoutSearch):
             raise ValueError("engine='fused': CuttingPlaneTuner trains one self-tuning "
                              "network, there is nothing to train together; use engine='auto' "
                              "or 'sequential' (the same single training)")
-        self.engine_, self.engine_reason_ = "sequential", ONE_NETWORK
 
     def _draw_seeds(self, rng):
         split_seed, torch_seed = draw_seed(rng, size=2)
         return split_seed, torch_seed
 
     def _search(self, data, torch_seed, rng):
+        self.engine_, self.engine_reason_ = "sequential", ONE_NETWORK
         seed_everything(torch_seed)
         plain, y_enc, yv_enc = self._initialised_net(data)
         space = self._space(plain, data.prefix, data.Xt)
