@@ -23,10 +23,42 @@ __all__ = ["BatchedAdam", "PER_MODEL_MIN"]
 
 #: rows of at least this many values per model step through torch's fused kernel per model
 PER_MODEL_MIN = 1024
-_FUSED = hasattr(torch, "_fused_adam_")
 
 
-class BatchedAdam:
+class BatchedOptimizer:
+    """What the batched optimisers share: per-model learning rates and weight decays (``(K,)``
+    float64 tensors ``lr`` and ``wd``) that hyper-parameter steps may change, and the step's
+    path: torch's fused kernel ``_kernel`` once per model where every model's rows hold at least
+    :data:`PER_MODEL_MIN` values (``_fused_step``), else batched elementwise passes
+    (``_batched_step``). Both take ``(grads, active)``; a model whose ``active`` entry is
+    False is frozen for the step."""
+
+    _kernel = ""
+
+    def _per_model(self):
+        return hasattr(torch, self._kernel) and \
+            min(p[0].numel() for p in self.params) >= PER_MODEL_MIN
+
+    @torch.no_grad()
+    def step(self, grads, active=None):
+        if self._per_model():
+            return self._fused_step(grads, active)
+        return self._batched_step(grads, active)
+
+    def set_rates(self, lr=None, weight_decay=None):
+        """New per-model learning rates and / or weight decays (``(K,)``), e.g. after a
+        hyper-parameter step; the optimiser's state and step counts are kept."""
+        if lr is not None:
+            self.lr = torch.as_tensor(lr, dtype=torch.float64).reshape(-1).clone()
+        if weight_decay is not None:
+            self.wd = torch.as_tensor(weight_decay, dtype=torch.float64).reshape(-1).clone()
+            self._decay_changed()
+
+    def _decay_changed(self):
+        """Hook: the weight decays changed."""
+
+
+class BatchedAdam(BatchedOptimizer):
     """Adam for parameters of shape ``(K, ...)``.
 
     ``lr``, ``weight_decay``, ``betas`` (a ``(K, 2)`` array or one pair) and ``eps`` are per
@@ -62,14 +94,10 @@ class BatchedAdam:
         self.load_state([torch.stack([s.get("exp_avg", zero) for s in states])],
                         [torch.stack([s.get("exp_avg_sq", zero) for s in states])], steps)
 
-    def set_rates(self, lr=None, weight_decay=None):
-        """New per-model learning rates and / or weight decays (``(K,)``), e.g. after a
-        hyper-parameter step; the moments and step counts are kept."""
-        if lr is not None:
-            self.lr = torch.as_tensor(lr, dtype=torch.float64).reshape(-1).clone()
-        if weight_decay is not None:
-            self.wd = torch.as_tensor(weight_decay, dtype=torch.float64).reshape(-1).clone()
-            self._cache(keep_buffers=True)
+    _kernel = "_fused_adam_"
+
+    def _decay_changed(self):
+        self._cache(keep_buffers=True)
 
     def _cache(self, keep_buffers=False):
         """The per-model coefficients as each parameter's dtype, shaped to broadcast (they
@@ -86,13 +114,7 @@ class BatchedAdam:
         if not keep_buffers:
             self._buffers = {}  # scratch tensors, per parameter (reset when models leave)
 
-    def _per_model(self):
-        return _FUSED and min(p[0].numel() for p in self.params) >= PER_MODEL_MIN
-
-    @torch.no_grad()
-    def step(self, grads, active=None):
-        if self._per_model():
-            return self._fused_step(grads, active)
+    def _batched_step(self, grads, active):
         self.t += 1 if active is None else active.to(torch.float64)
         t = self.t.clamp(min=1)
         frozen = None if active is None or bool(active.all()) else \

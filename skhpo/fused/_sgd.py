@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import torch
 
-from ._adam import PER_MODEL_MIN
+from ._adam import BatchedOptimizer
 
 __all__ = ["BatchedSGD"]
 
-_FUSED = hasattr(torch, "_fused_sgd_")
 
-
-class BatchedSGD:
+class BatchedSGD(BatchedOptimizer):
     """SGD for parameters of shape ``(K, ...)``, with :class:`~._adam.BatchedAdam`'s interface.
 
     ``lr``, ``weight_decay``, ``momentum`` and ``dampening`` are per model; ``step(grads,
     active)`` freezes the models whose ``active`` entry is False for that step.
     """
+
+    _kernel = "_fused_sgd_"
 
     def __init__(self, params, lr, weight_decay, momentum, dampening, nesterov=False):
         self.params = list(params)
@@ -53,24 +53,10 @@ class BatchedSGD:
             self.params[0])]
         self.t = torch.as_tensor(steps, dtype=torch.float64).reshape(-1).clone()
 
-    def set_rates(self, lr=None, weight_decay=None):
-        """New per-model learning rates and / or weight decays (``(K,)``), e.g. after a
-        hyper-parameter step; the momentum buffers and step counts are kept."""
-        if lr is not None:
-            self.lr = torch.as_tensor(lr, dtype=torch.float64).reshape(-1).clone()
-        if weight_decay is not None:
-            self.wd = torch.as_tensor(weight_decay, dtype=torch.float64).reshape(-1).clone()
-
     def _coefficient(self, vec, p):
         return vec.to(device=p.device, dtype=p.dtype).view((-1,) + (1,) * (p.dim() - 1))
 
-    def _per_model(self):
-        return _FUSED and min(p[0].numel() for p in self.params) >= PER_MODEL_MIN
-
-    @torch.no_grad()
-    def step(self, grads, active=None):
-        if self._per_model():
-            return self._fused_step(grads, active)
+    def _batched_step(self, grads, active):
         frozen = None if active is None or bool(active.all()) else \
             (~active).nonzero().flatten()
         first = self.t == 0
