@@ -67,6 +67,8 @@ class BatchedAdam(BatchedOptimizer):
     epoch's last batch.
     """
 
+    _kernel = "_fused_adam_"
+
     def __init__(self, params, lr, weight_decay, betas, eps):
         self.params = list(params)
         K = self.params[0].shape[0]
@@ -93,8 +95,6 @@ class BatchedAdam(BatchedOptimizer):
         zero = torch.zeros_like(self.params[0][0])
         self.load_state([torch.stack([s.get("exp_avg", zero) for s in states])],
                         [torch.stack([s.get("exp_avg_sq", zero) for s in states])], steps)
-
-    _kernel = "_fused_adam_"
 
     def _decay_changed(self):
         self._cache(keep_buffers=True)
