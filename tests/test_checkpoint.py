@@ -168,9 +168,11 @@ def _kill_when(command, ready, timeout=120):
 SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
+    import torch
     from scipy.stats import loguniform
     from sklearn.datasets import load_digits
     from skhpo import FlatnessSearchCV, TabularMLPClassifier
+    torch.set_num_threads(1)  # as the test process (conftest): the same sums, bit for bit
     X, y = load_digits(return_X_y=True)
     X, y = (X / 16).astype(np.float32)[:600], y[:600]
     FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=6),
@@ -238,9 +240,11 @@ def test_population_resumes_after_its_last_step(iris, tmp_path, engine):
 HPM_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
+    import torch
     from scipy.stats import loguniform
     from sklearn.datasets import load_digits
     from skhpo import PopulationMutationSearch, TabularMLPClassifier
+    torch.set_num_threads(1)  # as the test process (conftest): the same sums, bit for bit
     X, y = load_digits(return_X_y=True)
     X, y = (X / 16).astype(np.float32)[:600], y[:600]
     PopulationMutationSearch(TabularMLPClassifier(width=32, max_epochs=1, dropout=0.2),
