@@ -17,8 +17,6 @@ class and settings, the estimator, the space, the data); a fit whose digests dif
 refused with an error naming what differs, before any training.
 """
 
-from __future__ import annotations
-
 import io
 import json
 import os
@@ -29,6 +27,7 @@ from numbers import Integral
 import joblib
 import numpy as np
 import torch
+from sklearn.base import clone
 from skorch import NeuralNet
 
 __all__ = ["Checkpoint", "check_checkpoint"]
@@ -210,16 +209,13 @@ def _canonical(obj):
     return obj
 
 
-def search_parts(search, space, X, y, groups=None, fit_params=None):
-    """What a search's results depend on, for :class:`Checkpoint`'s fingerprint."""
-    from sklearn.base import clone
-
+def search_parts(search, X, y, groups=None, fit_params=None):
+    """What a search's results depend on, for :class:`Checkpoint`'s fingerprint: its class,
+    its settings, its estimator, its space (read through its ``_space()`` hook) and the
+    data."""
     settings = {k: v for k, v in search.get_params(deep=False).items()
-                if k not in _FREE and k not in ("estimator", "search")}
-    for name in ("param_distributions", "param_grid", "params", "param_bounds", "hyperparams",
-                 "continuous"):
-        settings.pop(name, None)
+                if k not in _FREE and k not in ("estimator", search._space_param)}
     estimator = getattr(search, "estimator", None)
     return {"class": type(search).__name__, "settings": settings,
             "estimator": clone(estimator) if estimator is not None else None,
-            "space": space, "data": (X, y, groups, fit_params or {})}
+            "space": search._space(), "data": (X, y, groups, fit_params or {})}

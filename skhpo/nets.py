@@ -39,7 +39,10 @@ __all__ = [
     "free_estimator",
     "guard_ratio",
     "module_mode",
+    "net_X",
     "net_input",
+    "net_seed",
+    "net_y",
     "seed_everything",
     "seed_torch",
     "spawn_seeds",
@@ -98,6 +101,18 @@ def net_input(fitted_estimator, X):
         if param is not None and param.dtype.is_floating_point:
             X = X.astype(str(param.dtype).replace("torch.", ""), copy=False)
     return X
+
+
+def net_X(net, X):
+    """``X`` as the net's training sees it: skhpo's models validate it (float32), a plain
+    skorch net receives it as an array."""
+    return net._check_X(X, reset=False) if hasattr(net, "_check_X") else np.asarray(X)
+
+
+def net_y(net, y):
+    """``y`` as the net's loss takes it: skhpo's classifiers encode class indices, a plain
+    skorch net receives it as an array."""
+    return net._check_y(y, reset=False) if hasattr(net, "_check_y") else np.asarray(y)
 
 
 def check_module_output(estimator, X, y, n_rows=64):
@@ -247,6 +262,11 @@ def draw_seed(rng, size=None):
     if size is None:
         return int(rng.randint(2**31 - 1))
     return [int(v) for v in rng.randint(2**31 - 1, size=size)]
+
+
+def net_seed(seed):
+    """``seed`` (any non-negative int) in [0, 2^31 - 1): what a net's ``random_state`` takes."""
+    return int(seed % (2**31 - 1))
 
 
 def seed_torch(seed):

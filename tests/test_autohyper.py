@@ -16,7 +16,7 @@ from skorch import NeuralNetClassifier
 from torch import nn
 
 from skhpo import AutoHyperSearchCV, SmallCNNClassifier, TabularMLPClassifier
-from skhpo.search.autohyper import parse_params, trust_region_walk
+from skhpo.search.autohyper import WalkSettings, parse_params, trust_region_walk
 
 LR = parse_params({"lr": None})
 
@@ -85,28 +85,32 @@ def test_ties_zero_rule_and_the_two_factor_tail():
     np.testing.assert_allclose(wd_f, [2.0, 1.082085, 1.006738, 1.000553], atol=1e-5)
     assert point[1] == pytest.approx(1e-7 * 1.082085 * 1.006738 * 1.000553, rel=1e-5)
     # start-phase ties (every Z < 0.85): the first maximum, (-1, -1)
-    _, steps, _, reason = trust_region_walk(lambda pts: [0.5] * len(pts), hp, max_trials=30)
+    _, steps, _, reason = trust_region_walk(lambda pts: [0.5] * len(pts), hp,
+                                            WalkSettings(max_trials=30))
     assert steps[0]["phase"] == "start" and steps[0]["move"] == (-1, -1)
     assert reason == "max_trials"
 
 
 def test_max_trials_guard_and_bounds():
     hp = parse_params({"lr": {"start": 1.0, "factor": 10.0, "high": 100.0}})
-    point, steps, cache, reason = trust_region_walk(lambda pts: [0.5] * len(pts), hp,
-                                                    start_threshold=0.1, max_trials=5)
+    point, steps, cache, reason = trust_region_walk(
+        lambda pts: [0.5] * len(pts), hp, WalkSettings(start_threshold=0.1, max_trials=5))
     assert reason == "max_trials" and len(cache) <= 5
     assert max(p[0] for p, _, _ in cache.values()) <= 100.0  # clipped to the bounds
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"lr": -1.0}, "start must be > 0"),
-    ({"lr": 0.0}, "start must be > 0"),
-    ({"lr": (1e-3, 1.0)}, "step factor must be > 1"),
+    ({"lr": -1.0}, "learning rate must be > 0"),
+    ({"lr": 0.0}, "learning rate must be > 0"),
+    ({"lr": {"start": 0.0}}, "start must be > 0"),
+    ({"lr": {"start": 1e-3, "factor": 1.0}}, "step factor must be > 1"),
+    ({"lr": (1e-1, 1e-3)}, "empty or inverted"),
+    ({"lr": (1e-3, 1e-1, 0.5)}, "outside the box"),
     ({"lr": {"begin": 1}}, "unknown keys"),
     ({"module__width": None}, "no default start value"),
     ({"lr": float("nan")}, "finite number"),
-    ({}, "params is empty"),
-    ("lr", "params must be a dict"),
+    ({}, "param_bounds is empty"),
+    ("lr", "param_bounds must be a dict"),
 ])
 def test_params_are_validated(params, match):
     with pytest.raises(ValueError, match=match):
@@ -114,7 +118,12 @@ def test_params_are_validated(params, match):
 
 
 def test_params_forms():
+    # a tuple is a range, as in every skhpo search: (low, high[, start])
     (h,) = parse_params({"optimizer__weight_decay": (1e-4, 1.5)})
+    assert (h.start, h.factor, h.minimum, h.low, h.high) == (1e-4, 2.0, 0.0, 1e-4, 1.5)
+    (h,) = parse_params({"lr": (1e-4, 1e-1, 3e-3)})
+    assert (h.start, h.factor, h.low, h.high) == (3e-3, 1.45, 1e-4, 1e-1)
+    (h,) = parse_params({"optimizer__weight_decay": {"start": 1e-4, "factor": 1.5}})
     assert (h.start, h.factor, h.minimum, h.high) == (1e-4, 1.5, 0.0, 1.0)
     (h,) = parse_params(["net__lr"])
     assert (h.start, h.factor, h.minimum) == (1e-4, 1.45, 1e-6)
@@ -186,8 +195,9 @@ def test_diverged_trial_counts_as_nothing_learned(digits):
 
 @pytest.mark.parametrize("make, match", [
     (lambda: AutoHyperSearchCV(mlp(), {"not_a_param": (1.0, 2.0)}), "not_a_param"),
-    (lambda: AutoHyperSearchCV(mlp(), {"lr": -1.0}), "start must be > 0"),
-    (lambda: AutoHyperSearchCV(mlp(), {"lr": (1e-3, 0.5)}), "step factor must be > 1"),
+    (lambda: AutoHyperSearchCV(mlp(), {"lr": -1.0}), "learning rate must be > 0"),
+    (lambda: AutoHyperSearchCV(mlp(), {"lr": {"start": 1e-3, "factor": 0.5}}),
+     "step factor must be > 1"),
     (lambda: AutoHyperSearchCV(mlp(), {"lr": None}, include_linear=False),
      "no layer the stable-rank metric can read"),
     (lambda: AutoHyperSearchCV(mlp(), {"lr": None}, epochs_per_trial=0), "epochs_per_trial"),
@@ -210,7 +220,7 @@ def test_pipeline_clone_pickle_and_no_mutation(digits):
     assert pipe.get_params(deep=False) == before and params == {"tabularmlpclassifier__lr": None}
     assert not hasattr(pipe[-1], "module_") and pipe[-1].callbacks is None
     assert list(s.best_params_) == ["tabularmlpclassifier__lr"]
-    assert clone(s).get_params()["params"] == params
+    assert clone(s).get_params()["param_bounds"] == params
     again = pickle.loads(pickle.dumps(s))
     np.testing.assert_array_equal(again.predict(X[:20]), s.predict(X[:20]))
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from skhpo.probes.curvature import (
+from skhpo.search.hyperlocal.curvature import (
     flat_gradient,
     flat_params,
     hessian_rows,
@@ -73,7 +73,7 @@ def test_sr1_snapshots_pair_weights_with_their_gradients():
     """Full-batch SGD on a quadratic: each recorded pair satisfies y = H s exactly."""
     from skorch import NeuralNetRegressor
 
-    from skhpo.probes.curvature import SR1Snapshots
+    from skhpo.search.hyperlocal.curvature import SR1Snapshots
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 3)).astype(np.float32)
     y = (X @ np.array([1.0, -1.0, 2.0]) + 0.1 * rng.normal(size=50)).astype(np.float32)
@@ -93,7 +93,7 @@ def test_sr1_snapshots_pair_weights_with_their_gradients():
 
 
 def test_sr1_recovers_a_hessian_from_independent_steps():
-    from skhpo.probes.curvature import sr1_rows
+    from skhpo.search.hyperlocal.curvature import sr1_rows
     rng = np.random.default_rng(1)
     A = rng.normal(size=(5, 5))
     H = torch.as_tensor(A @ A.T + np.eye(5))

@@ -24,7 +24,7 @@ from skhpo.hyper.layers import (
     entropy,
     general_state_dict,
 )
-from skhpo.search.cutting_plane import _HyperParams, cut_penalty
+from skhpo.search.cutting_plane.trainer import HyperParams, cut_penalty
 
 # -- layers and surgery ---------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ def test_convert_rejects():
 
 @pytest.mark.parametrize("box", [Box(0.0, 0.95), Box(2.0, 24.0), Box(0.0, 5.0)])
 def test_transform_round_trip(box):
-    hp = _HyperParams([box], [box.lo + 0.3 * (box.hi - box.lo)])
+    hp = HyperParams([box], [box.lo + 0.3 * (box.hi - box.lo)])
     assert hp.values()[0].item() == pytest.approx(box.lo + 0.3 * (box.hi - box.lo), rel=1e-5)
     assert hp.sigma()[0].item() == pytest.approx(1.0)
 
@@ -225,7 +225,7 @@ def test_theta_none_draws_no_training_term(digits, monkeypatch):
     batch."""
     X, y = digits
     calls = {}
-    import skhpo.search._delta_stn as cp
+    import skhpo.search.cutting_plane.trainer as cp
 
     class Counting(cp._Batches):
         def __init__(self, n, batch):
@@ -282,21 +282,20 @@ def test_divergence_names_the_epoch(digits):
         CuttingPlaneTuner(net, warmup_epochs=1, random_state=0).fit(X[:300], y[:300])
 
 
-@pytest.mark.parametrize("hyperparams, kw, message", [
+@pytest.mark.parametrize("space, kw, message", [
     ({"tabularmlpclassifier__dropout[layers.1]": (0, 0.5)}, {}, "no dropout layer 'layers.1'"),
     ({"tabularmlpclassifier__dropout[layers.0]": (0, 1.0)}, {}, r"\[0, 1\)"),
     ({"tabularmlpclassifier__dropout[layers.0]": (0.5, 0.1)}, {}, "empty or inverted"),
     ({"tabularmlpclassifier__dropout[layers.0]": (0.0, 0.5, 0.7)}, {}, "outside the box"),
     ({"tabularmlpclassifier__lr": (0.0, 0.5)}, {}, "not tunable"),
-    ({}, {}, "hyperparams is empty"),
+    ({}, {}, "param_bounds is empty"),
     (None, {"mu": -1.0}, "mu"),
     (None, {"theta": -0.5}, "theta"),
-    (None, {"engine": "fused"}, "one self-tuning network, there is nothing to train together"),
-    (None, {"engine": "stacked"}, "engine"),
+    (None, {"refit": "tuned"}, "refit"),
 ])
-def test_bad_input(digits, hyperparams, kw, message):
+def test_bad_input(digits, space, kw, message):
     X, y = digits
-    t = CuttingPlaneTuner(_mlp(), hyperparams, **kw)
+    t = CuttingPlaneTuner(_mlp(), space, **kw)
     with pytest.raises(ValueError, match=message):
         t.fit(X[:100], y[:100])
     assert not hasattr(t, "history_")
@@ -310,16 +309,18 @@ def test_module_without_dropout_needs_names(digits):
         CuttingPlaneTuner(net).fit(X[:50], y[:50])
 
 
-def test_the_engine_is_one_training_either_way(digits):
-    """engine='auto' and 'sequential' run the one self-tuning network alike."""
+def test_one_network_so_no_engine_and_no_n_jobs(digits):
+    """CPMLHO trains one self-tuning network: there is nothing to train together or in
+    parallel, so the tuner takes neither ``engine`` nor ``n_jobs`` and says why it trained
+    alone."""
     X, y = digits
-    runs = [CuttingPlaneTuner(_mlp(max_epochs=3), warmup_epochs=1, engine=engine,
-                              random_state=0).fit(X[:300], y[:300])
-            for engine in ("auto", "sequential")]
-    assert runs[0].best_params_ == runs[1].best_params_
-    assert runs[0].best_score_ == runs[1].best_score_
-    assert [r.engine_ for r in runs] == ["sequential", "sequential"]
-    assert "nothing to stack" in runs[0].engine_reason_
+    params = CuttingPlaneTuner(_mlp()).get_params()
+    assert "engine" not in params and "n_jobs" not in params
+    with pytest.raises(TypeError, match="engine"):
+        CuttingPlaneTuner(_mlp(), engine="auto")
+    run = CuttingPlaneTuner(_mlp(max_epochs=3), warmup_epochs=1,
+                            random_state=0).fit(X[:300], y[:300])
+    assert run.engine_ == "sequential" and "nothing to stack" in run.engine_reason_
 
 
 def test_clone():

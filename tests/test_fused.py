@@ -12,7 +12,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skhpo import TabularMLPClassifier, TabularMLPRegressor
-from skhpo.fused import BatchedAdam, FusedTask, FusedTrainer, unfusible
+from skhpo.fused import FusedTask, FusedTrainer, unfusible
+from skhpo.fused._adam import BatchedAdam
 from skhpo.fused._sgd import BatchedSGD
 from skhpo.nets import trial_params
 
@@ -117,12 +118,12 @@ def test_pipelines_regressors_and_the_reasons_to_train_alone(digits):
     plan = FusedTrainer(_net()).plan([FusedTask({"optimizer": torch.optim.RMSprop}),
                                       FusedTask({"width": 32}), FusedTask({}), FusedTask({}),
                                       FusedTask({"optimizer": torch.optim.SGD})])
-    assert plan[0] == [[2, 3]]
-    assert "optimizer RMSprop" in plan[1][0] and "only task" in plan[1][1]
-    assert "only task" in plan[1][4]  # SGD fuses, with SGD tasks only
+    assert plan.groups == [[2, 3]]
+    assert "optimizer RMSprop" in plan.alone[0] and "only task" in plan.alone[1]
+    assert "only task" in plan.alone[4]  # SGD fuses, with SGD tasks only
     assert "train_split" in unfusible(_net(train_split=5))
     on_gpu = FusedTrainer(_net(device="cuda")).plan([FusedTask(), FusedTask()])
-    assert on_gpu[0] == [] and "CPU only" in on_gpu[1][0]  # auto: not on an unmeasured GPU
+    assert on_gpu.groups == [] and "CPU only" in on_gpu.alone[0]  # auto: not on an unmeasured GPU
     with pytest.raises(ValueError, match="task 0 cannot be fused: optimizer RMSprop"):
         FusedTrainer(_net(), engine="fused").plan([FusedTask({"optimizer": torch.optim.RMSprop})])
     with pytest.raises(ValueError, match=r"cannot be fused: optimizer arguments \['foreach'\]"):
@@ -196,7 +197,7 @@ def test_sgd_models_equal_their_own_fit(digits):
                                        alone_state[key]["momentum_buffer"], rtol=1e-3, atol=1e-6)
     plan = FusedTrainer(net).plan([FusedTask({"optimizer__nesterov": True}), FusedTask({}),
                                    FusedTask({})])
-    assert plan[0] == [[1, 2]] and "only task" in plan[1][0]  # Nesterov or not: apart
+    assert plan.groups == [[1, 2]] and "only task" in plan.alone[0]  # Nesterov or not: apart
 
 
 @pytest.mark.parametrize("shapes", [[(4, 5), (1, 5)], [(40, 40), (32, 40)]],
@@ -355,7 +356,7 @@ def test_other_estimators_get_scikit_learns_search(digits):
     d = GridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3).fit(X, y)
     np.testing.assert_array_equal(c.cv_results_["mean_test_score"],
                                   d.cv_results_["mean_test_score"])
-    with pytest.raises(ValueError, match="cannot fuse this estimator: LogisticRegression"):
+    with pytest.raises(ValueError, match="cannot be fused: LogisticRegression"):
         FusedGridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3, engine="fused").fit(X, y)
 
 
@@ -499,7 +500,7 @@ def test_groups_split_by_weights_give_the_same_models(digits, monkeypatch):
 
 
 def test_max_weights_from_the_environment(digits, monkeypatch):
-    from skhpo.fused import MAX_WEIGHTS, max_weights
+    from skhpo.fused.cost import MAX_WEIGHTS, max_weights
 
     X, y = digits
     assert max_weights() == MAX_WEIGHTS
@@ -514,12 +515,12 @@ def test_max_weights_from_the_environment(digits, monkeypatch):
             FusedTrainer(_net(), engine="auto").plan(TASKS)
     monkeypatch.setenv("SKHPO_MAX_GROUP_WEIGHTS", "0")
     with pytest.raises(ValueError, match="SKHPO_MAX_GROUP_WEIGHTS must be a whole number"):
-        from skhpo.fused import max_group_weights
+        from skhpo.fused.cost import max_group_weights
         max_group_weights()
 
 
 def test_recommend_reads_the_largest_net_that_gains():
-    from skhpo.fused import recommend
+    from skhpo.bench.calibrate import recommend
 
     rows = [{"weights": w, "speedup": s} for w, s in
             ((9_000, 2.8), (26_000, 2.3), (85_000, 1.15), (177_000, 0.76), (301_000, 1.2))]
@@ -529,8 +530,8 @@ def test_recommend_reads_the_largest_net_that_gains():
 
 
 def test_measure_times_real_fits_and_a_fused_group():
+    from skhpo.bench.calibrate import measure
     from skhpo.fused import group_size
-    from skhpo.fused.cost import measure
 
     row = measure(8, depth=1, batch_size=16, n_features=5, n_classes=3, n_batches=2)
     assert row["weights"] == 5 * 8 + 8 + 8 * 3 + 3
@@ -582,7 +583,7 @@ def test_small_cnns_equal_their_own_fit(digits):
     a, b = _weights(results[1].estimator), _weights(single.estimator)
     assert all(torch.equal(a[k], b[k]) for k in a)
     plan = FusedTrainer(net).plan([FusedTask({}), FusedTask({}), FusedTask({"n_filters": 8})])
-    assert plan[0] == [[0, 1]] and "only task" in plan[1][2]
+    assert plan.groups == [[0, 1]] and "only task" in plan.alone[2]
 
 
 # -- any module through torch.func (the generic path) --------------------------------------------
@@ -639,7 +640,7 @@ def test_a_user_module_fuses_through_torch_func(digits, shuffle):
     # different module arguments: different groups
     plan = FusedTrainer(net).plan([FusedTask({"module__hidden": 8}), FusedTask({}),
                                    FusedTask({})])
-    assert plan[0] == [[1, 2]]
+    assert plan.groups == [[1, 2]]
 
 
 def test_what_torch_func_cannot_replay_trains_alone_with_the_reason(digits):
@@ -679,7 +680,8 @@ def test_groups_and_lone_tasks_take_device_slots_round_robin(digits, monkeypatch
              FusedTask({"width": 16}, seed=3), FusedTask({"width": 32}, seed=4),
              FusedTask({"width": 8}, seed=5)]
     trainer = FusedTrainer(_net(max_epochs=1))
-    groups, alone = trainer.plan(tasks)
+    plan = trainer.plan(tasks)
+    groups, alone = plan.groups, plan.alone
     assert groups == [[0, 2], [1, 3]] and list(alone) == [4]
     seen.clear()
     trainer.fit(tasks, X, y)
@@ -690,14 +692,14 @@ def test_groups_and_lone_tasks_take_device_slots_round_robin(digits, monkeypatch
 def test_dropout_masks_from_uniforms_are_the_bernoulli_masks(digits, monkeypatch):
     """The masks drawn as double uniforms compared with 1 - p (checked once per process) are
     bitwise those of bernoulli_: the models trained either way are identical."""
-    from skhpo.fused import _mlp
+    from skhpo.fused import _group
 
     X, y = digits
     tasks = [FusedTask({"dropout": 0.3}, seed=1), FusedTask({"dropout": [0.5, 0.0]}, seed=2),
              FusedTask({"dropout": 0.0}, seed=3)]
-    assert _mlp.uniform_is_bernoulli()  # this CPU build: the fast path
+    assert _group.uniform_is_bernoulli()  # this CPU build: the fast path
     fast = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
-    monkeypatch.setattr(_mlp, "uniform_is_bernoulli", lambda: False)
+    monkeypatch.setattr(_group, "uniform_is_bernoulli", lambda: False)
     slow = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
     for a, b in zip(fast, slow):
         wa, wb = _weights(a.estimator), _weights(b.estimator)
@@ -755,7 +757,7 @@ def test_the_batched_loss_is_each_models_cross_entropy(classes):
     do not depend on the other models (bitwise)."""
     import torch.nn.functional as F
 
-    from skhpo.fused._mlp import CLASSES_ACROSS, batched_loss
+    from skhpo.fused._group import CLASSES_ACROSS, batched_loss
 
     gen = torch.Generator().manual_seed(classes)
     out = torch.randn(6, 17, classes, generator=gen, dtype=torch.float64).requires_grad_()

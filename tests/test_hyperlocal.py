@@ -10,8 +10,8 @@ from skorch import NeuralNetClassifier
 from torch import nn
 
 from skhpo import HyperLocalRefiner, TabularMLPClassifier
-from skhpo.lp import LinearProgram, solve_lp
-from skhpo.probes.curvature import flat_params
+from skhpo.search.hyperlocal.curvature import flat_params
+from skhpo.search.hyperlocal.lp import LinearProgram, solve_lp
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_prefit_pipeline_weight_decay_and_the_gurobi_backend(digits):
                               train_split=None, verbose=0)
     pipe = make_pipeline(StandardScaler(), net).fit(Xa, ya)
     name = "neuralnetclassifier__optimizer__weight_decay"
-    kw = dict(continuous=[name], weight_step="lp", rows="all", random_state=0)
+    kw = dict(param_bounds=[name], weight_step="lp", rows="all", random_state=0)
     with pytest.raises(ValueError, match="pass its training data too"):
         HyperLocalRefiner(pipe, **kw).fit(Xv, yv)
     a = HyperLocalRefiner(pipe, **kw).fit(Xv, yv, X_train=Xa, y_train=ya)
@@ -131,7 +131,7 @@ def test_bad_input(digits, make, match):
     refiner = make()
     with pytest.raises(ValueError, match=match):
         refiner.fit(Xtr[:300], ytr[:300])
-    assert not hasattr(refiner.search, "cv_results_")  # the user's search is never fitted
+    assert not hasattr(refiner.estimator, "cv_results_")  # the user's search is never fitted
 
 
 def _counting_grid(calls):
@@ -193,7 +193,7 @@ def test_elastic_net_pipeline_from_a_grid_search(diabetes):
     assert alpha > 0 and 0 < ratio <= 1
     assert h.best_estimator_[-1].alpha == alpha and h.best_estimator_[-1].l1_ratio == ratio
     assert len(h.cv_results_["params"]) == 2 and h.history_["kind"][0] == "lp"
-    with pytest.raises(ValueError, match="continuous may name"):
+    with pytest.raises(ValueError, match="param_bounds may name"):
         HyperLocalRefiner(search, ["elasticnet__tol"]).fit(Xtr, ytr)
 
 
@@ -234,7 +234,7 @@ def test_hyperlocal_cli_bad_input(capsys, argv, message):
 
 
 def test_sr1_hessian_needs_snapshots_and_refines(digits):
-    from skhpo.probes.curvature import SR1Snapshots
+    from skhpo.search.hyperlocal.curvature import SR1Snapshots
     Xtr, _, ytr, _ = digits
     with pytest.raises(ValueError, match="needs the base net trained with"):
         HyperLocalRefiner(small(l2=[1e-3, 1e-3]), ["l2"], hessian="sr1",
@@ -300,18 +300,20 @@ def test_the_response_step_keeps_the_linearised_training_optimality(digits):
     assert h.history_["hessian_products"][row] > 5
     # the same direction, recomputed with the refiner's own pieces, checked against H_ww
     from skhpo.search.hyperlocal.curvature import flat_gradient
-    from skhpo.search.hyperlocal.refiner import _mixed_derivatives
+    from skhpo.search.hyperlocal.penalties import read_penalties
+    from skhpo.search.hyperlocal.step import NetStep, mixed_derivatives
     module, criterion = net.module_, net.criterion_
     train = (torch.as_tensor(Xa), torch.as_tensor(ya))
-    penalties = h._penalties(net, "", {})
+    penalties = read_penalties(net, "", {"l2": None}, {})
     assert [p.name for p in penalties] == ["l2"]
 
     def penalty(params):
         return 1e-3 * penalties[0].term(params)
     g = flat_gradient(module, criterion, torch.as_tensor(Xv), torch.as_tensor(yv))
-    H_wl = _mixed_derivatives(module, penalties)
-    h.timings_, log = {"hessian": 0.0}, []
-    d = h._response_direction(module, criterion, train, penalty, g, H_wl, 0, log)
+    H_wl = mixed_derivatives(module, penalties)
+    step = NetStep(h._step_settings(), module, criterion, penalties, train)
+    d = step._response_direction(g, H_wl, penalty, 0)
+    log = step.log
     d_lam, d_w = d[:1], d[1:]
     H = hessian_rows(module, criterion, *train, np.arange(g.numel()), penalty=penalty)
     residual = H @ d_w + H_wl @ d_lam
@@ -384,7 +386,8 @@ def test_a_scikit_learn_base_search_runs_as_its_fused_drop_in(digits):
     base = RandomizedSearchCV(net, {"l2": loguniform(1e-6, 1e-2), "lr": loguniform(1e-3, 3e-2)},
                               n_iter=3, cv=2, random_state=0)
     fused = HyperLocalRefiner(base, ["l2"], random_state=0).fit(X, y)
-    plain = HyperLocalRefiner(base, ["l2"], engine="sequential", random_state=0).fit(X, y)
+    plain = HyperLocalRefiner(base, ["l2"], base_engine="sequential",
+                              random_state=0).fit(X, y)
     assert type(fused.base_search_) is FusedRandomizedSearchCV
     assert type(plain.base_search_) is RandomizedSearchCV and not hasattr(base, "cv_results_")
     np.testing.assert_allclose(fused.base_search_.cv_results_["mean_test_score"],

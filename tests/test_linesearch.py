@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from skhpo.linesearch import bounding_phase, golden_section, line_search
+from skhpo.search.hyperlocal.linesearch import bounding_phase, golden_section, line_search
 
 
 def test_bounding_phase_brackets_as_specified():

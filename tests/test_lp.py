@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from skhpo.lp import LinearProgram, LPSolverError, solve_lp
+from skhpo.search.hyperlocal.lp import LinearProgram, LPSolverError, solve_lp
 
 
 def random_lp(rng, rows=40, n=60, density=0.3):

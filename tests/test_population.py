@@ -18,7 +18,7 @@ from torch import nn
 
 from skhpo import PopulationMutationSearch, TabularMLPClassifier
 from skhpo.hyper import Box
-from skhpo.search.population import RANDOM_RANGE, Teacher, run_hpm
+from skhpo.search.population import RANDOM_RANGE, HPMSettings, Teacher, run_hpm
 
 # -- the teacher --------------------------------------------------------------------------------
 
@@ -88,8 +88,9 @@ class Quadratic:
 @pytest.mark.parametrize("mutation", ["teacher", "random"])
 def test_exploit_explore_bookkeeping(mutation):
     problem = Quadratic()
-    students, losses, teacher, rows = run_hpm(problem, population_size=5, truncation=0.4,
-                                              n_steps=3, mutation=mutation, rng=0)
+    students, losses, teacher, rows = run_hpm(
+        problem, HPMSettings(population_size=5, truncation=0.4, n_steps=3, mutation=mutation),
+        rng=0)
     hist = pd.DataFrame(rows)
     assert len(hist) == 15 and list(hist["step"].unique()) == [0, 1, 2]
     exploited = hist[hist["exploited_from"] >= 0]
@@ -130,8 +131,9 @@ def test_teacher_learns_to_move_mutations_toward_the_optimum():
 
 def test_diverged_students_are_replaced_and_recorded():
     problem = Quadratic(diverge={1, 3})
-    students, losses, _, rows = run_hpm(problem, population_size=5, truncation=0.2,
-                                        n_steps=2, mutation="random", rng=0)
+    students, losses, _, rows = run_hpm(
+        problem, HPMSettings(population_size=5, truncation=0.2, n_steps=2, mutation="random"),
+        rng=0)
     hist = pd.DataFrame(rows)
     step0 = hist[hist.step == 0]
     assert step0["diverged"].tolist() == [False, True, False, True, False]
@@ -142,8 +144,8 @@ def test_diverged_students_are_replaced_and_recorded():
 
 def test_all_students_diverging_is_an_error():
     with pytest.raises(FloatingPointError, match="every student diverged at step 0"):
-        run_hpm(Quadratic(diverge=range(4)), population_size=4, truncation=0.25, n_steps=2,
-                rng=0)
+        run_hpm(Quadratic(diverge=range(4)),
+                HPMSettings(population_size=4, truncation=0.25, n_steps=2), rng=0)
 
 
 # -- the estimator --------------------------------------------------------------------------------

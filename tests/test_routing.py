@@ -89,9 +89,9 @@ def test_a_split_that_cannot_be_made_fails_before_training(make, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(TabularMLPClassifier, "partial_fit", counting)
-    from skhpo.fused._mlp import MLPGroup
+    from skhpo.fused._group import StackedGroup
 
-    monkeypatch.setattr(MLPGroup, "run", lambda self: epochs.append("fused group"))
+    monkeypatch.setattr(StackedGroup, "run", lambda self: epochs.append("fused group"))
     with pytest.raises(ValueError, match="n_splits=5"):
         make(TabularMLPClassifier(width=8, max_epochs=2)).fit(X, y)
     assert epochs == []

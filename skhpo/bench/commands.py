@@ -520,8 +520,9 @@ def _calibrate_parser(sub):
 def calibrate(args):
     import torch
 
-    from ..fused.cost import ENV, max_group_weights, recommend
-    from ..fused.cost import calibrate as measure_all
+    from ..fused.cost import ENV, max_group_weights
+    from .calibrate import calibrate as measure_all
+    from .calibrate import recommend
 
     _check_positive(args, "depth", "batch_size", "features", "batches",
                     **({} if args.k is None else {"k": args.k}))

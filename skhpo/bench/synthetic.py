@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..hyper import Box
-from ..search.population import run_hpm
+from ..search.population import HPMSettings, run_hpm
 from .core import run_jobs
 
 __all__ = ["FUNCTIONS", "METHODS", "best_so_far", "plot_synthetic", "run_method", "run_synthetic",
@@ -162,9 +162,9 @@ def run_method(method, function, budget=300, seed=0, grad_clip=None):
         _pbt(counter, rng, lo, hi)
     elif method in ("hpm", "hpm-wo-t"):
         problem = FunctionPopulation(f, domain, budget, grad_clip=grad_clip)
-        run_hpm(problem, population_size=POPULATION, truncation=TRUNCATION, n_steps=10 * budget,
-                mutation="teacher" if method == "hpm" else "random", teacher_keys=KEYS,
-                teacher_lr=LR, rng=rng)
+        run_hpm(problem, HPMSettings(POPULATION, TRUNCATION, 10 * budget,
+                                     "teacher" if method == "hpm" else "random",
+                                     teacher_keys=KEYS, teacher_lr=LR), rng)
         counter = problem.counter
     else:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")

@@ -1,19 +1,15 @@
 """Training many candidates at once: stacked weights, one batched forward/backward and one
-batched optimizer step per group of models (see :mod:`skhpo.fused.trainer`)."""
+batched optimizer step per group of models.
 
-from ._adam import BatchedAdam
-from .cost import calibrate, group_size, max_group_weights, max_weights, recommend
-from .population import StudentGroup, StudentState
-from .trainer import (
-    ENGINES,
-    MAX_WEIGHTS,
-    FusedTask,
-    FusedTrainer,
-    TaskResult,
-    fusion_key,
-    unfusible,
-)
+* :func:`choose_engine` — the one engine decision every search makes (:mod:`.eligibility`);
+* :class:`FusedTrainer` — plans tasks into groups, trains them, hands back fitted nets
+  (:mod:`.trainer`);
+* :func:`max_weights`, :func:`group_size` — the size limits (:mod:`.cost`).
+"""
 
-__all__ = ["ENGINES", "MAX_WEIGHTS", "BatchedAdam", "FusedTask", "FusedTrainer", "StudentGroup",
-           "StudentState", "TaskResult", "calibrate", "fusion_key", "group_size",
-           "max_group_weights", "max_weights", "recommend", "unfusible"]
+from .cost import group_size, max_weights
+from .eligibility import ENGINES, Decision, choose_engine, fusion_key, unfusible
+from .trainer import FusedTask, FusedTrainer, Plan, TaskResult
+
+__all__ = ["ENGINES", "Decision", "FusedTask", "FusedTrainer", "Plan", "TaskResult",
+           "choose_engine", "fusion_key", "group_size", "max_weights", "unfusible"]

@@ -1,27 +1,20 @@
-"""Train many candidates of one estimator at once, and hand back ordinary fitted nets.
+"""Train many tasks of one estimator at once, and hand back ordinary fitted nets.
 
 :class:`FusedTrainer` takes training tasks (a candidate's parameters, its seed, its training
-rows), plans them into groups that can train together (:meth:`FusedTrainer.plan`, a pure
-function of the tasks and the estimator), trains each group as one stacked model
-(:class:`~._mlp.MLPGroup`) and everything else alone through the estimator's own ``fit``, and
-returns one :class:`TaskResult` per task: a fitted clone of the estimator (its Pipeline steps
-fitted on the task's rows, its net's ``module_``, ``optimizer_`` state and ``history`` those of
-the training), or the reason it failed.
+rows), plans them into groups that can train together (:meth:`FusedTrainer.plan`: the engine
+decision of :func:`~.eligibility.choose_engine` for each task, then one group per
+:func:`~.eligibility.fusion_key`), trains each group as one stacked model
+(:class:`~._group.StackedGroup`) and everything else alone through the estimator's own
+``fit``, and returns one :class:`TaskResult` per task: a fitted clone of the estimator (its
+Pipeline steps fitted on the task's rows, its net's ``module_``, ``optimizer_`` state and
+``history`` those of the training), or the reason it failed.
 
-What fuses: skorch nets (alone or as a Pipeline's last step) with Adam or SGD, no validation
-split, no ``warm_start``, skhpo's ``ArrayBatchIterator`` or torch's ``DataLoader``, and no
-callbacks that act during training. skhpo's ``TabularMLPClassifier`` / ``TabularMLPRegressor``
-(their own module and criterion) stack as batched products, its ``SmallCNNClassifier`` with
-per-model convolutions, any other module through ``torch.func``
-(:class:`~._generic.FuncLayout`, which refuses, with the reason, what it cannot replay).
 Within a group the tasks may differ in learning rate, weight decay, Adam's betas and eps,
 SGD's momentum and dampening, dropout rates, ``l2`` / ``l1``, ``max_epochs``, seed and
-training rows (CV folds of unequal size); they share the architecture, batch size, optimiser
-class (and SGD's Nesterov), device and the shapes after preprocessing. Anything else trains
-alone, with the reason in :attr:`TaskResult.reason`.
+training rows (CV folds of unequal size); they share the architecture, batch size,
+optimiser class (and SGD's Nesterov), device and the shapes after preprocessing. What
+cannot fuse (:mod:`.eligibility`) trains alone, with the reason in :attr:`TaskResult.reason`.
 """
-
-from __future__ import annotations
 
 import copy
 import time
@@ -36,44 +29,30 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 from torch.utils.data import DataLoader
 
-from ..models import (
-    MLPModule,
-    SmallCNNClassifier,
-    SmallCNNModule,
-    TabularMLPClassifier,
-    TabularMLPRegressor,
-)
 from ..nets import (
-    ArrayBatchIterator,
-    FiniteLossGuard,
-    TaskSeed,
     TrainingDivergedError,
     batch_size_of,
     find_net,
     net_input,
+    net_X,
+    net_y,
     trial_params,
 )
-from ._generic import FuncLayout, stateful_layer
-from ._mlp import MLPGroup, MLPMember, epoch_history
+from ._group import Member, StackedGroup, epoch_history
+from ._layouts import FuncLayout
 from .cost import group_size, max_weights
+from .eligibility import (
+    ENGINES,
+    choose_engine,
+    cross_entropy,
+    fusion_key,
+    is_family,
+    too_big,
+    unreadable,
+)
 from .prefit import fingerprint
 
-__all__ = ["ENGINES", "MAX_WEIGHTS", "FusedTask", "FusedTrainer", "TaskResult", "unfusible"]
-
-ENGINES = ("auto", "fused", "sequential")
-#: ``engine="auto"``: nets with more weights train alone (measured on the machine that built
-#: skhpo, docs/fused.md; ``$SKHPO_MAX_WEIGHTS`` overrides it: :mod:`skhpo.fused.cost`)
-MAX_WEIGHTS = 150_000
-#: the optimisers the engine has a batched twin of, and the arguments that may differ per model
-_OPTIMIZER_ARGS = {torch.optim.Adam: {"weight_decay", "betas", "eps"},
-                   torch.optim.SGD: {"weight_decay", "momentum", "dampening", "nesterov"}}
-_CE = torch.nn.CrossEntropyLoss
-_MODULES = {TabularMLPClassifier: MLPModule, TabularMLPRegressor: MLPModule,
-            SmallCNNClassifier: SmallCNNModule}
-_CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
-             SmallCNNClassifier: torch.nn.CrossEntropyLoss,
-             TabularMLPRegressor: torch.nn.MSELoss}
-
+__all__ = ["FusedTask", "FusedTrainer", "Plan", "TaskResult"]
 
 @dataclass
 class FusedTask:
@@ -91,12 +70,24 @@ class FusedTask:
 
 @dataclass
 class TaskResult:
-    """``estimator``: the fitted clone (None if the training failed); ``error``: "" or the
-    reason it failed (``"diverged: ..."`` for a non-finite training loss); ``fit_time``: its
-    share of its group's time; ``group``: the group it trained in (-1: alone); ``reason``:
-    why it trained alone ("" if fused); ``data_key``: the fingerprint
-    (:func:`skhpo.fused.prefit.fingerprint`) of the data its net trained on, after any
-    preprocessing, when the fused engine has it at hand ("" otherwise)."""
+    """What one task's training left.
+
+    Attributes
+    ----------
+    estimator : estimator or None
+        The fitted clone; None if the training failed.
+    error : str
+        "" or why it failed (``"diverged: ..."`` for a non-finite training loss).
+    fit_time : float
+        Its share of its group's seconds (or its own).
+    group : int
+        The group it trained in; -1 when it trained alone.
+    reason : str
+        Why it trained alone ("" if fused).
+    data_key : str
+        The fingerprint (:func:`skhpo.fused.prefit.fingerprint`) of the data its net trained
+        on, after any preprocessing, when the fused engine has it at hand ("" otherwise).
+    """
 
     estimator: object
     error: str
@@ -105,6 +96,23 @@ class TaskResult:
     reason: str
     data_key: str = ""
 
+
+@dataclass
+class Plan:
+    """Which tasks train together: ``groups`` (lists of task indices, each one fused group)
+    and ``alone`` (``{task index: why it trains alone}``)."""
+
+    groups: list
+    alone: dict
+
+    def only(self, todo, alone=True):
+        """The plan of the tasks in ``todo`` (e.g. those a checkpoint does not hold): a group
+        keeps its number even when it is left empty, so each task trains as in the whole
+        plan; ``alone=False`` leaves out the tasks that train alone (the caller trains
+        them)."""
+        todo = set(todo)
+        return Plan([[i for i in g if i in todo] for g in self.groups],
+                    {i: r for i, r in self.alone.items() if i in todo} if alone else {})
 
 class FusedTrainer:
     """Train tasks of one ``estimator`` in fused groups where possible.
@@ -116,89 +124,90 @@ class FusedTrainer:
     engine : {"auto", "fused", "sequential"}, default="auto"
         ``"sequential"``: every task through the estimator's own ``fit``. ``"fused"``: every
         task in a group; a task that cannot fuse is a ``ValueError`` naming the reason.
-        ``"auto"``: groups of at least two tasks of nets with at most ``max_weights`` weights
-        fuse, the others train alone.
+        ``"auto"``: groups of at least two tasks of nets with at most
+        :func:`~skhpo.fused.cost.max_weights` weights fuse, the others train alone (the
+        decision: :func:`~skhpo.fused.eligibility.choose_engine`).
     max_group : int, default=64
         Largest group (on one CPU core the gain per model flattens from about 16-32 models).
         A group of bigger nets is split further so that it holds at most
         ``$SKHPO_MAX_GROUP_WEIGHTS`` (1,500,000) weights in all, at least 2 models: beyond
         that its state leaves the cache and the gain falls (:mod:`skhpo.fused.cost`).
-    max_weights : int or None, default=None
-        ``"auto"``: nets with more weights train alone. None: ``$SKHPO_MAX_WEIGHTS`` if set
-        (``skhpo calibrate`` measures it on your machine), else 150,000. On a CPU a fused
-        step of a big net is bound by its arithmetic, so fusing stops paying: measured on
-        one thread, groups of 2-8 trained 1.6-1.8x faster than one at a time at 85k
-        weights, 1.1-1.2x at 176k, and 0.9-1.1x at 301k (``benchmarks/fused.py --depth 2
-        --width 512``).
     n_jobs : int or None, default=None
         Groups (and tasks that train alone) run in parallel through ``joblib.Parallel``;
         results do not depend on it.
     """
 
-    def __init__(self, estimator, *, engine="auto", max_group=64, max_weights=None,
-                 n_jobs=None):
+    def __init__(self, estimator, *, engine="auto", max_group=64, n_jobs=None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         self.estimator = estimator
         self.engine = engine
         self.max_group = max_group
-        self.max_weights = max_weights
         self.n_jobs = n_jobs
 
     # -- the plan (no training) --------------------------------------------------------------
 
-    def plan(self, tasks):
-        """``(groups, alone)``: lists of task indices that may train together, in task order
-        per fusion key, and ``{task index: reason}`` of the tasks that train alone."""
-        self._max_weights()  # a bad $SKHPO_MAX_WEIGHTS fails here, before any training
-        groups, alone = {}, {}
+    def plan(self, tasks, fit_params=None):
+        """The :class:`Plan` of ``tasks``: each task's engine decision
+        (:func:`~skhpo.fused.eligibility.choose_engine`), then one group per fusion key, in
+        task order. With ``fit_params`` every task trains alone (a group cannot pass them).
+        A pure function of the tasks and the estimator: no training."""
+        max_weights()  # a bad $SKHPO_MAX_WEIGHTS fails here, before any training
+        if fit_params:
+            reason = choose_engine(self.estimator, self.engine, fit_params=fit_params,
+                                   what="a search given fit parameters").reason
+            return Plan([], dict.fromkeys(range(len(tasks)), reason))
+        keys, alone = {}, {}
         for i, task in enumerate(tasks):
-            if self.engine == "sequential":
-                alone[i] = "engine='sequential'"
-                continue
             est = clone(self.estimator).set_params(**task.params)
-            reason = unfusible(est) or _unreadable(task.callbacks)
-            if reason:
-                if self.engine == "fused":
-                    raise ValueError(f"engine='fused': task {i} cannot be fused: {reason}")
-                alone[i] = reason
-                continue
-            key = fusion_key(est)
-            if self.engine == "auto" and not key[-1].startswith("cpu"):
-                alone[i] = ("engine='auto' fuses on the CPU only until the GPU path has been "
-                            "measured; engine='fused' trains GPU groups")
-                continue
-            groups.setdefault(key, []).append(i)
-        planned = []
-        for members in groups.values():
+            decision = choose_engine(est, self.engine, also=unreadable(task.callbacks),
+                                     what=f"task {i}")
+            if decision.reason:
+                alone[i] = decision.reason
+            else:
+                keys.setdefault(fusion_key(est), []).append(i)
+        groups = []
+        for members in keys.values():
             if len(members) == 1 and self.engine == "auto":
                 alone[members[0]] = "the only task of its architecture and batch size"
                 continue
-            planned += [members[j:j + self.max_group]
-                        for j in range(0, len(members), self.max_group)]
-        return planned, alone
+            groups += [members[j:j + self.max_group]
+                       for j in range(0, len(members), self.max_group)]
+        return Plan(groups, alone)
 
     # -- training ----------------------------------------------------------------------------
 
     def fit(self, tasks, X, y, on_result=None, plan=None, on_group=None):
-        """Train every task; one :class:`TaskResult` per task, in task order.
-        ``on_result(i, result)``, if given, is called for each task as soon as its group (or
-        its own training) has finished, and then ``on_group([i, ...])`` once for the whole
-        group (or the one task), e.g. to write them to a checkpoint in one file. ``plan``:
-        ``(groups, alone)`` as :meth:`plan` made them for ``tasks``, restricted to the tasks
-        to train now (the others get None; a group may be left empty, so that the others
-        keep their numbers): each group then trains fused whatever its size now, so every
-        task trains as it would have in the whole plan (a search resumed from a checkpoint
-        gives the uninterrupted run's results)."""
-        groups, alone = self.plan(tasks) if plan is None else plan
+        """Train the tasks; one :class:`TaskResult` per task, in task order.
+
+        Parameters
+        ----------
+        tasks : list of FusedTask
+        X, y : array-like
+            The data the tasks' ``rows`` index.
+        on_result : callable or None, default=None
+            ``on_result(i, result)`` for each task as soon as its group (or its own
+            training) has finished.
+        plan : Plan or None, default=None
+            :meth:`plan`'s plan of ``tasks``, restricted (:meth:`Plan.only`) to the tasks to
+            train now; the others get None. Each group then trains fused whatever its size
+            now, so every task trains as it would have in the whole plan (a search resumed
+            from a checkpoint gives the uninterrupted run's results). None: :meth:`plan`.
+        on_group : callable or None, default=None
+            ``on_group([i, ...])`` once per finished group (or task trained alone), e.g. to
+            write its tasks to a checkpoint in one file.
+        """
         keep_single = plan is not None
+        plan = self.plan(tasks) if plan is None else plan
+        groups, alone = [list(g) for g in plan.groups], dict(plan.alone)
         results = [None] * len(tasks)
         for g, members in enumerate(groups):  # the generic path: can it run? (no training)
             reason = self._func_reason(tasks[members[0]], X, y) if members else ""
             if reason:
                 if self.engine == "fused":
                     raise ValueError(f"engine='fused': task {members[0]} cannot be fused: "
-                                     f"{reason}")
+                                     f"{reason}; use engine='auto' (it fuses what it can) or "
+                                     "'sequential'")
                 alone.update({i: reason for i in members})
                 groups[g] = []
 
@@ -237,7 +246,7 @@ class FusedTrainer:
         training), else why not."""
         est = clone(self.estimator).set_params(**clone(task.params, safe=False))
         net, _ = find_net(est)
-        if type(net) in _MODULES and net.module is _MODULES[type(net)]:
+        if is_family(net):
             return ""
         rows = np.arange(min(len(y), 8)) if task.rows is None else np.asarray(task.rows)[:8]
         try:
@@ -246,7 +255,7 @@ class FusedTrainer:
                 est.fit(_rows(X, rows), _rows(y, rows))
                 net = find_net(est)[0]
                 sample = torch.as_tensor(np.ascontiguousarray(
-                    net_input(est, _rows(X, rows)) if est is not net else _net_X(net, _rows(
+                    net_input(est, _rows(X, rows)) if est is not net else net_X(net, _rows(
                         X, rows))))[:2]
                 FuncLayout(net.module_, sample)
         except ValueError as exc:
@@ -254,9 +263,6 @@ class FusedTrainer:
         except Exception as exc:  # trains alone, and fails there as its own fit does
             return f"its initialisation failed ({type(exc).__name__})"
         return ""
-
-    def _max_weights(self):
-        return max_weights() if self.max_weights is None else self.max_weights
 
     def _fit_alone(self, task, X, y, reason, slot=0):
         start = time.perf_counter()
@@ -296,9 +302,9 @@ class FusedTrainer:
             if init is None:
                 continue
             member = init[1]
-            limit = self._max_weights()
-            if self.engine == "auto" and _n_weights(member.net) > limit:
-                moved[j] = f"{_n_weights(member.net)} weights > max_weights={limit}"
+            big = too_big(_n_weights(member.net)) if self.engine == "auto" else ""
+            if big:
+                moved[j] = big
                 continue
             key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
                    tuple(tuple(p.shape) for p in member.net.module_.parameters()))
@@ -311,9 +317,9 @@ class FusedTrainer:
             net = members[0].net
             batch = batch_size_of(net, max(len(m.rows) for m in members))
             size = group_size(_n_weights(net), self.max_group)
-            classifier = _CRITERIA.get(type(net)) is _CE
+            classifier = cross_entropy(net)
             for i in range(0, len(members), size):  # a group's state kept within the cache
-                MLPGroup(members[i:i + size], batch, classifier, net.device).run()
+                StackedGroup(members[i:i + size], batch, classifier, net.device).run()
             for j in same:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
         return trained, moved
@@ -356,17 +362,17 @@ class FusedTrainer:
             else:
                 data = (key, tuple(np.asarray(getattr(net, "classes_", ())).tolist()))
                 if data not in shared:
-                    shared[data] = (_net_X(net, Xt_pre), net_y(net, yr))
+                    shared[data] = (net_X(net, Xt_pre), net_y(net, yr))
                 Xt, yt = shared[data]
             Xt = torch.as_tensor(np.ascontiguousarray(Xt))
-            return est, MLPMember(net, Xt, torch.as_tensor(yt), generator, epochs,
+            return est, Member(net, Xt, torch.as_tensor(yt), generator, epochs,
                                   shuffle=shuffle)
         if "X" not in shared:
-            shared["X"] = torch.as_tensor(np.ascontiguousarray(_net_X(net, X)))
+            shared["X"] = torch.as_tensor(np.ascontiguousarray(net_X(net, X)))
         classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
         if classes not in shared:
             shared[classes] = torch.as_tensor(net_y(net, y))
-        return est, MLPMember(net, shared["X"], shared[classes], generator, epochs, task.rows,
+        return est, Member(net, shared["X"], shared[classes], generator, epochs, task.rows,
                               shuffle=shuffle)
 
     @staticmethod
@@ -382,126 +388,6 @@ class FusedTrainer:
         return TaskResult(est, "", member.seconds, g, "", key)
 
 
-# -- what fuses ------------------------------------------------------------------------------
-
-def unfusible(estimator):
-    """Why ``estimator`` (parameters set) cannot train in a fused group, or ""."""
-    try:
-        net, _ = find_net(estimator)
-    except TypeError:
-        return (f"{type(estimator).__name__} is not a skorch net (the fused engine trains "
-                "skorch nets)")
-    kind = type(net)
-    family = kind in _MODULES and net.module is _MODULES[kind]
-    extra = set(net.get_params_for("optimizer")) - _OPTIMIZER_ARGS.get(net.optimizer, set())
-    iterator = net.get_params_for("iterator_train")
-    checks = [
-        (not family and _own_get_loss(kind) is None,
-         f"{kind.__name__} overrides get_loss (the fused engine computes each model's loss "
-         "with skorch's or skhpo's get_loss)"),
-        (family and bool(net.get_params_for("module")), "module__ arguments"),
-        (net.optimizer not in _OPTIMIZER_ARGS,
-         f"optimizer {getattr(net.optimizer, '__name__', net.optimizer)} (the fused engine "
-         "has Adam and SGD)"),
-        (bool(extra), f"optimizer arguments {sorted(extra)}"),
-        (family and (net.criterion is not _CRITERIA[kind] or
-                     bool(net.get_params_for("criterion"))),
-         "a criterion other than the model's default"),
-        (net.train_split is not None, "train_split (a validation split every epoch)"),
-        (bool(net.warm_start), "warm_start"),
-        (bool(getattr(net, "compile", False)), "compile=True"),
-        (net.iterator_train not in (ArrayBatchIterator, DataLoader) or
-         bool(set(iterator) - {"shuffle", "batch_size"}),
-         "a training iterator other than ArrayBatchIterator or DataLoader (with no arguments "
-         "but shuffle and batch_size)"),
-        (int(net.max_epochs) < 1, "max_epochs < 1"),
-    ]
-    for failed, reason in checks:
-        if failed:
-            return reason
-    for cb in net.callbacks or ():
-        cb = cb[1] if isinstance(cb, tuple) else cb
-        if not isinstance(cb, (TaskSeed, FiniteLossGuard)) and not _reads_epochs(cb):
-            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
-                    "runs skhpo's seed and loss guard, and callbacks that only read the net at "
-                    "epoch ends)")
-    if not family:  # the torch.func path: a layer whose state or randomness it cannot keep
-        return _layer_reason(net)
-    return ""
-
-
-_LAYER_REASONS = {}
-
-
-def _layer_reason(net):
-    """:func:`~._generic.stateful_layer` of ``net``'s module: read off a module instance,
-    else built once per module class and arguments (a plan asks for every task); "" when
-    the module is sized from the data (skhpo's models: checked before training)."""
-    if isinstance(net.module, torch.nn.Module):
-        return stateful_layer(net.module)
-    kwargs = net.get_params_for("module")
-    key = (net.module, repr(sorted(kwargs.items())))
-    if key not in _LAYER_REASONS:
-        try:
-            with torch.random.fork_rng(devices=[]):
-                _LAYER_REASONS[key] = stateful_layer(net.module(**kwargs))
-        except Exception:
-            return ""
-    return _LAYER_REASONS[key]
-
-
-def _own_get_loss(kind):
-    """The ``get_loss`` of skorch or skhpo that ``kind`` uses, or None if it has its own."""
-    from skorch import NeuralNet, NeuralNetClassifier
-
-    from ..models import _SkhpoNetMixin
-
-    known = {NeuralNet.get_loss, NeuralNetClassifier.get_loss, _SkhpoNetMixin.get_loss}
-    return kind.get_loss if kind.get_loss in known else None
-
-
-def _reads_epochs(callback):
-    return bool(getattr(callback, "reads_epochs", False))
-
-
-def _unreadable(callbacks):
-    for _, cb in callbacks:
-        if not _reads_epochs(cb):
-            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
-                    "runs callbacks that only read the net at epoch ends)")
-    return ""
-
-
-def fusion_key(estimator):
-    """What tasks must share to train together (model class, its architecture, batch size,
-    optimiser class and Nesterov or not, device; the device last): ``estimator`` with the
-    task's parameters set. For a module on the ``torch.func`` path: the module and its
-    arguments, the criterion and the training iterator (the parameters' shapes are compared
-    once the nets are initialised)."""
-    net, _ = find_net(estimator)
-    p = net.get_params(deep=False)
-    batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
-    nesterov = bool(net.get_params_for("optimizer").get("nesterov", False))
-    if type(net) in _MODULES and net.module is _MODULES[type(net)]:
-        shape = tuple(p[k] for k in ("n_blocks", "n_filters", "kernel_size", "image_shape",
-                                     "width", "activation")) \
-            if isinstance(net, SmallCNNClassifier) else \
-            (p["depth"], p.get("input_dropout") is None, p["width"], p["activation"])
-    else:
-        module = net.module if isinstance(net.module, type) else type(net.module)
-        shape = (f"{module.__module__}.{module.__qualname__}",
-                 repr(sorted(net.get_params_for("module").items())),
-                 repr(net.criterion), repr(sorted(net.get_params_for("criterion").items())),
-                 net.iterator_train.__name__)
-    return (type(net).__name__, *shape, batch, net.optimizer.__name__, nesterov,
-            str(net.device))
-
-
-def _net_X(net, X):
-    """``X`` as the net's training sees it (skhpo's models validate it to float32)."""
-    return net._check_X(X, reset=False) if hasattr(net, "_check_X") else np.asarray(X)
-
-
 def _plain_preprocessing(estimator):
     """The steps before the net of a plain Pipeline (no memory, no ``transform_input``, more
     than one step), whose ``fit`` is each step's ``fit_transform`` then the net's ``fit``;
@@ -511,11 +397,6 @@ def _plain_preprocessing(estimator):
     if estimator.memory is not None or getattr(estimator, "transform_input", None):
         return None
     return estimator[:-1]
-
-
-def net_y(net, y):
-    """``y`` as the net's loss takes it (skhpo's classifiers: class indices)."""
-    return net._check_y(y, reset=False) if hasattr(net, "_check_y") else np.asarray(y)
 
 
 def _rows(a, rows):

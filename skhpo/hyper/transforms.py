@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Box", "as_box", "logit", "stretched_sigmoid"]
+__all__ = ["Box", "logit", "stretched_sigmoid"]
 
 
 def logit(p):
@@ -96,10 +96,3 @@ class Box:
             return self.clip(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))))
         return self.clip(rng.uniform(self.lo, self.hi))
 
-
-def as_box(name, spec, where="param_bounds"):
-    """Moved to :func:`skhpo.hyper.space.as_box` (the search-space vocabulary); kept here as
-    an alias."""
-    from .space import as_box as _as_box
-
-    return _as_box(name, spec, where)

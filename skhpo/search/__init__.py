@@ -1,4 +1,6 @@
-"""The skhpo search estimators, one module per method."""
+"""The skhpo search estimators, one module (or subpackage) per method, on two templates:
+:mod:`._cv` (methods that end in cross-validation) and :mod:`._holdout` (methods that train
+on one held-out split with their own loop)."""
 
 from .autohyper import AutoHyperSearchCV
 from .cutting_plane import CuttingPlaneTuner

@@ -1,17 +1,14 @@
 """Cross-validation of candidates whose fits load folds the fused engine trained.
 
 :class:`FusedCVMixin` sits under every search that cross-validates skorch nets through
-scikit-learn's ``evaluate_candidates`` (``NetSearchCV`` and the fused drop-ins
+scikit-learn's ``evaluate_candidates`` (:class:`~._cv.NetSearchCV` and the fused drop-ins
 ``FusedRandomizedSearchCV`` / ``FusedGridSearchCV``): it seeds each candidate's fits, trains
 every (candidate, fold) in fused groups first where ``engine`` allows
 (:class:`skhpo.fused.FusedTrainer`), hands scikit-learn the candidates with a
 :class:`~skhpo.fused.prefit.PrefitStates` callback and the same folds, and removes its own
-parameters from everything the user sees. The host class sets ``_search_data``
-(``(X, y, fit_params)``, ``groups`` left out), ``_groups`` and ``_task_keys`` (a set)
-for the duration of ``fit``.
+parameters from everything the user sees. What a fit carries is one
+:class:`~._state.FitState`, held as ``_fit`` during the fit only (:meth:`_fitting`).
 """
-
-from __future__ import annotations
 
 from contextlib import contextmanager
 
@@ -22,13 +19,12 @@ from sklearn.utils import _safe_indexing, indexable
 from ..checkpoint import Checkpoint, check_checkpoint, search_parts
 from ..fused import FusedTask, FusedTrainer
 from ..fused.prefit import PrefitStates, SharedStates, fingerprint, net_state
-from ..fused.trainer import net_y
 from ..nets import (
     find_net,
     free_estimator,
     net_input,
+    net_y,
     seed_everything,
-    spawn_seeds,
     trial_params,
     user_callbacks,
 )
@@ -38,59 +34,56 @@ __all__ = ["FusedCVMixin"]
 
 
 class FusedCVMixin:
-    """Seeded, fused cross-validation on top of scikit-learn's ``evaluate_candidates``."""
+    """Seeded, fused cross-validation on top of scikit-learn's ``evaluate_candidates``.
 
-    def _fit_searching(self, fit, X, y, fit_params):
-        """Run ``fit()`` (scikit-learn's own ``fit``) with what the search reads during it
-        set, and cleared after: the data, the task keys, the fused fit times and the
-        checkpoint (``n_resumed_`` then counts the trainings it gave back)."""
-        self._checkpoint = self._open_checkpoint(X, y, fit_params)
-        self._search_data = (X, y, fit_params)
-        self._task_keys, self._fused_fit_times = set(), []  # nothing left from an earlier fit
+    A host class names its space parameter in ``_space_param`` and has ``engine``,
+    ``checkpoint`` and ``n_jobs``.
+    """
+
+    _space_param = "param_distributions"
+
+    def _space(self):
+        """The search space the user gave (the one hook every search reads it through)."""
+        return getattr(self, self._space_param)
+
+    @contextmanager
+    def _fitting(self, fit):
+        """The block is the fit: ``fit`` (a :class:`~._state.FitState`) is the search's
+        ``_fit`` until it ends, with its checkpoint open (``n_resumed_`` then counts the
+        trainings it gave back)."""
+        fit.checkpoint = self._open_checkpoint(fit)
+        self._fit = fit
         try:
-            fit()
+            yield fit
         finally:
-            del self._search_data
-            ck = self.__dict__.pop("_checkpoint", None)
-        self.n_resumed_ = 0 if ck is None else ck.loaded
+            del self._fit
+        self.n_resumed_ = 0 if fit.checkpoint is None else fit.checkpoint.loaded
 
     def __getstate__(self):
-        # the estimator is shipped to joblib workers during fit; the data travel separately
+        # the search may be shipped to joblib workers during fit; its fit state stays here
         state = dict(super().__getstate__())  # may be self.__dict__ itself: copy first
-        for name in ("_search_data", "_checkpoint", "_search_ctx"):
-            state.pop(name, None)
+        state.pop("_fit", None)
         return state
 
-    def _open_checkpoint(self, X, y, fit_params):
+    def _open_checkpoint(self, fit):
         """The search's :class:`~skhpo.checkpoint.Checkpoint` (None without ``checkpoint``),
         after its checks; no training."""
         check_checkpoint(self)
-        if getattr(self, "checkpoint", None) is None:
+        if self.checkpoint is None:
             return None
-        if fit_params:
+        if fit.fit_params:
             raise ValueError(f"checkpoint cannot store fits that take fit parameters; got "
-                             f"{sorted(fit_params)}")
+                             f"{sorted(fit.fit_params)}")
         find_net(self.estimator)  # a TypeError naming what is supported, for a non-net
-        space = next((getattr(self, name) for name in ("param_distributions", "param_grid",
-                                                          "params") if hasattr(self, name)),
-                     None)
-        return Checkpoint(self.checkpoint, search_parts(self, space, X, y, self._groups))
+        return Checkpoint(self.checkpoint, search_parts(self, fit.X, fit.y, fit.groups))
 
     @contextmanager
     def _searching(self, callback_ctx):
         """The block runs the search: its phases report to scikit-learn's callbacks under
-        one ``search`` task (:mod:`skhpo.search._progress`)."""
+        one ``search`` task (:mod:`skhpo.search._progress`), the fit state's ``ctx``."""
         with search_context(self, callback_ctx) as ctx:
-            self._search_ctx = ctx
-            try:
-                yield ctx
-            finally:
-                self.__dict__.pop("_search_ctx", None)
-
-    def _spawn_seeds(self, rng, n):
-        seeds = spawn_seeds(rng, n + 1)
-        self._refit_seed = seeds[-1]
-        return seeds[:-1]
+            self._fit.ctx = ctx
+            yield ctx
 
     def _task_params(self, seed, task_index, **net_overrides):
         return trial_params(self.estimator, seed=seed, task_index=task_index, **net_overrides)
@@ -99,20 +92,20 @@ class FusedCVMixin:
                   callback_ctx=None):
         """Cross-validate ``candidates`` through sklearn, each fit guarded and seeded (and,
         where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`)."""
+        fit = self._fit
         tasks = []
         for i, (cand, seed) in enumerate(zip(candidates, seeds)):
             extra = self._task_params(seed, i)
-            self._task_keys.update(extra)
+            fit.task_keys.update(extra)
             tasks.append({**cand, **extra})
         kwargs = {"more_results": more_results}
-        if getattr(self, "engine", "sequential") != "sequential" or \
-                getattr(self, "_checkpoint", None) is not None:
+        if self.engine != "sequential" or fit.checkpoint is not None:
             kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks)
         if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
             results = evaluate_candidates(tasks, **kwargs)
         else:
-            parent = getattr(self, "_search_ctx", None) or callback_ctx
-            with Phase(self, parent, "cross-validation", len(tasks) * self._n_splits) as cv:
+            parent = fit.ctx or callback_ctx
+            with Phase(self, parent, "cross-validation", len(tasks) * fit.n_splits) as cv:
                 results = evaluate_candidates(tasks, callback_ctx=cv.ctx, **kwargs)
         self._seed_refit()
         return results
@@ -121,32 +114,25 @@ class FusedCVMixin:
         """Train every (candidate, fold) in fused groups; return the folds (replayed to
         scikit-learn, so both sides split alike) and the candidates' parameters, each with a
         :class:`~skhpo.fused.prefit.PrefitStates` callback holding its trained folds."""
-        X, y, fit_params = self._search_data
-        X, y = indexable(X, y)  # as scikit-learn's fit does before it splits
+        fit = self._fit
+        X, y = indexable(fit.X, fit.y)  # as scikit-learn's fit does before it splits
         splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(
-            X, y, getattr(self, "_groups", None)))
-        self._fused_fit_times = [[0.0] * len(splits) for _ in candidates]
-        if fit_params:
-            if self.engine == "fused":
-                raise ValueError("engine='fused' cannot pass fit parameters to a fused group; "
-                                 f"got {sorted(fit_params)}")
-            return _Splits(splits), tasks
+            X, y, fit.groups))
+        fit.fit_times = [[0.0] * len(splits) for _ in candidates]
         fused = [FusedTask(cand, seed=seed, rows=train)
                  for cand, seed in zip(candidates, seeds) for train, _ in splits]
+        trainer = FusedTrainer(self.estimator, engine=self.engine, n_jobs=self.n_jobs)
+        # planned over every fold, loaded or not: a fold trains as in the whole plan
+        plan = trainer.plan(fused, fit.fit_params)
         # with a checkpoint: the folds it holds are loaded, the fused ones are written as their
         # group finishes, the others by their own fit when it ends (PrefitStates)
-        ck = getattr(self, "_checkpoint", None)
+        ck = fit.checkpoint
         keys = [None] * len(fused) if ck is None else \
             [ck.key("fold", t.params, t.seed, t.rows) for t in fused]
         records = [None if k is None else ck.load("fold", k) for k in keys]
-        trainer = FusedTrainer(self.estimator, engine=self.engine, n_jobs=self.n_jobs)
-        todo = {i for i, r in enumerate(records) if r is None}
-        # planned over every fold, loaded or not: a fold trains as in the whole plan
-        groups, alone = trainer.plan(fused)
-        groups = [[i for i in g if i in todo] for g in groups]  # numbers kept
+        todo = plan.only([i for i, r in enumerate(records) if r is None], alone=False)
         # (the folds that cannot fuse are left to scikit-learn's own fits)
-        progress = Phase(self, getattr(self, "_search_ctx", None), "training",
-                         sum(map(len, groups)))
+        progress = Phase(self, fit.ctx, "training", sum(map(len, todo.groups)))
 
         def finished(i, result):
             progress.done(i)
@@ -159,14 +145,23 @@ class FusedCVMixin:
                 ck.save_many("fold", {keys[i]: records[i] for i in done})
 
         with progress:
-            trainer.fit(fused, X, y, on_result=finished, plan=(groups, {}), on_group=written)
+            trainer.fit(fused, X, y, on_result=finished, plan=todo, on_group=written)
+        return _Splits(splits), self._with_prefit(candidates, seeds, tasks, records)
+
+    def _with_prefit(self, candidates, seeds, tasks, records):
+        """The candidates' parameters, each with a :class:`PrefitStates` callback holding
+        its trained folds (``records``, candidate-major) and, with a checkpoint, the folds
+        scikit-learn's own fits trained and wrote."""
+        fit = self._fit
+        n_splits = len(records) // max(1, len(candidates))
         states = [{} for _ in candidates]
         for i, record in enumerate(records):
             if record is None or record["state"] is None:  # failed: scikit-learn's fit fails
                 continue                                  # alike, and error_score applies
-            cand, split = divmod(i, len(splits))
+            cand, split = divmod(i, n_splits)
             states[cand][record["key"]] = record["state"]
-            self._fused_fit_times[cand][split] = record["fit_time"]
+            fit.fit_times[cand][split] = record["fit_time"]
+        ck = fit.checkpoint
         cand_keys = [None] * len(candidates)
         if ck is not None:  # the folds scikit-learn's own fits trained and wrote
             for c, (cand, seed) in enumerate(zip(candidates, seeds)):
@@ -180,28 +175,27 @@ class FusedCVMixin:
                 base = task.get(key, user_callbacks(net))
                 prefit = PrefitStates(SharedStates(cand_states), checkpoint=ck, prefix=cand_key)
                 task = {**task, key: [*base, ("skhpo_prefit", prefit)]}
-                self._task_keys.add(key)
+                fit.task_keys.add(key)
             out.append(task)
-        return _Splits(splits), out
+        return out
 
     def _seed_refit(self):
         # sklearn refits the best candidate in this process right after _run_search
         net, _ = find_net(self.estimator)
-        if getattr(net, "random_state", None) is None and hasattr(self, "_refit_seed"):
-            seed_everything(self._refit_seed)
+        if getattr(net, "random_state", None) is None and self._fit.refit_seed is not None:
+            seed_everything(self._fit.refit_seed)
 
     def _format_results(self, candidate_params, n_splits, out, more_results=None):
+        fit = self._fit
         # a fit that loaded a fused fold took its share of the fused group's time
         for j, fold in enumerate(out):
             cand, split = divmod(j, n_splits)
-            times = getattr(self, "_fused_fit_times", [])
-            if cand < len(times) and isinstance(fold, dict) and "fit_time" in fold:
-                fold["fit_time"] += times[cand][split]
+            if cand < len(fit.fit_times) and isinstance(fold, dict) and "fit_time" in fold:
+                fold["fit_time"] += fit.fit_times[cand][split]
         # what the user sees: the candidates without skhpo's task parameters
-        public = [{k: v for k, v in p.items() if k not in self._task_keys}
+        public = [{k: v for k, v in p.items() if k not in fit.task_keys}
                   for p in candidate_params]
         return super()._format_results(public, n_splits, out, more_results)
-
 
 
 class _Splits:
@@ -236,7 +230,3 @@ def _fold_record(result, X, y, rows):
     return {"key": _fold_key(result, X, y, rows),
             "state": net_state(find_net(result.estimator)[0]),
             "fit_time": result.fit_time, "error": ""}
-
-
-
-

@@ -21,30 +21,29 @@ No validation data is used by the walk; the final point is then cross-validated 
 ``best_score_``) and refitted with the estimator's own ``max_epochs``.
 """
 
-from __future__ import annotations
-
 import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from ..fused import ENGINES
+from ..fused import FusedTask
 from ..hyper.space import parse_name, read_dimension
 from ..log import report
-from ..nets import find_net, net_input
-from ..probes.sharpness import final_linear, iter_batches
+from ..nets import find_net
 from ..probes.stable_rank import StableRankRecorder, layer_matrices
-from ._base import NetSearchCV, check_finite_input, history_columns
+from ._cv import NetSearchCV
 from ._progress import Phase
+from ._trials import history_columns
 
-__all__ = ["AutoHyperSearchCV", "HyperParameter", "trust_region_walk"]
+__all__ = ["AutoHyperSearchCV", "HyperParameter", "WalkSettings", "parse_params",
+           "trust_region_walk"]
 
 #: the default factor shrink, exp(-2.5)
 SHRINK = math.exp(-2.5)
@@ -72,70 +71,71 @@ def _kind(name):
     return "lr" if last == "lr" else "weight_decay" if last == "weight_decay" else None
 
 
-def parse_params(params, prefix=""):
-    """``params`` of :class:`AutoHyperSearchCV` -> a list of :class:`HyperParameter`.
+def parse_params(param_bounds, prefix=""):
+    """``param_bounds`` of :class:`AutoHyperSearchCV` -> a list of :class:`HyperParameter`.
 
-    Accepted per name: scikit-learn's grammar (a ``uniform`` / ``loguniform`` distribution:
-    the walk's bounds ``low``/``high``, starting at the kind's default start clipped into
-    them, or at ``low``; a one-value list ``[start]``), ``None`` (the defaults of its kind:
-    names ending in ``lr`` or ``weight_decay``), a start value, a tuple
-    ``(start, factor[, minimum])`` or a dict with any of ``start``, ``factor``, ``minimum``,
-    ``low``, ``high``. A list of names means defaults for all. Errors name the parameter and
-    what is accepted.
+    Each name (the estimator's ``get_params`` key) maps to ``None`` (the defaults of its
+    kind: names ending in ``lr`` or ``weight_decay``), to the shared grammar of
+    :func:`skhpo.hyper.space.read_dimension` (a ``uniform`` / ``loguniform`` distribution or
+    a ``(low, high[, start])`` tuple: the walk's bounds, starting at ``start``, else at the
+    kind's default start clipped into them, else at ``low``; a one-value list ``[start]`` or
+    a number: the start), or to a dict of the walk's own settings with any of ``start``,
+    ``factor``, ``minimum``, ``low``, ``high``. A list of names means defaults for all.
+    Errors name the parameter and what is accepted.
     """
-    if isinstance(params, str) or not isinstance(params, (Mapping, Sequence)):
-        raise ValueError("params must be a dict {name: spec} or a list of names, got "
-                         f"{type(params).__name__}")
-    items = params.items() if isinstance(params, Mapping) else [(n, None) for n in params]
-    out = []
-    for name, spec in items:
-        kind = _kind(name)
-        start, factor, minimum, low, high = _DEFAULTS.get(kind, (None, None, 0.0, 0.0, math.inf))
-        if hasattr(spec, "rvs") or isinstance(spec, list):  # scikit-learn's grammar
-            own = prefix if isinstance(name, str) and name.startswith(prefix) else ""
-            dim = read_dimension("params", parse_name(name, own, "params"), spec)
-            if dim.box is not None:
-                low, high = dim.box.lo, dim.box.hi
-                start = low if start is None else min(max(start, low), high)
-            start = dim.init if dim.init is not None else start
-        elif isinstance(spec, Mapping):
-            unknown = set(spec) - {"start", "factor", "minimum", "low", "high"}
-            if unknown:
-                raise ValueError(f"params[{name!r}]: unknown keys {sorted(unknown)}; accepted: "
-                                 "start, factor, minimum, low, high")
-            start = spec.get("start", start)
-            factor = spec.get("factor", factor)
-            minimum = spec.get("minimum", minimum)
-            low, high = spec.get("low", low), spec.get("high", high)
-        elif isinstance(spec, (tuple, list)):
-            if not 1 <= len(spec) <= 3:
-                raise ValueError(f"params[{name!r}]: a tuple is (start, factor[, minimum]), "
-                                 f"got {spec!r}")
-            start, factor, minimum = (*spec, *(None, None, minimum)[len(spec):])
-            factor = factor if factor is not None else _DEFAULTS.get(kind, (0, None))[1]
-        elif spec is not None:
-            start = spec
-        if start is None or factor is None:
-            raise ValueError(f"params[{name!r}]: no default start value and step factor for "
-                             "this parameter (defaults exist for names ending in 'lr' and "
-                             "'weight_decay'); give {'start': ..., 'factor': ...}")
-        for label, value in (("start", start), ("factor", factor), ("minimum", minimum)):
-            if not isinstance(value, Real) or not math.isfinite(value):
-                raise ValueError(f"params[{name!r}]: {label} must be a finite number, got "
-                                 f"{value!r}")
-        if factor <= 1:
-            raise ValueError(f"params[{name!r}]: the step factor must be > 1 (the walk "
-                             f"multiplies and divides by it), got {factor}")
-        if start < 0 or (start == 0 and minimum > 0):
-            raise ValueError(f"params[{name!r}]: the scale is multiplicative, so start must be "
-                             f"> 0 (or 0 with minimum 0, which steps up to 1e-7), got {start}")
-        if not low <= start <= high:
-            raise ValueError(f"params[{name!r}]: start {start} is outside [{low}, {high}]")
-        out.append(HyperParameter(name, float(start), float(factor), float(minimum),
-                                  float(low), float(high)))
+    if isinstance(param_bounds, str) or not isinstance(param_bounds, (Mapping, Sequence)):
+        raise ValueError("param_bounds must be a dict {name: spec} or a list of names, got "
+                         f"{type(param_bounds).__name__}")
+    items = param_bounds.items() if isinstance(param_bounds, Mapping) else \
+        [(name, None) for name in param_bounds]
+    out = [_hyperparameter(name, spec, prefix) for name, spec in items]
     if not out:
-        raise ValueError("params is empty: name at least one hyper-parameter to tune")
+        raise ValueError("param_bounds is empty: name at least one hyper-parameter to tune")
     return out
+
+
+def _hyperparameter(name, spec, prefix):
+    """One entry of ``param_bounds`` (see :func:`parse_params`)."""
+    start, factor, minimum, low, high = _DEFAULTS.get(_kind(name),
+                                                      (None, None, 0.0, 0.0, math.inf))
+    if isinstance(spec, Mapping):  # the walk's own settings
+        unknown = set(spec) - {"start", "factor", "minimum", "low", "high"}
+        if unknown:
+            raise ValueError(f"param_bounds[{name!r}]: unknown keys {sorted(unknown)}; "
+                             "accepted: start, factor, minimum, low, high")
+        start, factor, minimum = (spec.get(k, v) for k, v in
+                                  (("start", start), ("factor", factor), ("minimum", minimum)))
+        low, high = spec.get("low", low), spec.get("high", high)
+    elif spec is not None:  # the shared grammar: a range and / or a start value
+        own = prefix if isinstance(name, str) and name.startswith(prefix) else ""
+        dim = read_dimension("param_bounds", parse_name(name, own, "param_bounds"), spec)
+        if dim.box is not None:
+            low, high = dim.box.lo, dim.box.hi
+            start = low if start is None else min(max(start, low), high)
+        start = dim.init if dim.init is not None else start
+    _check_walk_settings(name, start, factor, minimum, (low, high))
+    return HyperParameter(name, float(start), float(factor), float(minimum), float(low),
+                          float(high))
+
+
+def _check_walk_settings(name, start, factor, minimum, bounds):
+    if start is None or factor is None:
+        raise ValueError(f"param_bounds[{name!r}]: no default start value and step factor "
+                         "for this parameter (defaults exist for names ending in 'lr' and "
+                         "'weight_decay'); give {'start': ..., 'factor': ...}")
+    for label, value in (("start", start), ("factor", factor), ("minimum", minimum)):
+        if not isinstance(value, Real) or not math.isfinite(value):
+            raise ValueError(f"param_bounds[{name!r}]: {label} must be a finite number, got "
+                             f"{value!r}")
+    if factor <= 1:
+        raise ValueError(f"param_bounds[{name!r}]: the step factor must be > 1 (the walk "
+                         f"multiplies and divides by it), got {factor}")
+    if start < 0 or (start == 0 and minimum > 0):
+        raise ValueError(f"param_bounds[{name!r}]: the scale is multiplicative, so start must "
+                         f"be > 0 (or 0 with minimum 0, which steps up to 1e-7), got {start}")
+    low, high = bounds
+    if not low <= start <= high:
+        raise ValueError(f"param_bounds[{name!r}]: start {start} is outside [{low}, {high}]")
 
 
 def _key(point):
@@ -152,16 +152,31 @@ def _move(point, factors, powers, hparams, zero_step):
     return tuple(out)
 
 
-def trust_region_walk(evaluate, hparams, *, start_threshold=0.85, power=0.8, plateau=5e-3,
-                      shrink=SHRINK, stop_tol=5e-3, max_trials=200, zero_step=1e-7):
+class WalkSettings(NamedTuple):
+    """The constants of the walk (the authors' code; :class:`AutoHyperSearchCV` documents
+    each)."""
+
+    start_threshold: float = 0.85
+    power: float = 0.8
+    plateau: float = 5e-3
+    shrink: float = SHRINK
+    stop_tol: float = 5e-3
+    max_trials: int = 200
+    zero_step: float = 1e-7
+
+
+def trust_region_walk(evaluate, hparams, settings=None):
     """autoHyper's walk over ``hparams`` with ``evaluate(points) -> [Z, ...]`` (a batch: the
-    new neighbours of one step, which may be evaluated in parallel).
+    new neighbours of one step, which may be evaluated in parallel), under ``settings``
+    (:class:`WalkSettings`; None: the defaults).
 
     Returns ``(point, steps, trials, stop_reason)``: the final point, one record per step
     (centre, Z of the centre if known, phase, move, factors) and the cache of evaluated points
     in evaluation order (point -> (Z, step)). ``stop_reason`` is ``"converged"`` or
     ``"max_trials"``.
     """
+    start_threshold, power, plateau, shrink, stop_tol, max_trials, zero_step = \
+        settings or WalkSettings()
     d = len(hparams)
     point = tuple(h.start for h in hparams)
     factors = [h.factor for h in hparams]
@@ -224,14 +239,23 @@ class AutoHyperSearchCV(NetSearchCV):
     ----------
     estimator : skorch NeuralNet or Pipeline ending in one
         Its module needs an ``nn.Conv2d`` or a hidden ``nn.Linear`` (see ``include_linear``).
-    params : dict or list
+    param_bounds : dict or list
         The hyper-parameters to tune, by the estimator's ``get_params`` names (``lr``,
-        ``optimizer__weight_decay``, ``net__lr``), each mapped to ``None`` (defaults), a start
-        value, ``(start, factor[, minimum])`` or a dict with keys ``start``, ``factor``,
-        ``minimum``, ``low``, ``high``. Defaults (the authors' code): names ending in ``lr`` start
-        at 1e-4, factor 1.45, minimum 1e-6, bounds [1e-7, 10]; names ending in ``weight_decay``
-        start at 0, factor 2.0, minimum 0, bounds [0, 1]. Other names need start and factor.
-        Any number of hyper-parameters (3^d neighbours per step).
+        ``optimizer__weight_decay``, ``net__lr``), each mapped to:
+
+        - ``None``: the defaults of its kind (the authors' code): names ending in ``lr``
+          start at 1e-4, factor 1.45, minimum 1e-6, bounds [1e-7, 10]; names ending in
+          ``weight_decay`` start at 0, factor 2.0, minimum 0, bounds [0, 1];
+        - a range, as every skhpo search reads one: ``loguniform(low, high)``,
+          ``uniform(low, width)`` or ``(low, high[, start])``: the walk's bounds, starting
+          at ``start``, else at the kind's default clipped into them, else at ``low``;
+        - a start value: ``[start]`` or a number;
+        - the walk's own settings: a dict with any of ``start``, ``factor``, ``minimum``,
+          ``low``, ``high``.
+
+        Other names than learning rates and weight decays need a start and a factor. A list
+        of names means defaults for all. Any number of hyper-parameters (3^d neighbours per
+        step).
     epochs_per_trial : int, default=5
         Epochs of each trial (the paper's T).
     start_threshold : float, default=0.85
@@ -260,22 +284,28 @@ class AutoHyperSearchCV(NetSearchCV):
         layers other than the output layer when ``True``, or with ``"auto"`` when the net has
         no convolution (an MLP; our extension of the paper, which reads convolutions only).
         The output layer is read only if nothing else is left.
+    scoring, refit, cv
+        As in ``GridSearchCV`` (the final point's cross-validation and refit).
+    n_jobs : int or None, default=None
+        Trainings in parallel (joblib): each step's new neighbours, the fused groups and the
+        cross-validation. Results do not depend on it.
     engine : {"auto", "fused", "sequential"}, default="auto"
-        How the trials of a step and the final point's cross-validation train
-        (:class:`skhpo.fused.FusedTrainer`; docs/fused.md): ``"auto"`` trains the new
-        neighbours of a step (and the final CV's folds) of skhpo's tabular MLPs as one stacked
-        model, Z read from each model's weights at every epoch end; ``"fused"`` fails before
-        training if they cannot fuse; ``"sequential"``: one fit at a time, as before.
+        How the trainings run, as in every skhpo search (docs/architecture.md): ``"auto"``
+        trains a step's new neighbours (and the final CV's folds) that can fuse as stacked
+        groups, Z read from each model's weights at every epoch end, and the others alone;
+        ``"fused"`` raises before any training if one cannot fuse; ``"sequential"``: one fit
+        at a time.
     checkpoint : str, path or None, default=None
         A folder that keeps every finished training, so that an interrupted ``fit``
         resumes without retraining it (as in :class:`FlatnessSearchCV`; docs/core.md).
-    cv, scoring, refit, n_jobs, verbose, pre_dispatch, error_score
-        As in ``GridSearchCV`` (used for the cross-validation of the final point and the
-        refit). ``n_jobs`` also trains each step's new neighbours in parallel.
     random_state : int, RandomState or None, default=None
         Every trial starts from the same seeded initialisation and data order (as the authors'
         code does, so that Z changes only with the hyper-parameters); the CV and refit get
         derived seeds.
+    verbose : int, default=0
+        Log every trial when > 0 (the ``skhpo.autohyper`` logger).
+    pre_dispatch, error_score
+        As in ``GridSearchCV``.
 
     Attributes
     ----------
@@ -327,9 +357,11 @@ class AutoHyperSearchCV(NetSearchCV):
     (True, 9)
     """
 
+    _space_param = "param_bounds"
+
     _parameter_constraints: dict = {
         **NetSearchCV._parameter_constraints,
-        "params": [dict, list],
+        "param_bounds": [dict, list],
         "epochs_per_trial": [Interval(Integral, 1, None, closed="left")],
         "start_threshold": [Interval(Real, 0, 1, closed="right")],
         "power": [Interval(Real, 0, None, closed="neither")],
@@ -340,20 +372,17 @@ class AutoHyperSearchCV(NetSearchCV):
         "zero_step": [Interval(Real, 0, None, closed="neither")],
         "include_linear": ["boolean", StrOptions({"auto"})],
         "grey_stem": [StrOptions({"skip", "read"})],
-        "engine": [StrOptions(set(ENGINES))],
     }
 
-    def __init__(self, estimator, params, *, epochs_per_trial=5, start_threshold=0.85,
-                 power=0.8, plateau=5e-3, shrink=SHRINK, stop_tol=5e-3,
-                 max_trials=200, zero_step=1e-7, include_linear="auto", grey_stem="skip",
-                 engine="auto", checkpoint=None, cv=None, scoring=None, refit=True,
-                 n_jobs=None, random_state=None, verbose=0, pre_dispatch="2*n_jobs",
-                 error_score=np.nan):
+    def __init__(self, estimator, param_bounds, *, epochs_per_trial=5, start_threshold=0.85,
+                 power=0.8, plateau=5e-3, shrink=SHRINK, stop_tol=5e-3, max_trials=200,
+                 zero_step=1e-7, include_linear="auto", grey_stem="skip", scoring=None,
+                 refit=True, cv=None, n_jobs=None, engine="auto", checkpoint=None,
+                 random_state=None, verbose=0, pre_dispatch="2*n_jobs", error_score=np.nan):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
                          error_score=error_score, return_train_score=False)
-        self.params = params
-        self.checkpoint = checkpoint
+        self.param_bounds = param_bounds
         self.epochs_per_trial = epochs_per_trial
         self.start_threshold = start_threshold
         self.power = power
@@ -365,28 +394,22 @@ class AutoHyperSearchCV(NetSearchCV):
         self.include_linear = include_linear
         self.grey_stem = grey_stem
         self.engine = engine
+        self.checkpoint = checkpoint
         self.random_state = random_state
 
     # -- before any training ----------------------------------------------------------------
 
-    def _setup_search(self, X, y, fit_params):
-        self._hparams = parse_params(self.params, prefix=find_net(self.estimator)[1])
-        self._check_candidate_names([{h.name: h.start for h in self._hparams}], where="params")
-        rng = check_random_state(self.random_state)
-        self._trial_seed, self._cv_seed = self._spawn_seeds(rng, 2)
-        self._exclude = self._check_readable_layers(X, y, fit_params)
+    def _setup_search(self, fit):
+        hparams = parse_params(self.param_bounds, prefix=find_net(self.estimator)[1])
+        start = {h.name: h.start for h in hparams}
+        self._check_candidate_names([start])
+        trial_seed, cv_seed = fit.spawn_seeds(check_random_state(self.random_state), 2)
+        return _Walk(hparams, trial_seed, cv_seed, self._readable_layers(fit, start))
 
-    def _check_readable_layers(self, X, y, fit_params):
-        """Build the net without training (0 epochs): find the output layer by a forward
-        pass, check that Z has layers to read, and that the transformed X is finite."""
-        start = {h.name: h.start for h in self._hparams}
-        probe = clone(self.estimator).set_params(
-            **start, **self._task_params(None, 0, max_epochs=0, train_split=None, verbose=0))
-        probe.fit(X, y, **fit_params)
-        net, _ = find_net(probe)
-        Xn = net_input(probe, X)
-        check_finite_input(Xn, where="X after the Pipeline steps before the net")
-        output = final_linear(net, next(iter_batches(net, Xn, batch_size=2)))
+    def _readable_layers(self, fit, start):
+        """Build the net without training (0 epochs): find the output layer, check that Z
+        has layers to read; return the layers Z leaves out."""
+        net, output = self._untrained_net(fit, start)
         names = {m: n for n, m in net.module_.named_modules()}
         exclude = (names[output], *self._grey_stems(net.module_))
         try:
@@ -408,24 +431,35 @@ class AutoHyperSearchCV(NetSearchCV):
     # -- the method -------------------------------------------------------------------------
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
-        with self._searching(callback_ctx):
-            self._walk_and_evaluate(evaluate_candidates, callback_ctx)
-
-    def _walk_and_evaluate(self, evaluate_candidates, callback_ctx):
-        X, y, fit_params = self._search_data
+        fit = self._fit
+        walk = fit.setup
         rows = []
-        walk = Phase(self, getattr(self, "_search_ctx", None), "walk")  # total unknown
 
         def evaluate(points):
-            results = self._train(points, X, y, fit_params, len(rows), walk)
+            results = self._train(fit, points, len(rows), progress)
             rows.extend(results)
             return [r["z"] for r in results]
 
-        with walk:
+        with self._searching(callback_ctx), \
+                Phase(self, fit.ctx, "walk") as progress:  # total unknown
             point, steps, cache, self.stop_reason_ = trust_region_walk(
-                evaluate, self._hparams, start_threshold=self.start_threshold,
-                power=self.power, plateau=self.plateau, shrink=self.shrink,
-                stop_tol=self.stop_tol, max_trials=self.max_trials, zero_step=self.zero_step)
+                evaluate, walk.hparams, WalkSettings(
+                    self.start_threshold, self.power, self.plateau, self.shrink,
+                    self.stop_tol, self.max_trials, self.zero_step))
+            progress.close()
+            self._record(rows, steps, cache)
+            best = {h.name: v for h, v in zip(walk.hparams, point)}
+            cached = cache.get(_key(point))
+            self.n_epochs_ = len(rows) * self.epochs_per_trial + \
+                self._nominal_epochs(best) * fit.n_splits
+            self.n_trainings_ = len(rows) + fit.n_splits
+            self._evaluate(evaluate_candidates, [best], [walk.cv_seed],
+                           more_results={"stable_rank": [cached[1] if cached else math.nan]},
+                           callback_ctx=callback_ctx)
+
+    def _record(self, rows, steps, cache):
+        """``history_``, ``steps_`` and ``n_trials_`` of the walk; an error when every trial
+        failed, a warning when it stopped at ``max_trials``."""
         failed = [r for r in rows if r["status"] != "ok"]
         if rows and len(failed) == len(rows):
             raise ValueError(
@@ -435,56 +469,60 @@ class AutoHyperSearchCV(NetSearchCV):
         if self.stop_reason_ == "max_trials":
             warnings.warn(f"AutoHyperSearchCV stopped after {len(rows)} trials (max_trials="
                           f"{self.max_trials}) before the walk converged; best_params_ is "
-                          "where it stood", RuntimeWarning, stacklevel=3)
+                          "where it stood", RuntimeWarning, stacklevel=4)
         for row in rows:
             row["step"] = cache[_key(tuple(row["params"].values()))][2]
             row["phase"] = steps[row["step"]]["phase"] if row["step"] < len(steps) else ""
         self.history_ = history_columns(rows)
         self.steps_ = history_columns(steps)
         self.n_trials_ = len(rows)
-        best = {h.name: v for h, v in zip(self._hparams, point)}
-        cached = cache.get(_key(point))
-        self.n_epochs_ = len(rows) * self.epochs_per_trial + \
-            self._nominal_epochs(best) * self._n_splits
-        self.n_trainings_ = len(rows) + self._n_splits
-        self._evaluate(evaluate_candidates, [best], [self._cv_seed],
-                       more_results={"stable_rank": [cached[1] if cached else math.nan]},
-                       callback_ctx=callback_ctx)
 
-    def _train(self, points, X, y, fit_params, first_index, phase=None):
+    def _train(self, fit, points, first_index, phase=None):
         """One trial per point (in fused groups where ``engine`` allows, else in parallel):
         ``epochs_per_trial`` epochs, Z read at each epoch's end; a diverged trial counts as
         Z = 1."""
-        names = [h.name for h in self._hparams]
-        candidates = [dict(zip(names, point)) for point in points]
-        recorders = [[("skhpo_stable_rank", StableRankRecorder(self.include_linear,
-                                                               self._exclude))]
-                     for _ in points]
-        outs = self._train_candidates(candidates, [self._trial_seed] * len(points), X, y,
-                                      fit_params, _read_recorder, callbacks=recorders,
-                                      first_index=first_index, phase=phase,
-                                      max_epochs=self.epochs_per_trial, train_split=None,
-                                      verbose=0)
+        walk = fit.setup
+        names = [h.name for h in walk.hparams]
+        prefix = find_net(self.estimator)[1]
+        overrides = {f"{prefix}max_epochs": self.epochs_per_trial,
+                     f"{prefix}train_split": None, f"{prefix}verbose": 0}
+        tasks = [FusedTask({**dict(zip(names, point)), **overrides}, seed=walk.trial_seed,
+                           callbacks=(("skhpo_stable_rank", StableRankRecorder(
+                               self.include_linear, walk.exclude)),))
+                 for point in points]
+        outs = self._train_candidates(fit, tasks, _read_recorder, first_index=first_index,
+                                      phase=phase)
         self._warn_failures([o["error"] for o in outs if o["error"] and
                              not o["error"].startswith("diverged")], len(outs), "trial")
-        rows = []
-        for i, (point, out) in enumerate(zip(points, outs)):
-            records = out["value"] or []
-            ok = not out["error"]
-            rows.append({"trial": first_index + i, "params": dict(zip(names, point)),
-                         "z": float(np.mean([r["z"] for r in records])) if ok else 1.0,
-                         "z_epochs": [r["z"] for r in records],
-                         "ranks": {f"{r['layer']}:{r['mode']}": r["rank"]
-                                   for r in (records[-1]["layers"] if records else [])},
-                         "status": "ok" if ok else "diverged" if
-                         out["error"].startswith("diverged") else "failed",
-                         "reason": out["error"], "epochs": self.epochs_per_trial,
-                         "time": out["time"], "fused_group": out["group"],
-                         "engine_reason": out["engine_reason"]})
-            report("autohyper", self.verbose,
-                   f"[AutoHyper] trial {first_index + i}: {dict(zip(names, point))} "
-                   f"Z={rows[-1]['z']:.3f} {rows[-1]['status']}")
-        return rows
+        return [self._trial_row(first_index + i, dict(zip(names, point)), out)
+                for i, (point, out) in enumerate(zip(points, outs))]
+
+    def _trial_row(self, trial, params, out):
+        """One row of ``history_`` (and a log line) for a finished trial."""
+        records = out["value"] or []
+        ok = not out["error"]
+        row = {"trial": trial, "params": params,
+               "z": float(np.mean([r["z"] for r in records])) if ok else 1.0,
+               "z_epochs": [r["z"] for r in records],
+               "ranks": {f"{r['layer']}:{r['mode']}": r["rank"]
+                         for r in (records[-1]["layers"] if records else [])},
+               "status": "ok" if ok else "diverged" if out["error"].startswith("diverged")
+               else "failed",
+               "reason": out["error"], "epochs": self.epochs_per_trial, "time": out["time"],
+               "fused_group": out["group"], "engine_reason": out["engine_reason"]}
+        report("autohyper", self.verbose,
+               f"trial {trial}: {params} Z={row['z']:.3f} {row['status']}")
+        return row
+
+
+class _Walk(NamedTuple):
+    """What the walk draws and checks before any training: the hyper-parameters, the seed of
+    every trial, the seed of the final point's cross-validation, and the layers Z skips."""
+
+    hparams: list
+    trial_seed: int
+    cv_seed: int
+    exclude: tuple
 
 
 def _read_recorder(fitted, X):

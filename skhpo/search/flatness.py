@@ -9,33 +9,33 @@ The paper's Algorithm 1, step by step:
 4. cross-validate those with the estimator's full budget and pick the best by CV score.
 """
 
-from __future__ import annotations
-
 import math
 from functools import partial
 from numbers import Integral
+from typing import NamedTuple
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.model_selection import ParameterSampler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ..fused import ENGINES
+from ..fused import FusedTask
+from ..hyper.space import check_space
 from ..log import report
 from ..nets import find_net, net_input
-from ..probes.sharpness import (
-    AGGREGATES,
-    BATCH_NORMS,
-    VARIANTS,
-    final_linear,
-    iter_batches,
-    sharpness_bound,
-)
-from ._base import NetSearchCV, check_finite_input, check_space, history_columns
+from ..probes.sharpness import AGGREGATES, BATCH_NORMS, VARIANTS, sharpness_bound
+from ._cv import NetSearchCV
 from ._progress import Phase
+from ._trials import history_columns
 
 __all__ = ["FlatnessSearchCV"]
+
+
+class _Candidates(NamedTuple):
+    """What the screening draws before any training: the candidates and their seeds."""
+
+    candidates: list
+    seeds: list
 
 
 def _read_sharpness(fitted, X, **kwargs):
@@ -90,14 +90,18 @@ class FlatnessSearchCV(NetSearchCV):
         code did (with ``aggregate="min"`` and ``discard_nonpositive=False``); the
         finalists' cross-validation always uses their own parameters. None: each candidate
         screens with its own parameters (the paper's Algorithm 1).
+    scoring, refit, cv
+        As in ``GridSearchCV`` (the finalists' cross-validation and the refit).
+    n_jobs : int or None, default=None
+        Trainings in parallel (joblib): the screening, the fused groups and the
+        cross-validation. Results do not depend on it.
     engine : {"auto", "fused", "sequential"}, default="auto"
-        How the screening and the finalists' cross-validation train
-        (:class:`skhpo.fused.FusedTrainer`): ``"auto"`` trains candidates (and folds) of
-        skhpo's tabular MLPs that share an architecture and batch size as one stacked model
-        (each equals its own fit to float32 rounding; see docs/fused.md), and the others one
-        by one; the CV fits then load their fused folds, so scoring and ``cv_results_`` stay
-        scikit-learn's. ``"fused"`` fails before training if a candidate cannot be fused,
-        naming why; ``"sequential"`` trains every fit alone, as before.
+        How the trainings run, as in every skhpo search (docs/architecture.md): ``"auto"``
+        trains candidates (and folds) that can fuse as stacked groups, each equal to its own
+        fit to float32 rounding, and the others alone; ``"fused"`` raises before any training,
+        naming the setting, if one cannot fuse; ``"sequential"`` trains every fit alone. The
+        cross-validation's fits then load their fused folds, so scoring and ``cv_results_``
+        stay scikit-learn's.
     checkpoint : str, path or None, default=None
         A folder in which every finished training is written as it finishes (atomically;
         see :mod:`skhpo.checkpoint`). Calling ``fit`` again with the same search, estimator,
@@ -105,12 +109,14 @@ class FlatnessSearchCV(NetSearchCV):
         identical to an uninterrupted run (timings aside); a folder written by another
         search is refused before any training. Needs an int ``random_state``, a skorch net
         and no fit parameters. ``n_resumed_`` counts the trainings loaded.
-    scoring, cv, refit, n_jobs, verbose, pre_dispatch, error_score, return_train_score
-        As in ``GridSearchCV``. ``n_jobs`` also parallelises the screening. ``error_score``
-        also applies to screening fits that raise (``"raise"`` re-raises).
     random_state : int, RandomState or None, default=None
         Controls the sampling and the seed of every training task (weights, shuffling), so
         results do not depend on ``n_jobs``. A net with its own ``random_state`` keeps it.
+    verbose : int, default=0
+        Log the screening when > 0 (the ``skhpo.flatness`` logger).
+    pre_dispatch, error_score, return_train_score
+        As in ``GridSearchCV``. ``error_score`` also applies to screening fits that raise
+        (``"raise"`` re-raises).
 
     Attributes
     ----------
@@ -172,20 +178,18 @@ class FlatnessSearchCV(NetSearchCV):
         "aggregate": [StrOptions(set(AGGREGATES))],
         "discard_nonpositive": ["boolean"],
         "screen_params": [dict, None],
-        "engine": [StrOptions(set(ENGINES))],
     }
 
     def __init__(self, estimator, param_distributions, *, n_candidates=50, n_finalists=10,
                  screen_epochs=1, sharpness="penultimate", batch_norm="frobenius",
-                 aggregate="max", discard_nonpositive=True, screen_params=None, engine="auto",
-                 checkpoint=None,
-                 scoring=None, cv=None, refit=True, n_jobs=None, random_state=None, verbose=0,
-                 pre_dispatch="2*n_jobs", error_score=np.nan, return_train_score=False):
+                 aggregate="max", discard_nonpositive=True, screen_params=None, scoring=None,
+                 refit=True, cv=None, n_jobs=None, engine="auto", checkpoint=None,
+                 random_state=None, verbose=0, pre_dispatch="2*n_jobs", error_score=np.nan,
+                 return_train_score=False):
         super().__init__(estimator=estimator, scoring=scoring, n_jobs=n_jobs, refit=refit,
                          cv=cv, verbose=verbose, pre_dispatch=pre_dispatch,
                          error_score=error_score, return_train_score=return_train_score)
         self.param_distributions = param_distributions
-        self.checkpoint = checkpoint
         self.n_candidates = n_candidates
         self.n_finalists = n_finalists
         self.screen_epochs = screen_epochs
@@ -195,6 +199,7 @@ class FlatnessSearchCV(NetSearchCV):
         self.discard_nonpositive = discard_nonpositive
         self.screen_params = screen_params
         self.engine = engine
+        self.checkpoint = checkpoint
         self.random_state = random_state
 
     # -- before any training ----------------------------------------------------------------
@@ -204,28 +209,19 @@ class FlatnessSearchCV(NetSearchCV):
             raise ValueError(f"n_finalists={self.n_finalists} must be <= n_candidates="
                              f"{self.n_candidates}: only screened candidates can be finalists")
 
-    def _setup_search(self, X, y, fit_params):
+    def _setup_search(self, fit):
+        """Sample the candidates and their seeds; build the first one's net without training
+        to check that the bound can be read (a final ``nn.Linear``, finite inputs)."""
         check_space(self.param_distributions, prefix=find_net(self.estimator)[1])
         rng = check_random_state(self.random_state)
-        self._candidates = list(ParameterSampler(self.param_distributions, self.n_candidates,
-                                                 random_state=rng))
-        self._check_candidate_names(self._candidates)
+        candidates = list(ParameterSampler(self.param_distributions, self.n_candidates,
+                                           random_state=rng))
+        self._check_candidate_names(candidates)
         if self.screen_params:
             self._check_candidate_names([self.screen_params], where="screen_params")
-        self._seeds = self._spawn_seeds(rng, len(self._candidates))
-        self._check_net_structure(X, y, fit_params)
-
-    def _check_net_structure(self, X, y, fit_params):
-        """Build the first candidate's net without training (0 epochs) and check that the
-        bound can be read: a final nn.Linear, finite inputs after any Pipeline steps."""
-        probe = clone(self.estimator).set_params(
-            **clone(self._candidates[0], safe=False),
-            **self._task_params(None, 0, max_epochs=0, train_split=None, verbose=0))
-        probe.fit(X, y, **fit_params)
-        net, _ = find_net(probe)
-        Xn = net_input(probe, X)
-        check_finite_input(Xn, where="X after the Pipeline steps before the net")
-        final_linear(net, next(iter_batches(net, Xn, batch_size=2)))
+        seeds = fit.spawn_seeds(rng, len(candidates))
+        self._untrained_net(fit, candidates[0])
+        return _Candidates(candidates, seeds)
 
     # -- the method -------------------------------------------------------------------------
 
@@ -247,49 +243,50 @@ class FlatnessSearchCV(NetSearchCV):
             With ``finalists_`` (the finalists' parameters, flattest first) and ``history_``
             (one row per screened candidate; ``cv_epochs`` is 0).
         """
-        params = self._route(params)
-        self._prepare(X, y, params)
-        screened = self._screen(X, y, params)
-        self.finalists_ = [self._candidates[i] for i in self._select(screened)]
+        self._validate_params()  # (fit validates through scikit-learn's _fit_context)
+        with self._fitting(self._prepare(X, y, params)) as fit:
+            screened = self._screen(fit)
+        self.finalists_ = [fit.setup.candidates[i] for i in self._select(screened)]
         self.history_ = history_columns(screened)
         self.n_epochs_ = sum(row["screen_epochs"] for row in screened)
         self.n_trainings_ = len(screened)
         return self
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+        fit = self._fit
         with self._searching(callback_ctx):
-            self._screen_and_evaluate(evaluate_candidates, callback_ctx)
+            screened = self._screen(fit)
+            finalists = self._select(screened)
+            for i in finalists:
+                screened[i]["cv_epochs"] = self._nominal_epochs(screened[i]["params"]) * \
+                    fit.n_splits
+            self.history_ = history_columns(screened)
+            self.n_epochs_ = sum(row["screen_epochs"] + row["cv_epochs"] for row in screened)
+            self.n_trainings_ = len(screened) + len(finalists) * fit.n_splits
+            self._evaluate(evaluate_candidates,
+                           [fit.setup.candidates[i] for i in finalists],
+                           [fit.setup.seeds[i] for i in finalists],
+                           more_results={"sharpness": [screened[i]["sharpness"]
+                                                       for i in finalists]},
+                           callback_ctx=callback_ctx)
 
-    def _screen_and_evaluate(self, evaluate_candidates, callback_ctx):
-        X, y, fit_params = self._search_data
-        screened = self._screen(X, y, fit_params)
-        finalists = self._select(screened)
-        for i in finalists:
-            screened[i]["cv_epochs"] = self._nominal_epochs(screened[i]["params"]) * self._n_splits
-        self.history_ = history_columns(screened)
-        self.n_epochs_ = sum(row["screen_epochs"] + row["cv_epochs"] for row in screened)
-        self.n_trainings_ = len(screened) + len(finalists) * self._n_splits
-        self._evaluate(evaluate_candidates,
-                       [self._candidates[i] for i in finalists],
-                       [self._seeds[i] for i in finalists],
-                       more_results={"sharpness": [screened[i]["sharpness"] for i in finalists]},
-                       callback_ctx=callback_ctx)
-
-    def _screen(self, X, y, fit_params):
+    def _screen(self, fit):
         """Train every candidate ``screen_epochs`` epoch(s) and read S(h) (in parallel)."""
+        candidates, seeds = fit.setup
         probe = partial(_read_sharpness, variant=self.sharpness, batch_norm=self.batch_norm,
                         aggregate_by=self.aggregate)
-        report("flatness", self.verbose, f"[Flatness] screening {len(self._candidates)} "
-               f"candidates, {self.screen_epochs} epoch(s) each")
-        with Phase(self, getattr(self, "_search_ctx", None), "screening",
-                   len(self._candidates)) as phase:
-            fixed = dict(self.screen_params or {})
-            outs = self._train_candidates([{**c, **fixed} for c in self._candidates],
-                                          self._seeds, X, y, fit_params,
-                                          probe, phase=phase, max_epochs=self.screen_epochs,
-                                          train_split=None, verbose=0)
+        report("flatness", self.verbose, f"screening {len(candidates)} candidates, "
+               f"{self.screen_epochs} epoch(s) each")
+        fixed = dict(self.screen_params or {})
+        prefix = find_net(self.estimator)[1]
+        overrides = {f"{prefix}max_epochs": self.screen_epochs,
+                     f"{prefix}train_split": None, f"{prefix}verbose": 0}
+        tasks = [FusedTask({**c, **fixed, **overrides}, seed=seed)
+                 for c, seed in zip(candidates, seeds)]
+        with Phase(self, fit.ctx, "screening", len(candidates)) as phase:
+            outs = self._train_candidates(fit, tasks, probe, phase=phase)
         rows = []
-        for i, (cand, out) in enumerate(zip(self._candidates, outs)):
+        for i, (cand, out) in enumerate(zip(candidates, outs)):
             value, n_batches = out["value"] if out["value"] is not None else (math.nan, 0)
             rows.append({"candidate": i, "params": cand, "sharpness": value,
                          "status": "failed" if out["error"] else "", "reason": out["error"],

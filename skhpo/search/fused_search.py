@@ -1,70 +1,78 @@
 """``FusedRandomizedSearchCV`` and ``FusedGridSearchCV``: scikit-learn's two searches, with the
-fits of skhpo's tabular MLPs trained in fused groups.
+fits of skorch nets trained in fused groups.
 
-For an estimator the fused engine trains (skhpo's ``TabularMLPClassifier`` /
-``TabularMLPRegressor``, alone or at the end of a Pipeline; see docs/fused.md), every (candidate,
-fold) is trained first in fused groups, each candidate's fits seeded from ``random_state``; then
+For an estimator the fused engine trains (skorch nets, alone or at the end of a Pipeline;
+what fuses: :mod:`skhpo.fused.eligibility`, docs/fused.md), every (candidate, fold) is
+trained first in fused groups, each candidate's fits seeded from ``random_state``; then
 scikit-learn's own cross-validation runs with fits that load those folds
 (:class:`~skhpo.fused.prefit.PrefitStates`). For any other estimator, or with
-``engine="sequential"``, the class is scikit-learn's search, unchanged.
+``engine="sequential"``, the class is scikit-learn's search, unchanged. :func:`as_fused`
+turns a scikit-learn search into its drop-in.
 """
 
-from __future__ import annotations
-
 import os
+from numbers import Integral
 
 import numpy as np
+from sklearn.base import _fit_context, clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, ParameterSampler
 from sklearn.model_selection import RandomizedSearchCV as _RandomizedSearchCV
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
-from ..fused import ENGINES, unfusible
+from ..fused import ENGINES, choose_engine
 from ._fused_cv import FusedCVMixin
+from ._state import FitState, sklearn_fit
 
-__all__ = ["FusedGridSearchCV", "FusedRandomizedSearchCV"]
+__all__ = ["FusedGridSearchCV", "FusedRandomizedSearchCV", "as_fused"]
 
 
 class _FusedDropIn(FusedCVMixin):
     """What both drop-ins add to scikit-learn's search."""
 
+    @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None, **params):
         """As scikit-learn's ``fit``; the fits of a fusible estimator train in fused groups
         first (see the class)."""
-        fit_params = {k: v for k, v in params.items() if k != "groups"}
-        self._groups = params.get("groups")
-        if getattr(self, "checkpoint", None) is not None:
-            self._validate_params()
-        self._fit_searching(lambda: super(_FusedDropIn, self).fit(X, y, **params), X, y,
-                            fit_params)
+        fit = FitState(X, y, {k: v for k, v in params.items() if k != "groups"},
+                       params.get("groups"))
+        with self._fitting(fit):
+            sklearn_fit(self, X, y, **params)
         return self
-
-    def _fuses(self):
-        """Whether the fits train first (fused where they can): a fusible estimator, or any
-        net with a checkpoint."""
-        if getattr(self, "_checkpoint", None) is not None:
-            return True
-        return self.engine != "sequential" and not unfusible(self.estimator)
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
         """scikit-learn's own search, its fits trained in fused groups first if the estimator
-        fuses."""
-        if not self._fuses():
-            if self.engine == "fused":
-                raise ValueError(f"engine='fused': {type(self).__name__} cannot fuse this "
-                                 f"estimator: {unfusible(self.estimator)}")
+        fuses (:func:`~skhpo.fused.choose_engine`), or if a checkpoint keeps them."""
+        fit = self._fit
+        decision = choose_engine(self.estimator, self.engine,
+                                 what=f"{type(self).__name__}'s estimator")
+        if decision.engine == "sequential" and fit.checkpoint is None:
             return super()._run_search(evaluate_candidates, callback_ctx=callback_ctx)
-        self._n_splits = self.n_splits_
+        fit.n_splits = self.n_splits_
         candidates = self._candidates()
-        seeds = self._spawn_seeds(check_random_state(self.random_state), len(candidates))
+        seeds = fit.spawn_seeds(check_random_state(self.random_state), len(candidates))
         with self._searching(callback_ctx):
             return self._evaluate(evaluate_candidates, candidates, seeds,
                                   callback_ctx=callback_ctx)
 
 
+def as_fused(search, engine="auto", random_state=None):
+    """A clone of the unfitted ``search`` to run: scikit-learn's ``RandomizedSearchCV`` /
+    ``GridSearchCV`` becomes its fused drop-in with ``engine`` (a grid's fits seeded from
+    ``random_state``, when it is an int); any other search, or ``engine="sequential"``, a
+    plain clone."""
+    drop_ins = {_RandomizedSearchCV: FusedRandomizedSearchCV, GridSearchCV: FusedGridSearchCV}
+    if engine == "sequential" or type(search) not in drop_ins:
+        return clone(search)
+    params = clone(search).get_params(deep=False)
+    if "random_state" not in params:  # the grid: its fits seeded from the caller's seed
+        params["random_state"] = random_state if isinstance(random_state, Integral) else None
+    return drop_ins[type(search)](**params, engine=engine)
+
+
 class FusedRandomizedSearchCV(_FusedDropIn, _RandomizedSearchCV):
-    """scikit-learn's ``RandomizedSearchCV`` with the fits of skhpo's tabular MLPs trained in
-    fused groups.
+    """scikit-learn's ``RandomizedSearchCV`` with the fits of skorch nets trained in fused
+    groups.
 
     Same signature, attributes and ``cv_results_`` as ``RandomizedSearchCV``, plus ``engine``.
     The candidates are scikit-learn's (``ParameterSampler`` with ``random_state``); for an
@@ -124,8 +132,7 @@ random_state, error_score, return_train_score
 
 
 class FusedGridSearchCV(_FusedDropIn, GridSearchCV):
-    """scikit-learn's ``GridSearchCV`` with the fits of skhpo's tabular MLPs trained in fused
-    groups.
+    """scikit-learn's ``GridSearchCV`` with the fits of skorch nets trained in fused groups.
 
     Same signature, attributes and ``cv_results_`` as ``GridSearchCV``, plus ``engine`` and
     ``random_state`` (which seeds every candidate's fits when the estimator fuses; None: a fresh
@@ -160,6 +167,8 @@ return_train_score
         "random_state": ["random_state"],
         "checkpoint": [str, os.PathLike, None],
     }
+
+    _space_param = "param_grid"
 
     def __init__(self, estimator, param_grid, *, scoring=None, n_jobs=None, refit=True, cv=None,
                  verbose=0, pre_dispatch="2*n_jobs", error_score=np.nan,

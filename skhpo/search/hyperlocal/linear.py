@@ -12,9 +12,8 @@ derivatives of each model's own objective, with X~ = [X, 1] (the intercept unpen
   H_wλ = [2 w].
 """
 
-from __future__ import annotations
-
 import time
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import clone
@@ -25,8 +24,34 @@ from ...nets import draw_seed
 from .linesearch import line_search
 from .lp import lp_direction
 
+__all__ = ["LINEAR", "LinearSettings", "Refinement", "find_linear", "penalty_names",
+           "refine_linear"]
+
 LINEAR = (ElasticNet, Lasso, Ridge)
 _FLOOR = 1e-10
+
+
+class LinearSettings(NamedTuple):
+    """How a linear model is refined: the LP's settings (:class:`~.lp.LPStep`), the line
+    search's first step and tolerance, and the range of each penalty parameter
+    (``{name: Box}``, e.g. ``alpha``: its refined value stays inside)."""
+
+    lp: object
+    line_step: float
+    gss_tol: float
+    bounds: dict
+
+
+class Refinement(NamedTuple):
+    """What :func:`refine_linear` found: the refined model (None if no step was kept), its
+    penalty parameters, the history rows, the timings and the validation loss before and
+    after."""
+
+    model: object
+    params: dict
+    log: list
+    timings: dict
+    losses: tuple
 
 
 def find_linear(estimator):
@@ -49,12 +74,17 @@ def _coefficients(model):
     return np.array([model.alpha])
 
 
-def _as_params(model, lam, prefix):
+def _as_params(model, lam, prefix, bounds):
+    """The model's parameters at the LP's coefficients ``lam``, each inside its range in
+    ``bounds`` (``{name with prefix: Box}``)."""
     lam = np.maximum(lam, _FLOOR)
     if type(model) is ElasticNet:
         alpha = float(lam.sum())
-        return {f"{prefix}alpha": alpha, f"{prefix}l1_ratio": float(lam[0] / alpha)}
-    return {f"{prefix}alpha": float(lam[0])}
+        params = {f"{prefix}alpha": alpha, f"{prefix}l1_ratio": float(lam[0] / alpha)}
+    else:
+        params = {f"{prefix}alpha": float(lam[0])}
+    return {k: v if k not in bounds else min(max(v, bounds[k].lo), bounds[k].hi)
+            for k, v in params.items()}
 
 
 def _derivatives(model, Xt, lam):
@@ -74,52 +104,54 @@ def _derivatives(model, Xt, lam):
     return H, np.column_stack(cols), Xa, w
 
 
-def refine_linear(step, base, prefix, Xt, yt, Xv, yv, rng, *, line_step, gss_tol):
-    """One LP direction for the penalties (``step``: :class:`~.lp.LPStep`), then a line
-    search with exact refits (bounding phase from ``line_step``, golden section to
-    ``gss_tol``). Returns the refined model (None if no step was accepted), its params and
-    the record (history rows, timings, losses)."""
-    model = base.steps[-1][1] if isinstance(base, Pipeline) else base
+def refine_linear(base, data, rng, settings):
+    """One LP direction for the penalties of the fitted linear model ``base`` (alone or at
+    the end of a Pipeline), then a line search with exact refits, on ``data`` (``(X_train,
+    y_train, X_val, y_val)``) under ``settings`` (:class:`LinearSettings`). Returns a
+    :class:`Refinement`."""
+    Xt, yt, Xv, yv = data
+    model, prefix = find_linear(base)
     head = Pipeline(base.steps[:-1]) if isinstance(base, Pipeline) and len(base.steps) > 1 \
         else None
     Xt_, Xv_ = (head.transform(Xt), head.transform(Xv)) if head is not None else (Xt, Xv)
     Xt_, Xv_ = np.asarray(Xt_, float), np.asarray(Xv_, float)
-    yt, yv = np.asarray(yt, float), np.asarray(yv, float)
+    yt_, yv_ = np.asarray(yt, float), np.asarray(yv, float)
     timings = {"gradients": 0.0, "hessian": 0.0, "lp": 0.0, "line_search": 0.0}
+    bounds = {k[len(prefix):]: v for k, v in settings.bounds.items()}
     lam0 = _coefficients(model)
 
     t0 = time.perf_counter()
     H_ww, H_wl, _, w = _derivatives(model, Xt_, lam0)
     Xva = np.hstack([Xv_, np.ones((len(Xv_), 1))]) if model.fit_intercept else Xv_
-    g = 2 * Xva.T @ (Xva @ w - yv) / len(yv)  # gradient of the validation MSE
+    g = 2 * Xva.T @ (Xva @ w - yv_) / len(yv_)  # gradient of the validation MSE
     timings["hessian"] = time.perf_counter() - t0
     k = H_wl.shape[1]
-    sol, record = lp_direction(g, H_wl, H_ww, step, seed=draw_seed(rng))
+    sol, record = lp_direction(g, H_wl, H_ww, settings.lp, seed=draw_seed(rng))
     timings["lp"] = sol.solve_time
     log = [record]
 
     def fitted(lam):
-        m = clone(model).set_params(**_as_params(model, lam, ""))
-        return m.fit(Xt_, yt)
+        m = clone(model).set_params(**_as_params(model, lam, "", bounds))
+        return m.fit(Xt_, yt_)
 
     def phi(t):
-        value = float(np.mean((fitted(lam0 + t * d).predict(Xv_) - yv) ** 2))
+        value = float(np.mean((fitted(lam0 + t * d).predict(Xv_) - yv_) ** 2))
         log.append({"kind": "line_search", "iteration": 0, "t": t, "validation_loss": value})
         return value
 
-    start_loss = float(np.mean((model.predict(Xv_) - yv) ** 2))
+    start_loss = float(np.mean((model.predict(Xv_) - yv_) ** 2))
     d_lam = sol.x[:k]
     best_lam, best_loss = lam0, start_loss
     if np.linalg.norm(d_lam) > 0 and sol.objective < 0:
         d = d_lam / np.linalg.norm(d_lam)
         t0 = time.perf_counter()
-        t_star, _ = line_search(phi, line_step, gss_tol)
+        t_star, _ = line_search(phi, settings.line_step, settings.gss_tol)
         loss = phi(t_star)
         timings["line_search"] = time.perf_counter() - t0
         if loss < start_loss:
             best_lam, best_loss = np.maximum(lam0 + t_star * d, _FLOOR), loss
-    params = _as_params(model, best_lam, prefix)
+    params = _as_params(model, best_lam, prefix, settings.bounds)
     refined = clone(base).set_params(**params) if best_lam is not lam0 else None
     if refined is not None:
         refined.fit(Xt, yt)
-    return refined, params, log, timings, (start_loss, best_loss)
+    return Refinement(refined, params, log, timings, (start_loss, best_loss))

@@ -1,5 +1,5 @@
-"""The Delta-STN / CPMLHO training loop of :class:`~skhpo.CuttingPlaneTuner`, one method per
-sub-step.
+"""The Delta-STN / CPMLHO training loop of :class:`~.estimator.CuttingPlaneTuner`, one
+method per sub-step.
 
 A converted module (:func:`skhpo.hyper.convert_module`) holds general weights W_e and response
 weights (W_h2, h1). Per training batch the trainer takes
@@ -16,8 +16,6 @@ and at every epoch end :meth:`DeltaSTNTrainer.end_epoch` evaluates, records and 
 cut S = sign(W_e - W_h2) (:func:`cut_penalty`).
 """
 
-from __future__ import annotations
-
 import math
 from typing import NamedTuple
 
@@ -25,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import jvp
 
-from ..hyper.layers import HyperLayer, cutout, entropy
-from ..log import report
-from ..nets import TrainingDivergedError, divergence, guard_ratio
+from ...hyper.stn import HyperLayer, cutout, entropy
+from ...log import report
+from ...nets import TrainingDivergedError, divergence, guard_ratio
 
 __all__ = ["DeltaSTNTrainer", "HyperParams", "STNSettings", "cut_penalty"]
 
@@ -128,12 +126,13 @@ class DeltaSTNTrainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, Xt, yt, Xv, yv, batch, max_epochs, on_epoch=None, resume=None):
-        """Train for ``max_epochs``; ``history_`` rows are in ``rows``, the values after every
-        hyper step in ``hyper_rows``; ``on_epoch(epoch)`` after each epoch. ``resume``: a
-        :meth:`state` to go on from (after its epoch), exactly as if the run had not
-        stopped."""
-        self.data = (Xt, yt, Xv, yv)
+    def run(self, data, batch, max_epochs, *, on_epoch=None, resume=None):
+        """Train on ``data`` (``(Xt, yt, Xv, yv)``, tensors) for ``max_epochs`` in batches of
+        ``batch``; ``history_`` rows are in ``rows``, the values after every hyper step in
+        ``hyper_rows``; ``on_epoch(epoch)`` after each epoch. ``resume``: a :meth:`state` to
+        go on from (after its epoch), exactly as if the run had not stopped."""
+        self.data = data
+        Xt, yt, Xv, yv = data
         self.train_iter = _Batches(len(yt), batch)  # the theta term's own training batches
         self.val_iter = _Batches(len(yv), batch)
         first = 0
@@ -243,7 +242,7 @@ class DeltaSTNTrainer:
         self.rows.append(row)
         if self.s.verbose:
             report("cutting_plane", self.s.verbose,
-                   f"[CPMLHO] epoch {epoch + 1}/{max_epochs} train {row['train_loss']:.4f} "
+                   f"epoch {epoch + 1}/{max_epochs} train {row['train_loss']:.4f} "
                    f"valid {row['valid_loss']:.4f} gap {row['gap']:.4f} "
                    + " ".join(f"{n}={row[n]:.4f}" for n in self.names))
 
@@ -255,7 +254,8 @@ class DeltaSTNTrainer:
     def state(self, epoch):
         """Everything the loop needs to go on after ``epoch`` (for a checkpoint)."""
         cuda = self.device.type == "cuda"
-        return {"epoch": epoch, "module": self.module.state_dict(), "hp": self.hp.state_dict(),
+        return {"epoch": epoch, "done": epoch + 1, "module": self.module.state_dict(),
+                "hp": self.hp.state_dict(),
                 "optimizers": [o.state_dict() for o in self._optimizers()],
                 "signs": self.signs, "steps": self.steps, "hyper_steps": self.hyper_steps,
                 "rows": self.rows, "hyper_rows": self.hyper_rows, "first": self.first,

@@ -33,7 +33,8 @@ import torch
 from ..hyper.layers import dropout_layers
 from ..nets import divergence, guard_ratio
 from ._adam import BatchedAdam
-from ._mlp import MLPLayout, batched_loss, batched_optimizer
+from ._group import batched_loss, batched_optimizer
+from ._layouts import MLPLayout
 
 __all__ = ["StudentGroup", "StudentState"]
 

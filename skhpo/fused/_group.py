@@ -1,17 +1,16 @@
-"""K of skhpo's tabular MLPs trained together: weights stacked on a leading model axis, one
-batched forward / backward (``torch.baddbmm``), one :class:`~._adam.BatchedAdam` step.
+"""K models of one architecture trained together: their weights the rows of one stacked
+``(K, P)`` buffer, one batched forward and backward through their layout
+(:mod:`._layouts`) and one batched optimiser step per minibatch.
 
 Each model is handed in *initialised*: an ordinary net fitted for 0 epochs (so its module, its
 classes and its preprocessing are exactly what the net's own ``fit`` builds from the task's
 seed), with the state of torch's generator right after that initialisation. Everything the
-net's own training would draw from torch's global generator (the batch order of
-``ArrayBatchIterator``, one ``randperm`` per epoch; the dropout masks, layer by layer and batch by
-batch) is drawn from that model's own generator in the same order. So a model's training does not
-depend on the other models of its group, and it follows the trajectory of the net's own ``fit``
-(to float32 rounding: a batched matrix product sums in another order).
+net's own training would draw from torch's global generator (the batch order, one
+``randperm`` per epoch; the dropout masks, layer by layer and batch by batch) is drawn from
+that model's own generator in the same order. So a model's training does not depend on the
+other models of its group, and it follows the trajectory of the net's own ``fit`` (to float32
+rounding: a batched matrix product sums in another order).
 """
-
-from __future__ import annotations
 
 import functools
 import math
@@ -20,19 +19,17 @@ import time
 import torch
 import torch.nn.functional as F
 from skorch.history import History
-from torch import nn
 
-from ..hyper.concrete import ConcreteDropout
 from ..hyper.space import penalty_term
 from ..nets import FiniteLossGuard, divergence
 from ._adam import BatchedAdam
+from ._layouts import layout_of
 from ._sgd import BatchedSGD
 
-__all__ = ["CNNLayout", "MLPGroup", "MLPLayout", "MLPMember", "ParamLayout", "batched_loss",
-           "batched_optimizer", "epoch_history", "flat_weights", "layer_views"]
+__all__ = ["CLASSES_ACROSS", "Member", "StackedGroup", "batched_loss", "batched_optimizer",
+           "epoch_history", "uniform_is_bernoulli"]
 
-
-class MLPMember:
+class Member:
     """One model of a group: its initialised ``net``, the inputs ``X`` (float32, after
     preprocessing) and targets ``y`` (as its loss takes them) that its training ``rows`` index
     (None: all of them; members without preprocessing share one ``X``), its ``generator`` and
@@ -50,20 +47,9 @@ class MLPMember:
         self.first_loss = None
 
 
-def _structure(module):
-    """``[("dropout", layer) | ("linear", layer) | ("act", layer)]`` of an ``MLPModule``
-    (its dropout layers may be :class:`~skhpo.hyper.ConcreteDropout`, as in HPM's students)."""
-    out = []
-    for layer in module.layers:
-        kind = "linear" if isinstance(layer, nn.Linear) else \
-            "dropout" if isinstance(layer, (nn.Dropout, ConcreteDropout)) else "act"
-        out.append((kind, layer))
-    return out
-
-
-class MLPGroup:
-    """Train the ``members`` (same architecture and batch size: skhpo MLPs, or skhpo small
-    CNNs) together."""
+class StackedGroup:
+    """Train the ``members`` (:class:`Member`: nets of one architecture, one batch size and
+    one optimiser class, any layout) together; :meth:`run` trains them to their epochs."""
 
     def __init__(self, members, batch_size, classifier, device="cpu"):
         self.members, self.B, self.classifier = members, int(batch_size), classifier
@@ -365,32 +351,6 @@ def _gather(data, shared, owners, rows):
     return flat.index_select(0, index.reshape(-1)).view(*rows.shape, *flat.shape[1:])
 
 
-# -- one model's weights as a row of the stacked buffer ------------------------------------------
-
-def flat_weights(module):
-    """The row of ``module`` (an ``MLPModule``) in a stacked buffer: per linear layer W^T
-    (in x out, flattened), then its bias."""
-    return torch.cat([t for kind, layer in _structure(module) if kind == "linear"
-                      for t in (layer.weight.detach().T.reshape(-1), layer.bias.detach())])
-
-
-def layer_views(flat, shapes):
-    """``[(W (k, in, out), b (k, 1, out)), ...]``: views of the rows of ``flat`` (k, P), one
-    pair per linear layer of ``shapes`` (``[(in, out), ...]``)."""
-    out, start = [], 0
-    for n_in, n_out in shapes:
-        W = flat[:, start:start + n_in * n_out].view(-1, n_in, n_out)
-        start += n_in * n_out
-        out.append((W, flat[:, start:start + n_out].view(-1, 1, n_out)))
-        start += n_out
-    return out
-
-
-def _shapes(module):
-    return [(layer.in_features, layer.out_features)
-            for kind, layer in _structure(module) if kind == "linear"]
-
-
 def epoch_history(rows):
     """A skorch ``History`` of ``rows`` (``(train_loss, seconds)`` per epoch), as the net's
     own training records them."""
@@ -423,163 +383,3 @@ def batched_loss(out, y, classifier):
     else:
         each = F.mse_loss(out, y, reduction="none")
     return each.reshape(k, -1).mean(1)
-
-
-# -- layouts: how one model's weights sit in a row of the buffer, and the stacked forward ------
-
-def layout_of(module, sample=None):
-    """The layout of ``module``: an ``MLPModule``, a ``SmallCNNModule``, or any other module
-    through ``torch.func`` (:class:`~._generic.FuncLayout`; ``sample``: a few input rows)."""
-    from ..models import MLPModule, SmallCNNModule
-    from ._generic import FuncLayout
-
-    if isinstance(module, SmallCNNModule):
-        return CNNLayout(module)
-    if type(module) is MLPModule:
-        return MLPLayout(module)
-    return FuncLayout(module, sample)
-
-
-class _Layout:
-    """What every layout shares: writing one model's row into its module and its optimiser
-    state into its optimiser, once ``_tensors(row)`` says which tensor of the row is which
-    parameter (in ``module.parameters()`` order, shaped as the parameter)."""
-
-    def write(self, module, row):
-        """One model's row of the stacked buffer into ``module``'s parameters."""
-        with torch.no_grad():
-            for p, t in zip(module.parameters(), self._tensors(row)):
-                p.copy_(t)
-
-    def load_state(self, net, state):
-        """One model's optimiser state into ``net``'s optimiser, as torch keeps it per
-        parameter: ``state`` maps a key to a row of the stacked buffer (Adam's moments, SGD's
-        momentum buffer) or to a scalar tensor (Adam's step count: one copy per parameter).
-        An empty ``state`` leaves the optimiser without state (SGD without momentum)."""
-        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
-        scalars = {key: value for key, value in state.items() if value.dim() == 0}
-        optimizer = net.optimizer_
-        optimizer.state.clear()
-        if not state:
-            return
-        for i, p in enumerate(net.module_.parameters()):
-            optimizer.state[p] = {
-                **{key: value.clone() for key, value in scalars.items()},
-                **{key: rows[key][i].clone(memory_format=torch.contiguous_format)
-                   for key in rows}}
-
-
-class MLPLayout(_Layout):
-    """skhpo's ``MLPModule``: per linear layer W^T (in x out) then its bias; the stacked
-    forward is one ``torch.baddbmm`` per linear layer."""
-
-    def __init__(self, module):
-        structure = _structure(module)
-        self.kinds = [kind for kind, _ in structure]
-        self.acts = [layer for kind, layer in structure if kind == "act"]
-        self.shapes = _shapes(module)
-        self.n_linear = len(self.shapes)
-
-    def flat(self, module):
-        return flat_weights(module)
-
-    def views(self, flat):
-        return [t for pair in layer_views(flat, self.shapes) for t in pair]
-
-    def linear_weights(self, views):
-        return views[0::2]
-
-    @staticmethod
-    def dropouts(module):
-        return [layer for kind, layer in _structure(module) if kind == "dropout"]
-
-    def forward(self, views, x, dropout):
-        """Every model's output for its batch ``x`` (K, b, in); ``dropout(i, h)`` applies the
-        i-th dropout layer."""
-        h, lin, drop = x, 0, 0
-        for kind in self.kinds:
-            if kind == "linear":
-                h = torch.baddbmm(views[2 * lin + 1], h, views[2 * lin])
-                lin += 1
-            elif kind == "dropout":
-                h = dropout(drop, h)
-                drop += 1
-            else:
-                h = self.acts[lin - 1](h)
-        return h
-
-    def _tensors(self, row):
-        return [t for W, b in layer_views(row.detach()[None], self.shapes)
-                for t in (W[0].T, b[0, 0])]
-
-
-class ParamLayout(_Layout):
-    """Every parameter of the module in its own layout, in ``module.parameters()`` order: the
-    views of the buffer are ``(K, *parameter shape)``."""
-
-    def __init__(self, module):
-        self.shapes = [tuple(p.shape) for p in module.parameters()]
-        linear = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
-        self.linear = [i for i, p in enumerate(module.parameters()) if id(p) in linear]
-        self.n_linear = len(self.linear)
-
-    def flat(self, module):
-        return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
-
-    def views(self, flat):
-        out, start = [], 0
-        for shape in self.shapes:
-            n = math.prod(shape)
-            out.append(flat[:, start:start + n].view(-1, *shape))
-            start += n
-        return out
-
-    def linear_weights(self, views):
-        return [views[i] for i in self.linear]
-
-    @staticmethod
-    def dropouts(module):
-        return [m for m in module.modules() if isinstance(m, (nn.Dropout, ConcreteDropout))]
-
-    def _tensors(self, row):
-        return [t[0] for t in self.views(row.detach()[None])]
-
-
-class CNNLayout(ParamLayout):
-    """skhpo's ``SmallCNNModule``, its parameters as :class:`ParamLayout` keeps them. The
-    convolutions run per model (a grouped convolution, ``groups=K``, was no faster on a CPU
-    and its weight gradients depend on K in their last bits); the dense head is one
-    ``torch.baddbmm`` per linear layer, the loss and the optimiser step are batched."""
-
-    def __init__(self, module):
-        super().__init__(module)
-        self.image_shape = tuple(module.image_shape)
-        self.features, self.head = list(module.features), list(module.head)
-
-    def forward(self, views, x, dropout):
-        K, b = x.shape[:2]
-        params = iter(views)
-        h = x.reshape(K, b, *self.image_shape)
-        for layer in self.features:
-            if isinstance(layer, nn.Conv2d):
-                # one convolution per model: as fast as one grouped convolution on a CPU here,
-                # and a model's arithmetic then never depends on its group (bitwise)
-                W, bias = next(params), next(params)
-                h = torch.stack([F.conv2d(h[k], W[k], bias[k], layer.stride, layer.padding,
-                                          layer.dilation) for k in range(K)])
-            elif isinstance(layer, nn.Flatten):
-                h = h.reshape(K, b, -1)  # each model's C*H*W, as nn.Flatten orders them
-            else:  # activation, max pooling: per sample
-                out = layer(h.reshape(K * b, *h.shape[2:]))
-                h = out.reshape(K, b, *out.shape[1:])
-        drop = 0
-        for layer in self.head:
-            if isinstance(layer, nn.Linear):
-                W, bias = next(params), next(params)
-                h = torch.baddbmm(bias.unsqueeze(1), h, W.transpose(1, 2))
-            elif isinstance(layer, (nn.Dropout, ConcreteDropout)):
-                h = dropout(drop, h)
-                drop += 1
-            else:
-                h = layer(h)
-        return h

@@ -3,9 +3,9 @@ and Mixed-Level Optimization", arXiv 2212.06150), on top of Delta-STN (Bae & Gro
 
 One training run tunes the net's dropout rates (and optionally input noise and cutout). Every
 ``nn.Linear`` / ``nn.Conv2d`` of the user's module becomes a self-tuning layer whose weight is
-``W_e + diag(s_w(h)) W_h2`` (:mod:`skhpo.hyper.layers`); the hyper-parameters lambda = box(u)
-carry a Gaussian perturbation of learned scale sigma. The loop (the paper's
-Algorithm 1; docs/cutting_plane.md):
+``W_e + diag(s_w(h)) W_h2`` (:mod:`skhpo.hyper.stn`); the hyper-parameters lambda = box(u)
+carry a Gaussian perturbation of learned scale sigma. The loop (the paper's Algorithm 1,
+:mod:`.trainer`; docs/cutting_plane.md):
 
 1. ``warmup_epochs`` epochs of training steps only, then alternate ``train_steps`` training
    steps with ``valid_steps`` hyper steps until the net's ``max_epochs``;
@@ -22,49 +22,28 @@ Algorithm 1; docs/cutting_plane.md):
 With ``theta=None`` and ``mu=0`` the tuner is Delta-STN itself.
 """
 
-from __future__ import annotations
-
 import copy
 import math
 import os
 import time
 from numbers import Integral, Real
-from typing import NamedTuple
 
-import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ..fused import ENGINES
-from ..hyper import Box, parse_name, read_dimension, set_dropout_rate
-from ..hyper.layers import convert_module, dropout_layers, general_state_dict
-from ..hyper.space import AUGMENTATIONS
-from ..nets import batch_size_of, draw_seed, find_net, seed_everything
-from ._base import HoldoutResult, HoldoutSearch, history_columns
-from ._delta_stn import DeltaSTNTrainer, STNSettings, cut_penalty
-from ._delta_stn import HyperParams as _HyperParams
-from ._progress import Phase
+from ...hyper.layers import convert_module, dropout_layers, general_state_dict, set_dropout_rate
+from ...nets import batch_size_of, draw_seed, find_net, seed_everything
+from .._holdout import HoldoutResult, HoldoutSearch, plain_net_params
+from .._trials import history_columns
+from .space import read_space
+from .trainer import DeltaSTNTrainer, HyperParams, STNSettings
 
-__all__ = ["CuttingPlaneTuner", "cut_penalty"]
+__all__ = ["CuttingPlaneTuner"]
 
-DEFAULT_BOX, DEFAULT_INIT = (0.0, 0.95), 0.05
 #: ``engine_reason_``: why CPMLHO always trains alone
 ONE_NETWORK = "one self-tuning network trains (nothing to stack)"
 #: the discrete ones, applied as floor(value)
 DISCRETE = ("cutout_holes", "cutout_length")
-
-
-class _Space(NamedTuple):
-    """The tuned hyper-parameters, dropout rates first: ``names``, ``boxes``, ``inits``, the
-    dropout ``paths`` (index i of ``paths`` is hyper-parameter i), ``augment`` (``{input_noise
-    | cutout_holes | cutout_length: index}``) and the examples' ``image_shape`` for cutout."""
-
-    names: list
-    boxes: list
-    inits: list
-    paths: list
-    augment: dict
-    image_shape: tuple | None
 
 
 class CuttingPlaneTuner(HoldoutSearch):
@@ -79,7 +58,7 @@ class CuttingPlaneTuner(HoldoutSearch):
         ``nn.Dropout`` / ``nn.Dropout2d`` layers. Its ``optimizer``, ``lr``,
         ``optimizer__*``, ``batch_size`` and ``max_epochs`` (warm-up included) drive the
         training of the weights.
-    hyperparams : dict or None, default=None
+    param_bounds : dict or None, default=None
         The space, in scikit-learn's grammar: ``name ->`` a ``scipy.stats.uniform`` /
         ``loguniform`` distribution (the box), a one-value list ``[init]`` (a start value in
         the default box [0, 0.95]; rates only), or the shorthand ``(low, high)`` /
@@ -96,8 +75,6 @@ class CuttingPlaneTuner(HoldoutSearch):
         Epochs of weight training only, before the first hyper step.
     train_steps, valid_steps : int, default=5, 1
         Training steps, then hyper steps, alternately.
-    validation_fraction : float, default=0.15
-        Held out (shuffled, stratified for classifiers) for the hyper steps and scoring.
     mu : float, default=1e-3
         Weight of the cutting-plane penalty (>= 0; 0: no cut).
     eps2 : float, default=1e-8
@@ -124,13 +101,13 @@ class CuttingPlaneTuner(HoldoutSearch):
         ``image_shape_`` (SmallCNNClassifier) or the shape of ``X``'s examples.
     scoring : str, callable or None, default=None
         Score of ``cv_results_`` / ``best_score_`` on the held-out part.
-    refit : {"tuned", True, False}, default="tuned"
-        ``"tuned"``: ``best_estimator_`` is the user's plain net carrying the general weights
-        (what the self-tuning net predicts with at the final hyper-parameters) and the final
-        rates (before 0.2 this was ``refit=False``). True: the user's net retrained on all of X
-        with the final rates fixed. False: no ``best_estimator_`` (as in ``GridSearchCV``).
-    random_state : int, RandomState or None, default=None
-        Seeds the split, the weights, dropout masks and perturbations.
+    refit : {"trained", True, False}, default="trained"
+        ``"trained"``: ``best_estimator_`` is the user's plain net carrying the general
+        weights (what the self-tuning net predicts with at the final hyper-parameters) and
+        the final rates. True: the user's net retrained on all of X with the final rates
+        fixed. False: no ``best_estimator_`` (as in ``GridSearchCV``).
+    validation_fraction : float, default=0.15
+        Held out (shuffled, stratified for classifiers) for the hyper steps and scoring.
     checkpoint : str, path or None, default=None
         A folder in which the self-tuning network's whole state (weights, hyper-parameters,
         optimisers, cut, generators, history) is written after every epoch, atomically.
@@ -138,14 +115,14 @@ class CuttingPlaneTuner(HoldoutSearch):
         completed epoch, with results identical to an uninterrupted run (timings aside); a
         folder written by another search is refused before any training. Needs an int
         ``random_state``.
+    random_state : int, RandomState or None, default=None
+        Seeds the split, the weights, dropout masks and perturbations.
     verbose : int, default=0
-        One line per epoch when > 0.
-    engine : {"auto", "fused", "sequential"}, default="auto"
-        The training engine, as in the other searches. CPMLHO trains one self-tuning network
-        (and, with ``refit=True``, one plain net): there is nothing to train together, so
-        ``"auto"`` and ``"sequential"`` run the same single training, and ``"fused"`` raises
-        a ``ValueError`` saying so, before any training. Accepted so that code which sets
-        ``engine`` on every skhpo search runs unchanged.
+        Log one line per epoch when > 0 (the ``skhpo.cutting_plane`` logger).
+
+    There is no ``n_jobs`` and no ``engine``: CPMLHO trains one self-tuning network (and,
+    with ``refit=True``, one plain net), so there is nothing to run in parallel or to train
+    together (``engine_`` says so).
 
     Attributes
     ----------
@@ -205,7 +182,7 @@ class CuttingPlaneTuner(HoldoutSearch):
 
     _parameter_constraints: dict = {
         **HoldoutSearch._parameter_constraints,
-        "hyperparams": [dict, None],
+        "param_bounds": [dict, None],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "train_steps": [Interval(Integral, 1, None, closed="left")],
         "valid_steps": [Interval(Integral, 1, None, closed="left")],
@@ -219,22 +196,19 @@ class CuttingPlaneTuner(HoldoutSearch):
         "linearize": ["boolean"],
         "hyper_lr": [Interval(Real, 0, None, closed="left")],
         "image_shape": [tuple, list, None],
-        "refit": ["boolean", StrOptions({"tuned"})],
         "checkpoint": [str, os.PathLike, None],
-        "engine": [StrOptions(set(ENGINES))],
     }
 
-    def __init__(self, estimator, hyperparams=None, *, warmup_epochs=5, train_steps=5,
-                 valid_steps=1, validation_fraction=0.15, mu=1e-3, eps2=1e-8,
-                 cut_mode="hinge", cut_memory="last", theta=1.0, entropy_weight=1e-3,
-                 tune_scales=True, linearize=True, hyper_lr=1e-2, image_shape=None, scoring=None,
-                 refit="tuned", random_state=None, checkpoint=None, verbose=0, engine="auto"):
+    def __init__(self, estimator, param_bounds=None, *, warmup_epochs=5, train_steps=5,
+                 valid_steps=1, mu=1e-3, eps2=1e-8, cut_mode="hinge", cut_memory="last",
+                 theta=1.0, entropy_weight=1e-3, tune_scales=True, linearize=True,
+                 hyper_lr=1e-2, image_shape=None, scoring=None, refit="trained",
+                 validation_fraction=0.15, checkpoint=None, random_state=None, verbose=0):
         self.estimator = estimator
-        self.hyperparams = hyperparams
+        self.param_bounds = param_bounds
         self.warmup_epochs = warmup_epochs
         self.train_steps = train_steps
         self.valid_steps = valid_steps
-        self.validation_fraction = validation_fraction
         self.mu = mu
         self.eps2 = eps2
         self.cut_mode = cut_mode
@@ -247,71 +221,70 @@ class CuttingPlaneTuner(HoldoutSearch):
         self.image_shape = image_shape
         self.scoring = scoring
         self.refit = refit
+        self.validation_fraction = validation_fraction
         self.checkpoint = checkpoint
         self.random_state = random_state
         self.verbose = verbose
-        self.engine = engine
 
     # -- the method (HoldoutSearch.fit calls these) -----------------------------------------
-
-    def _check_search_params(self):
-        if self.engine == "fused":
-            raise ValueError("engine='fused': CuttingPlaneTuner trains one self-tuning "
-                             "network, there is nothing to train together; use engine='auto' "
-                             "or 'sequential' (the same single training)")
 
     def _draw_seeds(self, rng):
         split_seed, torch_seed = draw_seed(rng, size=2)
         return split_seed, torch_seed
 
-    def _search(self, data, torch_seed, rng):
-        self.engine_, self.engine_reason_ = "sequential", ONE_NETWORK
-        seed_everything(torch_seed)
+    def _search(self, run):
+        data = run.data
+        seed_everything(run.seeds)
         plain, y_enc, yv_enc = self._initialised_net(data)
-        space = self._space(plain, data.prefix, data.Xt)
+        space = read_space(self.param_bounds, plain, data.prefix, data.Xt, self.image_shape)
         if self.refit is True and space.augment:
             raise ValueError(f"refit=True cannot retrain with {', '.join(space.augment)}: a "
-                             "plain net has no such parameter; use refit='tuned'")
-        if space.image_shape is not None:
-            self.image_shape_ = space.image_shape
+                             "plain net has no such parameter; use refit='trained'")
         module = copy.deepcopy(plain.module_)
         context = convert_module(module, space.paths, len(space.names))
-        hp = _HyperParams(space.boxes, space.inits)
+        hp = HyperParams(space.boxes, space.inits)
         start = time.perf_counter()
         trainer = DeltaSTNTrainer(self._settings(), plain, module, context, hp, space.names,
                                   len(space.paths), space.augment, space.image_shape)
         max_epochs = int(find_net(self.estimator)[0].max_epochs)
-        ck = getattr(self, "_checkpoint", None)
-        resume = None if ck is None else ck.load("stn", "state")
-        self.n_resumed_ = 0 if resume is None else resume["epoch"] + 1
+        resume, done, epochs = self._resume(run, "stn", "epochs", max_epochs, "epoch")
 
         def on_epoch(epoch):
             epochs.done(epoch, "epoch")
-            if ck is not None:
-                ck.save("stn", "state", trainer.state(epoch))
+            if run.checkpoint is not None:
+                run.checkpoint.save("stn", "state", trainer.state(epoch))
 
-        with Phase(self, getattr(self, "_search_ctx", None), "epochs", max_epochs) as epochs:
-            for epoch in range(self.n_resumed_):
-                epochs.done(epoch, "epoch")  # restored from the checkpoint
-            trainer.run(torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc,
+        with epochs:
+            trainer.run((torch.as_tensor(data.Xt), y_enc, torch.as_tensor(data.Xv), yv_enc),
                         batch_size_of(plain, len(y_enc)), max_epochs, on_epoch=on_epoch,
                         resume=resume)
         fit_time = time.perf_counter() - start
-        self.hyper_history_ = history_columns(trainer.hyper_rows)
         final = trainer.current()
-        self.applied_params_ = dict(final)
-        for name, index in space.augment.items():
-            if name in DISCRETE:
-                self.applied_params_[space.names[index]] = math.floor(final[space.names[index]])
-        self.hyperparams_, self.module_ = hp, module
         model = self._tuned_model(plain, module, final, space.paths, data)
         t0 = time.perf_counter()
         score = self.scorer_(model, data.X_val, data.y_val)
-        return HoldoutResult(params=[final], scores=[score], best=0, model=model,
-                             history=trainer.rows, epochs=max_epochs, trainings=1,
-                             fit_times=[fit_time], score_times=[time.perf_counter() - t0],
-                             val_losses=[trainer.rows[-1]["valid_loss"]],
-                             refit_epochs=int(data.net.max_epochs))
+        return HoldoutResult(
+            params=[final], scores=[score], best=0, model=model, history=trainer.rows,
+            epochs=max_epochs, trainings=1, fit_times=[fit_time],
+            score_times=[time.perf_counter() - t0],
+            val_losses=[trainer.rows[-1]["valid_loss"]],
+            refit_params=plain_net_params(self.estimator, final, int(data.net.max_epochs), {}),
+            refit_epochs=int(data.net.max_epochs),
+            attributes=self._attributes(space, final, trainer, hp, module, done))
+
+    def _attributes(self, space, final, trainer, hp, module, done):
+        """The tuner's own fitted attributes (see the class)."""
+        applied = dict(final)
+        for name, index in space.augment.items():
+            if name in DISCRETE:
+                applied[space.names[index]] = math.floor(final[space.names[index]])
+        out = {"engine_": "sequential", "engine_reason_": ONE_NETWORK,
+               "hyper_history_": history_columns(trainer.hyper_rows),
+               "applied_params_": applied, "hyperparams_": hp, "module_": module,
+               "n_resumed_": done}
+        if space.image_shape is not None:
+            out["image_shape_"] = space.image_shape
+        return out
 
     def _settings(self):
         return STNSettings(self.warmup_epochs, self.train_steps, self.valid_steps, self.mu,
@@ -328,84 +301,3 @@ class CuttingPlaneTuner(HoldoutSearch):
         plain.module_.eval()
         plain.set_params(max_epochs=data.net.max_epochs, train_split=data.net.train_split)
         return self._with_preprocessing(data, plain)
-
-    def _space(self, plain, prefix, X):
-        """``hyperparams`` read by the shared vocabulary and checked against the module."""
-        layers = dropout_layers(plain.module_)
-        spec = self.hyperparams
-        if spec is None:
-            if not layers:
-                raise ValueError("hyperparams=None tunes every dropout layer, but the module "
-                                 "has none; add nn.Dropout layers or name input_noise / "
-                                 "cutout_holes and cutout_length")
-            spec = {f"{prefix}dropout[{p}]": (*DEFAULT_BOX, DEFAULT_INIT) for p in layers}
-        if not spec:
-            raise ValueError("hyperparams is empty: name at least one dropout layer, "
-                             "input_noise or cutout_holes and cutout_length")
-        rates, augment = [], {}
-        for name, value in spec.items():
-            dim = read_dimension("hyperparams", parse_name(name, prefix, "hyperparams"), value)
-            if dim.name.kind in AUGMENTATIONS:
-                augment[dim.name.kind] = self._augmentation(dim)
-            elif dim.name.kind == "dropout":
-                rates += self._rates(dim, layers, prefix)
-            else:
-                raise ValueError(f"hyperparams: {name!r} is not tunable here; accepted: "
-                                 f"{prefix}dropout[<path of a dropout layer>] (the module's "
-                                 f"are {sorted(layers)}), {prefix}dropout (every dropout "
-                                 "layer), " + ", ".join(prefix + a for a in AUGMENTATIONS))
-        if ("cutout_holes" in augment) != ("cutout_length" in augment):
-            raise ValueError("hyperparams: cutout needs both cutout_holes and cutout_length")
-        shape = self._image_shape(plain, X) if "cutout_holes" in augment else None
-        entries = rates + [augment[a] for a in AUGMENTATIONS if a in augment]
-        names = [n for n, _, _, _ in entries]
-        return _Space(names, [b for _, b, _, _ in entries], [b.clip(i) for _, b, i, _ in entries],
-                      [p for _, _, _, p in rates],
-                      {a: names.index(augment[a][0]) for a in augment}, shape)
-
-    @staticmethod
-    def _augmentation(dim):
-        if dim.box is None:
-            raise ValueError(f"hyperparams[{dim.name.name!r}]: {dim.name.kind} needs a range "
-                             "(low, high[, init]) or a uniform / loguniform distribution")
-        init = dim.init if dim.init is not None else 0.5 * (dim.box.lo + dim.box.hi)
-        return dim.name.name, dim.box, init, None
-
-    @staticmethod
-    def _rates(dim, layers, prefix):
-        """One entry per dropout layer that ``dim`` names (``dropout``: every one)."""
-        if dim.name.path is None:
-            if not layers:
-                raise ValueError(f"hyperparams[{dim.name.name!r}]: the module has no dropout "
-                                 "layer")
-            names = {path: f"{prefix}dropout[{path}]" for path in layers}
-        elif dim.name.path not in layers:
-            raise ValueError(f"hyperparams[{dim.name.name!r}]: the module has no dropout layer "
-                             f"{dim.name.path!r}; its dropout layers are {sorted(layers)}")
-        else:
-            names = {dim.name.path: dim.name.name}
-        box = dim.box if dim.box is not None else Box(*DEFAULT_BOX)
-        if dim.init is not None and not box.lo <= dim.init <= box.hi:
-            raise ValueError(f"hyperparams[{dim.name.name!r}]: the start value {dim.init} is "
-                             f"outside the box ({box.lo}, {box.hi})")
-        return [(name, box, dim.init if dim.init is not None else min(max(
-            float(getattr(layers[path], "p", DEFAULT_INIT)), box.lo), box.hi), path)
-            for path, name in names.items()]
-
-    def _image_shape(self, plain, X):
-        """(C, H, W) of one example, for cutout: ``image_shape``, else the net's
-        ``image_shape_`` (SmallCNNClassifier), else the shape of ``X``'s examples if 3-D/4-D."""
-        shape = self.image_shape or getattr(plain, "image_shape_", None)
-        if shape is None and np.ndim(X) in (3, 4):
-            shape = np.shape(X)[1:]
-        if shape is None:
-            raise ValueError("cutout needs the images' shape: pass image_shape=(C, H, W) (the "
-                             "inputs are flat rows)")
-        shape = tuple(int(v) for v in shape)
-        shape = (1, *shape) if len(shape) == 2 else shape
-        if len(shape) != 3 or int(np.prod(shape)) != int(np.prod(np.shape(X)[1:])):
-            raise ValueError(f"image_shape {shape} does not match the {np.shape(X)[1:]} "
-                             "features of each example")
-        return shape
-
-

@@ -1,0 +1,359 @@
+"""How one model's weights sit in a row of the stacked ``(K, P)`` buffer, and the stacked
+forward of K models, for every kind of module the fused engine trains:
+
+* :class:`MLPLayout` — skhpo's ``MLPModule``: per linear layer W^T then its bias, one
+  ``torch.baddbmm`` per layer;
+* :class:`CNNLayout` — skhpo's ``SmallCNNModule``: per-model convolutions, a batched dense
+  head;
+* :class:`FuncLayout` — any other module, through ``torch.func.vmap`` over
+  ``functional_call``, with each model's dropout noise drawn outside ``vmap`` from its own
+  generator (:func:`stateful_layer` names the layers it cannot replay).
+
+:func:`layout_of` picks one. Each layout's ``forward(views, x, dropout)`` takes the buffer's
+per-parameter views and the K models' batches ``x`` (K, b, ...) and calls ``dropout(i, h)``
+for the i-th dropout layer, so the group that runs it draws the noise.
+
+The generic path, in more detail: a user's module cannot be rewritten into batched products
+by hand, so the K models run it through ``vmap``, with their parameters stacked per
+parameter (:class:`ParamLayout`). Inside ``vmap`` an ``nn.Dropout`` would draw from torch's
+global generator, one draw for all models, so a model's masks would depend on its group.
+Instead, in the engine's copy of the module every ``nn.Dropout`` becomes a layer that
+multiplies by a noise buffer, and each model's noise is drawn outside ``vmap``, from its own
+generator, in the order the forward calls the layers and as ``F.dropout`` draws it.
+``vmap`` runs with ``randomness="error"``: any other random operation in the forward is an
+error, caught before training, and the task trains alone with that reason, never with
+different numbers.
+"""
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..hyper.concrete import ConcreteDropout
+from ..models import MLPModule, SmallCNNModule
+
+__all__ = ["CNNLayout", "FuncLayout", "MLPLayout", "ParamLayout", "flat_weights",
+           "layer_views", "layout_of", "stateful_layer"]
+
+def _structure(module):
+    """``[("dropout", layer) | ("linear", layer) | ("act", layer)]`` of an ``MLPModule``
+    (its dropout layers may be :class:`~skhpo.hyper.ConcreteDropout`, as in HPM's students)."""
+    out = []
+    for layer in module.layers:
+        kind = "linear" if isinstance(layer, nn.Linear) else \
+            "dropout" if isinstance(layer, (nn.Dropout, ConcreteDropout)) else "act"
+        out.append((kind, layer))
+    return out
+
+
+def flat_weights(module):
+    """The row of ``module`` (an ``MLPModule``) in a stacked buffer: per linear layer W^T
+    (in x out, flattened), then its bias."""
+    return torch.cat([t for kind, layer in _structure(module) if kind == "linear"
+                      for t in (layer.weight.detach().T.reshape(-1), layer.bias.detach())])
+
+
+def layer_views(flat, shapes):
+    """``[(W (k, in, out), b (k, 1, out)), ...]``: views of the rows of ``flat`` (k, P), one
+    pair per linear layer of ``shapes`` (``[(in, out), ...]``)."""
+    out, start = [], 0
+    for n_in, n_out in shapes:
+        W = flat[:, start:start + n_in * n_out].view(-1, n_in, n_out)
+        start += n_in * n_out
+        out.append((W, flat[:, start:start + n_out].view(-1, 1, n_out)))
+        start += n_out
+    return out
+
+
+def _shapes(module):
+    return [(layer.in_features, layer.out_features)
+            for kind, layer in _structure(module) if kind == "linear"]
+
+
+def layout_of(module, sample=None):
+    """The layout of ``module``: an ``MLPModule``, a ``SmallCNNModule``, or any other module
+    through ``torch.func`` (:class:`FuncLayout`; ``sample``: a few input rows)."""
+    if isinstance(module, SmallCNNModule):
+        return CNNLayout(module)
+    if type(module) is MLPModule:
+        return MLPLayout(module)
+    return FuncLayout(module, sample)
+
+
+class _Layout:
+    """What every layout shares: writing one model's row into its module and its optimiser
+    state into its optimiser, once ``_tensors(row)`` says which tensor of the row is which
+    parameter (in ``module.parameters()`` order, shaped as the parameter)."""
+
+    def write(self, module, row):
+        """One model's row of the stacked buffer into ``module``'s parameters."""
+        with torch.no_grad():
+            for p, t in zip(module.parameters(), self._tensors(row)):
+                p.copy_(t)
+
+    def load_state(self, net, state):
+        """One model's optimiser state into ``net``'s optimiser, as torch keeps it per
+        parameter: ``state`` maps a key to a row of the stacked buffer (Adam's moments, SGD's
+        momentum buffer) or to a scalar tensor (Adam's step count: one copy per parameter).
+        An empty ``state`` leaves the optimiser without state (SGD without momentum)."""
+        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
+        scalars = {key: value for key, value in state.items() if value.dim() == 0}
+        optimizer = net.optimizer_
+        optimizer.state.clear()
+        if not state:
+            return
+        for i, p in enumerate(net.module_.parameters()):
+            optimizer.state[p] = {
+                **{key: value.clone() for key, value in scalars.items()},
+                **{key: rows[key][i].clone(memory_format=torch.contiguous_format)
+                   for key in rows}}
+
+
+class MLPLayout(_Layout):
+    """skhpo's ``MLPModule``: per linear layer W^T (in x out) then its bias; the stacked
+    forward is one ``torch.baddbmm`` per linear layer."""
+
+    def __init__(self, module):
+        structure = _structure(module)
+        self.kinds = [kind for kind, _ in structure]
+        self.acts = [layer for kind, layer in structure if kind == "act"]
+        self.shapes = _shapes(module)
+        self.n_linear = len(self.shapes)
+
+    def flat(self, module):
+        return flat_weights(module)
+
+    def views(self, flat):
+        return [t for pair in layer_views(flat, self.shapes) for t in pair]
+
+    def linear_weights(self, views):
+        return views[0::2]
+
+    @staticmethod
+    def dropouts(module):
+        return [layer for kind, layer in _structure(module) if kind == "dropout"]
+
+    def forward(self, views, x, dropout):
+        """Every model's output for its batch ``x`` (K, b, in); ``dropout(i, h)`` applies the
+        i-th dropout layer."""
+        h, lin, drop = x, 0, 0
+        for kind in self.kinds:
+            if kind == "linear":
+                h = torch.baddbmm(views[2 * lin + 1], h, views[2 * lin])
+                lin += 1
+            elif kind == "dropout":
+                h = dropout(drop, h)
+                drop += 1
+            else:
+                h = self.acts[lin - 1](h)
+        return h
+
+    def _tensors(self, row):
+        return [t for W, b in layer_views(row.detach()[None], self.shapes)
+                for t in (W[0].T, b[0, 0])]
+
+
+class ParamLayout(_Layout):
+    """Every parameter of the module in its own layout, in ``module.parameters()`` order: the
+    views of the buffer are ``(K, *parameter shape)``."""
+
+    def __init__(self, module):
+        self.shapes = [tuple(p.shape) for p in module.parameters()]
+        linear = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
+        self.linear = [i for i, p in enumerate(module.parameters()) if id(p) in linear]
+        self.n_linear = len(self.linear)
+
+    def flat(self, module):
+        return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+    def views(self, flat):
+        out, start = [], 0
+        for shape in self.shapes:
+            n = math.prod(shape)
+            out.append(flat[:, start:start + n].view(-1, *shape))
+            start += n
+        return out
+
+    def linear_weights(self, views):
+        return [views[i] for i in self.linear]
+
+    @staticmethod
+    def dropouts(module):
+        return [m for m in module.modules() if isinstance(m, (nn.Dropout, ConcreteDropout))]
+
+    def _tensors(self, row):
+        return [t[0] for t in self.views(row.detach()[None])]
+
+
+class CNNLayout(ParamLayout):
+    """skhpo's ``SmallCNNModule``, its parameters as :class:`ParamLayout` keeps them. The
+    convolutions run per model (a grouped convolution, ``groups=K``, was no faster on a CPU
+    and its weight gradients depend on K in their last bits); the dense head is one
+    ``torch.baddbmm`` per linear layer, the loss and the optimiser step are batched."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.image_shape = tuple(module.image_shape)
+        self.features, self.head = list(module.features), list(module.head)
+
+    def forward(self, views, x, dropout):
+        K, b = x.shape[:2]
+        params = iter(views)
+        h = x.reshape(K, b, *self.image_shape)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                # one convolution per model: as fast as one grouped convolution on a CPU here,
+                # and a model's arithmetic then never depends on its group (bitwise)
+                W, bias = next(params), next(params)
+                h = torch.stack([F.conv2d(h[k], W[k], bias[k], layer.stride, layer.padding,
+                                          layer.dilation) for k in range(K)])
+            elif isinstance(layer, nn.Flatten):
+                h = h.reshape(K, b, -1)  # each model's C*H*W, as nn.Flatten orders them
+            else:  # activation, max pooling: per sample
+                out = layer(h.reshape(K * b, *h.shape[2:]))
+                h = out.reshape(K, b, *out.shape[1:])
+        drop = 0
+        for layer in self.head:
+            if isinstance(layer, nn.Linear):
+                W, bias = next(params), next(params)
+                h = torch.baddbmm(bias.unsqueeze(1), h, W.transpose(1, 2))
+            elif isinstance(layer, (nn.Dropout, ConcreteDropout)):
+                h = dropout(drop, h)
+                drop += 1
+            else:
+                h = layer(h)
+        return h
+
+
+class _GivenNoise(nn.Module):
+    """Stands for an ``nn.Dropout`` in the engine's copy: ``x * noise`` (the noise comes in as
+    a buffer, per model); the identity where ``p = 0``, as ``F.dropout``."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = float(p)
+        self.register_buffer("noise", torch.ones(()), persistent=False)
+
+    def forward(self, x):
+        return x if self.p == 0 else x * self.noise
+
+
+def stateful_layer(module):
+    """``"'path' (Class): why"`` for the first layer whose state training would change in
+    place or whose randomness the engine cannot replay, or ""."""
+    for path, layer in module.named_modules():
+        name = f"layer '{path}' ({type(layer).__name__})"
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            return f"{name} keeps running statistics, which training updates in place"
+        if isinstance(layer, nn.RNNBase):
+            return f"{name}: recurrent layers are not fused"
+        if isinstance(layer, (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                              nn.FeatureAlphaDropout)):
+            return f"{name}: the engine replays the masks of nn.Dropout only"
+    return ""
+
+
+class FuncLayout(ParamLayout):
+    """A user's ``module`` for the fused engine; ``sample`` (a few input rows) finds the order
+    in which its forward calls its dropout layers and checks, with two stacked copies, that
+    the forward runs under ``vmap`` (a ``ValueError`` saying why if not)."""
+
+    def __init__(self, module, sample):
+        super().__init__(module)
+        param = next(module.parameters(), None)
+        if param is None:
+            raise ValueError("the module has no parameters to train")
+        sample = sample.to(param.device)
+        reason = stateful_layer(module)
+        if reason:
+            raise ValueError(reason)
+        self.module = copy.deepcopy(module)
+        drops = {}
+        for path, layer in list(self.module.named_modules()):
+            if type(layer) is nn.Dropout:
+                parent, _, attr = path.rpartition(".")
+                given = _GivenNoise(layer.p)
+                setattr(self.module.get_submodule(parent) if parent else self.module, attr,
+                        given)
+                drops[path] = given
+        if "" in drops:
+            raise ValueError("the module is a single nn.Dropout layer")
+        self.names = [name for name, _ in self.module.named_parameters()]
+        self.order = self._call_order(drops, sample)
+        self._shapes = {}  # batch size -> the input shape and dtype of each dropout layer
+        # two stacked copies through vmap, forward and backward: what cannot run fails here
+        views = [v.detach().requires_grad_(True)
+                 for v in self.views(torch.stack([self.flat(module)] * 2))]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                out = self.forward(views, torch.stack([sample, sample]), lambda i, h: h)
+                torch.autograd.grad(out.float().sum(), views, allow_unused=True)
+        except Exception as exc:
+            raise ValueError(f"its forward does not run under torch.func.vmap "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+    def _call_order(self, drops, sample):
+        order = []
+        hooks = [layer.register_forward_pre_hook(lambda m, a, path=path: order.append(path))
+                 for path, layer in drops.items()]
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                self.module(sample)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        twice = sorted({p for p in order if order.count(p) > 1})
+        if twice:
+            raise ValueError(f"the dropout layer '{twice[0]}' runs more than once in one "
+                             "forward")
+        return order
+
+    def dropouts(self, module):
+        named = dict(module.named_modules())
+        return [named[path] for path in self.order]
+
+    def _noise_shapes(self, views, x):
+        """The input shape and dtype of each dropout layer for one model's batch of ``x``."""
+        b = x.shape[1]
+        if b not in self._shapes:
+            seen = {}
+
+            def record(path, inputs):  # a pre-hook must return None: it would replace them
+                seen.setdefault(path, (tuple(inputs[0].shape), inputs[0].dtype))
+            hooks = [self.module.get_submodule(path).register_forward_pre_hook(
+                lambda m, a, path=path: record(path, a)) for path in self.order]
+            try:
+                with torch.no_grad():
+                    functional_call(self.module, {n: v[0] for n, v in zip(self.names, views)},
+                                    (x[0],))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            self._shapes[b] = [seen[path] for path in self.order]
+        return self._shapes[b]
+
+    def forward(self, views, x, dropout):
+        """Every model's output for its batch ``x`` (K, b, ...); ``dropout(i, h)`` multiplies
+        ``h`` by each model's noise of the i-th dropout layer in call order (so ``h`` of
+        ones gives the noise itself)."""
+        K = x.shape[0]
+        noise = {}
+        for i, (path, (shape, dtype)) in enumerate(zip(self.order,
+                                                       self._noise_shapes(views, x))):
+            noise[f"{path}.noise"] = dropout(i, torch.ones((K, *shape), dtype=dtype,
+                                                           device=x.device))
+
+        def one(params, buffers, xk):
+            return functional_call(self.module, {**params, **buffers}, (xk,))
+        return vmap(one, randomness="error")(dict(zip(self.names, views)), noise, x)
+
+    @staticmethod
+    def loss(net, out, y):
+        """Each model's loss on its batch through the net's own ``get_loss`` (skhpo's nets:
+        the criterion alone; the engine adds their penalties)."""
+        training = not hasattr(net, "penalty_coefficients")
+        return vmap(lambda o, t: net.get_loss(o, t, training=training))(out, y)

@@ -1,0 +1,244 @@
+"""What fuses, and the one engine decision every search makes.
+
+:func:`choose_engine` is where skhpo decides whether an estimator trains in fused groups or
+alone, for every search: the drop-ins ask it once for their estimator, the population once
+for its students, and :meth:`skhpo.fused.FusedTrainer.plan` once per training task. It reads
+the net's settings (:func:`unfusible`), the fit parameters, the device and the net's size,
+and either says why a task trains alone or, with ``engine="fused"``, raises before any
+training. :func:`fusion_key` says which fusible tasks may share a group.
+
+What fuses: skorch nets (alone or as a Pipeline's last step) with Adam or SGD, no validation
+split, no ``warm_start``, skhpo's ``ArrayBatchIterator`` or torch's ``DataLoader``, and no
+callbacks that act during training. skhpo's ``TabularMLPClassifier`` /
+``TabularMLPRegressor`` stack as batched products, its ``SmallCNNClassifier`` with per-model
+convolutions, any other module through ``torch.func`` (which refuses, with the reason, the
+layers it cannot replay).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from skorch import NeuralNet, NeuralNetClassifier
+from torch.utils.data import DataLoader
+
+from ..models import (
+    MLPModule,
+    SmallCNNClassifier,
+    SmallCNNModule,
+    TabularMLPClassifier,
+    TabularMLPRegressor,
+    _SkhpoNetMixin,
+)
+from ..nets import ArrayBatchIterator, FiniteLossGuard, TaskSeed, find_net
+from ._layouts import stateful_layer
+from .cost import max_weights
+
+__all__ = ["CPU_ONLY", "ENGINES", "Decision", "choose_engine", "cross_entropy", "fusion_key",
+           "is_family", "too_big", "unfusible", "unreadable"]
+
+#: the values of every search's ``engine``
+ENGINES = ("auto", "fused", "sequential")
+#: why ``engine="auto"`` trains nets on a GPU alone
+CPU_ONLY = ("engine='auto' fuses on the CPU only until the GPU path has been measured; "
+            "engine='fused' trains GPU groups")
+
+#: the optimisers the engine has a batched twin of, and the arguments that may differ per model
+_OPTIMIZER_ARGS = {torch.optim.Adam: {"weight_decay", "betas", "eps"},
+                   torch.optim.SGD: {"weight_decay", "momentum", "dampening", "nesterov"}}
+
+
+_CE = torch.nn.CrossEntropyLoss
+
+
+_MODULES = {TabularMLPClassifier: MLPModule, TabularMLPRegressor: MLPModule,
+            SmallCNNClassifier: SmallCNNModule}
+
+
+_CRITERIA = {TabularMLPClassifier: torch.nn.CrossEntropyLoss,
+             SmallCNNClassifier: torch.nn.CrossEntropyLoss,
+             TabularMLPRegressor: torch.nn.MSELoss}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How an estimator trains: ``engine`` (``"fused"`` or ``"sequential"``) and ``reason``,
+    why it trains alone ("" when fused)."""
+
+    engine: str
+    reason: str = ""
+
+
+def choose_engine(estimator, engine, *, n_weights=None, fit_params=None, also="",
+                  what="the estimator"):
+    """Whether ``estimator`` (its parameters set) trains fused under ``engine``.
+
+    Parameters
+    ----------
+    estimator : skorch net or Pipeline ending in one
+        With the task's parameters set.
+    engine : {"auto", "fused", "sequential"}
+        The search's ``engine``.
+    n_weights : int or None, default=None
+        The net's weights, when known: ``engine="auto"`` trains bigger nets than
+        :func:`~skhpo.fused.cost.max_weights` alone.
+    fit_params : dict or None, default=None
+        Fit parameters: a fused group cannot pass them to its nets.
+    also : str, default=""
+        A reason of the caller's own why the estimator cannot fuse ("" if none).
+    what : str, default="the estimator"
+        How the error of ``engine="fused"`` names the estimator (e.g. ``"task 3"``).
+
+    Returns
+    -------
+    Decision
+        ``Decision("fused")``, or ``Decision("sequential", reason)``.
+
+    Raises
+    ------
+    ValueError
+        With ``engine="fused"``, when the estimator cannot fuse (naming why), before any
+        training; for an unknown ``engine``.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "sequential":
+        return Decision("sequential", "engine='sequential'")
+    reason = (f"fit parameters {sorted(fit_params)}" if fit_params else "") or \
+        unfusible(estimator) or also
+    if reason and engine == "fused":
+        raise ValueError(f"engine='fused': {what} cannot be fused: {reason}; use "
+                         "engine='auto' (it fuses what it can) or 'sequential'")
+    if not reason and engine == "auto":
+        net, _ = find_net(estimator)
+        reason = ("" if str(net.device).startswith("cpu") else CPU_ONLY) or too_big(n_weights)
+    return Decision("sequential", reason) if reason else Decision("fused")
+
+
+def too_big(n_weights):
+    """Why ``engine="auto"`` trains a net of ``n_weights`` alone, or "" (None: unknown)."""
+    limit = max_weights()
+    if n_weights is None or n_weights <= limit:
+        return ""
+    return f"{n_weights} weights > max_weights={limit}"
+
+
+def cross_entropy(net):
+    """Whether ``net`` is a skhpo classifier whose batched loss is the cross-entropy."""
+    return _CRITERIA.get(type(net)) is _CE
+
+
+def is_family(net):
+    """Whether ``net`` is one of skhpo's models with its own module (a batched layout)."""
+    kind = type(net)
+    return kind in _MODULES and net.module is _MODULES[kind]
+
+
+def unfusible(estimator):
+    """Why ``estimator`` (parameters set) cannot train in a fused group, or ""."""
+    try:
+        net, _ = find_net(estimator)
+    except TypeError:
+        return (f"{type(estimator).__name__} is not a skorch net (the fused engine trains "
+                "skorch nets)")
+    kind = type(net)
+    family = is_family(net)
+    extra = set(net.get_params_for("optimizer")) - _OPTIMIZER_ARGS.get(net.optimizer, set())
+    iterator = net.get_params_for("iterator_train")
+    checks = [
+        (not family and _own_get_loss(kind) is None,
+         f"{kind.__name__} overrides get_loss (the fused engine computes each model's loss "
+         "with skorch's or skhpo's get_loss)"),
+        (family and bool(net.get_params_for("module")), "module__ arguments"),
+        (net.optimizer not in _OPTIMIZER_ARGS,
+         f"optimizer {getattr(net.optimizer, '__name__', net.optimizer)} (the fused engine "
+         "has Adam and SGD)"),
+        (bool(extra), f"optimizer arguments {sorted(extra)}"),
+        (family and (net.criterion is not _CRITERIA[kind] or
+                     bool(net.get_params_for("criterion"))),
+         "a criterion other than the model's default"),
+        (net.train_split is not None, "train_split (a validation split every epoch)"),
+        (bool(net.warm_start), "warm_start"),
+        (bool(getattr(net, "compile", False)), "compile=True"),
+        (net.iterator_train not in (ArrayBatchIterator, DataLoader) or
+         bool(set(iterator) - {"shuffle", "batch_size"}),
+         "a training iterator other than ArrayBatchIterator or DataLoader (with no arguments "
+         "but shuffle and batch_size)"),
+        (int(net.max_epochs) < 1, "max_epochs < 1"),
+    ]
+    for failed, reason in checks:
+        if failed:
+            return reason
+    for cb in net.callbacks or ():
+        cb = cb[1] if isinstance(cb, tuple) else cb
+        if not isinstance(cb, (TaskSeed, FiniteLossGuard)) and not _reads_epochs(cb):
+            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
+                    "runs skhpo's seed and loss guard, and callbacks that only read the net at "
+                    "epoch ends)")
+    if not family:  # the torch.func path: a layer whose state or randomness it cannot keep
+        return _layer_reason(net)
+    return ""
+
+
+_LAYER_REASONS = {}
+
+
+def _layer_reason(net):
+    """:func:`~._layouts.stateful_layer` of ``net``'s module: read off a module instance,
+    else built once per module class and arguments (a plan asks for every task); "" when
+    the module is sized from the data (skhpo's models: checked before training)."""
+    if isinstance(net.module, torch.nn.Module):
+        return stateful_layer(net.module)
+    kwargs = net.get_params_for("module")
+    key = (net.module, repr(sorted(kwargs.items())))
+    if key not in _LAYER_REASONS:
+        try:
+            with torch.random.fork_rng(devices=[]):
+                _LAYER_REASONS[key] = stateful_layer(net.module(**kwargs))
+        except Exception:
+            return ""
+    return _LAYER_REASONS[key]
+
+
+def _own_get_loss(kind):
+    """The ``get_loss`` of skorch or skhpo that ``kind`` uses, or None if it has its own."""
+    known = {NeuralNet.get_loss, NeuralNetClassifier.get_loss, _SkhpoNetMixin.get_loss}
+    return kind.get_loss if kind.get_loss in known else None
+
+
+def _reads_epochs(callback):
+    return bool(getattr(callback, "reads_epochs", False))
+
+
+def unreadable(callbacks):
+    """Why the method's ``callbacks`` (``(name, callback)`` pairs) keep a task from fusing,
+    or "": each must only read the net at epoch ends (``reads_epochs = True``)."""
+    for _, cb in callbacks:
+        if not _reads_epochs(cb):
+            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
+                    "runs callbacks that only read the net at epoch ends)")
+    return ""
+
+
+def fusion_key(estimator):
+    """What tasks must share to train together (model class, its architecture, batch size,
+    optimiser class and Nesterov or not, device; the device last): ``estimator`` with the
+    task's parameters set. For a module on the ``torch.func`` path: the module and its
+    arguments, the criterion and the training iterator (the parameters' shapes are compared
+    once the nets are initialised)."""
+    net, _ = find_net(estimator)
+    p = net.get_params(deep=False)
+    batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
+    nesterov = bool(net.get_params_for("optimizer").get("nesterov", False))
+    if is_family(net):
+        shape = tuple(p[k] for k in ("n_blocks", "n_filters", "kernel_size", "image_shape",
+                                     "width", "activation")) \
+            if isinstance(net, SmallCNNClassifier) else \
+            (p["depth"], p.get("input_dropout") is None, p["width"], p["activation"])
+    else:
+        module = net.module if isinstance(net.module, type) else type(net.module)
+        shape = (f"{module.__module__}.{module.__qualname__}",
+                 repr(sorted(net.get_params_for("module").items())),
+                 repr(net.criterion), repr(sorted(net.get_params_for("criterion").items())),
+                 net.iterator_train.__name__)
+    return (type(net).__name__, *shape, batch, net.optimizer.__name__, nesterov,
+            str(net.device))

@@ -1,0 +1,78 @@
+"""What one ``fit`` of a cross-validating search carries between its phases.
+
+scikit-learn's ``BaseSearchCV.fit`` keeps its state in locals and hands the search only
+``evaluate_candidates``; skhpo's searches need more in ``_run_search`` and
+``_format_results`` (the data, the folds, the checkpoint, the progress context, their own
+task parameters). All of it lives in one :class:`FitState`, which the search holds as
+``_fit`` for the duration of the fit only (:meth:`~._fused_cv.FusedCVMixin._fitting`).
+"""
+
+from dataclasses import dataclass, field
+
+from sklearn.model_selection._search import BaseSearchCV
+
+from ..nets import spawn_seeds
+
+__all__ = ["FitState", "sklearn_fit"]
+
+
+@dataclass
+class FitState:
+    """The state of one ``fit``.
+
+    Attributes
+    ----------
+    X, y : array-like
+        The data ``fit`` got.
+    fit_params : dict
+        Its fit parameters for the estimator (``groups`` left out).
+    groups : array-like or None
+        The splitter's groups.
+    n_splits : int
+        Folds of the cross-validation.
+    setup : object
+        What the method drew before any training (its candidates and seeds, ...).
+    checkpoint : skhpo.checkpoint.Checkpoint or None
+        Where finished trainings are kept.
+    ctx : object
+        The progress context of the ``search`` phase (None without scikit-learn's
+        callbacks).
+    task_keys : set
+        The parameters skhpo adds to each candidate (seed, guard, ...), removed again from
+        everything the user sees.
+    fit_times : list of list of float
+        Per candidate and fold, the seconds of its fused training (0 where it trained in
+        scikit-learn's own fit).
+    refit_seed : int or None
+        The seed of the refit of the best candidate.
+    """
+
+    X: object
+    y: object
+    fit_params: dict
+    groups: object = None
+    n_splits: int = 0
+    setup: object = None
+    checkpoint: object = None
+    ctx: object = None
+    task_keys: set = field(default_factory=set)
+    fit_times: list = field(default_factory=list)
+    refit_seed: int | None = None
+
+    @property
+    def data(self):
+        """``(X, y, fit_params)``."""
+        return self.X, self.y, self.fit_params
+
+    def spawn_seeds(self, rng, n):
+        """``n`` task seeds from ``rng``, and one more kept for the refit."""
+        seeds = spawn_seeds(rng, n + 1)
+        self.refit_seed = seeds[-1]
+        return seeds[:-1]
+
+
+def sklearn_fit(search, X, y=None, **params):
+    """scikit-learn's ``BaseSearchCV.fit`` without its own parameter validation: the caller's
+    ``fit`` carries ``_fit_context`` (validation, then scikit-learn's callback management)
+    and has validated already, before its checks."""
+    return BaseSearchCV.fit.__wrapped__(search, X, y, **params)
