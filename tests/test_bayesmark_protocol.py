@@ -6,6 +6,7 @@ from sklearn.datasets import load_iris
 
 from skhpo.bench.bayesmark_protocol import (
     MLP_ADAM,
+    PAPER_CRITERION,
     WarpedUniform,
     flattest,
     load_raw,
@@ -62,11 +63,9 @@ def test_objective_is_cv_accuracy_and_log_loss_and_failure_is_inf():
 def test_flattest_goes_through_flatness_search_screen():
     X, y = load_iris(return_X_y=True)
     configs = sample_configs(np.random.default_rng(0), 6)
-    kept = flattest(configs, X, y, n_keep=2, aggregate="max", discard_nonpositive=True,
-                    honour_config=True, seed=0)
+    kept = flattest(configs, X, y, n_keep=2, criterion=PAPER_CRITERION, seed=0)
     assert len(kept) == 2 and all(c in configs for c in kept)
-    assert kept == flattest(configs, X, y, n_keep=2, aggregate="max",
-                            discard_nonpositive=True, honour_config=True, seed=0)
+    assert kept == flattest(configs, X, y, n_keep=2, criterion=PAPER_CRITERION, seed=0)
 
 
 def _study(method, seed, acc, nll):
@@ -127,8 +126,8 @@ def test_study_suggestions_are_configurations_of_the_space():
     rng = np.random.default_rng([0, DATASETS.index("iris"), METHODS.index("fghpo-paper")])
     draws = sample_configs(rng, 50)
     _, _, X_train, y_train = load_raw("iris")
-    assert study["configs"] == flattest(draws, X_train, y_train, n_keep=10, aggregate="max",
-                                        discard_nonpositive=True, honour_config=True, seed=0)
+    assert study["configs"] == flattest(draws, X_train, y_train, n_keep=10,
+                                        criterion=PAPER_CRITERION, seed=0)
     for c in study["configs"]:
         assert set(c) == set(MLP_ADAM)
     assert study["suggest_time"] < study["wall_time"]

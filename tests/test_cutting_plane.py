@@ -17,13 +17,8 @@ from torch import nn
 
 from skhpo import CuttingPlaneTuner, TabularMLPClassifier
 from skhpo.hyper import Box
-from skhpo.hyper.layers import (
-    HyperDropout,
-    HyperLayer,
-    convert_module,
-    entropy,
-    general_state_dict,
-)
+from skhpo.hyper.layers import convert_module, general_state_dict
+from skhpo.hyper.stn import HyperDropout, HyperLayer, entropy
 from skhpo.search.cutting_plane.trainer import HyperParams, cut_penalty
 
 # -- layers and surgery ---------------------------------------------------------------------------
@@ -354,7 +349,7 @@ def test_plot_schedules_draws_the_hyper_steps(fitted):
 
 
 def test_cutout_zeroes_clipped_squares_per_example():
-    from skhpo.hyper import cutout
+    from skhpo.hyper.stn import cutout
     torch.manual_seed(0)
     x = torch.ones(3, 64)
     out = cutout(x, torch.tensor([0.0, 1.0, 2.9]), torch.tensor([4.0, 4.7, 3.0]), (1, 8, 8))

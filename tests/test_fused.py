@@ -530,10 +530,10 @@ def test_recommend_reads_the_largest_net_that_gains():
 
 
 def test_measure_times_real_fits_and_a_fused_group():
-    from skhpo.bench.calibrate import measure
+    from skhpo.bench.calibrate import Data, measure
     from skhpo.fused import group_size
 
-    row = measure(8, depth=1, batch_size=16, n_features=5, n_classes=3, n_batches=2)
+    row = measure(8, depth=1, data=Data(batch_size=16, n_features=5, n_classes=3, n_batches=2))
     assert row["weights"] == 5 * 8 + 8 + 8 * 3 + 3
     assert row["k"] == group_size(row["weights"])
     assert row["alone_s"] > 0 and row["fused_s"] > 0

@@ -20,14 +20,8 @@ from skhpo import (
     PopulationMutationSearch,
     TabularMLPClassifier,
 )
-from skhpo.hyper import (
-    Box,
-    check_space,
-    parse_name,
-    penalty_gradient,
-    penalty_term,
-    read_dimension,
-)
+from skhpo.hyper import Box, check_space, parse_name, read_dimension
+from skhpo.hyper.space import penalty_gradient, penalty_term
 from skhpo.search.autohyper import parse_params
 
 CLASSES = [FlatnessSearchCV, AutoHyperSearchCV, HyperLocalRefiner, PopulationMutationSearch,

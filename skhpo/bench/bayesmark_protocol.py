@@ -129,9 +129,19 @@ def _net_params(config, honour_config):
     return params
 
 
-def flattest(configs, X, y, *, n_keep, aggregate, discard_nonpositive, honour_config, seed):
+#: the paper's screening criterion, and the authors' Bayesmark code's
+PAPER_CRITERION = {"aggregate": "max", "discard_nonpositive": True, "honour_config": True}
+REPO_CRITERION = {"aggregate": "min", "discard_nonpositive": False, "honour_config": False}
+
+
+def flattest(configs, X, y, *, n_keep, criterion, seed):
     """The ``n_keep`` flattest of ``configs`` (flattest first) by ``FlatnessSearchCV.screen``
-    with one epoch of a one-hidden-layer skorch MLP on raw ``X``."""
+    with one epoch of a one-hidden-layer skorch MLP on raw ``X``; ``criterion``:
+    :data:`PAPER_CRITERION` or :data:`REPO_CRITERION` (``aggregate``,
+    ``discard_nonpositive``, and whether the configurations' own optimiser settings are
+    honoured)."""
+    aggregate, discard_nonpositive, honour_config = (
+        criterion[k] for k in ("aggregate", "discard_nonpositive", "honour_config"))
     from skhpo import FlatnessSearchCV, TabularMLPClassifier
 
     net = TabularMLPClassifier(depth=1, max_epochs=1)
@@ -153,21 +163,18 @@ def flattest(configs, X, y, *, n_keep, aggregate, discard_nonpositive, honour_co
 
 def _suggest_paper(rng, X_train, y_train, seed):
     configs = sample_configs(rng, 50)
-    kept = flattest(configs, X_train, y_train, n_keep=10, aggregate="max",
-                    discard_nonpositive=True, honour_config=True, seed=seed)
+    kept = flattest(configs, X_train, y_train, n_keep=10, criterion=PAPER_CRITERION, seed=seed)
     return kept or configs[:1]  # nothing readable: a random draw
 
 
 def _suggest_repo(rng, X, y, n_calls, seed, paper_criterion=False):
-    criterion = ({"aggregate": "max", "discard_nonpositive": True, "honour_config": True}
-                 if paper_criterion else
-                 {"aggregate": "min", "discard_nonpositive": False, "honour_config": False})
+    criterion = PAPER_CRITERION if paper_criterion else REPO_CRITERION
     out = []
     for call in range(n_calls):
         configs = sample_configs(rng, 30)
         X80, _, y80, _ = train_test_split(X, y, test_size=0.2,
                                           random_state=int(rng.integers(2**31)))
-        best = flattest(configs, X80, y80, n_keep=1, seed=seed + call, **criterion)
+        best = flattest(configs, X80, y80, n_keep=1, criterion=criterion, seed=seed + call)
         out.append(best[0] if best else configs[0])  # nothing readable: a random draw
     return out
 

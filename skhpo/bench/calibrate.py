@@ -10,6 +10,7 @@ that ``engine="auto"`` uses everywhere (:func:`~skhpo.fused.cost.max_weights`).
 """
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import clone
@@ -18,16 +19,26 @@ from ..fused import FusedTask, FusedTrainer
 from ..fused.cost import group_size
 from ..models import TabularMLPClassifier
 
-__all__ = ["calibrate", "measure", "recommend"]
+__all__ = ["Data", "calibrate", "measure", "recommend"]
 
 
-def measure(width, depth=2, *, k=None, batch_size=64, n_features=64, n_classes=10,
-            n_batches=20, device="cpu"):
-    """Seconds per model of one epoch of ``n_batches`` minibatches for a ``depth`` x ``width``
-    MLP classifier: ``k`` ordinary fits one after the other (``alone_s``) and the same ``k``
-    tasks in one fused group (``fused_s``), after one untimed warm-up of each; their ratio is
-    ``speedup``. ``k=None``: the group size the engine would use (:func:`group_size`). Random
-    data; each task its own learning rate and seed."""
+class Data(NamedTuple):
+    """The random data of a measurement: its batch size, features, classes and batches."""
+
+    batch_size: int = 64
+    n_features: int = 64
+    n_classes: int = 10
+    n_batches: int = 20
+
+
+def measure(width, depth=2, *, k=None, data=None, device="cpu"):
+    """Seconds per model of one epoch of ``data.n_batches`` minibatches for a ``depth`` x
+    ``width`` MLP classifier: ``k`` ordinary fits one after the other (``alone_s``) and the
+    same ``k`` tasks in one fused group (``fused_s``), after one untimed warm-up of each; their
+    ratio is ``speedup``. ``k=None``: the group size the engine would use
+    (:func:`~skhpo.fused.cost.group_size`). Random data (:class:`Data`); each task its own
+    learning rate and seed (``data=None``: the defaults of :class:`Data`)."""
+    batch_size, n_features, n_classes, n_batches = data or Data()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(batch_size * n_batches, n_features)).astype(np.float32)
     y = np.arange(len(X)) % n_classes
@@ -52,13 +63,12 @@ def measure(width, depth=2, *, k=None, batch_size=64, n_features=64, n_classes=1
             "alone_s": alone, "fused_s": fused, "speedup": alone / fused}
 
 
-def calibrate(widths=(64, 128, 256, 384, 512, 768), depth=2, *, k=None, batch_size=64,
-              n_features=64, n_batches=20, device="cpu", progress=None):
+def calibrate(widths=(64, 128, 256, 384, 512, 768), depth=2, *, k=None, data=None,
+              device="cpu", progress=None):
     """:func:`measure` for each width (smallest first); ``progress(row)`` after each."""
     rows = []
     for width in sorted(widths):
-        row = measure(width, depth, k=k, batch_size=batch_size, n_features=n_features,
-                      n_batches=n_batches, device=device)
+        row = measure(width, depth, k=k, data=data, device=device)
         rows.append(row)
         if progress is not None:
             progress(row)

@@ -521,8 +521,8 @@ def calibrate(args):
     import torch
 
     from ..fused.cost import ENV, max_group_weights
+    from .calibrate import Data, recommend
     from .calibrate import calibrate as measure_all
-    from .calibrate import recommend
 
     _check_positive(args, "depth", "batch_size", "features", "batches",
                     **({} if args.k is None else {"k": args.k}))
@@ -542,8 +542,8 @@ def calibrate(args):
     def show(row):
         print(f"{row['width']:6d} {row['weights']:9d} {row['k']:4d} {row['alone_s']:14.4f} "
               f"{row['fused_s']:14.4f} {row['speedup']:7.2f}x", flush=True)
-    rows = measure_all(args.widths, args.depth, k=args.k, batch_size=args.batch_size,
-                       n_features=args.features, n_batches=args.batches, device=args.device,
+    data = Data(batch_size=args.batch_size, n_features=args.features, n_batches=args.batches)
+    rows = measure_all(args.widths, args.depth, k=args.k, data=data, device=args.device,
                        progress=show)
     best = recommend(rows, args.min_speedup)
     print(f"\nfusing gains at least {args.min_speedup}x up to {best} weights here; "

@@ -22,8 +22,6 @@ optimiser state, its hyper-parameters' coordinates and their Adam state, its his
 search can copy a student, checkpoint it, and turn it into an ordinary fitted net at the end.
 """
 
-from __future__ import annotations
-
 import math
 import time
 from dataclasses import dataclass, field
@@ -154,7 +152,7 @@ class StudentGroup:
                 state.n_batches += 1
             due = alive & torch.tensor([s.n_batches % self.every == 0 for s in states])
             if due.any():
-                values = self._hyper_step(hopt, opt, u, values, xb, yb, generators, due)
+                values = self._hyper_step((opt, hopt), u, values, (xb, yb), generators, due)
         val = self._validation_losses(opt.params[0], alive)
         seconds = (time.perf_counter() - start) / K
         for j, state in enumerate(states):
@@ -181,9 +179,13 @@ class StudentGroup:
                  None if bool(alive.all()) else alive)
         return losses.detach().double().cpu()
 
-    def _hyper_step(self, hopt, opt, u, values, xb, yb, generators, due):
+    def _hyper_step(self, optimizers, u, values, batch, generators, due):
         """The look-ahead hypergradient of every ``due`` student on its next validation
-        minibatch, and one Adam step of its coordinates (skipped where not finite)."""
+        minibatch (the step from its training minibatch in ``batch``), and one Adam step of
+        its coordinates ``u`` (skipped where not finite); ``optimizers``: the students' and
+        the hyper-parameters' batched optimisers."""
+        opt, hopt = optimizers
+        xb, yb = batch
         index = due.nonzero().flatten()
         pick = index.tolist()
         size = min(self.B, len(self.yv))

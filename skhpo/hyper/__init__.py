@@ -3,50 +3,18 @@
 * :mod:`~skhpo.hyper.space` — names, domains, ranges and penalties: one reading of a
   scikit-learn-style space for every search;
 * :mod:`~skhpo.hyper.transforms` — box <-> unconstrained coordinates;
-* :mod:`~skhpo.hyper.layers` — concrete dropout, self-tuning (Delta-STN) layers and module
-  surgery;
+* :mod:`~skhpo.hyper.layers` — dropout surgery (concrete dropout for HPM, self-tuning
+  layers for CPMLHO), and :class:`DropoutRates`, which retrains a plain net with tuned rates;
+* :mod:`~skhpo.hyper.concrete`, :mod:`~skhpo.hyper.stn` — the layers themselves;
 * :mod:`~skhpo.hyper.hypergrad` — one-step look-ahead hypergradients.
+
+The package exports what a user of the searches calls: reading a space as the searches read
+it, a box, and the rates callback. The methods import the rest from the modules.
 """
 
-from .hypergrad import (
-                        HyperParam,
-                        apply_hyperparams,
-                        current_values,
-                        hypergradient,
-                        lookahead_loss,
-                        resolve_hyperparam,
-)
-from .layers import (
-                        ConcreteDropout,
-                        DropoutRates,
-                        HyperContext,
-                        HyperDropout,
-                        HyperLayer,
-                        convert_module,
-                        cutout,
-                        dropout_layers,
-                        entropy,
-                        general_state_dict,
-                        replace_dropout,
-                        set_dropout_rate,
-)
-from .space import (
-                        Dimension,
-                        ParamName,
-                        as_box,
-                        check_domain,
-                        check_space,
-                        parse_name,
-                        penalty_gradient,
-                        penalty_term,
-                        read_dimension,
-)
-from .transforms import Box, logit, stretched_sigmoid
+from .layers import DropoutRates
+from .space import Dimension, ParamName, check_space, parse_name, read_dimension
+from .transforms import Box
 
-__all__ = ["Box", "ConcreteDropout", "Dimension", "DropoutRates", "HyperContext",
-           "HyperDropout", "HyperLayer", "HyperParam", "ParamName", "apply_hyperparams",
-           "as_box", "check_domain", "check_space", "convert_module", "current_values",
-           "cutout", "dropout_layers", "entropy", "general_state_dict", "hypergradient",
-           "logit", "lookahead_loss", "parse_name", "penalty_gradient", "penalty_term",
-           "read_dimension", "replace_dropout", "resolve_hyperparam", "set_dropout_rate",
-           "stretched_sigmoid"]
+__all__ = ["Box", "Dimension", "DropoutRates", "ParamName", "check_space", "parse_name",
+           "read_dimension"]

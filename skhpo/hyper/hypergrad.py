@@ -28,8 +28,7 @@ from .layers import dropout_layers, set_dropout_rate
 from .space import check_domain, penalty_term
 from .transforms import Box
 
-__all__ = ["KINDS", "HyperParam", "resolve_hyperparam", "apply_hyperparams", "lookahead_loss",
-           "hypergradient", "current_values"]
+__all__ = ["KINDS", "HyperParam", "apply_hyperparams", "lookahead_loss", "resolve_hyperparam"]
 
 #: how a hyper-parameter enters training
 KINDS = ("lr", "weight_decay", "l2", "l1", "dropout")
@@ -93,22 +92,6 @@ def resolve_hyperparam(net, pname, box, where="param_bounds"):
                      f"hypergradient can tune; accepted: {ACCEPTED}")
 
 
-def current_values(net, hypers):
-    """``{name: float}``: the values the net trains with now."""
-    group = net.optimizer_.param_groups[0]
-    out = {}
-    for hp in hypers:
-        if hp.kind == "lr":
-            out[hp.name] = float(group["lr"])
-        elif hp.kind == "weight_decay":
-            out[hp.name] = float(group.get("weight_decay", 0.0))
-        elif hp.kind in ("l2", "l1"):
-            out[hp.name] = net.penalty_coefficients()[hp.kind][hp.layers[0]]
-        else:
-            out[hp.name] = float(net.module_.get_buffer(hp.targets[0]))
-    return out
-
-
 def apply_hyperparams(net, hypers, values):
     """Make the net train with ``values`` (``{name: float}``): optimiser groups, penalties,
     dropout rates (:func:`~skhpo.hyper.layers.set_dropout_rate`)."""
@@ -128,18 +111,18 @@ def apply_hyperparams(net, hypers, values):
                 set_dropout_rate(net.module_.get_submodule(target.rpartition(".")[0]), v)
 
 
-def lookahead_loss(module, loss_fn, hypers, values, train_batch, val_batch, *, lr,
-                   weight_decay=0.0, params=None):
+def lookahead_loss(module, loss_fn, hypers, values, batches, *, lr, weight_decay=0.0):
     """``L_val(theta+(h))`` of one virtual SGD step, differentiable in the tensors of
     ``values`` (``{name: scalar tensor}``; names absent from it keep their trained value).
 
-    ``loss_fn(y_pred, y)`` is the unpenalised loss; ``lr`` and ``weight_decay`` are the
-    step's values when they are not tuned. ``params`` defaults to the module's trainable
-    weights (detached).
+    ``loss_fn(y_pred, y)`` is the unpenalised loss; ``batches`` is ``(train_batch,
+    val_batch)``, each ``(X, y)``: the step on the first, the loss on the second; ``lr`` and
+    ``weight_decay`` are the step's values when they are not tuned. The step starts from the
+    module's trainable weights (detached).
     """
-    if params is None:
-        params = {n: p.detach().requires_grad_(True) for n, p in module.named_parameters()
-                  if p.requires_grad}
+    params = {n: p.detach().requires_grad_(True) for n, p in module.named_parameters()
+              if p.requires_grad}
+    train_batch, val_batch = batches
     buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
     eta, wd = lr, weight_decay
     penalty, rates, double = 0.0, {}, False
@@ -165,18 +148,6 @@ def lookahead_loss(module, loss_fn, hypers, values, train_batch, val_batch, *, l
         module.eval()
         Xv, yv = val_batch
         return loss_fn(_call(module, {**stepped, **dict(module.named_buffers())}, Xv), yv)
-
-
-def hypergradient(module, loss_fn, hypers, values, train_batch, val_batch, *, lr,
-                  weight_decay=0.0):
-    """``{name: d L_val(theta+) / d h}`` at the float ``values`` (``{name: float}``)."""
-    dtype = next(module.parameters()).dtype
-    leaves = {k: torch.tensor(float(v), dtype=dtype, requires_grad=True)
-              for k, v in values.items()}
-    loss = lookahead_loss(module, loss_fn, hypers, leaves, train_batch, val_batch, lr=lr,
-                          weight_decay=weight_decay)
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    return {k: 0.0 if g is None else float(g) for k, g in zip(leaves, grads)}
 
 
 def _call(module, tensors, X):

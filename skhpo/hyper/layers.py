@@ -9,8 +9,7 @@
   :mod:`skhpo.hyper.stn`, and :func:`general_state_dict` maps its general weights back onto
   the plain module (CPMLHO). The module's ``forward`` is never touched.
 
-The layer classes live in :mod:`skhpo.hyper.concrete` and :mod:`skhpo.hyper.stn`; they are
-importable from here too.
+The layer classes live in :mod:`skhpo.hyper.concrete` and :mod:`skhpo.hyper.stn`.
 """
 
 from __future__ import annotations
@@ -19,10 +18,9 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from .concrete import ConcreteDropout
-from .stn import HyperContext, HyperDropout, HyperLayer, cutout, entropy
+from .stn import HyperContext, HyperDropout, HyperLayer
 
-__all__ = ["ConcreteDropout", "DropoutRates", "HyperContext", "HyperDropout", "HyperLayer",
-           "convert_module", "cutout", "dropout_layers", "entropy", "general_state_dict",
+__all__ = ["DropoutRates", "convert_module", "dropout_layers", "general_state_dict",
            "replace_dropout", "set_dropout_rate"]
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)

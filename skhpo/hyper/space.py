@@ -24,8 +24,6 @@ Every error names the parameter, the value and the accepted forms, and is raised
 training.
 """
 
-from __future__ import annotations
-
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -37,7 +35,7 @@ import torch
 
 from .transforms import Box
 
-__all__ = ["AUGMENTATIONS", "Dimension", "ParamName", "as_box", "check_domain", "check_space",
+__all__ = ["AUGMENTATIONS", "Dimension", "ParamName", "check_domain", "check_space",
            "parse_name", "penalty_gradient", "penalty_term", "read_dimension"]
 
 #: hyper-parameters that act on the training inputs rather than on the net
@@ -223,17 +221,6 @@ class Dimension:
     name: ParamName
     box: Box | None
     init: float | None = None
-
-
-def as_box(name, spec, where="param_bounds"):
-    """A ``(low, high)`` tuple or a ``scipy.stats`` ``uniform`` / ``loguniform`` as a
-    :class:`~skhpo.hyper.transforms.Box`; a clear ``ValueError`` naming ``where[name]``
-    otherwise."""
-    if hasattr(spec, "rvs"):
-        return _distribution_box(where, name, spec)
-    if isinstance(spec, tuple) and len(spec) == 2:
-        return _tuple_box(where, name, spec)
-    raise ValueError(f"{where}[{name!r}]: expected {_RANGE_FORMS}; got {spec!r}")
 
 
 def _distribution_box(where, name, dist):

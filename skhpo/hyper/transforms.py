@@ -6,7 +6,6 @@ A gradient method steps in an unconstrained coordinate ``u`` and reads the hyper
 * a linear box ``[lo, hi]``: ``h = lo + (hi - lo) * sigmoid(u)`` (the logit transform);
 * a log box (``loguniform(lo, hi)``, ``0 < lo``): the same in ``log h``;
 * a positive scale with no upper bound (``hi = inf``): ``h = lo + exp(u)`` (the log transform);
-* :func:`stretched_sigmoid` is the STN variant that reaches the box ends exactly.
 
 Everything is written with torch operations, so gradients flow from ``h`` back to ``u``.
 """
@@ -19,19 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Box", "logit", "stretched_sigmoid"]
+__all__ = ["Box", "logit"]
 
 
 def logit(p):
     """The inverse of the sigmoid, for a tensor in (0, 1)."""
     return torch.log(p) - torch.log1p(-p)
-
-
-def stretched_sigmoid(u, lo, hi, stretch=0.5):
-    """``lo + (hi - lo) * clamp((1 + 2 stretch) sigmoid(u) - stretch, 0, 1)``: a sigmoid that
-    reaches both ends of the box at finite ``u`` (STN, MacKay et al. 2019)."""
-    s = torch.clamp((1 + 2 * stretch) * torch.sigmoid(u) - stretch, 0.0, 1.0)
-    return lo + (hi - lo) * s
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,8 @@ class HyperStep(Callback):
         values = {hp.name: hp.box.forward(self.u_[i]) for i, hp in enumerate(self.hypers)}
         loss = lookahead_loss(net.module_, _loss_fn(net), self.hypers,
                               {k: v.float() for k, v in values.items()},
-                              (to_tensor(Xb, net.device), to_tensor(yb, net.device)),
-                              (Xv[idx].to(net.device), yv[idx].to(net.device)),
+                              ((to_tensor(Xb, net.device), to_tensor(yb, net.device)),
+                               (Xv[idx].to(net.device), yv[idx].to(net.device))),
                               lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
         (grad,) = torch.autograd.grad(loss, [self.u_])
         if torch.isfinite(grad).all():
@@ -250,8 +250,8 @@ class NetPopulation:
                 with _drawing_from(self._teacher_rng):  # the look-ahead's dropout noise
                     return lookahead_loss(
                         module, loss_fn, self.hypers, values,
-                        (Xt[train_idx].to(device), yt[train_idx].to(device)),
-                        (self.Xv_t[val_idx].to(device), self.yv_t[val_idx].to(device)),
+                        ((Xt[train_idx].to(device), yt[train_idx].to(device)),
+                         (self.Xv_t[val_idx].to(device), self.yv_t[val_idx].to(device))),
                         lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
             return f
         return [objective(b) for b in batches]
