@@ -15,8 +15,6 @@ of each and their ratios to the plain loop (the minimum is the least noisy estim
 intrinsic cost on a shared machine).
 """
 
-from __future__ import annotations
-
 import argparse
 import statistics
 import time

@@ -8,8 +8,6 @@ conversion, ``n_features_in_``, ``classes_`` of any label type, NaN/shape errors
 and stop with an error when the training loss diverges (:class:`skhpo.nets.FiniteLossGuard`).
 """
 
-from __future__ import annotations
-
 import inspect
 
 import numpy as np

@@ -5,8 +5,6 @@ the net inside an estimator or a ``Pipeline``, to prepare the parameters of one 
 (seed, divergence guard, device), to batch array data quickly, and to free finished models.
 """
 
-from __future__ import annotations
-
 import inspect
 import math
 import random

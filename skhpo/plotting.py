@@ -1,8 +1,6 @@
 """Matplotlib views of fitted skhpo searches (needs matplotlib: extra ``test``, ``bench`` or
 ``docs``)."""
 
-from __future__ import annotations
-
 import numpy as np
 
 __all__ = ["plot_schedules", "plot_walk"]

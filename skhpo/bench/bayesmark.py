@@ -16,8 +16,6 @@ N[n, T]); its leaderboard score is the mean of those over trials. Scores depend 
 report the pool with every number.
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 __all__ = ["best_so_far", "pool_baselines", "normalized", "normalized_scores"]

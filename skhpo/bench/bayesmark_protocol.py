@@ -23,8 +23,6 @@ same cross-validation of each suggestion (Bayesmark runs them as two studies). N
 uses feedback, so each metric's study is still a valid study; the two are merely correlated.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import time

@@ -1,8 +1,6 @@
 """The ``skhpo`` command: each sub-command parses its options, hands the protocol's jobs to
 the one runner (:mod:`skhpo.bench.core`) and prints the protocol's summary table."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -7,8 +7,6 @@ this module runs the jobs (:func:`run_jobs`), groups the rows (:func:`summarize`
 (:func:`print_table`, :func:`print_pairwise`) and writes (:func:`write_csv`) them.
 """
 
-from __future__ import annotations
-
 import csv
 import os
 import time

@@ -18,8 +18,6 @@ loss, wall time and the rates found.
 started at 0.1, 0.2, 0.5 and 0.8, its trajectory over hyper steps (Delta-STN dashed).
 """
 
-from __future__ import annotations
-
 import time
 
 import numpy as np

@@ -7,8 +7,6 @@ otherwise a classification. Missing values (empty cells, NA, NaN) are not suppor
 loader names the column and row so they can be imputed or dropped first.
 """
 
-from __future__ import annotations
-
 import csv
 import math
 import os

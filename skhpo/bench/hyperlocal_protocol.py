@@ -13,8 +13,6 @@ refinement's time as a fraction of the base search's.
   each in [1e-10, 1] (uniform, as the paper's elastic-net runs), loss = MSE.
 """
 
-from __future__ import annotations
-
 import time
 import warnings
 

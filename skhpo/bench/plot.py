@@ -1,7 +1,5 @@
 """The benchmark's picture: test score against wall time, one panel per task."""
 
-from __future__ import annotations
-
 import numpy as np
 
 __all__ = ["plot_results"]

@@ -13,8 +13,6 @@ wine) against RandomizedSearchCV with the same total training epochs.
 * 25 % of the data is the test set (stratified, per seed).
 """
 
-from __future__ import annotations
-
 import time
 
 from scipy.stats import loguniform, uniform

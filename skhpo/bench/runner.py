@@ -1,7 +1,5 @@
 """Tasks, methods and the loop that runs them (public API only)."""
 
-from __future__ import annotations
-
 import importlib
 import os
 import time

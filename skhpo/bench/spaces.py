@@ -1,7 +1,5 @@
 """Search-space helpers shared by the benchmark protocols."""
 
-from __future__ import annotations
-
 __all__ = ["PerLayer"]
 
 

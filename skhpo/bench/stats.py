@@ -7,8 +7,6 @@ A method *wins* against another on a task when the corrected test rejects equali
 otherwise the pair is a *tie*.
 """
 
-from __future__ import annotations
-
 from itertools import combinations
 
 import numpy as np

@@ -16,8 +16,6 @@ Students are SGD iterates clipped to the domain (docs/bench.md). Results: the be
 after 30, 60, ..., 300 evaluations, 10 seeds.
 """
 
-from __future__ import annotations
-
 import math
 
 import numpy as np

@@ -23,8 +23,6 @@ The jobs and their spaces (``default_space`` is ``skhpo bench``'s):
 Scores are ``search.score`` on the test part: accuracy for classifiers, R^2 for diabetes.
 """
 
-from __future__ import annotations
-
 import time
 import warnings
 

@@ -15,8 +15,6 @@ differ, by 4e-9 in float32 and 4e-19 in float64, measured). Each model is its ow
 model's update never depends on its group.
 """
 
-from __future__ import annotations
-
 import torch
 
 __all__ = ["BatchedAdam", "PER_MODEL_MIN"]

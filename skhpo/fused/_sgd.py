@@ -15,8 +15,6 @@ buffers, float32 and float64, with and without momentum, dampening, Nesterov; me
 per step, one thread). Each model is its own call, so its update never depends on its group.
 """
 
-from __future__ import annotations
-
 import torch
 
 from ._adam import BatchedOptimizer

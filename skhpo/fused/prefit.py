@@ -11,8 +11,6 @@ whose data matches no stored fold (another split, a transformer that fits differ
 trains: correct by construction, only slower.
 """
 
-from __future__ import annotations
-
 import hashlib
 
 import numpy as np

@@ -4,8 +4,6 @@ With the relaxed Bernoulli mask of Gal et al. (2017) the training loss is differ
 rate ``p``; :func:`skhpo.hyper.layers.replace_dropout` swaps it into a user's module.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

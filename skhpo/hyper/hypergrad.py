@@ -16,8 +16,6 @@ and the weight decay enter only the step, and their gradients are the closed for
 The virtual step is plain SGD whatever the net's optimiser is (as in DARTS).
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

@@ -12,8 +12,6 @@
 The layer classes live in :mod:`skhpo.hyper.concrete` and :mod:`skhpo.hyper.stn`.
 """
 
-from __future__ import annotations
-
 from skorch.callbacks import Callback
 from torch import nn
 

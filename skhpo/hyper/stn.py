@@ -7,8 +7,6 @@ shared :class:`HyperContext`, so the module's ``forward`` is unchanged.
 :func:`entropy` are the augmentation and the perturbation's entropy of the tuner.
 """
 
-from __future__ import annotations
-
 import copy
 import math
 

@@ -10,8 +10,6 @@ A gradient method steps in an unconstrained coordinate ``u`` and reads the hyper
 Everything is written with torch operations, so gradients flow from ``h`` back to ``u``.
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
 

@@ -15,8 +15,6 @@ batch size, the last smaller slice included; the statistic aggregates them (``ma
 default), skipping non-finite batches.
 """
 
-from __future__ import annotations
-
 import math
 from itertools import chain
 

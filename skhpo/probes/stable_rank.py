@@ -16,8 +16,6 @@ symmetric in its roles only that way); the noise variance is searched on the sca
 counts once (its two "unfoldings" are W and W^T, with the same EVBMF answer).
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
 

@@ -17,8 +17,6 @@ and, for the methods with their own loop, ``fit`` → ``steps`` (PopulationMutat
 older scikit-learn, or no callbacks, every call here does nothing.
 """
 
-from __future__ import annotations
-
 from contextlib import contextmanager
 
 __all__ = ["Phase", "root_context", "search_context"]

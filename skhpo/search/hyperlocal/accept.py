@@ -8,8 +8,6 @@ confidence bound mean(d) + z sd(d) / sqrt(n) < 0, z the normal quantile; ``confi
 the mean merely falls), and the estimator's score on that part does not fall.
 """
 
-from __future__ import annotations
-
 import copy
 import math
 

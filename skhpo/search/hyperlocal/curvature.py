@@ -19,8 +19,6 @@ its running statistics) through ``torch.func.functional_call``; the module itsel
 modified.
 """
 
-from __future__ import annotations
-
 import torch
 from skorch.callbacks import Callback
 from torch.func import functional_call, grad, jvp, vmap

@@ -7,8 +7,6 @@ bracket to ``tol``; the better end of the final bracket is the step. A non-finit
 :class:`~skhpo.HyperLocalRefiner` both use :func:`line_search`.
 """
 
-from __future__ import annotations
-
 import math
 
 __all__ = ["bounding_phase", "golden_section", "line_search"]

@@ -22,8 +22,6 @@ gurobipy (extra ``gurobi``). The pip wheel of gurobipy carries a size-limited li
 it refuses is an :class:`LPSolverError` that says so; there is no silent fallback.
 """
 
-from __future__ import annotations
-
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
