@@ -8,6 +8,8 @@ mixed training + validation loss, with the cutting-plane penalty keeping the res
 close to the general weights.
 """
 
+import os
+
 import numpy as np
 import pandas as pd
 from sklearn.datasets import load_digits
@@ -17,11 +19,16 @@ from sklearn.preprocessing import StandardScaler
 
 from skhpo import CuttingPlaneTuner, TabularMLPClassifier
 
+# the test suite runs every example with SKHPO_EXAMPLES_SHORT=1: the same code, tiny sizes
+SHORT = os.environ.get("SKHPO_EXAMPLES_SHORT") == "1"
+EPOCHS = 3 if SHORT else 50
+
 X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X.astype(np.float32), y, test_size=0.25,
                                                     random_state=0, stratify=y)
-net = TabularMLPClassifier(width=256, input_dropout=0.05, dropout=0.05, max_epochs=50)
-tuner = CuttingPlaneTuner(Pipeline([("scale", StandardScaler()), ("net", net)]), random_state=0)
+net = TabularMLPClassifier(width=256, input_dropout=0.05, dropout=0.05, max_epochs=EPOCHS)
+tuner = CuttingPlaneTuner(Pipeline([("scale", StandardScaler()), ("net", net)]),
+                          warmup_epochs=min(5, EPOCHS - 1), random_state=0)
 tuner.fit(X_train, y_train)
 
 print("final rates:", {k: round(v, 4) for k, v in tuner.best_params_.items()})

@@ -9,6 +9,8 @@ other half agrees; the paper's method (accept_fraction=0: one set chooses and ac
 beside it for comparison.
 """
 
+import os
+
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import RandomizedSearchCV, train_test_split
@@ -16,11 +18,16 @@ from sklearn.preprocessing import StandardScaler
 
 from skhpo import HyperLocalRefiner, TabularMLPClassifier
 
+# the test suite runs every example with SKHPO_EXAMPLES_SHORT=1: the same code, tiny sizes
+SHORT = os.environ.get("SKHPO_EXAMPLES_SHORT") == "1"
+EPOCHS = 3 if SHORT else 30
+
 X, y = load_digits(return_X_y=True)
 X = StandardScaler().fit_transform(X).astype(np.float32)
 X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0,
                                                     stratify=y)
-net = TabularMLPClassifier(depth=1, width=32, max_epochs=30, l2=[1e-3, 1e-3], random_state=0)
+net = TabularMLPClassifier(depth=1, width=32, max_epochs=EPOCHS, l2=[1e-3, 1e-3],
+                           random_state=0)
 space = {"l2": [[a, b] for a in (1e-4, 1e-3, 1e-2) for b in (1e-4, 1e-3, 1e-2)]}
 search = RandomizedSearchCV(net, space, n_iter=4, cv=2, random_state=0)
 

@@ -7,6 +7,8 @@ weight decay follow look-ahead hypergradients, and after every step the two wors
 the two best with hyper-parameters mutated by the learned teacher.
 """
 
+import os
+
 import numpy as np
 import pandas as pd
 from scipy.stats import loguniform
@@ -17,14 +19,18 @@ from sklearn.preprocessing import StandardScaler
 
 from skhpo import PopulationMutationSearch, TabularMLPClassifier
 
+# the test suite runs every example with SKHPO_EXAMPLES_SHORT=1: the same code, tiny sizes
+SHORT = os.environ.get("SKHPO_EXAMPLES_SHORT") == "1"
+STUDENTS, STEPS = (3, 2) if SHORT else (10, 20)
+
 X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X.astype(np.float32), y, test_size=0.25,
                                                     random_state=0, stratify=y)
-pipe = Pipeline([("scale", StandardScaler()), ("net", TabularMLPClassifier(max_epochs=20))])
+pipe = Pipeline([("scale", StandardScaler()), ("net", TabularMLPClassifier(max_epochs=STEPS))])
 bounds = {"net__dropout[layers.2]": (0.0, 0.75),
           "net__dropout[layers.5]": (0.0, 0.75),
           "net__optimizer__weight_decay": loguniform(1e-6, 1e-2)}
-search = PopulationMutationSearch(pipe, bounds, population_size=10, n_steps=20,
+search = PopulationMutationSearch(pipe, bounds, population_size=STUDENTS, n_steps=STEPS,
                                   random_state=0, verbose=1)
 search.fit(X_train, y_train)
 

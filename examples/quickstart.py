@@ -3,6 +3,8 @@
 Run: python examples/quickstart.py   (about 10 s on 2 CPU cores)
 """
 
+import os
+
 import pandas as pd
 from scipy.stats import loguniform
 from sklearn.datasets import load_breast_cancer
@@ -12,10 +14,14 @@ from sklearn.preprocessing import StandardScaler
 
 from skhpo import FlatnessSearchCV, TabularMLPClassifier
 
+# the test suite runs every example with SKHPO_EXAMPLES_SHORT=1: the same code, tiny sizes
+SHORT = os.environ.get("SKHPO_EXAMPLES_SHORT") == "1"
+EPOCHS, CANDIDATES = (2, 6) if SHORT else (30, 30)
+
 X, y = load_breast_cancer(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X, y, stratify=y, random_state=0)
 
-pipe = Pipeline([("scale", StandardScaler()), ("net", TabularMLPClassifier(max_epochs=30))])
+pipe = Pipeline([("scale", StandardScaler()), ("net", TabularMLPClassifier(max_epochs=EPOCHS))])
 space = {
     "net__lr": loguniform(1e-4, 3e-2),
     "net__depth": [1, 2, 3],
@@ -25,7 +31,8 @@ space = {
 }
 
 # screen 30 random configurations after one epoch each, cross-validate the 5 flattest
-search = FlatnessSearchCV(pipe, space, n_candidates=30, n_finalists=5, cv=3, random_state=0)
+search = FlatnessSearchCV(pipe, space, n_candidates=CANDIDATES, n_finalists=5, cv=3,
+                          random_state=0)
 search.fit(X_train, y_train)
 
 print("best params:", search.best_params_)

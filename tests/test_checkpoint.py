@@ -182,6 +182,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["sequential", "auto"])
 def test_a_killed_search_resumes_without_retraining(engine, tmp_path):
     """A real process kill (SIGKILL) part-way through the screening; the resumed fit loads
@@ -254,6 +255,7 @@ HPM_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_killed_population_resumes_from_its_last_step(tmp_path):
     import pickle
 

@@ -14,6 +14,7 @@ from skhpo.models import (
 )
 
 
+@pytest.mark.slow
 @parametrize_with_checks([TabularMLPClassifier(), TabularMLPRegressor(), SmallCNNClassifier()])
 def test_sklearn_compatible(estimator, check):
     check(estimator)

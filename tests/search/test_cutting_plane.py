@@ -330,6 +330,7 @@ def test_pickle_round_trip(fitted, digits):
     np.testing.assert_array_equal(again.predict(X[:20]), fitted.predict(X[:20]))
 
 
+@pytest.mark.slow
 @parametrize_with_checks([CuttingPlaneTuner(TabularMLPClassifier(max_epochs=10, width=16,
                                                                  dropout=0.1, lr=1e-2),
                                             warmup_epochs=1, train_steps=1, random_state=0)])
@@ -385,6 +386,7 @@ def test_cutout_and_noise_tuned_on_images(digits):
     assert t.best_score_ > 0.5
 
 
+@pytest.mark.slow
 def test_the_sensitivity_protocol_with_the_reference_weight_optimiser():
     """``skhpo cpmlho sensitivity --weights reference``: the weights train with the Delta-STN
     code's SGD (lr 0.01, momentum 0.9); dropout0 starts where asked and moves."""

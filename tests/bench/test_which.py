@@ -5,6 +5,9 @@ import pytest
 from skhpo.bench.runner import Budget
 from skhpo.bench.which_protocol import run_pair, summarize, verdicts
 
+#: benchmark protocols: run by the full suite, not by the quick tier (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 TINY = Budget(n_trials=4, n_finalists=1, max_epochs=3, cv=2)
 
 

@@ -1,5 +1,6 @@
-"""The fused engine: many tabular MLPs trained as one stacked model, handed back as ordinary
-fitted nets that equal the nets' own fits."""
+"""The fused engine (skhpo.fused): many nets trained as one stacked model, handed back as
+ordinary fitted nets that equal the nets' own fits; the plan, the layouts, the batched
+optimisers and the size limits."""
 
 import re
 
@@ -275,22 +276,6 @@ def test_engine_fused_names_what_cannot_fuse_before_training(digits):
     assert all(reason in r for r in auto.history_["engine_reason"])
 
 
-@pytest.fixture
-def loaded(monkeypatch):
-    """Whether each CV fit loaded a fused fold, in the order of the fits."""
-    from skhpo.fused.prefit import PrefitStates
-
-    out = []
-    original = PrefitStates.on_train_begin
-
-    def counting(self, net, X=None, y=None, **kwargs):
-        original(self, net, X=X, y=y, **kwargs)
-        out.append(self.loaded_ is not None)
-
-    monkeypatch.setattr(PrefitStates, "on_train_begin", counting)
-    return out
-
-
 def test_cross_validation_loads_the_fused_folds(digits, loaded):
     """With engine="fused" every finalist's CV fit loads its fold from the fused group (no
     epoch trained by scikit-learn's fit), and cv_results_ agrees with sequential training."""
@@ -310,71 +295,6 @@ def test_cross_validation_loads_the_fused_folds(digits, loaded):
     assert (fused.cv_results_["mean_fit_time"] > 0).all()
 
 
-# -- the drop-ins ----------------------------------------------------------------------------
-
-def test_fused_random_search_is_randomized_search_cv_with_fused_fits(digits, loaded):
-    from scipy.stats import loguniform
-    from sklearn.model_selection import RandomizedSearchCV
-
-    from skhpo import FusedRandomizedSearchCV
-
-    X, y = digits
-    space = {"lr": loguniform(1e-3, 3e-2), "dropout": [0.0, 0.3]}
-    ours = FusedRandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0).fit(X, y)
-    assert loaded == [True] * 12  # every CV fit loaded its fused fold
-    theirs = RandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0).fit(X, y)
-    assert ours.cv_results_["params"] == theirs.cv_results_["params"]  # the same candidates
-    assert set(ours.cv_results_) == set(theirs.cv_results_)
-    for key, value in theirs.cv_results_.items():
-        assert type(ours.cv_results_[key]) is type(value)
-        assert np.asarray(ours.cv_results_[key]).dtype == np.asarray(value).dtype, key
-    assert ours.best_params_ == ours.cv_results_["params"][ours.best_index_]
-    # reproducible, and n_jobs does not change it
-    again = FusedRandomizedSearchCV(_net(), space, n_iter=4, cv=3, random_state=0,
-                                    n_jobs=2).fit(X, y)
-    np.testing.assert_array_equal(again.cv_results_["mean_test_score"],
-                                  ours.cv_results_["mean_test_score"])
-    assert 0 <= ours.score(X, y) <= 1 and ours.predict(X[:3]).shape == (3,)
-
-
-def test_other_estimators_get_scikit_learns_search(digits):
-    from scipy.stats import loguniform
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
-
-    from skhpo import FusedGridSearchCV, FusedRandomizedSearchCV
-
-    X, y = digits
-    lr = LogisticRegression(max_iter=300)
-    a = FusedRandomizedSearchCV(lr, {"C": loguniform(1e-2, 1e2)}, n_iter=3, cv=3,
-                                random_state=0).fit(X, y)
-    b = RandomizedSearchCV(lr, {"C": loguniform(1e-2, 1e2)}, n_iter=3, cv=3,
-                           random_state=0).fit(X, y)
-    np.testing.assert_array_equal(a.cv_results_["mean_test_score"],
-                                  b.cv_results_["mean_test_score"])
-    c = FusedGridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3).fit(X, y)
-    d = GridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3).fit(X, y)
-    np.testing.assert_array_equal(c.cv_results_["mean_test_score"],
-                                  d.cv_results_["mean_test_score"])
-    with pytest.raises(ValueError, match="cannot be fused: LogisticRegression"):
-        FusedGridSearchCV(lr, {"C": [0.1, 1.0]}, cv=3, engine="fused").fit(X, y)
-
-
-@pytest.mark.parametrize("make", [
-    lambda: __import__("skhpo").FusedRandomizedSearchCV(_net(max_epochs=10, batch_size=32),
-                                                        {"lr": [1e-2, 3e-2]}, n_iter=2, cv=2,
-                                                        random_state=0),
-    lambda: __import__("skhpo").FusedGridSearchCV(_net(max_epochs=10, batch_size=32),
-                                                  {"lr": [1e-2, 3e-2]}, cv=2, random_state=0),
-], ids=["random", "grid"])
-def test_drop_ins_pass_the_estimator_checks(make):
-    from sklearn.utils.estimator_checks import check_estimator
-
-    failed = [r["check_name"] for r in check_estimator(make(), on_fail=None)
-              if r["status"] == "failed"]
-    assert not failed
-
-
 def test_autohyper_walks_the_same_with_fused_trials(digits):
     """The trials of a step train as one group, Z read from each model's weights at every
     epoch end (the recorder only reads the net): the same Z, walk and result."""
@@ -391,7 +311,6 @@ def test_autohyper_walks_the_same_with_fused_trials(digits):
     assert fused.best_score_ == pytest.approx(alone.best_score_, abs=0.01)
     assert max(fused.history_["fused_group"]) >= 0 and set(alone.history_["fused_group"]) == {-1}
 
-
 def test_groups_in_parallel_give_the_same_models(digits):
     X, y = digits
     tasks = TASKS + [FusedTask({"width": 32, "lr": 1e-2}, seed=5),
@@ -402,7 +321,6 @@ def test_groups_in_parallel_give_the_same_models(digits):
     for a, b in zip(one, two):
         wa, wb = _weights(a.estimator), _weights(b.estimator)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
 
 def test_the_iterator_batch_size_and_a_failing_initialisation(digits):
     X, y = digits
@@ -416,40 +334,6 @@ def test_the_iterator_batch_size_and_a_failing_initialisation(digits):
     # l2 with two coefficients for three linear layers: its own fit fails, so does this task
     assert results[2].estimator is None and "ValueError" in results[2].error
     assert "initialisation failed" in results[2].reason
-
-
-def test_the_drop_in_keeps_scikit_learns_behaviours(digits, loaded):
-    """Multi-metric scoring, train scores, groups, DataFrames and error_score work as in
-    scikit-learn, with the fits loaded from their fused folds."""
-    import pandas as pd
-    from sklearn.model_selection import GroupKFold
-
-    from skhpo import FusedRandomizedSearchCV
-
-    X, y = digits
-    net = _net(width=8)
-    s = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2, 1e30]}, n_iter=3, cv=3,
-                                scoring=["accuracy", "neg_log_loss"], refit="accuracy",
-                                return_train_score=True, random_state=0).fit(X, y)
-    assert {"mean_train_accuracy", "mean_test_neg_log_loss"} <= set(s.cv_results_)
-    scores = s.cv_results_["mean_test_accuracy"]
-    diverged = [p["lr"] == 1e30 for p in s.cv_results_["params"]]
-    assert np.isnan(scores[diverged]).all() and np.isfinite(scores[~np.array(diverged)]).all()
-    assert sum(loaded) == 6  # the two healthy candidates x 3 folds; the diverged one refails
-    groups = np.arange(len(y)) % 5
-    g = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2]}, n_iter=2, cv=GroupKFold(3),
-                                random_state=0).fit(X, y, groups=groups)
-    assert g.n_splits_ == 3 and np.isfinite(g.best_score_)
-    frame = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2]}, n_iter=2, cv=3,
-                                    random_state=0).fit(pd.DataFrame(X), pd.Series(y))
-    plain = FusedRandomizedSearchCV(net, {"lr": [1e-3, 1e-2]}, n_iter=2, cv=3,
-                                    random_state=0).fit(X, y)
-    np.testing.assert_array_equal(frame.cv_results_["mean_test_score"],
-                                  plain.cv_results_["mean_test_score"])
-    with pytest.raises(FloatingPointError):
-        FusedRandomizedSearchCV(net, {"lr": [1e30, 1e-2]}, n_iter=2, cv=2, error_score="raise",
-                                random_state=0).fit(X, y)
-
 
 def test_a_finite_explosion_is_divergence_in_a_group_as_alone():
     """Unscaled breast_cancer: Adam at lr=3 takes the loss from 1.2 to about 1e8 while every

@@ -18,6 +18,9 @@ from skhpo.bench.bayesmark_protocol import (
 )
 from skhpo.cli import main
 
+#: benchmark protocols: run by the full suite, not by the quick tier (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 
 def test_integer_draws_round_half_to_even_so_endpoints_get_half_mass():
     dist, rng = WarpedUniform("int", "linear", 0, 2), np.random.default_rng(0)

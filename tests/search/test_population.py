@@ -322,6 +322,7 @@ def test_pickle_round_trip(fitted, digits):
     np.testing.assert_array_equal(again.predict(X[:20]), fitted.predict(X[:20]))
 
 
+@pytest.mark.slow
 @parametrize_with_checks([PopulationMutationSearch(TabularMLPClassifier(max_epochs=2, width=8),
                                                    {"lr": (1e-3, 1e-1)}, population_size=2,
                                                    n_steps=2, random_state=0)])

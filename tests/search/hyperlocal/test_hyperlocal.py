@@ -71,6 +71,7 @@ def test_refines_a_grid_search_and_never_worsens_validation(digits):
     assert h.best_estimator_.l2 == h.best_params_["l2"]
 
 
+@pytest.mark.slow
 def test_prefit_pipeline_weight_decay_and_the_gurobi_backend(digits):
     pytest.importorskip("gurobipy")
     Xtr, Xte, ytr, yte = digits
@@ -92,7 +93,8 @@ def test_prefit_pipeline_weight_decay_and_the_gurobi_backend(digits):
 
 
 @pytest.mark.parametrize("kw", [dict(rows=0.01, random_state=1, accept_fraction=0),
-                                dict(rows="all", random_state=2, box_weights=0.1),
+                                pytest.param(dict(rows="all", random_state=2, box_weights=0.1),
+                                             marks=pytest.mark.slow),  # an LP of every row
                                 dict(rows=40, random_state=3, max_iter=2, line_step=1.0)])
 def test_validation_loss_is_never_above_the_base(digits, kw):
     Xtr, _, ytr, _ = digits
@@ -246,6 +248,7 @@ def test_sr1_hessian_needs_snapshots_and_refines(digits):
     assert h.history_["kind"][0] == "lp" and h.timings_["hessian"] > 0
 
 
+@pytest.mark.slow
 @parametrize_with_checks([HyperLocalRefiner(TabularMLPClassifier(max_epochs=20, width=16, lr=1e-2,
                                                                  l2=1e-4, random_state=0),
                                             ["l2"], random_state=0)])

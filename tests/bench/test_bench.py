@@ -6,6 +6,9 @@ import pytest
 from skhpo.bench.runner import Budget, fused_check, load_task, run_benchmark, summarize
 from skhpo.cli import main
 
+#: benchmark protocols: run by the full suite, not by the quick tier (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 TINY = Budget(n_trials=3, n_finalists=1, max_epochs=2, cv=2)
 
 

@@ -225,6 +225,7 @@ def test_pipeline_clone_pickle_and_no_mutation(digits):
     np.testing.assert_array_equal(again.predict(X[:20]), s.predict(X[:20]))
 
 
+@pytest.mark.slow
 @parametrize_with_checks([AutoHyperSearchCV(TabularMLPClassifier(max_epochs=5, width=16),
                                             {"lr": 1e-2}, epochs_per_trial=1, max_trials=3,
                                             cv=2)])

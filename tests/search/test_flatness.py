@@ -237,6 +237,7 @@ def test_nothing_passed_in_is_mutated(iris):
     assert est.get_params().keys() == params0.keys()
 
 
+@pytest.mark.slow
 @parametrize_with_checks([search(small_clf(max_epochs=3), {"lr": [1e-3, 1e-2]},
                                  n_candidates=2, n_finalists=1)])
 def test_sklearn_compatible(estimator, check):
