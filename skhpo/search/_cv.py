@@ -19,7 +19,6 @@ A fit's state is one :class:`~._state.FitState` (``self._fit`` during the fit on
 import math
 import os
 import time
-import warnings
 from abc import abstractmethod
 
 from joblib import Parallel, delayed
@@ -42,7 +41,7 @@ from ..nets import (
 from ..probes.sharpness import final_linear, iter_batches
 from ._fused_cv import FusedCVMixin
 from ._state import FitState, sklearn_fit
-from ._trials import check_finite_input, check_fit_data, run_trial
+from ._trials import check_finite_input, check_fit_data, run_trial, warn
 
 __all__ = ["NetSearchCV"]
 
@@ -210,9 +209,8 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
     def _warn_failures(self, failures, n_total, stage):
         if failures:
             reasons = "\n".join(f"  {r}" for r in sorted(set(failures))[:5])
-            warnings.warn(f"{len(failures)} of the {n_total} {stage} fits failed; they are "
-                          f"excluded (error_score={self.error_score!r}). Reasons:\n{reasons}",
-                          FitFailedWarning, stacklevel=3)
+            warn(f"{len(failures)} of the {n_total} {stage} fits failed; they are excluded "
+                 f"(error_score={self.error_score!r}). Reasons:\n{reasons}", FitFailedWarning)
 
     # -- after the search -----------------------------------------------------------------------
 

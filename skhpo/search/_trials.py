@@ -3,7 +3,10 @@ training run in a worker (:func:`run_trial`), and the tables the user reads
 (:func:`results_table` for ``cv_results_``, :func:`history_columns` for ``history_``).
 """
 
+import os
+import sys
 import time
+import warnings
 
 import numpy as np
 from scipy.stats import rankdata
@@ -13,7 +16,11 @@ from sklearn.utils.validation import _num_samples
 from ..nets import TrainingDivergedError, free_estimator
 
 __all__ = ["check_finite_input", "check_fit_data", "history_columns", "results_table",
-           "run_trial"]
+           "run_trial", "warn"]
+
+#: the folders whose frames a warning skips to point at the user's line
+_INTERNAL = tuple(os.path.dirname(m.__file__) + os.sep for m in (
+    sys.modules["skhpo"], sys.modules["sklearn"], sys.modules["joblib"]))
 
 def check_finite_input(X, where="X"):
     """Raise a ``ValueError`` if a numeric array ``X`` holds NaN or infinity."""
@@ -119,3 +126,12 @@ def history_columns(rows):
     """A list of row dicts -> a dict of equal-length lists (``pd.DataFrame``-ready)."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
     return {k: [row.get(k) for row in rows] for k in keys}
+
+
+def warn(message, category):
+    """``warnings.warn`` pointing at the line of the user's code that called into skhpo
+    (the first frame outside skhpo, scikit-learn and joblib)."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of this function
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -23,7 +23,6 @@ No validation data is used by the walk; the final point is then cross-validated 
 
 import itertools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -40,7 +39,7 @@ from ..nets import find_net
 from ..probes.stable_rank import StableRankRecorder, layer_matrices
 from ._cv import NetSearchCV
 from ._progress import Phase
-from ._trials import history_columns
+from ._trials import history_columns, warn
 
 __all__ = ["AutoHyperSearchCV", "HyperParameter", "WalkSettings", "parse_params",
            "trust_region_walk"]
@@ -349,8 +348,7 @@ class AutoHyperSearchCV(NetSearchCV):
     >>> net = TabularMLPClassifier(max_epochs=5, width=16)
     >>> search = AutoHyperSearchCV(net, {"lr": loguniform(1e-4, 1e-1)}, epochs_per_trial=2,
     ...                            max_trials=9, cv=2, random_state=0)
-    >>> import warnings
-    >>> with warnings.catch_warnings():
+    >>>     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")  # the walk stops at max_trials here
     ...     search = search.fit(X, y)
     >>> 1e-4 <= search.best_params_["lr"] <= 1e-1, search.n_trials_
@@ -467,9 +465,9 @@ class AutoHyperSearchCV(NetSearchCV):
                 f"{'diverged' if all(r['status'] == 'diverged' for r in failed) else 'failed'})"
                 f"; nothing left to cross-validate. First reason: {failed[0]['reason']}")
         if self.stop_reason_ == "max_trials":
-            warnings.warn(f"AutoHyperSearchCV stopped after {len(rows)} trials (max_trials="
-                          f"{self.max_trials}) before the walk converged; best_params_ is "
-                          "where it stood", RuntimeWarning, stacklevel=4)
+            warn(f"AutoHyperSearchCV stopped after {len(rows)} trials (max_trials="
+                 f"{self.max_trials}) before the walk converged; best_params_ is where it "
+                 "stood", RuntimeWarning)
         for row in rows:
             row["step"] = cache[_key(tuple(row["params"].values()))][2]
             row["phase"] = steps[row["step"]]["phase"] if row["step"] < len(steps) else ""

@@ -6,34 +6,9 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import loguniform, norm, randint, uniform
-from sklearn.datasets import load_breast_cancer
-from sklearn.preprocessing import StandardScaler
 
-from skhpo import (
-    AutoHyperSearchCV,
-    CuttingPlaneTuner,
-    FlatnessSearchCV,
-    HyperLocalRefiner,
-    PopulationMutationSearch,
-    TabularMLPClassifier,
-)
 from skhpo.hyper import Box, check_space, parse_name, read_dimension
 from skhpo.hyper.space import penalty_gradient, penalty_term
-
-CLASSES = [FlatnessSearchCV, AutoHyperSearchCV, HyperLocalRefiner, PopulationMutationSearch,
-           CuttingPlaneTuner]
-
-
-@pytest.fixture(scope="module")
-def cancer():
-    X, y = load_breast_cancer(return_X_y=True)
-    X = StandardScaler().fit_transform(X).astype(np.float32)
-    return X[:240], y[:240]
-
-
-def _net(**kw):
-    return TabularMLPClassifier(**{"width": 8, "max_epochs": 2, "dropout": 0.1, **kw})
-
 
 # -- names ---------------------------------------------------------------------------------
 

@@ -215,8 +215,9 @@ def test_pipeline_clone_pickle_and_no_mutation(digits):
     params = {"tabularmlpclassifier__lr": None}
     s = AutoHyperSearchCV(pipe, params, cv=2, random_state=0, max_trials=4)
     before = pipe.get_params(deep=False)
-    with pytest.warns(RuntimeWarning):
+    with pytest.warns(RuntimeWarning) as caught:
         s.fit(X, y)
+    assert caught[0].filename == __file__  # the warning points at the user's line
     assert pipe.get_params(deep=False) == before and params == {"tabularmlpclassifier__lr": None}
     assert not hasattr(pipe[-1], "module_") and pipe[-1].callbacks is None
     assert list(s.best_params_) == ["tabularmlpclassifier__lr"]

@@ -173,3 +173,38 @@ def test_hyperlocal_keeps_the_refined_value_in_the_distribution(cancer):
                           weight_step="lp", accept_fraction=0, random_state=0).fit(X, y)
     assert h.improved_
     assert 1e-3 <= h.best_params_["optimizer__weight_decay"] <= 1e-3 + 1e-6
+
+
+def test_the_refined_value_stays_in_the_base_searchs_distribution(cancer):
+    """The base search's own distribution bounds the refined value (the LP drives this weight
+    decay to 0, outside loguniform(1e-6, 1e-2)); a wider range of the refiner's own lets it
+    out, as the docs say."""
+    X, y = cancer
+    dist = loguniform(1e-6, 1e-2)
+    base = RandomizedSearchCV(_net(max_epochs=3, random_state=0),
+                              {"optimizer__weight_decay": dist}, n_iter=2, cv=2,
+                              random_state=0)
+    kw = dict(weight_step="lp", accept_fraction=0, random_state=0)
+    kept = HyperLocalRefiner(base, **kw).fit(X, y)
+    out = HyperLocalRefiner(base, {"optimizer__weight_decay": (0.0, 1.0)}, **kw).fit(X, y)
+    assert kept.improved_ and out.improved_
+    lo, hi = dist.support()
+    assert lo <= kept.best_params_["optimizer__weight_decay"] <= hi
+    assert out.best_params_["optimizer__weight_decay"] < lo  # the range really binds
+
+
+@pytest.mark.parametrize("index", range(5), ids=[c.__name__ for c in CLASSES])
+def test_every_value_handed_back_lies_in_its_distribution(cancer, index):
+    """Whatever a class does with a value (samples, walks, steps, mutates, refines), the value
+    in best_params_ lies in the support of the distribution it came from."""
+    X, y = cancer
+    space = {"lr": loguniform(1e-3, 3e-2), "optimizer__weight_decay": loguniform(1e-6, 1e-3),
+             "dropout": uniform(0.05, 0.4)}
+    search = _five(space)[index]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search.fit(X, y)
+    for name, value in search.best_params_.items():
+        dist = space["dropout" if name.startswith("dropout") else name]
+        lo, hi = dist.support()
+        assert lo <= value <= hi, (name, value, (lo, hi))
