@@ -1,8 +1,15 @@
-"""Everything in skhpo that knows skorch.
+"""The skorch helpers every search shares.
 
-The search classes never touch a skorch net directly: they go through the helpers here to find
-the net inside an estimator or a ``Pipeline``, to prepare the parameters of one training task
-(seed, divergence guard, device), to batch array data quickly, and to free finished models.
+* finding the net inside an estimator or a ``Pipeline`` (:func:`find_net`) and what it
+  receives (:func:`net_input`, :func:`net_X`, :func:`net_y`);
+* checks before training (:func:`check_module_output`, :func:`check_param_names`);
+* one training task's parameters: seed, divergence guard, device (:func:`trial_params`);
+* seeds (:func:`spawn_seeds`, :func:`draw_seed`, :func:`seed_everything`);
+* the one divergence rule (:func:`divergence`, :class:`FiniteLossGuard`);
+* fast batching of arrays (:class:`ArrayBatchIterator`) and freeing finished models.
+
+The layers that train nets their own way (the fused engine, HPM's students, the self-tuning
+network) import skorch too; what they share with the searches is here.
 """
 
 import inspect

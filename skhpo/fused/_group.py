@@ -30,11 +30,27 @@ __all__ = ["CLASSES_ACROSS", "Member", "StackedGroup", "batched_loss", "batched_
            "epoch_history", "uniform_is_bernoulli"]
 
 class Member:
-    """One model of a group: its initialised ``net``, the inputs ``X`` (float32, after
-    preprocessing) and targets ``y`` (as its loss takes them) that its training ``rows`` index
-    (None: all of them; members without preprocessing share one ``X``), its ``generator`` and
-    its ``epochs``. Its divergence rule is its net's :class:`~skhpo.nets.FiniteLossGuard`'s
-    (``max_ratio`` times its first batch's loss; none without a guard: non-finite only)."""
+    """One model of a group.
+
+    Parameters
+    ----------
+    net : skorch net
+        Initialised (fitted for 0 epochs).
+    X, y : torch.Tensor
+        The inputs (float32, after preprocessing) and targets (as its loss takes them) that
+        its training ``rows`` index; members without preprocessing share one ``X``.
+    generator : torch.Generator
+        Its own generator, where its net's initialisation left torch's.
+    epochs : int
+        Its ``max_epochs``.
+    rows : array-like or None, default=None
+        Its training rows (None: all of them).
+    shuffle : str, default="array"
+        How its own fit orders an epoch (:func:`_epoch_order`).
+
+    Its divergence rule is its net's :class:`~skhpo.nets.FiniteLossGuard`'s (``max_ratio``
+    times its first batch's loss; without a guard, non-finite losses only).
+    """
 
     def __init__(self, net, X, y, generator, epochs, rows=None, shuffle="array"):
         self.net, self.X, self.y, self.generator, self.epochs = net, X, y, generator, epochs

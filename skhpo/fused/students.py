@@ -39,14 +39,32 @@ __all__ = ["StudentGroup", "StudentState"]
 
 @dataclass
 class StudentState:
-    """One student between train steps: ``weights`` (its row), ``optimizer`` (its optimiser's
-    state as torch keeps it for the row: Adam's ``step``, ``exp_avg``, ``exp_avg_sq``, SGD's
-    ``momentum_buffer``; ``{}`` before its first step) and ``steps`` (optimiser steps taken);
-    ``u`` (its hyper-parameters in unconstrained coordinates) and
-    their Adam state ``hyper_m``, ``hyper_v``, ``hyper_steps``; ``n_batches`` trained,
-    ``first_loss`` (its loss guard's reference), ``history`` (``(train_loss, seconds)`` per
-    step), ``root`` (the initial student it descends from) and ``init_state`` (its generator
-    right after its initialisation, until its first step)."""
+    """One student between train steps.
+
+    Attributes
+    ----------
+    weights : torch.Tensor
+        Its row of the stacked buffer.
+    optimizer : dict
+        Its optimiser's state as torch keeps it for the row (Adam's ``step``, ``exp_avg``,
+        ``exp_avg_sq``; SGD's ``momentum_buffer``); ``{}`` before its first step.
+    steps : float
+        Optimiser steps taken.
+    u : torch.Tensor
+        Its hyper-parameters in unconstrained coordinates.
+    hyper_m, hyper_v, hyper_steps
+        Their Adam state.
+    n_batches : int
+        Minibatches trained.
+    first_loss : float or None
+        Its loss guard's reference.
+    history : list
+        ``(train_loss, seconds)`` per step.
+    root : int
+        The initial student it descends from.
+    init_state : torch.Tensor or None
+        Its generator right after its initialisation, until its first step.
+    """
 
     weights: torch.Tensor
     optimizer: dict

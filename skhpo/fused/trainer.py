@@ -56,11 +56,21 @@ __all__ = ["FusedTask", "FusedTrainer", "Plan", "TaskResult"]
 
 @dataclass
 class FusedTask:
-    """One training: ``params`` set on a clone of the estimator, the task's ``seed`` (as
-    :class:`~skhpo.nets.TaskSeed` applies it; a net's own ``random_state`` wins), its
-    training ``rows`` (indices into X, or None for all rows) and ``callbacks`` the method adds
-    to the net (``(name, callback)`` pairs; to fuse, each must only read the net at epoch
-    ends: ``reads_epochs = True``)."""
+    """One training.
+
+    Attributes
+    ----------
+    params : dict
+        Set on a clone of the estimator.
+    seed : int or None
+        The task's seed, as :class:`~skhpo.nets.TaskSeed` applies it (a net's own
+        ``random_state`` wins).
+    rows : array-like or None
+        Its training rows (indices into X; None: all rows).
+    callbacks : tuple
+        ``(name, callback)`` pairs the method adds to the net; to fuse, each must only read
+        the net at epoch ends (``reads_epochs = True``).
+    """
 
     params: dict = field(default_factory=dict)
     seed: int | None = None

@@ -17,9 +17,21 @@ DEFAULT_BOX, DEFAULT_INIT = (0.0, 0.95), 0.05
 
 
 class Space(NamedTuple):
-    """The tuned hyper-parameters, dropout rates first: ``names``, ``boxes``, ``inits``, the
-    dropout ``paths`` (index i of ``paths`` is hyper-parameter i), ``augment`` (``{input_noise
-    | cutout_holes | cutout_length: index}``) and the examples' ``image_shape`` for cutout."""
+    """The hyper-parameters the self-tuning network tunes, dropout rates first.
+
+    Attributes
+    ----------
+    names : list of str
+    boxes : list of Box
+    inits : list of float
+        Their start values, inside their boxes.
+    paths : list of str
+        The dropout layers (entry i is hyper-parameter i).
+    augment : dict
+        ``{"input_noise" | "cutout_holes" | "cutout_length": index}``.
+    image_shape : tuple or None
+        The examples' shape, for cutout.
+    """
 
     names: list
     boxes: list
