@@ -341,18 +341,18 @@ class HyperLocalRefiner(HoldoutSearch):
                                  "HyperLocalRefiner refines the refitted best model")
             base = fitted
         base_params = dict(getattr(fitted, "best_params_", {}))
-        self.scorer_ = check_scoring(base, self.scoring)
+        scorer = check_scoring(base, self.scoring)
         ranges = space_ranges(_declared_space(fitted))
-        if find_linear(base) is not None:
-            result, attributes = self._refine_linear(base, base_params, data, run.rng, ranges)
-        else:
-            result, attributes = self._refine_net(base, base_params, data, run.rng, ranges)
+        refine = self._refine_linear if find_linear(base) is not None else self._refine_net
+        result, attributes = refine(base, base_params, data, run.rng, ranges)
+        result.scores = [scorer(model, data.X_val, data.y_val)
+                         for model in (base, result.model)]
         if not _is_fitted(self.estimator):
             epochs, trainings = _base_cost(fitted)
             result.epochs += epochs
             result.trainings += trainings
         result.attributes.update(attributes, base_estimator_=base, base_search_=fitted,
-                                 n_resumed_=int(loaded))
+                                 n_resumed_=int(loaded), scorer_=scorer)
         return result
 
     def _base_search(self, run):
@@ -375,7 +375,8 @@ class HyperLocalRefiner(HoldoutSearch):
     def _refine_net(self, base, base_params, data, rng, ranges):
         """The method on a net: up to ``max_iter`` steps (:class:`~.step.NetStep`), each
         kept only if the validation loss falls (and, with ``accept_fraction``, the held-back
-        check agrees). Returns the :class:`~.._holdout.HoldoutResult` and the attributes."""
+        check agrees). Returns the :class:`~.._holdout.HoldoutResult` (``_search`` scores its
+        two rows) and the attributes."""
         model = copy.deepcopy(base)
         mnet, prefix = find_net(model)
         asked = requested(self.param_bounds, prefix)
@@ -392,7 +393,6 @@ class HyperLocalRefiner(HoldoutSearch):
         step = NetStep(self._step_settings(), module, criterion, penalties, train,
                        _snapshots(mnet) if self.hessian == "sr1" else None)
         lam = np.array([value(mnet, p) for p in penalties], dtype=float)
-        before_score = self.scorer_(model, data.X_val, data.y_val)
         val = objective(module, criterion, *_tensors(mnet, net_input(model, data.X_val),
                                                      data.y_val))
         accept_data = _tensors(mnet, net_input(model, Xa), ya)
@@ -433,8 +433,7 @@ class HyperLocalRefiner(HoldoutSearch):
                              float(np.mean(sample_losses(module, criterion, *accept_data)))),
             "refined_penalties_": {p.name: float(v) for p, v in zip(penalties, lam)}}
         result = HoldoutResult(params=[base_params, best_params],
-                               scores=[before_score,
-                                       self.scorer_(model, data.X_val, data.y_val)],
+                               scores=[],
                                best=1, model=model, history=step.log, epochs=0, trainings=0,
                                refit_params=best_params, refit_epochs=int(mnet.max_epochs))
         return result, attributes
@@ -480,7 +479,8 @@ class HyperLocalRefiner(HoldoutSearch):
 
     def _refine_linear(self, base, base_params, data, rng, ranges):
         """The method on a linear model: one LP direction for its penalties, a line search
-        with exact refits (:func:`~.linear.refine_linear`), and the held-back check."""
+        with exact refits (:func:`~.linear.refine_linear`), and the held-back check; returns
+        as :meth:`_refine_net` does."""
         _, prefix = find_linear(base)
         asked = requested(self.param_bounds, prefix) or {}
         bounds = {**ranges, **{k: v for k, v in asked.items() if v is not None}}
@@ -508,8 +508,7 @@ class HyperLocalRefiner(HoldoutSearch):
                       "accept_loss_": accept_loss, "refined_penalties_": params}
         result = HoldoutResult(
             params=[{**base_params, **{k: base.get_params()[k] for k in params}}, best_params],
-            scores=[self.scorer_(base, data.X_val, data.y_val),
-                    self.scorer_(model, data.X_val, data.y_val)],
+            scores=[],
             best=1, model=model, history=log, epochs=0, trainings=n_refits,
             refit_params=best_params)
         return result, attributes
