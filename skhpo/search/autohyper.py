@@ -348,7 +348,8 @@ class AutoHyperSearchCV(NetSearchCV):
     >>> net = TabularMLPClassifier(max_epochs=5, width=16)
     >>> search = AutoHyperSearchCV(net, {"lr": loguniform(1e-4, 1e-1)}, epochs_per_trial=2,
     ...                            max_trials=9, cv=2, random_state=0)
-    >>>     >>> with warnings.catch_warnings():
+    >>> import warnings
+    >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")  # the walk stops at max_trials here
     ...     search = search.fit(X, y)
     >>> 1e-4 <= search.best_params_["lr"] <= 1e-1, search.n_trials_
