@@ -3,6 +3,8 @@
 
 import numpy as np
 
+from .search import CuttingPlaneTuner, PopulationMutationSearch
+
 __all__ = ["plot_schedules", "plot_walk"]
 
 
@@ -73,8 +75,6 @@ def plot_schedules(search, axes=None):
     in bold. For a fitted :class:`~skhpo.CuttingPlaneTuner`: the value after every hyper step.
     Returns the matplotlib ``Figure``. ``axes``: one Axes per hyper-parameter, or None.
     """
-    from .search import CuttingPlaneTuner, PopulationMutationSearch
-
     if not isinstance(search, (PopulationMutationSearch, CuttingPlaneTuner)):
         raise ValueError("plot_schedules draws PopulationMutationSearch and CuttingPlaneTuner "
                          f"schedules; got a {type(search).__name__}")

@@ -275,7 +275,7 @@ def _refiner_params(args):
 
 def hyperlocal(args):
     from .. import HyperLocalRefiner
-    from .hyperlocal_protocol import COLUMNS, describe_row, run_protocol, summarize
+    from .hyperlocal_protocol import COLUMNS, Settings, describe_row, run_protocol, summarize
 
     _check_positive(args, "seeds", "n_trials", "max_epochs")
     unknown = sorted(set(args.tasks or ()) - set(_hyperlocal_tasks()))
@@ -289,11 +289,11 @@ def hyperlocal(args):
     # the refiner's own validation, before any base search trains
     HyperLocalRefiner(None, **params)._validate_params()
     start = time.perf_counter()
-    rows = run_protocol(args.seeds, args.n_trials, args.max_epochs, args.n_jobs,
-                        progress_printer(describe_row, start),
+    rows = run_protocol(args.seeds, Settings(args.n_trials, args.max_epochs, params),
+                        only={"tasks": args.tasks, "bases": args.bases}, n_jobs=args.n_jobs,
+                        progress=progress_printer(describe_row, start),
                         checkpoint=_job_checkpoint(args, "hyperlocal", n_trials=args.n_trials,
-                                                   max_epochs=args.max_epochs, **params),
-                        refiner_params=params, tasks=args.tasks, bases=args.bases)
+                                                   max_epochs=args.max_epochs, **params))
     summary = summarize(rows)
     print_table(summary, COLUMNS, title="")
     print("(medians over seeds of after - before)")
@@ -351,12 +351,18 @@ def hpm(args):
                             "std": v[1]} for (f, m), v in summary.items()])
             plot_synthetic(rows, os.path.join(args.out, "synthetic.png"))
         return _finish(start, args.out)
-    from .population_protocol import COLUMNS, describe_row, run_networks, summarize_networks
+    from .population_protocol import (
+        COLUMNS,
+        NetBudget,
+        describe_row,
+        run_networks,
+        summarize_networks,
+    )
 
     seeds = 5 if args.seeds is None else args.seeds
     _check_positive(args, "population", "n_steps", "cv", seeds=seeds)
-    rows = run_networks(args.tasks, seeds, population=args.population, n_steps=args.n_steps,
-                        cv=args.cv, n_jobs=args.n_jobs,
+    budget = NetBudget(args.population, args.n_steps, args.cv, args.n_jobs)
+    rows = run_networks(args.tasks, seeds, budget=budget,
                         progress=progress_printer(describe_row, start),
                         checkpoint=_job_checkpoint(args, "hpm nets", population=args.population,
                                                    n_steps=args.n_steps, cv=args.cv))

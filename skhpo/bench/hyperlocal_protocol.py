@@ -15,6 +15,7 @@ refinement's time as a fraction of the base search's.
 
 import time
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from sklearn import datasets
@@ -197,11 +198,24 @@ def describe_row(row):
 TASKS = [("mlp", n_hp, size) for n_hp in (1, 2, 4) for size in (1000, None)] + [("enet",)]
 
 
-def run_protocol(seeds, n_trials=12, max_epochs=30, n_jobs=None, progress=None,
-                 checkpoint=None, refiner_params=None, tasks=None, bases=None):
-    """Every (task, base, seed) of the benchmark (``tasks``: names of :func:`task_name` to
-    keep, ``bases``: samplers to keep; None: all), ``n_jobs`` runs in parallel; rows in job
-    order (finished ones kept in ``checkpoint``, see :func:`~skhpo.bench.core.run_jobs`)."""
+class Settings(NamedTuple):
+    """What every run of :func:`run_protocol` shares: the base search's trials, the nets'
+    epochs and the refiner's own parameters."""
+
+    n_trials: int = 12
+    max_epochs: int = 30
+    refiner_params: dict | None = None
+
+
+def run_protocol(seeds, settings=None, *, only=None, n_jobs=None, progress=None,
+                 checkpoint=None):
+    """Every (task, base, seed) of the benchmark under ``settings`` (:class:`Settings`; None:
+    its defaults), ``n_jobs`` runs in parallel; rows in job order (finished ones kept in
+    ``checkpoint``, see :func:`~skhpo.bench.core.run_jobs`). ``only``: ``{"tasks": names of
+    :func:`task_name`, "bases": samplers}`` to keep (a missing key or None: all)."""
+    n_trials, max_epochs, refiner_params = settings or Settings()
+    only = only or {}
+    tasks, bases = only.get("tasks"), only.get("bases")
     chosen = [t for t in TASKS if tasks is None or task_name(t) in tasks]
     jobs = [(t, b, s) for t in chosen for b in SAMPLERS if bases is None or b in bases
             for s in range(seeds)]

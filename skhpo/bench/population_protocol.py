@@ -14,6 +14,7 @@ wine) against RandomizedSearchCV with the same total training epochs.
 """
 
 import time
+from typing import NamedTuple
 
 from scipy.stats import loguniform, uniform
 from sklearn.metrics import log_loss
@@ -57,14 +58,25 @@ def _search(method, seed, population, n_steps, cv, n_jobs):
                                     random_state=seed, n_jobs=n_jobs)
 
 
-def run_networks(tasks=("digits", "wine"), seeds=5, methods=NET_METHODS, population=20,
-                 n_steps=30, cv=3, n_jobs=None, progress=None, checkpoint=None):
+class NetBudget(NamedTuple):
+    """The size of every run of :func:`run_networks`: students, one-epoch steps, CV folds of
+    the baseline, and each search's own ``n_jobs``."""
+
+    population: int = 20
+    n_steps: int = 30
+    cv: int = 3
+    n_jobs: object = None
+
+
+def run_networks(tasks=("digits", "wine"), seeds=5, methods=NET_METHODS, budget=None, *,
+                 progress=None, checkpoint=None):
     """One row per (task, seed, method): test accuracy (``test_score``) and log loss, the
     search's own validation score, wall time, training epochs and the chosen
-    hyper-parameters. ``n_jobs`` is each search's own."""
+    hyper-parameters (``budget``: a :class:`NetBudget`, None: its defaults)."""
+    budget = budget or NetBudget()
     jobs = [(t, s, m) for t in tasks for s in range(seeds) for m in methods]
-    return run_jobs(jobs, lambda *job: run_one(*job, population, n_steps, cv, n_jobs),
-                    progress=progress, checkpoint=checkpoint)
+    return run_jobs(jobs, lambda *job: run_one(*job, *budget), progress=progress,
+                    checkpoint=checkpoint)
 
 
 def run_one(task, seed, method, population=20, n_steps=30, cv=3, n_jobs=None):
