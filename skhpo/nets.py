@@ -34,12 +34,14 @@ __all__ = [
     "MAX_LOSS_RATIO",
     "TaskSeed",
     "TrainingDivergedError",
+    "array_data",
     "batch_size_of",
     "check_max_ratio",
     "check_module_output",
     "check_param_names",
     "divergence",
     "draw_seed",
+    "drawing_from",
     "find_net",
     "free_estimator",
     "guard_ratio",
@@ -182,6 +184,17 @@ def check_module_output(estimator, X, y, n_rows=64):
                 "not a learning-rate problem). Either end the module with a softmax "
                 "(torch.nn.Softmax(dim=-1)), or keep the logits and set "
                 "criterion=torch.nn.CrossEntropyLoss.")
+
+
+@contextmanager
+def drawing_from(generator):
+    """Run the block with torch's (CPU) global generator in ``generator``'s state, and keep
+    the state it leaves in ``generator``: code that draws from the global generator (skorch's
+    iterators, dropout, a callback) draws from ``generator`` instead."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(generator.get_state())
+        yield
+        generator.set_state(torch.get_rng_state())
 
 
 @contextmanager
@@ -478,8 +491,9 @@ def _as_tensor(a):
     return None
 
 
-def _array_data(dataset):
-    """``(X, y)`` as tensors if ``dataset`` is a skorch Dataset over arrays, else ``None``."""
+def array_data(dataset):
+    """``(X, y)`` as tensors if ``dataset`` is a skorch Dataset over arrays (or a Subset of
+    one), else ``None``."""
     indices = None
     if isinstance(dataset, Subset):
         indices, dataset = torch.as_tensor(np.asarray(dataset.indices)), dataset.dataset
@@ -529,7 +543,7 @@ class ArrayBatchIterator:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self._arrays = _array_data(dataset)
+        self._arrays = array_data(dataset)
         self._fallback = None
         if self._arrays is None:
             self._fallback = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,

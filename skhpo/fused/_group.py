@@ -1,15 +1,26 @@
 """K models of one architecture trained together: their weights the rows of one stacked
-``(K, P)`` buffer, one batched forward and backward through their layout
-(:mod:`._layouts`) and one batched optimiser step per minibatch.
+``(K, P)`` buffer, one batched forward and backward through their layout (:mod:`._layouts`)
+and one optimiser step per minibatch.
 
 Each model is handed in *initialised*: an ordinary net fitted for 0 epochs (so its module, its
-classes and its preprocessing are exactly what the net's own ``fit`` builds from the task's
-seed), with the state of torch's generator right after that initialisation. Everything the
-net's own training would draw from torch's global generator (the batch order, one
-``randperm`` per epoch; the dropout masks, layer by layer and batch by batch) is drawn from
-that model's own generator in the same order. So a model's training does not depend on the
-other models of its group, and it follows the trajectory of the net's own ``fit`` (to float32
-rounding: a batched matrix product sums in another order).
+classes, its preprocessing and its validation split are exactly what the net's own ``fit``
+builds from the task's seed), with the state of torch's generator right after that
+initialisation. Everything the net's own training would draw from torch's global generator
+(the batch order, one ``randperm`` per epoch; the dropout masks, layer by layer and batch by
+batch; the validation iterator's seed) is drawn from that model's own generator in the same
+order. So a model's training does not depend on the other models of its group, and it
+follows the trajectory of the net's own ``fit`` (to float32 rounding: a batched matrix
+product sums in another order).
+
+Around the batched arithmetic, each model's own skorch code runs as in its own fit
+(:mod:`._replay`): its callbacks at every hook, its history, its validation pass. Its
+module's parameters are views of its row of the buffer, and their gradients views of its row
+of the gradient, so a callback reads and changes the model's live weights and gradients (a
+``GradientNormClipping`` clips them in place, an ``EarlyStopping`` copies them). The step is
+one batched Adam or SGD (:mod:`._adam`, :mod:`._sgd`) where every model trains with torch's
+plain Adam or SGD and no callback can change its optimiser; else each model's own torch
+optimiser steps on its views (any optimiser class and settings, and the schedulers that
+change them, exactly as in its own fit).
 """
 
 import functools
@@ -24,10 +35,21 @@ from ..hyper.space import penalty_term
 from ..nets import FiniteLossGuard, divergence
 from ._adam import BatchedAdam
 from ._layouts import layout_of
+from ._replay import Replay
 from ._sgd import BatchedSGD
+from .eligibility import BATCHED, known_loss
 
-__all__ = ["CLASSES_ACROSS", "Member", "StackedGroup", "batched_loss", "batched_optimizer",
-           "epoch_history", "uniform_is_bernoulli"]
+__all__ = ["CLASSES_ACROSS", "Member", "StackedGroup", "Valid", "batched_loss",
+           "batched_optimizer", "epoch_history", "uniform_is_bernoulli"]
+
+class Valid:
+    """A model's validation part: its inputs ``X`` and targets ``y`` (tensors, as its net
+    receives them), the ``batch`` size of its validation iterator and whether that iterator
+    draws a seed from torch's generator on every pass (``DataLoader``)."""
+
+    def __init__(self, X, y, batch, draws):
+        self.X, self.y, self.batch, self.draws = X, y, int(batch), draws
+
 
 class Member:
     """One model of a group.
@@ -48,6 +70,12 @@ class Member:
     shuffle : str, default="array"
         How its own fit orders an epoch (:func:`_epoch_order`).
 
+    Set after construction, when the net validates or its callbacks need them: ``valid``
+    (a :class:`Valid`, or None), ``fit_rows`` (the rows of X its ``fit`` received, for the
+    data's fingerprint; default ``rows``), ``fit_kwargs`` (``X``, ``y`` for
+    ``on_train_begin`` / ``on_train_end``) and ``datasets`` (``dataset_train``,
+    ``dataset_valid`` for the epoch hooks).
+
     Its divergence rule is its net's :class:`~skhpo.nets.FiniteLossGuard`'s (``max_ratio``
     times its first batch's loss; without a guard, non-finite losses only).
     """
@@ -55,8 +83,11 @@ class Member:
     def __init__(self, net, X, y, generator, epochs, rows=None, shuffle="array"):
         self.net, self.X, self.y, self.generator, self.epochs = net, X, y, generator, epochs
         self.rows = torch.arange(len(y)) if rows is None else torch.as_tensor(rows)
+        self.fit_rows = self.rows
         self.shuffle = shuffle  # how its own fit orders an epoch (see _epoch_order)
-        self.losses, self.error, self.seconds = [], "", 0.0
+        self.valid, self.fit_kwargs, self.datasets = None, {}, {}
+        self.losses, self.error, self.seconds, self.stopped = [], "", 0.0, False
+        self.moved = ""  # why it must train alone after all (set before it joins a group)
         guards = [cb for _, cb in getattr(net, "callbacks_", ())
                   if isinstance(cb, FiniteLossGuard)]
         self.max_ratio = guards[0].max_ratio if guards else None
@@ -65,7 +96,8 @@ class Member:
 
 class StackedGroup:
     """Train the ``members`` (:class:`Member`: nets of one architecture, one batch size and
-    one optimiser class, any layout) together; :meth:`run` trains them to their epochs."""
+    one optimiser class, any layout) together; :meth:`run` trains them to their epochs (or
+    until their own callbacks stop them) and hands each back to its net."""
 
     def __init__(self, members, batch_size, classifier, device="cpu"):
         self.members, self.B, self.classifier = members, int(batch_size), classifier
@@ -74,18 +106,29 @@ class StackedGroup:
         self.layout = layout_of(first.net.module_, first.X[first.rows[:2]])
         self.rates = [[float(layer.p) for layer in self.layout.dropouts(m.net.module_)]
                       for m in members]
-        # every model's weights as one row of a (K, P) buffer (the layout's order); one
-        # optimiser update per step over the whole buffer
-        flat = torch.stack([self.layout.flat(m.net.module_) for m in members]).to(self.device)
+        self.replays = [Replay(m) for m in members]
         nets = [m.net for m in members]
-        self.opt = batched_optimizer(flat, [n.optimizer_ for n in nets])
+        # every model's weights as one row of a (K, P) buffer (the layout's order)
+        flat = torch.stack([self.layout.flat(m.net.module_) for m in members]).to(self.device)
+        self.opt = batched_optimizer(flat, [n.optimizer_ for n in nets]) \
+            if all(r.inert for r in self.replays) and _batched(nets) else None
+        self._flat = flat
         coefs = [n.penalty_coefficients() if getattr(n, "_penalized", False) else None
                  for n in nets]
         self.l2 = self._coefficients(coefs, "l2")
         self.l1 = self._coefficients(coefs, "l1")
         self.alive = list(range(len(members)))
         (self.X, self.X_shared), (self.y, self.y_shared) = self._stack("X"), self._stack("y")
+        self.hooked = self.opt is None or any(r.reads_grads for r in self.replays)
+        # a net whose get_loss is its own: called per model on its slice
+        self.own_loss = known_loss(type(first.net)) is None
+        self._views = {}
         self._leaves()
+
+    @property
+    def flat(self):
+        """The ``(live models, P)`` buffer of the live models' weights."""
+        return self.opt.params[0] if self.opt is not None else self._flat
 
     def _stack(self, name):
         """The members' data: one shared tensor (2-D), or each member's own stacked and
@@ -101,9 +144,16 @@ class StackedGroup:
     def _leaves(self):
         """Per parameter, views of the buffer that autograd treats as leaves: their gradients
         come back apart and are joined into one buffer-shaped gradient (cheaper than
-        differentiating through slices of the buffer)."""
-        self.leaves = [t.requires_grad_(True) for t in self.layout.views(self.opt.params[0])]
+        differentiating through slices of the buffer). Each live model's parameters become
+        views of its row (the net's own module sees the weights the group trains)."""
+        self.leaves = [t.requires_grad_(True) for t in self.layout.views(self.flat)]
         self._owners = torch.tensor(self.alive)[:, None]  # each live model's data row
+        for j, k in enumerate(self.alive):
+            module = self.members[k].net.module_
+            for p, view in zip(module.parameters(), self.layout._tensors(self.flat[j])):
+                p.data = view
+            if k not in self._views:  # what a state_dict holds: copies, not views
+                self._views[k] = module.register_state_dict_post_hook(_own_copies)
         self._set_limits()
 
     def _set_limits(self):
@@ -117,7 +167,7 @@ class StackedGroup:
         rows = [c[kind] if c is not None else [0.0] * self.layout.n_linear for c in coefs]
         if not any(any(r) for r in rows):
             return None
-        return torch.tensor(rows, dtype=self.opt.params[0].dtype, device=self.device)
+        return torch.tensor(rows, dtype=self.flat.dtype, device=self.device)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -125,20 +175,25 @@ class StackedGroup:
         start = time.perf_counter()
         for epoch in range(max(m.epochs for m in self.members)):
             t0 = time.perf_counter()
+            self._each("epoch_begin")
+            self._retire([j for j, k in enumerate(self.alive) if self.members[k].stopped
+                          or self.members[k].error])
+            if not self.alive:
+                break
             # one permutation of the model's own rows per epoch, drawn as its own fit draws it
             orders = [m.rows[_epoch_order(m)] for m in (self.members[k] for k in self.alive)]
-            sums = torch.zeros(len(self.alive), dtype=torch.float64)
-            steps = max(math.ceil(len(o) / self.B) for o in orders)
-            for s in range(steps):
-                sums = self._step(orders, s, sums, epoch)
+            counts = {k: math.ceil(len(o) / self.B) for k, o in zip(self.alive, orders)}
+            for s in range(max(counts.values())):
+                self._step(orders, s, epoch)
                 if not self.alive:
                     break
-            for j, k in enumerate(self.alive):
-                m = self.members[k]
-                m.losses.append((float(sums[j]) / len(m.rows), time.perf_counter() - t0))
-                self._notify_readers(m, j)
+            self._record_count("train", counts)
+            self._validate()
+            seconds = (time.perf_counter() - t0) / max(1, len(self.alive))
+            self._each("epoch_end", seconds)
             self._retire([j for j, k in enumerate(self.alive)
-                          if self.members[k].epochs == epoch + 1])
+                          if self.members[k].epochs == epoch + 1 or self.members[k].stopped
+                          or self.members[k].error])
             if not self.alive:
                 break
         self._retire(range(len(self.alive)))
@@ -147,74 +202,185 @@ class StackedGroup:
             m.seconds = seconds
         return self.members
 
-    def _step(self, orders, s, sums, epoch):
+    def _each(self, hook, *args):
+        """Every live model's ``hook`` (:class:`~._replay.Replay`)."""
+        for k in self.alive:
+            if not self.members[k].error:
+                getattr(self.replays[k], hook)(*args)
+
+    def _record_count(self, prefix, counts):
+        """``<prefix>_batch_count`` in each model's history (``counts``: live model ->
+        batches), as ``run_single_epoch`` records it after its pass."""
+        for k in self.alive:
+            if k in counts and not self.members[k].error:
+                self.members[k].net.history.record(f"{prefix}_batch_count", counts[k])
+
+    def _step(self, orders, s, epoch):
         """One batch slot: every live model's s-th batch (a model with fewer rows may have a
         short batch or none: it is then frozen for this step)."""
         sizes = [max(0, min(self.B, len(o) - s * self.B)) for o in orders]
-        losses = self._losses(orders, s, sizes)
+        parts = self._gather_batches(orders, s, sizes)
+        batches = {j: (xb[i], yb[i]) for pos, xb, yb in parts for i, j in enumerate(pos)}
+        for j, batch in batches.items():  # on_batch_begin, before the forward (own fit)
+            if not self.replays[self.alive[j]].batch_begin(batch, True):
+                sizes[j] = 0  # stopped or failed here: no step, as in its own fit
+        if any(sizes[j] == 0 for j in batches):
+            parts = [(pos, xb, yb) for pos, xb, yb in
+                     (_keep_rows(part, sizes) for part in parts) if pos]
+        losses, outs = self._losses(parts, len(sizes))
         grads = torch.autograd.grad(losses.sum(), self.leaves)
         flat_grad = torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)
-        full = min(sizes) > 0
-        self.opt.step([flat_grad], None if full else torch.tensor([n > 0 for n in sizes]))
-        values = losses.detach().double().cpu()
-        sums = sums + values * torch.tensor(sizes, dtype=torch.float64)
-        if s == 0 and epoch == 0:  # each model's first batch: the reference of its guard
-            for j, v in enumerate(values.tolist()):
-                self.members[self.alive[j]].first_loss = v
-            self._set_limits()
-        if bool((values < self._limits).all()):  # NaN compares False: it is checked below
-            return sums
-        bad = []
-        for j, v in enumerate(values.tolist()):
-            member = self.members[self.alive[j]]
-            reason = divergence(v, member.first_loss, member.max_ratio) if sizes[j] else ""
-            if reason:
-                member.error = (f"diverged: {reason} in epoch {epoch + 1}; the candidate "
-                                "diverged (try a smaller learning rate)")
-                bad.append(j)
-        if not bad:
-            return sums
-        keep = self._retire(bad)
-        orders[:] = [orders[j] for j in keep]
-        return sums[keep]
+        active = [n > 0 for n in sizes]
+        if self.hooked:
+            self._hand_grads(flat_grad, batches, active)
+        if self.opt is not None:
+            self.opt.step([flat_grad], None if all(active) else torch.tensor(active))
+        else:
+            self._own_steps(active)
+        for j, out in outs.items():
+            if not self.members[self.alive[j]].error:
+                self.replays[self.alive[j]].batch_end(batches[j], True, losses[j], out)
+        self._check(losses.detach().double().cpu(), sizes, s == 0 and epoch == 0, epoch)
+        done = [j for j, k in enumerate(self.alive)
+                if self.members[k].stopped or self.members[k].error]
+        if done:
+            keep = self._retire(done)
+            orders[:] = [orders[j] for j in keep]
 
-    def _losses(self, orders, s, sizes):
-        """Each live model's training loss on its batch (criterion + its penalties). Models
-        whose batches differ in size (the last batch of CV folds of unequal size) run in
-        separate products, so a model's arithmetic never depends on the others' sizes."""
+    def _gather_batches(self, orders, s, sizes):
+        """``[(live positions, X batches, y batches)]``, one entry per batch size: each
+        model's batch as its iterator yields it, gathered for the group at once."""
         by_size = {}
         for j, n in enumerate(sizes):
             if n:
                 by_size.setdefault(n, []).append(j)
-        losses = [None] * len(sizes)
+        parts = []
         for n, pos in by_size.items():
-            everyone = len(pos) == len(sizes)
             rows = torch.stack([orders[j][s * self.B:s * self.B + n] for j in pos])
-            owners = self._owners if everyone else \
+            owners = self._owners if len(pos) == len(sizes) else \
                 torch.tensor([self.alive[j] for j in pos])[:, None]
-            xb = _gather(self.X, self.X_shared, owners, rows)
-            yb = _gather(self.y, self.y_shared, owners, rows)
-            views = self.leaves if everyone else [t[pos] for t in self.leaves]
+            parts.append((pos, _gather(self.X, self.X_shared, owners, rows),
+                          _gather(self.y, self.y_shared, owners, rows)))
+        return parts
+
+    def _check(self, values, sizes, first, epoch):
+        """The divergence rule of each model's guard, on its batch loss."""
+        if first:  # each model's first batch: the reference of its guard
+            for j, v in enumerate(values.tolist()):
+                self.members[self.alive[j]].first_loss = v
+            self._set_limits()
+        if bool((values < self._limits).all()):  # NaN compares False: it is checked below
+            return
+        for j, v in enumerate(values.tolist()):
+            member = self.members[self.alive[j]]
+            reason = divergence(v, member.first_loss, member.max_ratio) if sizes[j] else ""
+            if reason and not member.error:
+                member.error = (f"diverged: {reason} in epoch {epoch + 1}; the candidate "
+                                "diverged (try a smaller learning rate)")
+
+    def _hand_grads(self, flat_grad, batches, active):
+        """Each model's gradients as its parameters' ``.grad`` (views of its row of
+        ``flat_grad``, which a hook may change in place; None for a frozen parameter), then
+        its ``on_grad_computed``."""
+        for j, k in enumerate(self.alive):
+            if not active[j]:
+                continue
+            module = self.members[k].net.module_
+            for p, g in zip(module.parameters(), self.layout._tensors(flat_grad[j])):
+                p.grad = g if p.requires_grad else None
+            if self.replays[k].reads_grads:
+                self.replays[k].grad_computed(batches[j])
+
+    def _own_steps(self, active):
+        """Each active model's own torch optimiser, on its views."""
+        for j, k in enumerate(self.alive):
+            if active[j] and not self.members[k].error:
+                self.members[k].net.optimizer_.step()
+
+    def _losses(self, parts, n_live):
+        """Each live model's training loss on its batch (criterion + its penalties) and its
+        output. Models whose batches differ in size (the last batch of CV folds of unequal
+        size) run in separate products, so a model's arithmetic never depends on the
+        others' sizes."""
+        losses, outs = [None] * n_live, {}
+        for pos, xb, yb in parts:
+            views = self.leaves if len(pos) == n_live else [t[pos] for t in self.leaves]
             members = [self.alive[j] for j in pos]
             out = self.layout.forward(views, xb.to(self.device),
                                       lambda i, h, members=members: self._dropout(i, h, members))
-            each = self._loss(out, yb.to(self.device))
-            if everyone:
-                return each + self._penalty()
-            for j, value in zip(pos, each):
-                losses[j] = value
+            each = self._loss(out, yb.to(self.device), xb, members)
+            for i, j in enumerate(pos):
+                losses[j], outs[j] = each[i], out[i]
         zero = self.leaves[0].new_zeros(())
-        return torch.stack([zero if v is None else v for v in losses]) + self._penalty()
+        return torch.stack([zero if v is None else v for v in losses]) + self._penalty(), outs
 
-    def _loss(self, out, y):
-        """Each model's criterion on its batch (the penalties are added apart)."""
+    def _loss(self, out, y, X, members):
+        """Each model's criterion on its batch (the penalties are added apart): skhpo's
+        models' batched criterion, a module on the ``torch.func`` path through its net's
+        ``get_loss``, a net that overrides ``get_loss`` through its own, per model."""
+        net = self.members[members[0]].net
+        if self.own_loss:
+            return torch.stack([self.members[k].net.get_loss(o, t, X=x, training=True)
+                                for k, o, t, x in zip(members, out, y, X)])
         if hasattr(self.layout, "loss"):  # a module on the torch.func path: its net's get_loss
-            return self.layout.loss(self.members[0].net, out, y)
+            return self.layout.loss(net, out, y)
         return batched_loss(out, y, self.classifier)
+
+    def _validate(self):
+        """Each live model's validation pass, after its training pass, as its own fit runs it:
+        its iterator's draw, then per batch its evaluation forward (batched), its own
+        ``get_loss`` (so decisions taken on the score are its own), the batch's records and
+        its ``on_batch_end``."""
+        todo = [j for j, k in enumerate(self.alive)
+                if self.members[k].valid is not None and not self.members[k].error]
+        if not todo:
+            return
+        counts = {}
+        for j in todo:
+            member = self.members[self.alive[j]]
+            if member.valid.draws:  # DataLoader: one base seed per pass, even unshuffled
+                torch.empty((), dtype=torch.int64).random_(generator=member.generator)
+            counts[self.alive[j]] = math.ceil(len(member.valid.y) / member.valid.batch)
+        self.layout.train(False)
+        try:
+            with torch.no_grad():
+                for s in range(max(counts.values())):
+                    self._valid_step(todo, s)
+        finally:
+            self.layout.train(True)
+        self._record_count("valid", counts)
+
+    def _valid_step(self, todo, s):
+        by_size = {}
+        for j in todo:
+            valid = self.members[self.alive[j]].valid
+            n = max(0, min(valid.batch, len(valid.y) - s * valid.batch))
+            if n:
+                by_size.setdefault(n, []).append(j)
+        for n, pos in by_size.items():
+            parts = []
+            for j in pos:
+                valid = self.members[self.alive[j]].valid
+                parts.append((valid.X[s * valid.batch:s * valid.batch + n],
+                              valid.y[s * valid.batch:s * valid.batch + n]))
+            xb = torch.stack([x for x, _ in parts]).to(self.device)
+            views = [t[pos] for t in self.leaves]
+            out = self.layout.forward(views, xb, _evaluation)
+            for i, j in enumerate(pos):
+                member = self.members[self.alive[j]]
+                if member.error or member.stopped:
+                    continue
+                x, y = parts[i]
+                y_dev = y.to(self.device)
+                loss = member.net.get_loss(out[i], y_dev, X=xb[i], training=False)
+                replay = self.replays[self.alive[j]]
+                if replay.batch_begin((x, y), False):
+                    replay.batch_end((x, y), False, loss, out[i])
 
     def _dropout(self, layer, h, members):
         noise = self._masks(layer, h, members)
         return h if noise is None else h * noise
+
 
     def _masks(self, layer, h, members):
         """Dropout noise per model, drawn from its own generator as ``F.dropout`` draws it:
@@ -255,6 +421,7 @@ class StackedGroup:
         keep = keep64.to(h.dtype)
         return noise.div_(keep).to(h.device)
 
+
     def _penalty(self):
         """Each live model's l2 / l1 penalty (:func:`skhpo.hyper.space.penalty_term`), one
         reduction per model, so its value does not depend on the group's size."""
@@ -268,44 +435,89 @@ class StackedGroup:
                 total = total + alive[:, i] * terms
         return total
 
-    def _notify_readers(self, member, j):
-        """Call the net's epoch readers (callbacks with ``reads_epochs``) with this epoch's
-        weights in its module, as its own ``fit`` would at the epoch's end."""
-        readers = [cb for _, cb in getattr(member.net, "callbacks_", ())
-                   if getattr(cb, "reads_epochs", False)]
-        if not readers:
-            return
-        self._write_weights(member, j)
-        for cb in readers:
-            cb.on_epoch_end(member.net)
-
     # -- leaving the group -------------------------------------------------------------------
 
     def _retire(self, positions):
-        """Take the models at ``positions`` of the live list out: one that did not diverge
-        gets its weights and Adam state written back into its net; return the positions
-        kept."""
+        """Take the models at ``positions`` of the live list out: each gets its own memory
+        back (its parameters no longer views of the buffer) and, with the batched optimiser,
+        its state written into its net's optimiser; one that did not fail then ends its
+        training (``on_train_end``). Returns the positions kept."""
         positions = set(positions)
         for j in sorted(positions):
-            member = self.members[self.alive[j]]
-            if not member.error:
-                self._hand_back(member, j)
+            k = self.alive[j]
+            member = self.members[k]
+            self._release(k)
+            if member.error:
+                continue
+            if self.opt is not None:
+                self.layout.load_state(member.net, self.opt.state_of(j)[0])
+            self.replays[k].train_end()
         keep = [j for j in range(len(self.alive)) if j not in positions]
         self.alive = [self.alive[j] for j in keep]
         if positions and keep:
-            self.opt.keep(keep)
+            if self.opt is not None:
+                self.opt.keep(keep)
+            else:
+                self._flat = self._flat[torch.as_tensor(keep, device=self.device)]
             self._leaves()
         return keep
 
-    def _write_weights(self, member, j):
-        """Model ``j``'s current weights into its net's module."""
-        self.layout.write(member.net.module_, self.opt.params[0][j])
+    def _release(self, k):
+        """Model ``k``'s parameters with their own memory (contiguous copies of its row),
+        without the gradient views, and a plain ``state_dict`` again."""
+        module = self.members[k].net.module_
+        with torch.no_grad():
+            for p in module.parameters():
+                p.data = p.data.clone(memory_format=torch.contiguous_format)
+                p.grad = None
+        handle = self._views.pop(k, None)
+        if handle is not None:
+            handle.remove()
 
-    def _hand_back(self, member, j):
-        """Model ``j``'s weights into its net's module, its optimiser state into its
-        optimiser."""
-        self._write_weights(member, j)
-        self.layout.load_state(member.net, self.opt.state_of(j)[0])
+
+def _own_copies(module, state_dict, prefix, local_metadata):
+    """A ``state_dict`` of a model in a group holds copies of its tensors, not views of the
+    group's buffer (a view's storage is the whole buffer: ``copy.deepcopy`` and
+    ``torch.save`` would copy all of it)."""
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and isinstance(value, torch.Tensor):
+            state_dict[key] = value.clone(memory_format=torch.contiguous_format)
+
+
+def _batched(nets):
+    """Whether the batched Adam / SGD replays every net's optimiser: all torch's plain Adam,
+    or all its SGD with one Nesterov choice, one parameter group, and settings the batched
+    twin has."""
+    kinds = {type(net.optimizer_) for net in nets}
+    if len(kinds) != 1 or next(iter(kinds)) not in BATCHED:
+        return False
+    allowed = BATCHED[next(iter(kinds))]
+    for net in nets:
+        groups = net.optimizer_.param_groups
+        if len(groups) != 1:
+            return False
+        for key, value in groups[0].items():
+            if key == "params":
+                continue
+            if key not in allowed or (allowed[key] is not None and value != allowed[key]):
+                return False
+    return len({bool(net.optimizer_.param_groups[0].get("nesterov", False))
+                for net in nets}) == 1
+
+
+def _keep_rows(part, sizes):
+    """A gathered batch ``(positions, X, y)`` without the models whose size became 0."""
+    pos, xb, yb = part
+    keep = [i for i, j in enumerate(pos) if sizes[j]]
+    if len(keep) == len(pos):
+        return part
+    index = torch.as_tensor(keep, dtype=torch.long)
+    return [pos[i] for i in keep], xb[index], yb[index]
+
+
+def _evaluation(layer, h):
+    """Evaluation mode: a dropout layer passes its input through."""
+    return h
 
 
 def batched_optimizer(flat, optimizers):

@@ -87,7 +87,11 @@ def layout_of(module, sample=None):
 class _Layout:
     """What every layout shares: writing one model's row into its module and its optimiser
     state into its optimiser, once ``_tensors(row)`` says which tensor of the row is which
-    parameter (in ``module.parameters()`` order, shaped as the parameter)."""
+    parameter (in ``module.parameters()`` order, shaped as the parameter, views of the row)."""
+
+    def train(self, mode=True):
+        """Training or evaluation mode of the stacked forward (dropout is the group's to
+        apply; a layout without mode-dependent layers has nothing to switch)."""
 
     def write(self, module, row):
         """One model's row of the stacked buffer into ``module``'s parameters."""
@@ -315,6 +319,9 @@ class FuncLayout(ParamLayout):
     def dropouts(self, module):
         named = dict(module.named_modules())
         return [named[path] for path in self.order]
+
+    def train(self, mode=True):
+        self.module.train(mode)
 
     def _noise_shapes(self, views, x):
         """The input shape and dtype of each dropout layer for one model's batch of ``x``."""

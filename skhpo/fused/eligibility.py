@@ -7,12 +7,13 @@ the net's settings (:func:`unfusible`), the fit parameters, the device and the n
 and either says why a task trains alone or, with ``engine="fused"``, raises before any
 training. :func:`fusion_key` says which fusible tasks may share a group.
 
-What fuses: skorch nets (alone or as a Pipeline's last step) with Adam or SGD, no validation
-split, no ``warm_start``, skhpo's ``ArrayBatchIterator`` or torch's ``DataLoader``, and no
-callbacks that act during training. skhpo's ``TabularMLPClassifier`` /
-``TabularMLPRegressor`` stack as batched products, its ``SmallCNNClassifier`` with per-model
-convolutions, any other module through ``torch.func`` (which refuses, with the reason, the
-layers it cannot replay).
+What fuses: skorch nets (alone or as a Pipeline's last step) with any torch optimiser (but
+LBFGS), any callbacks (run per model, :mod:`._replay`), any validation split whose parts are
+arrays, skhpo's ``ArrayBatchIterator`` or torch's ``DataLoader``. skhpo's
+``TabularMLPClassifier`` / ``TabularMLPRegressor`` stack as batched products, its
+``SmallCNNClassifier`` with per-model convolutions, any other module through ``torch.func``
+(which refuses, with the reason, the layers it cannot replay). A net that overrides a method
+the group bypasses (``infer``, ``train_step``, ...) trains alone.
 """
 
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ from ..models import (
     TabularMLPRegressor,
     _SkhpoNetMixin,
 )
-from ..nets import ArrayBatchIterator, FiniteLossGuard, TaskSeed, find_net
+from ..nets import ArrayBatchIterator, find_net
 from ._layouts import stateful_layer
 from .cost import max_weights
 
-__all__ = ["CPU_ONLY", "ENGINES", "Decision", "choose_engine", "cross_entropy", "fusion_key",
-           "is_family", "too_big", "unfusible", "unreadable"]
+__all__ = ["BATCHED", "CPU_ONLY", "ENGINES", "Decision", "batched_reason", "choose_engine",
+           "cross_entropy", "fusion_key",
+           "is_family", "known_loss", "too_big", "unfusible"]
 
 #: the values of every search's ``engine``
 ENGINES = ("auto", "fused", "sequential")
@@ -42,11 +44,15 @@ ENGINES = ("auto", "fused", "sequential")
 CPU_ONLY = ("engine='auto' fuses on the CPU only until the GPU path has been measured; "
             "engine='fused' trains GPU groups")
 
-#: the optimisers the engine has a batched twin of, and the arguments that may differ per model
-_OPTIMIZER_ARGS = {torch.optim.Adam: {"weight_decay", "betas", "eps"},
-                   torch.optim.SGD: {"weight_decay", "momentum", "dampening", "nesterov"}}
-
-
+#: the settings of torch's Adam and SGD the batched twins replay (others: the model's own
+#: optimiser steps)
+BATCHED = {torch.optim.Adam: {"lr": None, "betas": None, "eps": None, "weight_decay": None,
+                               "amsgrad": False, "maximize": False, "foreach": None,
+                               "capturable": False, "differentiable": False, "fused": None,
+                               "decoupled_weight_decay": False},
+            torch.optim.SGD: {"lr": None, "momentum": None, "dampening": None,
+                              "weight_decay": None, "nesterov": None, "maximize": False,
+                              "foreach": None, "differentiable": False, "fused": None}}
 _CE = torch.nn.CrossEntropyLoss
 
 
@@ -122,6 +128,18 @@ def too_big(n_weights):
     return f"{n_weights} weights > max_weights={limit}"
 
 
+def batched_reason(net):
+    """Why ``net``'s optimiser has no batched twin (``BatchedAdam`` / ``BatchedSGD``), or "":
+    torch's plain Adam or SGD with settings the twin replays."""
+    kind = net.optimizer
+    if kind not in BATCHED:
+        return (f"optimizer {getattr(kind, '__name__', kind)} (the batched step replays "
+                "torch's Adam and SGD)")
+    extra = set(net.get_params_for("optimizer")) - {
+        key for key, fixed in BATCHED[kind].items() if fixed is None}
+    return f"optimizer arguments {sorted(extra)}" if extra else ""
+
+
 def cross_entropy(net):
     """Whether ``net`` is a skhpo classifier whose batched loss is the cross-entropy."""
     return _CRITERIA.get(type(net)) is _CE
@@ -133,6 +151,14 @@ def is_family(net):
     return kind in _MODULES and net.module is _MODULES[kind]
 
 
+#: NeuralNet methods a group does not call (it computes the forward, loss and step itself):
+#: a net that overrides one trains alone
+_BYPASSED = ("infer", "train_step", "train_step_single", "validation_step", "fit_loop",
+             "run_single_epoch", "get_iterator", "_step_optimizer", "_zero_grad_optimizer")
+#: iterator arguments a group replays
+_ITERATOR_ARGS = {"shuffle", "batch_size"}
+
+
 def unfusible(estimator):
     """Why ``estimator`` (parameters set) cannot train in a fused group, or ""."""
     try:
@@ -142,38 +168,37 @@ def unfusible(estimator):
                 "skorch nets)")
     kind = type(net)
     family = is_family(net)
-    extra = set(net.get_params_for("optimizer")) - _OPTIMIZER_ARGS.get(net.optimizer, set())
-    iterator = net.get_params_for("iterator_train")
+    bypassed = [name for name in _BYPASSED
+                if getattr(kind, name, None) is not getattr(NeuralNet, name, None)]
+    train_it, valid_it = net.get_params_for("iterator_train"), \
+        net.get_params_for("iterator_valid")
+    optimizer = net.optimizer
     checks = [
-        (not family and _own_get_loss(kind) is None,
-         f"{kind.__name__} overrides get_loss (the fused engine computes each model's loss "
-         "with skorch's or skhpo's get_loss)"),
+        (bool(bypassed), f"{kind.__name__} overrides {bypassed[0] if bypassed else ''} (a "
+         "fused group computes the forward, the loss and the step itself)"),
         (family and bool(net.get_params_for("module")), "module__ arguments"),
-        (net.optimizer not in _OPTIMIZER_ARGS,
-         f"optimizer {getattr(net.optimizer, '__name__', net.optimizer)} (the fused engine "
-         "has Adam and SGD)"),
-        (bool(extra), f"optimizer arguments {sorted(extra)}"),
+        (not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)),
+         f"optimizer {getattr(optimizer, '__name__', optimizer)} (not a torch optimiser "
+         "class)"),
+        (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.LBFGS),
+         "optimizer LBFGS (its step re-evaluates the loss: a closure per model)"),
         (family and (net.criterion is not _CRITERIA[kind] or
                      bool(net.get_params_for("criterion"))),
          "a criterion other than the model's default"),
-        (net.train_split is not None, "train_split (a validation split every epoch)"),
-        (bool(net.warm_start), "warm_start"),
         (bool(getattr(net, "compile", False)), "compile=True"),
         (net.iterator_train not in (ArrayBatchIterator, DataLoader) or
-         bool(set(iterator) - {"shuffle", "batch_size"}),
+         bool(set(train_it) - _ITERATOR_ARGS),
          "a training iterator other than ArrayBatchIterator or DataLoader (with no arguments "
          "but shuffle and batch_size)"),
+        (net.iterator_valid not in (ArrayBatchIterator, DataLoader) or
+         bool(set(valid_it) - _ITERATOR_ARGS) or bool(valid_it.get("shuffle", False)),
+         "a validation iterator other than an unshuffled ArrayBatchIterator or DataLoader "
+         "(with no arguments but batch_size)"),
         (int(net.max_epochs) < 1, "max_epochs < 1"),
     ]
     for failed, reason in checks:
         if failed:
             return reason
-    for cb in net.callbacks or ():
-        cb = cb[1] if isinstance(cb, tuple) else cb
-        if not isinstance(cb, (TaskSeed, FiniteLossGuard)) and not _reads_epochs(cb):
-            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
-                    "runs skhpo's seed and loss guard, and callbacks that only read the net at "
-                    "epoch ends)")
     if not family:  # the torch.func path: a layer whose state or randomness it cannot keep
         return _layer_reason(net)
     return ""
@@ -199,24 +224,10 @@ def _layer_reason(net):
     return _LAYER_REASONS[key]
 
 
-def _own_get_loss(kind):
+def known_loss(kind):
     """The ``get_loss`` of skorch or skhpo that ``kind`` uses, or None if it has its own."""
     known = {NeuralNet.get_loss, NeuralNetClassifier.get_loss, _SkhpoNetMixin.get_loss}
     return kind.get_loss if kind.get_loss in known else None
-
-
-def _reads_epochs(callback):
-    return bool(getattr(callback, "reads_epochs", False))
-
-
-def unreadable(callbacks):
-    """Why the method's ``callbacks`` (``(name, callback)`` pairs) keep a task from fusing,
-    or "": each must only read the net at epoch ends (``reads_epochs = True``)."""
-    for _, cb in callbacks:
-        if not _reads_epochs(cb):
-            return (f"the callback {type(cb).__name__} acts during training (the fused engine "
-                    "runs callbacks that only read the net at epoch ends)")
-    return ""
 
 
 def fusion_key(estimator):

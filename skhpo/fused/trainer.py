@@ -18,6 +18,7 @@ cannot fuse (:mod:`.eligibility`) trains alone, with the reason in :attr:`TaskRe
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import joblib
@@ -27,10 +28,12 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
-from torch.utils.data import DataLoader
+from skorch.dataset import Dataset as SkorchDataset
+from torch.utils.data import DataLoader, Subset
 
 from ..nets import (
     TrainingDivergedError,
+    array_data,
     batch_size_of,
     find_net,
     net_input,
@@ -38,18 +41,11 @@ from ..nets import (
     net_y,
     trial_params,
 )
-from ._group import Member, StackedGroup, epoch_history
+from ._group import Member, StackedGroup, Valid
 from ._layouts import FuncLayout
+from ._replay import Replay
 from .cost import group_size, max_weights
-from .eligibility import (
-    ENGINES,
-    choose_engine,
-    cross_entropy,
-    fusion_key,
-    is_family,
-    too_big,
-    unreadable,
-)
+from .eligibility import ENGINES, choose_engine, cross_entropy, fusion_key, is_family, too_big
 from .prefit import fingerprint
 
 __all__ = ["FusedTask", "FusedTrainer", "Plan", "TaskResult"]
@@ -170,8 +166,7 @@ class FusedTrainer:
         keys, alone = {}, {}
         for i, task in enumerate(tasks):
             est = clone(self.estimator).set_params(**task.params)
-            decision = choose_engine(est, self.engine, also=unreadable(task.callbacks),
-                                     what=f"task {i}")
+            decision = choose_engine(est, self.engine, what=f"task {i}")
             if decision.reason:
                 alone[i] = decision.reason
             else:
@@ -261,9 +256,10 @@ class FusedTrainer:
         rows = np.arange(min(len(y), 8)) if task.rows is None else np.asarray(task.rows)[:8]
         try:
             with torch.random.fork_rng(devices=[]):
-                est.set_params(**trial_params(self.estimator, seed=task.seed, max_epochs=0))
-                est.fit(_rows(X, rows), _rows(y, rows))
-                net = find_net(est)[0]
+                est.set_params(**trial_params(self.estimator, seed=task.seed, max_epochs=0,
+                                              train_split=None))
+                with _initialising(net):
+                    est.fit(_rows(X, rows), _rows(y, rows))
                 sample = torch.as_tensor(np.ascontiguousarray(
                     net_input(est, _rows(X, rows)) if est is not net else net_X(net, _rows(
                         X, rows))))[:2]
@@ -320,6 +316,9 @@ class FusedTrainer:
                    tuple(tuple(p.shape) for p in member.net.module_.parameters()))
             by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
+            same = self._begin(same, inits, moved, trained, (g, tasks))
+            if not same:
+                continue
             if len(same) == 1 and self.engine == "auto" and not keep_single:
                 moved[same[0]] = "the only task of its shapes after preprocessing"
                 continue
@@ -334,11 +333,37 @@ class FusedTrainer:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
         return trained, moved
 
+    def _begin(self, same, inits, moved, trained, group):
+        """The positions of ``same`` that train in the group, after each net's
+        ``on_train_begin`` (its own fit's first call): a member whose split is not arrays, or
+        whose callbacks replaced its module or parameters when training began, trains alone
+        (``moved``); one whose ``on_train_begin`` failed fails (``trained``)."""
+        g, tasks = group
+        out = []
+        for j in same:
+            member = inits[j][1]
+            if member.moved:
+                moved[j] = member.moved
+                continue
+            module = member.net.module_
+            params = list(module.parameters())
+            Replay(member).train_begin()
+            if member.error:
+                trained[j] = self._hand_back(g, tasks[j], *inits[j])
+            elif member.net.module_ is not module or any(
+                    p is not q for p, q in zip(params, member.net.module_.parameters())):
+                moved[j] = ("a callback replaced its module or parameters when training "
+                            "began (a fused group trains the module it was given)")
+            else:
+                out.append(j)
+        return out
+
     def _init(self, task, X, y, shared, slot=0):
-        """The task's net fitted for 0 epochs (its own initialisation from its seed) on device
-        slot ``slot`` (its group's: groups go round-robin over several GPUs), the state of
-        torch's generator after it, and its training data: without preprocessing every
-        member indexes one shared copy of X (and of y, for equal classes)."""
+        """The task's net fitted for 0 epochs (its own initialisation from its seed, and the
+        validation split its own fit makes) on device slot ``slot`` (its group's: groups go
+        round-robin over several GPUs), the state of torch's generator after it, and its
+        data: without preprocessing every member indexes one shared copy of X (and of y,
+        for equal classes)."""
         params = clone(task.params, safe=False)
         template, prefix = find_net(self.estimator)
         epochs = int(params.get(f"{prefix}max_epochs", template.max_epochs))
@@ -348,21 +373,13 @@ class FusedTrainer:
         Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
         net, _ = find_net(est)
         pre = _plain_preprocessing(est)
-        if pre is None:
-            est.fit(Xr, yr)
-        else:  # the steps before the net, fitted once per fold and shared by its tasks
-            # the fold (its rows, alive and shared by the group's tasks) and the task's own
-            # parameters of these steps: hashing the steps themselves cost 0.4 ms a task
-            names = {name for name, _ in pre.steps}
-            own = {k: v for k, v in params.items() if k.split("__", 1)[0] in names}
-            key = ("pre", id(task.rows), joblib.hash(own) if own else "")
-            if key not in shared:
-                shared[key] = ([step for _, step in pre.steps], pre.fit_transform(Xr, yr))
-            fitted, Xt_pre = shared[key]
-            for i, step in enumerate(fitted):  # each task its own copy of the fitted steps
-                est.steps[i] = (est.steps[i][0], step if step is pre.steps[i][1] else
-                                copy.deepcopy(step))
-            net.fit(Xt_pre, yr)  # as Pipeline.fit feeds it: the steps' fit_transform
+        with _initialising(net) as split:  # what its own fit splits off for validation
+            if pre is None:
+                est.fit(Xr, yr)
+                fit_X = Xr
+            else:  # the steps before the net, fitted once per fold and shared by its tasks
+                key, fit_X = self._fit_steps(est, pre, (params, task.rows, shared), Xr, yr)
+                net.fit(fit_X, yr)  # as Pipeline.fit feeds it: the steps' fit_transform
         generator = torch.Generator().set_state(torch.get_rng_state())
         shuffle = ("dataloader" if net.iterator_train is DataLoader else "array") + \
             ("" if net.get_params_for("iterator_train").get("shuffle", False) else "-ordered")
@@ -372,28 +389,48 @@ class FusedTrainer:
             else:
                 data = (key, tuple(np.asarray(getattr(net, "classes_", ())).tolist()))
                 if data not in shared:
-                    shared[data] = (net_X(net, Xt_pre), net_y(net, yr))
+                    shared[data] = (net_X(net, fit_X), net_y(net, yr))
                 Xt, yt = shared[data]
             Xt = torch.as_tensor(np.ascontiguousarray(Xt))
-            return est, Member(net, Xt, torch.as_tensor(yt), generator, epochs,
-                                  shuffle=shuffle)
-        if "X" not in shared:
-            shared["X"] = torch.as_tensor(np.ascontiguousarray(net_X(net, X)))
-        classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
-        if classes not in shared:
-            shared[classes] = torch.as_tensor(net_y(net, y))
-        return est, Member(net, shared["X"], shared[classes], generator, epochs, task.rows,
-                              shuffle=shuffle)
+            member = Member(net, Xt, torch.as_tensor(yt), generator, epochs, shuffle=shuffle)
+        else:
+            if "X" not in shared:
+                shared["X"] = torch.as_tensor(np.ascontiguousarray(net_X(net, X)))
+            classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
+            if classes not in shared:
+                shared[classes] = torch.as_tensor(net_y(net, y))
+            member = Member(net, shared["X"], shared[classes], generator, epochs, task.rows,
+                            shuffle=shuffle)
+        _split_member(member, split["datasets"], fit_X, yr)
+        return est, member
+
+    @staticmethod
+    def _fit_steps(est, pre, task, Xr, yr):
+        """``(cache key, X the net receives)``: the Pipeline's steps before the net, fitted
+        once per fold and shared by its tasks (each task its own copy of the fitted steps).
+        ``task``: its parameters, its rows and the group's cache."""
+        params, rows, shared = task
+        # the fold (its rows, alive and shared by the group's tasks) and the task's own
+        # parameters of these steps: hashing the steps themselves cost 0.4 ms a task
+        names = {name for name, _ in pre.steps}
+        own = {k: v for k, v in params.items() if k.split("__", 1)[0] in names}
+        key = ("pre", id(rows), joblib.hash(own) if own else "")
+        if key not in shared:
+            shared[key] = ([step for _, step in pre.steps], pre.fit_transform(Xr, yr))
+        fitted, Xt_pre = shared[key]
+        for i, step in enumerate(fitted):
+            est.steps[i] = (est.steps[i][0], step if step is pre.steps[i][1] else
+                            copy.deepcopy(step))
+        return key, Xt_pre
 
     @staticmethod
     def _hand_back(g, task, est, member):
         if member.error:
             return TaskResult(None, member.error, member.seconds, g, "")
         net = member.net
-        net.history_ = epoch_history(member.losses)
         net.max_epochs = member.epochs
         net.module_.eval()
-        rows = member.rows.numpy()  # the data as the net received it, without recomputing
+        rows = member.fit_rows.numpy()  # the data as its fit received it, not recomputed
         key = fingerprint(member.X.numpy()[rows], member.y.numpy()[rows])
         return TaskResult(est, "", member.seconds, g, "", key)
 
@@ -416,3 +453,73 @@ def _rows(a, rows):
 
 def _n_weights(net):
     return sum(p.numel() for p in net.module_.parameters())
+
+
+@contextmanager
+def _initialising(net):
+    """The block's fit of ``net`` (0 epochs) initialises it without calling its callbacks
+    (its ``on_train_begin`` runs when the group begins, once, as in its own fit; its
+    ``on_train_end`` when it leaves the group), and records, in the dict it yields under
+    ``"datasets"``, what the net's own ``get_split_datasets`` returned: its training and
+    validation parts."""
+    seen = {}
+    original = net.get_split_datasets
+
+    def capture(*args, **kwargs):
+        seen["datasets"] = original(*args, **kwargs)
+        return seen["datasets"]
+
+    net.get_split_datasets = capture
+    net.notify = _silent
+    try:
+        yield seen
+    finally:
+        del net.get_split_datasets, net.notify
+
+
+def _silent(method_name, **cb_kwargs):
+    return None
+
+
+def _split_member(member, datasets, fit_X, fit_y):
+    """The member's training rows and validation part, from the split its net's own fit made
+    (``datasets``); what its callbacks are given with it. A part that is not arrays (a custom
+    Dataset) leaves ``member.moved`` saying why it trains alone."""
+    dataset_train, dataset_valid = datasets
+    member.datasets = {"dataset_train": dataset_train, "dataset_valid": dataset_valid}
+    member.fit_kwargs = {"X": fit_X, "y": fit_y}
+    n = len(member.fit_rows)
+    train = _subset(dataset_train, n)
+    if train is False:
+        member.moved = "its training part after the validation split is not array data"
+        return
+    if train is not None:
+        member.rows = member.fit_rows[torch.as_tensor(train, dtype=torch.long)]
+    if dataset_valid is None:
+        return
+    net = member.net
+    valid = _subset(dataset_valid, n)
+    if valid is False:
+        arrays = array_data(dataset_valid)
+        if arrays is None or arrays[1] is None:
+            member.moved = "its validation data is not arrays of inputs and targets"
+            return
+        Xv, yv = arrays
+    else:
+        rows = member.fit_rows if valid is None else \
+            member.fit_rows[torch.as_tensor(valid, dtype=torch.long)]
+        Xv, yv = member.X.index_select(0, rows), member.y.index_select(0, rows)
+    size = net.get_params_for("iterator_valid").get("batch_size", net.batch_size)
+    member.valid = Valid(Xv, yv, len(yv) if size == -1 else size,
+                         draws=net.iterator_valid is DataLoader)
+
+
+def _subset(dataset, n):
+    """The indices of ``dataset`` into the ``n`` rows the fit received (None: all of them),
+    or False when it is not a part of them."""
+    if isinstance(dataset, Subset) and type(dataset.dataset) is SkorchDataset \
+            and len(dataset.dataset) == n:
+        return np.asarray(dataset.indices)
+    if type(dataset) is SkorchDataset and len(dataset) == n:
+        return None
+    return False

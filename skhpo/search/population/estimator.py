@@ -13,6 +13,7 @@ from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ...fused import ENGINES, choose_engine
+from ...fused.eligibility import batched_reason
 from ...hyper.hypergrad import resolve_hyperparam
 from ...hyper.layers import replace_dropout
 from ...hyper.space import parse_name, read_dimension
@@ -316,6 +317,7 @@ class PopulationMutationSearch(HoldoutSearch):
         skhpo's tabular MLPs where ``engine`` and the net allow, else one by one."""
         family = "" if isinstance(net, (TabularMLPClassifier, TabularMLPRegressor)) else \
             f"{type(net).__name__} (the fused population trains skhpo's tabular MLPs)"
+        family = family or batched_reason(net)
         student = clone(net).set_params(max_epochs=1, train_split=None, warm_start=False)
         return choose_engine(student, self.engine, n_weights=n_weights, also=family,
                              what="the students")

@@ -13,7 +13,6 @@
 import copy
 import math
 import time
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +32,7 @@ from ...nets import (
     FiniteLossGuard,
     TrainingDivergedError,
     batch_size_of,
+    drawing_from,
     free_estimator,
     net_seed,
     seed_everything,
@@ -247,7 +247,7 @@ class NetPopulation:
 
             def f(h_prime):
                 values = {hp.name: h_prime[i].float() for i, hp in enumerate(self.hypers)}
-                with _drawing_from(self._teacher_rng):  # the look-ahead's dropout noise
+                with drawing_from(self._teacher_rng):  # the look-ahead's dropout noise
                     return lookahead_loss(
                         module, loss_fn, self.hypers, values,
                         ((Xt[train_idx].to(device), yt[train_idx].to(device)),
@@ -255,16 +255,6 @@ class NetPopulation:
                         lr=group["lr"], weight_decay=group.get("weight_decay", 0.0))
             return f
         return [objective(b) for b in batches]
-
-
-@contextmanager
-def _drawing_from(generator):
-    """Run the block with torch's (CPU) global generator in ``generator``'s state, and keep
-    the state it leaves in ``generator``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.set_rng_state(generator.get_state())
-        yield
-        generator.set_state(torch.get_rng_state())
 
 
 class FusedNetPopulation(NetPopulation):
