@@ -52,6 +52,7 @@ __all__ = [
     "net_y",
     "seed_everything",
     "seed_torch",
+    "seeds_itself",
     "spawn_seeds",
     "task_device",
     "trial_params",
@@ -440,11 +441,19 @@ def user_callbacks(net):
             for cb in _user_callbacks(net)]
 
 
+def seeds_itself(net):
+    """Whether ``net`` seeds its own fits: a ``random_state`` of its own, or a
+    :class:`TaskSeed` among the user's callbacks (a task then keeps the user's seed)."""
+    return getattr(net, "random_state", None) is not None or any(
+        isinstance(cb[1] if isinstance(cb, tuple) else cb, TaskSeed)
+        for cb in _user_callbacks(net))
+
+
 def trial_params(estimator, *, seed=None, task_index=0, extra_callbacks=(), **net_overrides):
     """Parameters that turn ``estimator`` into one guarded, seeded training task.
 
     Returns a ``set_params`` dict (with the Pipeline prefix) that appends a
-    :class:`FiniteLossGuard` and, unless the net has its own ``random_state``, a
+    :class:`FiniteLossGuard` and, unless the net seeds itself (:func:`seeds_itself`), a
     :class:`TaskSeed` to the net's callbacks, plus ``extra_callbacks`` (``(name, callback)``
     pairs a method reads the trained net with), places the task on a device round-robin, and
     applies ``net_overrides`` (e.g. ``max_epochs=1``). The user's callbacks are kept.
@@ -458,7 +467,7 @@ def trial_params(estimator, *, seed=None, task_index=0, extra_callbacks=(), **ne
         extra = list(extra_callbacks)
         if not _has_guard(net):
             extra.append(("skhpo_finite_loss", FiniteLossGuard()))
-        if seed is not None and getattr(net, "random_state", None) is None:
+        if seed is not None and not seeds_itself(net):
             extra.append(("skhpo_seed", TaskSeed(seed)))
         if extra:
             out[f"{prefix}callbacks"] = user_callbacks(net) + extra

@@ -113,6 +113,9 @@ class StackedGroup:
         self.opt = batched_optimizer(flat, [n.optimizer_ for n in nets]) \
             if all(r.inert for r in self.replays) and _batched(nets) else None
         self._flat = flat
+        # each buffer of the module (BatchNorm's running statistics) stacked per model
+        self.buffers = {name: torch.stack([m.net.module_.get_buffer(name) for m in members])
+                        .to(self.device) for name in self.layout.buffer_names}
         coefs = [n.penalty_coefficients() if getattr(n, "_penalized", False) else None
                  for n in nets]
         self.l2 = self._coefficients(coefs, "l2")
@@ -152,6 +155,8 @@ class StackedGroup:
             module = self.members[k].net.module_
             for p, view in zip(module.parameters(), self.layout._tensors(self.flat[j])):
                 p.data = view
+            for name, stacked in self.buffers.items():
+                _set_buffer(module, name, stacked[j])
             if k not in self._views:  # what a state_dict holds: copies, not views
                 self._views[k] = module.register_state_dict_post_hook(_own_copies)
         self._set_limits()
@@ -304,10 +309,16 @@ class StackedGroup:
         others' sizes."""
         losses, outs = [None] * n_live, {}
         for pos, xb, yb in parts:
-            views = self.leaves if len(pos) == n_live else [t[pos] for t in self.leaves]
+            every = len(pos) == n_live
+            views = self.leaves if every else [t[pos] for t in self.leaves]
+            buffers = self.buffers if every else {n: b[pos] for n, b in self.buffers.items()}
             members = [self.alive[j] for j in pos]
             out = self.layout.forward(views, xb.to(self.device),
-                                      lambda i, h, members=members: self._dropout(i, h, members))
+                                      lambda i, h, members=members: self._dropout(i, h, members),
+                                      buffers)
+            if not every:  # the running statistics the forward updated, back in place
+                for name, b in buffers.items():
+                    self.buffers[name][pos] = b
             each = self._loss(out, yb.to(self.device), xb, members)
             for i, j in enumerate(pos):
                 losses[j], outs[j] = each[i], out[i]
@@ -365,7 +376,8 @@ class StackedGroup:
                               valid.y[s * valid.batch:s * valid.batch + n]))
             xb = torch.stack([x for x, _ in parts]).to(self.device)
             views = [t[pos] for t in self.leaves]
-            out = self.layout.forward(views, xb, _evaluation)
+            out = self.layout.forward(views, xb, _evaluation,
+                                      {n: b[pos] for n, b in self.buffers.items()})
             for i, j in enumerate(pos):
                 member = self.members[self.alive[j]]
                 if member.error or member.stopped:
@@ -455,10 +467,12 @@ class StackedGroup:
         keep = [j for j in range(len(self.alive)) if j not in positions]
         self.alive = [self.alive[j] for j in keep]
         if positions and keep:
+            index = torch.as_tensor(keep, device=self.device)
             if self.opt is not None:
                 self.opt.keep(keep)
             else:
-                self._flat = self._flat[torch.as_tensor(keep, device=self.device)]
+                self._flat = self._flat[index]
+            self.buffers = {n: b[index] for n, b in self.buffers.items()}
             self._leaves()
         return keep
 
@@ -470,9 +484,18 @@ class StackedGroup:
             for p in module.parameters():
                 p.data = p.data.clone(memory_format=torch.contiguous_format)
                 p.grad = None
+            for name in self.buffers:
+                _set_buffer(module, name, module.get_buffer(name).clone(
+                    memory_format=torch.contiguous_format))
         handle = self._views.pop(k, None)
         if handle is not None:
             handle.remove()
+
+
+def _set_buffer(module, name, tensor):
+    """``module``'s buffer ``name`` (a dotted path) replaced by ``tensor``."""
+    parent, _, attr = name.rpartition(".")
+    (module.get_submodule(parent) if parent else module)._buffers[attr] = tensor
 
 
 def _own_copies(module, state_dict, prefix, local_metadata):

@@ -89,6 +89,9 @@ class _Layout:
     state into its optimiser, once ``_tensors(row)`` says which tensor of the row is which
     parameter (in ``module.parameters()`` order, shaped as the parameter, views of the row)."""
 
+    #: the module's buffers the group stacks per model (none but on the torch.func path)
+    buffer_names = ()
+
     def train(self, mode=True):
         """Training or evaluation mode of the stacked forward (dropout is the group's to
         apply; a layout without mode-dependent layers has nothing to switch)."""
@@ -141,9 +144,9 @@ class MLPLayout(_Layout):
     def dropouts(module):
         return [layer for kind, layer in _structure(module) if kind == "dropout"]
 
-    def forward(self, views, x, dropout):
+    def forward(self, views, x, dropout, buffers=None):
         """Every model's output for its batch ``x`` (K, b, in); ``dropout(i, h)`` applies the
-        i-th dropout layer."""
+        i-th dropout layer (the module has no ``buffers``)."""
         h, lin, drop = x, 0, 0
         for kind in self.kinds:
             if kind == "linear":
@@ -204,7 +207,7 @@ class CNNLayout(ParamLayout):
         self.image_shape = tuple(module.image_shape)
         self.features, self.head = list(module.features), list(module.head)
 
-    def forward(self, views, x, dropout):
+    def forward(self, views, x, dropout, buffers=None):
         K, b = x.shape[:2]
         params = iter(views)
         h = x.reshape(K, b, *self.image_shape)
@@ -234,30 +237,46 @@ class CNNLayout(ParamLayout):
 
 
 class _GivenNoise(nn.Module):
-    """Stands for an ``nn.Dropout`` in the engine's copy: ``x * noise`` (the noise comes in as
-    a buffer, per model); the identity where ``p = 0``, as ``F.dropout``."""
+    """Stands for a dropout layer in the engine's copy: ``x * noise`` (the noise comes in as
+    a buffer, per model); the identity where ``p = 0``, as ``F.dropout``. ``dims``: the
+    input dimensions of a feature dropout (``Dropout2d``: 4), None for ``nn.Dropout``."""
 
-    def __init__(self, p):
+    def __init__(self, p, dims=None):
         super().__init__()
-        self.p = float(p)
+        self.p, self.dims = float(p), dims
         self.register_buffer("noise", torch.ones(()), persistent=False)
+
+    def noise_shape(self, shape):
+        """The noise of an input of ``shape``: ``F.dropout``'s is the input's, a feature
+        dropout's one value per sample and channel."""
+        if self.dims is None:
+            return shape
+        return (*shape[:2], *[1] * (len(shape) - 2))
 
     def forward(self, x):
         return x if self.p == 0 else x * self.noise
 
 
+#: dropout layers whose masks the engine draws per model, and the input dimensions of each
+#: (a feature dropout drops whole channels: its noise is ``(N, C, 1, ...)``)
+_DROPOUTS = {nn.Dropout: None, nn.Dropout1d: 3, nn.Dropout2d: 4, nn.Dropout3d: 5}
+
+
 def stateful_layer(module):
-    """``"'path' (Class): why"`` for the first layer whose state training would change in
-    place or whose randomness the engine cannot replay, or ""."""
+    """``"'path' (Class): why"`` for the first layer whose state training would change in a
+    way the engine cannot follow or whose randomness it cannot replay, or ""."""
     for path, layer in module.named_modules():
         name = f"layer '{path}' ({type(layer).__name__})"
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
-            return f"{name} keeps running statistics, which training updates in place"
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats \
+                and layer.momentum is None:
+            return (f"{name} has momentum=None (a cumulative average of its statistics); "
+                    "a momentum (e.g. 0.1, the default) fuses")
+        if isinstance(layer, (nn.modules.batchnorm._LazyNormBase, nn.SyncBatchNorm)):
+            return f"{name}: lazy and synchronised batch norms are not fused"
         if isinstance(layer, nn.RNNBase):
             return f"{name}: recurrent layers are not fused"
-        if isinstance(layer, (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                              nn.FeatureAlphaDropout)):
-            return f"{name}: the engine replays the masks of nn.Dropout only"
+        if isinstance(layer, (nn.AlphaDropout, nn.FeatureAlphaDropout)):
+            return f"{name}: the engine replays the masks of nn.Dropout and Dropout1d/2d/3d"
     return ""
 
 
@@ -275,36 +294,46 @@ class FuncLayout(ParamLayout):
         reason = stateful_layer(module)
         if reason:
             raise ValueError(reason)
+        #: the module's buffers (BatchNorm's running statistics), which the group stacks per
+        #: model and passes to :meth:`forward`
+        self.buffer_names = [name for name, _ in module.named_buffers()]
         self.module = copy.deepcopy(module)
         drops = {}
         for path, layer in list(self.module.named_modules()):
-            if type(layer) is nn.Dropout:
+            if type(layer) in _DROPOUTS:
                 parent, _, attr = path.rpartition(".")
-                given = _GivenNoise(layer.p)
+                given = _GivenNoise(layer.p, _DROPOUTS[type(layer)])
                 setattr(self.module.get_submodule(parent) if parent else self.module, attr,
                         given)
                 drops[path] = given
         if "" in drops:
-            raise ValueError("the module is a single nn.Dropout layer")
+            raise ValueError("the module is a single dropout layer")
         self.names = [name for name, _ in self.module.named_parameters()]
         self.order = self._call_order(drops, sample)
-        self._shapes = {}  # batch size -> the input shape and dtype of each dropout layer
+        self._shapes = {}  # batch size -> the noise shape and dtype of each dropout layer
         # two stacked copies through vmap, forward and backward: what cannot run fails here
         views = [v.detach().requires_grad_(True)
                  for v in self.views(torch.stack([self.flat(module)] * 2))]
+        buffers = {name: torch.stack([b.detach().clone()] * 2)
+                   for name, b in module.named_buffers()}
         try:
             with torch.random.fork_rng(devices=[]):
-                out = self.forward(views, torch.stack([sample, sample]), lambda i, h: h)
+                out = self.forward(views, torch.stack([sample, sample]), lambda i, h: h,
+                                   buffers)
                 torch.autograd.grad(out.float().sum(), views, allow_unused=True)
         except Exception as exc:
             raise ValueError(f"its forward does not run under torch.func.vmap "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
     def _call_order(self, drops, sample):
-        order = []
-        hooks = [layer.register_forward_pre_hook(lambda m, a, path=path: order.append(path))
+        order, dims = [], {}
+
+        def called(path, inputs):
+            order.append(path)
+            dims[path] = inputs[0].dim()
+        hooks = [layer.register_forward_pre_hook(lambda m, a, path=path: called(path, a))
                  for path, layer in drops.items()]
-        try:
+        try:  # (the engine's copy: its own running statistics are never used)
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 self.module(sample)
         finally:
@@ -314,6 +343,11 @@ class FuncLayout(ParamLayout):
         if twice:
             raise ValueError(f"the dropout layer '{twice[0]}' runs more than once in one "
                              "forward")
+        for path in order:
+            want = drops[path].dims
+            if want is not None and dims[path] != want:
+                raise ValueError(f"the feature dropout '{path}' gets {dims[path]}-d input "
+                                 f"(the engine replays it on batched {want}-d input)")
         return order
 
     def dropouts(self, module):
@@ -329,10 +363,11 @@ class FuncLayout(ParamLayout):
         if b not in self._shapes:
             seen = {}
 
-            def record(path, inputs):  # a pre-hook must return None: it would replace them
-                seen.setdefault(path, (tuple(inputs[0].shape), inputs[0].dtype))
+            def record(layer, path, inputs):  # a pre-hook returns None (else: new inputs)
+                seen.setdefault(path, (layer.noise_shape(tuple(inputs[0].shape)),
+                                       inputs[0].dtype))
             hooks = [self.module.get_submodule(path).register_forward_pre_hook(
-                lambda m, a, path=path: record(path, a)) for path in self.order]
+                lambda m, a, path=path: record(m, path, a)) for path in self.order]
             try:
                 with torch.no_grad():
                     functional_call(self.module, {n: v[0] for n, v in zip(self.names, views)},
@@ -343,12 +378,14 @@ class FuncLayout(ParamLayout):
             self._shapes[b] = [seen[path] for path in self.order]
         return self._shapes[b]
 
-    def forward(self, views, x, dropout):
+    def forward(self, views, x, dropout, buffers=None):
         """Every model's output for its batch ``x`` (K, b, ...); ``dropout(i, h)`` multiplies
         ``h`` by each model's noise of the i-th dropout layer in call order (so ``h`` of
-        ones gives the noise itself)."""
+        ones gives the noise itself). ``buffers``: each buffer of the module stacked per
+        model (K, ...), which a training forward updates in place (BatchNorm's running
+        statistics, per model: torch's batching rule of ``batch_norm``)."""
         K = x.shape[0]
-        noise = {}
+        noise = dict(buffers or {})
         for i, (path, (shape, dtype)) in enumerate(zip(self.order,
                                                        self._noise_shapes(views, x))):
             noise[f"{path}.noise"] = dropout(i, torch.ones((K, *shape), dtype=dtype,

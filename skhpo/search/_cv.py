@@ -184,6 +184,7 @@ class NetSearchCV(FusedCVMixin, BaseSearchCV):
             fit.data, self.error_score, probe) for i in solo)
         for out, i in zip(runs, solo):  # the generator first: it runs to its end
             finished(i, {**out, "group": -1, "engine_reason": plan.alone[i]})
+        fit.trainings += [out["engine_reason"] for out in outs]
         return outs
 
     def _probe_fused(self, result, X, probe):

@@ -25,6 +25,7 @@ from ..nets import (
     net_input,
     net_y,
     seed_everything,
+    seeds_itself,
     trial_params,
     user_callbacks,
 )
@@ -58,6 +59,11 @@ class FusedCVMixin:
         finally:
             del self._fit
         self.n_resumed_ = 0 if fit.checkpoint is None else fit.checkpoint.loaded
+        for name, value in fit.engine_attributes().items():
+            setattr(self, name, value)
+        if self.engine == "auto" and self.verbose >= 1 and self.engine_reason_:
+            print(f"[{type(self).__name__}] engine_={self.engine_!r}; trained alone: "
+                  f"{self.engine_reason_}")
 
     def __getstate__(self):
         # the search may be shipped to joblib workers during fit; its fit state stays here
@@ -101,6 +107,8 @@ class FusedCVMixin:
         kwargs = {"more_results": more_results}
         if self.engine != "sequential" or fit.checkpoint is not None:
             kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks)
+        else:
+            fit.evaluated([["engine='sequential'"] * fit.n_splits] * len(candidates))
         if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
             results = evaluate_candidates(tasks, **kwargs)
         else:
@@ -146,6 +154,9 @@ class FusedCVMixin:
 
         with progress:
             trainer.fit(fused, X, y, on_result=finished, plan=todo, on_group=written)
+        reasons = [plan.alone[i] if i in plan.alone else (r or {}).get("reason", "")
+                   for i, r in enumerate(records)]
+        fit.evaluated(reasons[i:i + len(splits)] for i in range(0, len(reasons), len(splits)))
         return _Splits(splits), self._with_prefit(candidates, seeds, tasks, records)
 
     def _with_prefit(self, candidates, seeds, tasks, records):
@@ -182,7 +193,7 @@ class FusedCVMixin:
     def _seed_refit(self):
         # sklearn refits the best candidate in this process right after _run_search
         net, _ = find_net(self.estimator)
-        if getattr(net, "random_state", None) is None and self._fit.refit_seed is not None:
+        if not seeds_itself(net) and self._fit.refit_seed is not None:
             seed_everything(self._fit.refit_seed)
 
     def _format_results(self, candidate_params, n_splits, out, more_results=None):
@@ -224,9 +235,10 @@ def _fold_key(result, X, y, rows):
 
 def _fold_record(result, X, y, rows):
     """What a trained fold leaves: the fingerprint of its data, its state (None if it
-    failed) and its fit time."""
+    failed), its fit time and why it trained alone ("" if fused)."""
     if result.estimator is None:
-        return {"key": None, "state": None, "fit_time": result.fit_time, "error": result.error}
+        return {"key": None, "state": None, "fit_time": result.fit_time, "error": result.error,
+                "reason": result.reason}
     return {"key": _fold_key(result, X, y, rows),
             "state": net_state(find_net(result.estimator)[0]),
-            "fit_time": result.fit_time, "error": ""}
+            "fit_time": result.fit_time, "error": "", "reason": result.reason}

@@ -45,6 +45,12 @@ class FitState:
         scikit-learn's own fit).
     refit_seed : int or None
         The seed of the refit of the best candidate.
+    trainings : list of str
+        Why each training of the search trained alone ("" where it trained in a fused
+        group): the method's own trainings, then the cross-validation's folds.
+    candidates : list of list of str
+        The same, per candidate scikit-learn cross-validated (``cv_results_`` order), one
+        entry per fold.
     """
 
     X: object
@@ -58,6 +64,8 @@ class FitState:
     task_keys: set = field(default_factory=set)
     fit_times: list = field(default_factory=list)
     refit_seed: int | None = None
+    trainings: list = field(default_factory=list)
+    candidates: list = field(default_factory=list)
 
     @property
     def data(self):
@@ -69,6 +77,38 @@ class FitState:
         seeds = spawn_seeds(rng, n + 1)
         self.refit_seed = seeds[-1]
         return seeds[:-1]
+
+
+    def evaluated(self, folds):
+        """Record the cross-validation of candidates: ``folds``, per candidate, why each of
+        its folds trained alone ("" where fused)."""
+        self.candidates += [list(f) for f in folds]
+        self.trainings += [r for f in folds for r in f]
+
+    def engine_attributes(self):
+        """The search's ``engine_`` (``"fused"``: every training fused, ``"sequential"``:
+        none, ``"mixed"``), ``engine_reason_`` (what kept trainings from fusing, with how many,
+        "" if nothing did), ``candidate_engines_`` and ``candidate_reasons_`` (the same per
+        cross-validated candidate)."""
+        engines = [_engine(f) for f in self.candidates]
+        return {"engine_": _engine(self.trainings), "engine_reason_": _reasons(self.trainings),
+                "candidate_engines_": engines,
+                "candidate_reasons_": [_reasons(f) for f in self.candidates]}
+
+
+def _engine(reasons):
+    alone = sum(1 for r in reasons if r)
+    return "sequential" if reasons and alone == len(reasons) else "mixed" if alone else "fused"
+
+
+def _reasons(reasons):
+    """``"reason (n of N trainings); ..."``, most frequent first, or ""."""
+    counts = {}
+    for r in reasons:
+        if r:
+            counts[r] = counts.get(r, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return "; ".join(f"{r} ({n} of {len(reasons)} trainings)" for r, n in ranked)
 
 
 def sklearn_fit(search, X, y=None, **params):

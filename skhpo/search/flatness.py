@@ -137,6 +137,14 @@ class FlatnessSearchCV(NetSearchCV):
         from ``max_epochs`` (an upper bound if a callback stops training early).
     n_trainings_ : int
         Nets trained: the screened candidates, the finalists' CV fits and the refit.
+    engine_ : {"fused", "sequential", "mixed"}
+        How the search's trainings ran: all in fused groups, all alone, or some of each.
+    engine_reason_ : str
+        What kept trainings from fusing, most frequent first, each with how many trainings
+        it kept alone ("" when every training fused); printed with ``engine="auto"`` and
+        ``verbose >= 1``.
+    candidate_engines_, candidate_reasons_ : list of str
+        The same per candidate of ``cv_results_`` (over its cross-validation fits).
 
     Notes
     -----

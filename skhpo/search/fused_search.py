@@ -47,6 +47,7 @@ class _FusedDropIn(FusedCVMixin):
         decision = choose_engine(self.estimator, self.engine,
                                  what=f"{type(self).__name__}'s estimator")
         if decision.engine == "sequential" and fit.checkpoint is None:
+            fit.evaluated([[decision.reason] * self.n_splits_] * len(self._candidates()))
             return super()._run_search(evaluate_candidates, callback_ctx=callback_ctx)
         fit.n_splits = self.n_splits_
         candidates = self._candidates()
@@ -96,6 +97,22 @@ random_state, error_score, return_train_score
         without retraining it (as in :class:`~skhpo.FlatnessSearchCV`; docs/core.md). Needs
         an int ``random_state``, a skorch net and no fit parameters; every fit is then seeded
         from ``random_state``, also for nets that cannot fuse.
+
+    Attributes
+    ----------
+    cv_results_, best_params_, best_index_, best_score_, best_estimator_, refit_time_, \
+scorer_, n_splits_, multimetric_
+        As in scikit-learn's search.
+    engine_ : {"fused", "sequential", "mixed"}
+        How the search's trainings ran: all in fused groups, all alone, or some of each.
+    engine_reason_ : str
+        What kept trainings from fusing, most frequent first, each with how many trainings
+        it kept alone ("" when every training fused); printed with ``engine="auto"`` and
+        ``verbose >= 1``.
+    candidate_engines_, candidate_reasons_ : list of str
+        The same per candidate of ``cv_results_`` (over its cross-validation fits).
+    n_resumed_ : int
+        Fits loaded from ``checkpoint`` (0 without one).
 
     Examples
     --------
@@ -149,6 +166,22 @@ return_train_score
         As in :class:`FusedRandomizedSearchCV`.
     random_state : int, RandomState or None, default=None
         Seeds the fits of a fusible estimator.
+
+    Attributes
+    ----------
+    cv_results_, best_params_, best_index_, best_score_, best_estimator_, refit_time_, \
+scorer_, n_splits_, multimetric_
+        As in scikit-learn's search.
+    engine_ : {"fused", "sequential", "mixed"}
+        How the search's trainings ran: all in fused groups, all alone, or some of each.
+    engine_reason_ : str
+        What kept trainings from fusing, most frequent first, each with how many trainings
+        it kept alone ("" when every training fused); printed with ``engine="auto"`` and
+        ``verbose >= 1``.
+    candidate_engines_, candidate_reasons_ : list of str
+        The same per candidate of ``cv_results_`` (over its cross-validation fits).
+    n_resumed_ : int
+        Fits loaded from ``checkpoint`` (0 without one).
 
     Examples
     --------

@@ -179,6 +179,9 @@ class HyperLocalRefiner(HoldoutSearch):
     base_estimator_ : the base search's best model.
     base_search_ : the fitted base search (the given one when ``search`` was fitted; else
         the clone that ran, a fused drop-in where ``engine`` made it one).
+    engine_ : {"fused", "sequential", "mixed"}
+        How the base search's fits trained (its own ``engine_``; ``"sequential"`` for a
+        search that has none). The refinement itself trains one model.
     best_params_ : dict
         The base's best parameters with the refined penalty values.
     best_score_ : float
@@ -352,7 +355,8 @@ class HyperLocalRefiner(HoldoutSearch):
             result.epochs += epochs
             result.trainings += trainings
         result.attributes.update(attributes, base_estimator_=base, base_search_=fitted,
-                                 n_resumed_=int(loaded), scorer_=scorer)
+                                 n_resumed_=int(loaded), scorer_=scorer,
+                                 engine_=getattr(fitted, "engine_", "sequential"))
         return result
 
     def _base_search(self, run):
