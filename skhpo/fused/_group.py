@@ -18,9 +18,10 @@ module's parameters are views of its row of the buffer, and their gradients view
 of the gradient, so a callback reads and changes the model's live weights and gradients (a
 ``GradientNormClipping`` clips them in place, an ``EarlyStopping`` copies them). The step is
 one batched Adam or SGD (:mod:`._adam`, :mod:`._sgd`) where every model trains with torch's
-plain Adam or SGD and no callback can change its optimiser; else each model's own torch
-optimiser steps on its views (any optimiser class and settings, and the schedulers that
-change them, exactly as in its own fit).
+plain Adam or SGD and no callback can change its optimiser; else one optimiser of the models'
+own class over their rows, each row with its model's current settings
+(:mod:`._stacked`: any torch optimiser, and the schedulers that change its settings); else,
+where a callback may read or change more, each model's own optimiser steps on its views.
 """
 
 import functools
@@ -29,6 +30,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from skorch import NeuralNetBinaryClassifier
 from skorch.history import History
 
 from ..hyper.space import penalty_term
@@ -37,6 +39,7 @@ from ._adam import BatchedAdam
 from ._layouts import layout_of
 from ._replay import Replay
 from ._sgd import BatchedSGD
+from ._stacked import StackedOptimizer, stackable
 from .eligibility import BATCHED, known_loss
 
 __all__ = ["CLASSES_ACROSS", "Member", "StackedGroup", "Valid", "batched_loss",
@@ -110,8 +113,7 @@ class StackedGroup:
         nets = [m.net for m in members]
         # every model's weights as one row of a (K, P) buffer (the layout's order)
         flat = torch.stack([self.layout.flat(m.net.module_) for m in members]).to(self.device)
-        self.opt = batched_optimizer(flat, [n.optimizer_ for n in nets]) \
-            if all(r.inert for r in self.replays) and _batched(nets) else None
+        self.opt = _stepper(flat, nets, self.replays, self.layout)
         self._flat = flat
         # each buffer of the module (BatchNorm's running statistics) stacked per model
         self.buffers = {name: torch.stack([m.net.module_.get_buffer(name) for m in members])
@@ -125,6 +127,7 @@ class StackedGroup:
         self.hooked = self.opt is None or any(r.reads_grads for r in self.replays)
         # a net whose get_loss is its own: called per model on its slice
         self.own_loss = known_loss(type(first.net)) is None
+        self.flatten = type(first.net).infer is NeuralNetBinaryClassifier.infer
         self._views = {}
         self._leaves()
 
@@ -233,13 +236,15 @@ class StackedGroup:
             parts = [(pos, xb, yb) for pos, xb, yb in
                      (_keep_rows(part, sizes) for part in parts) if pos]
         losses, outs = self._losses(parts, len(sizes))
-        grads = torch.autograd.grad(losses.sum(), self.leaves)
-        flat_grad = torch.cat([g.reshape(len(g), -1) for g in grads], dim=1)
+        flat_grad = self._gradient(losses)
         active = [n > 0 for n in sizes]
         if self.hooked:
             self._hand_grads(flat_grad, batches, active)
         if self.opt is not None:
             self.opt.step([flat_grad], None if all(active) else torch.tensor(active))
+            for j, k in enumerate(self.alive):  # its scheduler sees its optimiser stepped
+                if active[j]:
+                    self.members[k].net.optimizer_._opt_called = True
         else:
             self._own_steps(active)
         for j, out in outs.items():
@@ -283,6 +288,27 @@ class StackedGroup:
                 member.error = (f"diverged: {reason} in epoch {epoch + 1}; the candidate "
                                 "diverged (try a smaller learning rate)")
 
+    def _gradient(self, losses):
+        """The ``(live models, P)`` gradient of the models' losses. A net's own ``get_loss``
+        may use its module's parameters directly (a penalty on its weights): those are the
+        member's own tensors (views of its row, not the group's leaves), so their gradients
+        are taken too and added into its row."""
+        own = [(j, p) for j, k in enumerate(self.alive)
+               for p in self.members[k].net.module_.parameters()] if self.own_loss else []
+        grads = torch.autograd.grad(losses.sum(), self.leaves + [p for _, p in own],
+                                    allow_unused=True)
+        n = len(self.leaves)
+        flat_grad = torch.cat([g.reshape(len(g), -1) for g in grads[:n]], dim=1)
+        if own:
+            rows = {}
+            for (j, _), g in zip(own, grads[n:]):
+                rows.setdefault(j, []).append(g)
+            for j, gs in rows.items():
+                for view, g in zip(self.layout._tensors(flat_grad[j]), gs):
+                    if g is not None:
+                        view.add_(g)
+        return flat_grad
+
     def _hand_grads(self, flat_grad, batches, active):
         """Each model's gradients as its parameters' ``.grad`` (views of its row of
         ``flat_grad``, which a hook may change in place; None for a frozen parameter), then
@@ -313,9 +339,9 @@ class StackedGroup:
             views = self.leaves if every else [t[pos] for t in self.leaves]
             buffers = self.buffers if every else {n: b[pos] for n, b in self.buffers.items()}
             members = [self.alive[j] for j in pos]
-            out = self.layout.forward(views, xb.to(self.device),
-                                      lambda i, h, members=members: self._dropout(i, h, members),
-                                      buffers)
+            out = self._infer(self.layout.forward(
+                views, xb.to(self.device),
+                lambda i, h, members=members: self._dropout(i, h, members), buffers))
             if not every:  # the running statistics the forward updated, back in place
                 for name, b in buffers.items():
                     self.buffers[name][pos] = b
@@ -324,6 +350,17 @@ class StackedGroup:
                 losses[j], outs[j] = each[i], out[i]
         zero = self.leaves[0].new_zeros(())
         return torch.stack([zero if v is None else v for v in losses]) + self._penalty(), outs
+
+    def _infer(self, out):
+        """The models' outputs as their nets' ``infer`` returns them:
+        ``NeuralNetBinaryClassifier`` flattens an output of shape (n, 1) to (n,) (and its
+        own fit fails on any other shape, as each model's does here)."""
+        if not self.flatten:
+            return out
+        if out.dim() > 3 or (out.dim() == 3 and out.shape[2] != 1):
+            raise ValueError(f"Expected module output to have shape (n,) or (n, 1), got "
+                             f"{tuple(out.shape[1:])} instead")
+        return out.reshape(out.shape[0], -1)
 
     def _loss(self, out, y, X, members):
         """Each model's criterion on its batch (the penalties are added apart): skhpo's
@@ -376,8 +413,8 @@ class StackedGroup:
                               valid.y[s * valid.batch:s * valid.batch + n]))
             xb = torch.stack([x for x, _ in parts]).to(self.device)
             views = [t[pos] for t in self.leaves]
-            out = self.layout.forward(views, xb, _evaluation,
-                                      {n: b[pos] for n, b in self.buffers.items()})
+            out = self._infer(self.layout.forward(views, xb, _evaluation,
+                                                  {n: b[pos] for n, b in self.buffers.items()}))
             for i, j in enumerate(pos):
                 member = self.members[self.alive[j]]
                 if member.error or member.stopped:
@@ -526,6 +563,19 @@ def _batched(nets):
                 return False
     return len({bool(net.optimizer_.param_groups[0].get("nesterov", False))
                 for net in nets}) == 1
+
+
+def _stepper(flat, nets, replays, layout):
+    """What steps the group: torch's Adam / SGD batched (:func:`batched_optimizer`) where
+    they replay every model and no callback changes a model's settings; else the models'
+    own optimiser class over the rows (:class:`~._stacked.StackedOptimizer`) where no
+    callback does more than change settings; else None (each model's own optimiser steps
+    on its views)."""
+    if all(r.inert for r in replays) and _batched(nets):
+        return batched_optimizer(flat, [n.optimizer_ for n in nets])
+    if all(r.settings_only for r in replays) and stackable(nets, layout):
+        return StackedOptimizer(flat, nets, layout)
+    return None
 
 
 def _keep_rows(part, sizes):

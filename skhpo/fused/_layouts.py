@@ -36,8 +36,8 @@ from torch.func import functional_call, vmap
 from ..hyper.concrete import ConcreteDropout
 from ..models import MLPModule, SmallCNNModule
 
-__all__ = ["CNNLayout", "FuncLayout", "MLPLayout", "ParamLayout", "flat_weights",
-           "layer_views", "layout_of", "stateful_layer"]
+__all__ = ["CNNLayout", "ChainLayout", "FuncLayout", "MLPLayout", "ParamLayout", "flat_weights",
+           "layer_views", "layout_of", "module_signature", "stateful_layer"]
 
 def _structure(module):
     """``[("dropout", layer) | ("linear", layer) | ("act", layer)]`` of an ``MLPModule``
@@ -75,13 +75,17 @@ def _shapes(module):
 
 
 def layout_of(module, sample=None):
-    """The layout of ``module``: an ``MLPModule``, a ``SmallCNNModule``, or any other module
-    through ``torch.func`` (:class:`FuncLayout`; ``sample``: a few input rows)."""
+    """The layout of ``module``: an ``MLPModule``, a ``SmallCNNModule``, a module whose
+    forward is a chain of linear layers and elementwise steps (:class:`ChainLayout`), or any
+    other module through ``torch.func`` (:class:`FuncLayout`; ``sample``: a few input rows)."""
     if isinstance(module, SmallCNNModule):
         return CNNLayout(module)
     if type(module) is MLPModule:
         return MLPLayout(module)
-    return FuncLayout(module, sample)
+    try:
+        return ChainLayout(module, sample)
+    except ValueError:
+        return FuncLayout(module, sample)
 
 
 class _Layout:
@@ -107,15 +111,16 @@ class _Layout:
         parameter: ``state`` maps a key to a row of the stacked buffer (Adam's moments, SGD's
         momentum buffer) or to a scalar tensor (Adam's step count: one copy per parameter).
         An empty ``state`` leaves the optimiser without state (SGD without momentum)."""
-        rows = {key: self._tensors(value) for key, value in state.items() if value.dim() > 0}
-        scalars = {key: value for key, value in state.items() if value.dim() == 0}
+        rows = {key: self._tensors(value) for key, value in state.items()
+                if isinstance(value, torch.Tensor) and value.dim() > 0}
+        scalars = {key: value for key, value in state.items() if key not in rows}
         optimizer = net.optimizer_
         optimizer.state.clear()
         if not state:
             return
         for i, p in enumerate(net.module_.parameters()):
             optimizer.state[p] = {
-                **{key: value.clone() for key, value in scalars.items()},
+                **{key: copy.deepcopy(value) for key, value in scalars.items()},
                 **{key: rows[key][i].clone(memory_format=torch.contiguous_format)
                    for key in rows}}
 
@@ -254,7 +259,7 @@ class _GivenNoise(nn.Module):
         return (*shape[:2], *[1] * (len(shape) - 2))
 
     def forward(self, x):
-        return x if self.p == 0 else x * self.noise
+        return x * self.noise  # ones where the model's rate is 0 or in evaluation: exact
 
 
 #: dropout layers whose masks the engine draws per model, and the input dimensions of each
@@ -278,6 +283,134 @@ def stateful_layer(module):
         if isinstance(layer, (nn.AlphaDropout, nn.FeatureAlphaDropout)):
             return f"{name}: the engine replays the masks of nn.Dropout and Dropout1d/2d/3d"
     return ""
+
+
+def module_signature(module):
+    """What models must share to run through one copy of ``module`` on the ``torch.func``
+    path: per submodule its class, its settings (``extra_repr``) and its plain attributes,
+    and its parameters' and buffers' shapes; a dropout layer's rate left out (each model's
+    noise is its own), so that a grid over dropout rates trains in one group."""
+    out = []
+    for path, layer in module.named_modules():
+        settings = "" if type(layer) in _DROPOUTS else layer.extra_repr()
+        plain = sorted((k, repr(v)) for k, v in vars(layer).items()
+                       if not k.startswith("_") and k != "training"
+                       and not (type(layer) in _DROPOUTS and k == "p"))
+        out.append((path, type(layer).__qualname__, type(layer).__module__, settings,
+                    tuple(plain)))
+    out.append(tuple((n, tuple(t.shape), str(t.dtype)) for n, t in module.state_dict().items()))
+    return tuple(out)
+
+
+#: layers a chain runs on the stacked (K, b, features) activations as they are: elementwise,
+#: so each model's values are what the layer gives it alone
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+                nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.ReLU6,
+                nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink, nn.Identity)
+_ELEMENTWISE_FUNCTIONS = {torch.relu, F.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu,
+                          F.leaky_relu, F.elu, F.softplus, torch.nn.functional.tanh,
+                          torch.nn.functional.sigmoid}
+_LAST_DIM = (nn.Softmax, nn.LogSoftmax)
+_LAST_DIM_FUNCTIONS = {torch.softmax, F.softmax, torch.log_softmax, F.log_softmax}
+
+
+class ChainLayout(ParamLayout):
+    """A module whose forward (traced by ``torch.fx``) is a chain of ``nn.Linear`` layers,
+    ``nn.Dropout`` layers and elementwise steps (activations, a softmax over the last
+    dimension, a ``squeeze(-1)``) on 2-d input: the stacked forward runs the chain on the
+    (K, b, features) activations, one ``torch.baddbmm`` per linear layer, as
+    :class:`MLPLayout` runs skhpo's own MLP (no ``vmap``: about 1 ms less per step). Any
+    other forward is a ``ValueError`` (:class:`FuncLayout` then runs it)."""
+
+    def __init__(self, module, sample):
+        super().__init__(module)
+        if sample is None or sample.dim() != 2 or sample.dtype != torch.float32 or \
+                any(True for _ in module.buffers()):
+            raise ValueError("a chain takes 2-d float32 input and keeps no buffers")
+        try:
+            graph = torch.fx.symbolic_trace(module).graph
+        except Exception as exc:
+            raise ValueError(f"its forward cannot be traced ({type(exc).__name__})") from None
+        index = {id(p): i for i, p in enumerate(module.parameters())}
+        layers = dict(module.named_modules())
+        self.steps, self.order, inputs = [], [], 0
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                inputs += not str(node.target).startswith("*")
+            elif node.op == "output":
+                self.output = node.args[0]
+            else:
+                self.steps.append((node, self._step(node, layers, index)))
+        if inputs != 1 or not isinstance(self.output, torch.fx.Node):
+            raise ValueError("a chain has one input and one output")
+        if len(set(self.order)) != len(self.order):
+            raise ValueError("a dropout layer runs more than once in one forward")
+        used = {i for _, step in self.steps if step[0] == "linear" for i in step[1:] if
+                i is not None}
+        if used != set(range(len(self.shapes))):
+            raise ValueError("a parameter is used outside a linear layer")
+        self._dropout_layers = list(self.order)
+        self.linear = sorted(step[1] for _, step in self.steps if step[0] == "linear")
+        self.n_linear = len(self.linear)
+
+    def _step(self, node, layers, index):
+        """What the chain does at ``node``: ``("linear", weight index, bias index)``,
+        ``("dropout", i)``, ``("layer", module)`` or ``("call", function, kwargs)``."""
+        if node.op == "call_module":
+            layer = layers[node.target]
+            if isinstance(layer, nn.Linear):
+                bias = None if layer.bias is None else index[id(layer.bias)]
+                return ("linear", index[id(layer.weight)], bias)
+            if type(layer) is nn.Dropout:
+                self.order.append(node.target)
+                return ("dropout", len(self.order) - 1)
+            if isinstance(layer, _ELEMENTWISE) and not list(layer.parameters()):
+                return ("layer", layer)
+            if isinstance(layer, _LAST_DIM) and layer.dim in (-1, 1):
+                return ("call", type(layer).__name__.lower(), {})
+            raise ValueError(f"layer '{node.target}' ({type(layer).__name__}) is not a step "
+                             "of a chain")
+        if node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS and \
+                len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
+            return ("call", node.target, {})
+        if node.op == "call_function" and node.target in _LAST_DIM_FUNCTIONS and \
+                node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None) in (-1, 1):
+            return ("call", node.target, {"dim": -1})
+        if node.op == "call_method" and node.target == "squeeze" and \
+                tuple(node.args[1:]) in ((-1,), (1,)) and not node.kwargs:
+            return ("call", "squeeze", {})
+        raise ValueError(f"'{node.target}' is not a step of a chain")
+
+    def dropouts(self, module):
+        named = dict(module.named_modules())
+        return [named[path] for path in self._dropout_layers]
+
+    def forward(self, views, x, dropout, buffers=None):
+        """Every model's output for its batch ``x`` (K, b, in); ``dropout(i, h)`` applies the
+        i-th dropout layer in call order."""
+        values = {}
+        h = x
+        for node, step in self.steps:
+            arg = values.get(node.args[0], x) if node.args else x
+            kind = step[0]
+            if kind == "linear":
+                W = views[step[1]].transpose(1, 2)
+                h = torch.bmm(arg, W) if step[2] is None else \
+                    torch.baddbmm(views[step[2]].unsqueeze(1), arg, W)
+            elif kind == "dropout":
+                h = dropout(step[1], arg)
+            elif kind == "layer":
+                h = step[1](arg)
+            elif step[1] == "squeeze":
+                h = arg.squeeze(-1)
+            elif step[1] in ("softmax", "logsoftmax"):
+                h = arg.softmax(-1) if step[1] == "softmax" else arg.log_softmax(-1)
+            else:
+                h = step[1](arg, **step[2])
+            values[node] = h
+        return values[self.output]
+
+    loss = staticmethod(lambda net, out, y: net_loss(net, out, y))
 
 
 class FuncLayout(ParamLayout):
@@ -395,9 +528,13 @@ class FuncLayout(ParamLayout):
             return functional_call(self.module, {**params, **buffers}, (xk,))
         return vmap(one, randomness="error")(dict(zip(self.names, views)), noise, x)
 
-    @staticmethod
-    def loss(net, out, y):
-        """Each model's loss on its batch through the net's own ``get_loss`` (skhpo's nets:
-        the criterion alone; the engine adds their penalties)."""
-        training = not hasattr(net, "penalty_coefficients")
-        return vmap(lambda o, t: net.get_loss(o, t, training=training))(out, y)
+    loss = staticmethod(lambda net, out, y: net_loss(net, out, y))
+
+
+def net_loss(net, out, y):
+    """Each model's loss on its batch through the net's own ``get_loss``, called on the
+    model's slice (so a criterion ``vmap`` cannot batch, e.g. one with class weights and
+    label smoothing, computes what it computes in the model's own fit; skhpo's nets: the
+    criterion alone, the engine adds their penalties)."""
+    training = not hasattr(net, "penalty_coefficients")
+    return torch.stack([net.get_loss(o, t, training=training) for o, t in zip(out, y)])

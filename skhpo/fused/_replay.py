@@ -23,6 +23,11 @@ skipped). ``PrintLog`` and ``ProgressBar`` are silent in a group (K models print
 each, interleaved, would be unreadable); ``EpochTimer`` is the group's clock.
 """
 
+import functools
+from contextlib import contextmanager
+
+import numpy as np
+from sklearn.metrics import accuracy_score
 from skorch import NeuralNet
 from skorch.callbacks import (
     BatchScoring,
@@ -31,6 +36,8 @@ from skorch.callbacks import (
     EpochScoring,
     EpochTimer,
     GradientNormClipping,
+    Initializer,
+    LoadInitState,
     LRScheduler,
     PassthroughScoring,
     PrintLog,
@@ -51,7 +58,11 @@ _ENGINE = (FiniteLossGuard, TaskSeed, EpochTimer)
 #: while it trains: a group of models whose callbacks are all of these keeps the batched
 #: Adam / SGD (the others step each model's own torch optimiser)
 INERT = (PassthroughScoring, EpochScoring, BatchScoring, EarlyStopping, GradientNormClipping,
-         TrainEndCheckpoint)
+         TrainEndCheckpoint, Initializer)
+#: callbacks that change a model's optimiser settings (its ``param_groups``), or its state
+#: when training begins only (``LoadInitState``), and read nothing of it while it trains:
+#: the models' optimiser class over the group's rows replays them (:mod:`._stacked`)
+_SETTINGS = (LRScheduler, LoadInitState)
 #: callbacks whose batch hooks draw nothing from torch's generator
 _DRAWLESS = INERT + (LRScheduler,)
 _BATCH_HOOKS = ("on_batch_begin", "on_grad_computed", "on_batch_end")
@@ -77,6 +88,10 @@ class Replay:
                          for cb in self.hooks[name]) and not self.net_hooks
         self.inert = all(isinstance(cb, INERT) or getattr(cb, "reads_epochs", False)
                          for cb in self.callbacks)
+        self.settings_only = all(isinstance(cb, INERT + _SETTINGS) or
+                                 getattr(cb, "reads_epochs", False) for cb in self.callbacks)
+        self.accuracy = [cb for cb in self.callbacks if isinstance(cb, EpochScoring)
+                         and getattr(cb, "scoring_", None) == "accuracy"]
 
     @property
     def reads_grads(self):
@@ -123,7 +138,7 @@ class Replay:
         net = self.member.net
         if self.timer:  # EpochTimer's record, first, as it is the first default callback
             net.history.record("dur", seconds)
-        with self._drawing(False):
+        with self._drawing(False), _plain_accuracy(self.accuracy):
             return self._notify("on_epoch_end", self.callbacks, **self.member.datasets)
 
     def batch_begin(self, batch, training):
@@ -149,6 +164,38 @@ class Replay:
             return self._notify("on_batch_end", self.hooks["on_batch_end"],
                                 own="on_batch_end" in self.net_hooks, batch=batch,
                                 training=training, loss=loss, y_pred=y_pred)
+
+
+@contextmanager
+def _plain_accuracy(callbacks):
+    """The block's ``EpochScoring("accuracy")`` callbacks (the classifiers' default
+    ``valid_acc``) score integer labels with the expression scikit-learn's
+    ``accuracy_score`` evaluates, ``float(np.average(y_true == y_pred))``, without its input
+    checks, which cost more than the model's whole validation pass (about 1 ms a call); any
+    other labels go through scikit-learn's scorer as in the net's own fit."""
+    for cb in callbacks:
+        cb._scoring = functools.partial(_accuracy, cb._scoring)
+    try:
+        yield
+    finally:
+        for cb in callbacks:
+            del cb._scoring
+
+
+def _accuracy(scoring, net, X_test, y_test):
+    """``EpochScoring("accuracy")``'s score: scikit-learn's scorer (``net.predict``, then
+    ``accuracy_score``), its input checks skipped for plain numeric class labels."""
+    if not (isinstance(y_test, np.ndarray) and y_test.ndim == 1 and _labels(y_test)):
+        return scoring(net, X_test, y_test)
+    y_pred = net.predict(X_test)  # once: the cached forward is consumed
+    if isinstance(y_pred, np.ndarray) and y_pred.shape == y_test.shape and _labels(y_pred):
+        return float(np.average(y_test == y_pred))
+    return float(accuracy_score(y_test, y_pred))
+
+
+def _labels(a):
+    """Whether ``a`` holds numeric class labels (integers, booleans or integral floats)."""
+    return a.dtype.kind in "iub" or (a.dtype.kind == "f" and np.array_equal(a, np.round(a)))
 
 
 class _Nothing:

@@ -19,7 +19,7 @@ the group bypasses (``infer``, ``train_step``, ...) trains alone.
 from dataclasses import dataclass
 
 import torch
-from skorch import NeuralNet, NeuralNetClassifier
+from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from torch.utils.data import DataLoader
 
 from ..models import (
@@ -35,7 +35,7 @@ from ._layouts import stateful_layer
 from .cost import max_weights
 
 __all__ = ["BATCHED", "CPU_ONLY", "ENGINES", "Decision", "batched_reason", "choose_engine",
-           "cross_entropy", "fusion_key",
+           "cross_entropy", "data_reason", "fusion_key",
            "is_family", "known_loss", "too_big", "unfusible"]
 
 #: the values of every search's ``engine``
@@ -120,6 +120,14 @@ def choose_engine(estimator, engine, *, n_weights=None, fit_params=None, also=""
     return Decision("sequential", reason) if reason else Decision("fused")
 
 
+def data_reason(X):
+    """Why training on ``X`` cannot fuse ("" if it can): a dict of inputs (skorch's
+    ``SliceDict``) is not stacked yet."""
+    if isinstance(X, dict):
+        return "X is a dict of inputs (a SliceDict): the fused engine stacks one input array"
+    return ""
+
+
 def too_big(n_weights):
     """Why ``engine="auto"`` trains a net of ``n_weights`` alone, or "" (None: unknown)."""
     limit = max_weights()
@@ -155,6 +163,8 @@ def is_family(net):
 #: a net that overrides one trains alone
 _BYPASSED = ("infer", "train_step", "train_step_single", "validation_step", "fit_loop",
              "run_single_epoch", "get_iterator", "_step_optimizer", "_zero_grad_optimizer")
+#: overrides of those the group replays (``NeuralNetBinaryClassifier`` flattens its output)
+_REPLAYED = (NeuralNetBinaryClassifier.infer,)
 #: iterator arguments a group replays
 _ITERATOR_ARGS = {"shuffle", "batch_size"}
 
@@ -169,7 +179,8 @@ def unfusible(estimator):
     kind = type(net)
     family = is_family(net)
     bypassed = [name for name in _BYPASSED
-                if getattr(kind, name, None) is not getattr(NeuralNet, name, None)]
+                if getattr(kind, name, None) is not getattr(NeuralNet, name, None)
+                and getattr(kind, name, None) not in _REPLAYED]
     train_it, valid_it = net.get_params_for("iterator_train"), \
         net.get_params_for("iterator_valid")
     optimizer = net.optimizer
@@ -233,9 +244,9 @@ def known_loss(kind):
 def fusion_key(estimator):
     """What tasks must share to train together (model class, its architecture, batch size,
     optimiser class and Nesterov or not, device; the device last): ``estimator`` with the
-    task's parameters set. For a module on the ``torch.func`` path: the module and its
-    arguments, the criterion and the training iterator (the parameters' shapes are compared
-    once the nets are initialised)."""
+    task's parameters set. For a module on the ``torch.func`` path: the module class, the
+    criterion and the training iterator (what the module's arguments built, its layers and
+    shapes, is compared once the nets are initialised)."""
     net, _ = find_net(estimator)
     p = net.get_params(deep=False)
     batch = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
@@ -246,9 +257,10 @@ def fusion_key(estimator):
             if isinstance(net, SmallCNNClassifier) else \
             (p["depth"], p.get("input_dropout") is None, p["width"], p["activation"])
     else:
+        # the module's arguments are compared once the nets are built, by what they built
+        # (:func:`~._layouts.module_signature`): a grid over dropout rates shares a group
         module = net.module if isinstance(net.module, type) else type(net.module)
         shape = (f"{module.__module__}.{module.__qualname__}",
-                 repr(sorted(net.get_params_for("module").items())),
                  repr(net.criterion), repr(sorted(net.get_params_for("criterion").items())),
                  net.iterator_train.__name__)
     return (type(net).__name__, *shape, batch, net.optimizer.__name__, nesterov,

@@ -42,10 +42,18 @@ from ..nets import (
     trial_params,
 )
 from ._group import Member, StackedGroup, Valid
-from ._layouts import FuncLayout
+from ._layouts import FuncLayout, module_signature
 from ._replay import Replay
 from .cost import group_size, max_weights
-from .eligibility import ENGINES, choose_engine, cross_entropy, fusion_key, is_family, too_big
+from .eligibility import (
+    ENGINES,
+    choose_engine,
+    cross_entropy,
+    data_reason,
+    fusion_key,
+    is_family,
+    too_big,
+)
 from .prefit import fingerprint
 
 __all__ = ["FusedTask", "FusedTrainer", "Plan", "TaskResult"]
@@ -204,17 +212,27 @@ class FusedTrainer:
         """
         keep_single = plan is not None
         plan = self.plan(tasks) if plan is None else plan
+        reason = data_reason(X)
+        if reason and plan.groups:
+            if self.engine == "fused":
+                raise ValueError(f"engine='fused': the tasks cannot be fused: {reason}; use "
+                                 "engine='auto' or 'sequential'")
+            plan = Plan([], {**plan.alone, **{i: reason for g in plan.groups for i in g}})
         groups, alone = [list(g) for g in plan.groups], dict(plan.alone)
         results = [None] * len(tasks)
         for g, members in enumerate(groups):  # the generic path: can it run? (no training)
-            reason = self._func_reason(tasks[members[0]], X, y) if members else ""
-            if reason:
-                if self.engine == "fused":
-                    raise ValueError(f"engine='fused': task {members[0]} cannot be fused: "
-                                     f"{reason}; use engine='auto' (it fuses what it can) or "
-                                     "'sequential'")
-                alone.update({i: reason for i in members})
-                groups[g] = []
+            probed = {}  # once per module arguments of the group's tasks
+            for i in members:
+                args = self._module_args(tasks[i])
+                if args not in probed:
+                    probed[args] = self._func_reason(tasks[i], X, y)
+                reason = probed[args]
+                if reason and self.engine == "fused":
+                    raise ValueError(f"engine='fused': task {i} cannot be fused: {reason}; use "
+                                     "engine='auto' (it fuses what it can) or 'sequential'")
+                if reason:
+                    alone[i] = reason
+            groups[g] = [i for i in members if i not in alone]
 
         def parallel(jobs):  # each result as soon as it is done
             return Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
@@ -245,6 +263,12 @@ class FusedTrainer:
                 on_group([i])
         return results
 
+    def _module_args(self, task):
+        """The module arguments of ``task``'s net (its module class and ``module__``
+        parameters), as a hashable key."""
+        net, _ = find_net(clone(self.estimator).set_params(**clone(task.params, safe=False)))
+        return repr((net.module, sorted(net.get_params_for("module").items())))
+
     def _func_reason(self, task, X, y):
         """For a task whose module takes the ``torch.func`` path: "" if its forward runs
         under ``vmap`` (a 0-epoch initialisation on a few rows and two stacked copies, no
@@ -267,7 +291,7 @@ class FusedTrainer:
         except ValueError as exc:
             return f"its module cannot be fused: {exc}"
         except Exception as exc:  # trains alone, and fails there as its own fit does
-            return f"its initialisation failed ({type(exc).__name__})"
+            return _init_failed(exc)
         return ""
 
     def _fit_alone(self, task, X, y, reason, slot=0):
@@ -293,8 +317,9 @@ class FusedTrainer:
     def _fit_group(self, g, tasks, X, y, keep_single=False):
         """One planned group (in a worker with ``n_jobs``): initialise each task's net (0
         epochs: the net's own init from its seed), split the group by the shapes after
-        preprocessing, train, hand back. Returns ``({position: TaskResult}, {position:
-        reason})`` for the tasks trained here and those that must train alone."""
+        preprocessing and what the module's arguments built, train, hand back. Returns
+        ``({position: TaskResult}, {position: reason})`` for the tasks trained here and
+        those that must train alone."""
         trained, moved, shared, inits = {}, {}, {}, []
         with torch.random.fork_rng(devices=[]):
             for j, task in enumerate(tasks):
@@ -302,7 +327,7 @@ class FusedTrainer:
                     inits.append(self._init(task, X, y, shared, slot=g))
                 except Exception as exc:  # trains alone, and fails there as its own fit does
                     inits.append(None)
-                    moved[j] = f"its initialisation failed ({type(exc).__name__})"
+                    moved[j] = _init_failed(exc)
         by_shape = {}
         for j, init in enumerate(inits):
             if init is None:
@@ -312,15 +337,18 @@ class FusedTrainer:
             if big:
                 moved[j] = big
                 continue
+            module = member.net.module_
             key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
-                   tuple(tuple(p.shape) for p in member.net.module_.parameters()))
+                   tuple(tuple(p.shape) for p in module.parameters()),
+                   None if is_family(member.net) else module_signature(module))
             by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
             same = self._begin(same, inits, moved, trained, (g, tasks))
             if not same:
                 continue
             if len(same) == 1 and self.engine == "auto" and not keep_single:
-                moved[same[0]] = "the only task of its shapes after preprocessing"
+                moved[same[0]] = ("the only task of its shapes after preprocessing and its "
+                                  "module's layers")
                 continue
             members = [inits[j][1] for j in same]
             net = members[0].net
@@ -328,7 +356,7 @@ class FusedTrainer:
             size = group_size(_n_weights(net), self.max_group)
             classifier = cross_entropy(net)
             for i in range(0, len(members), size):  # a group's state kept within the cache
-                StackedGroup(members[i:i + size], batch, classifier, net.device).run()
+                _train(members[i:i + size], batch, classifier, net.device)
             for j in same:
                 trained[j] = self._hand_back(g, tasks[j], *inits[j])
         return trained, moved
@@ -433,6 +461,24 @@ class FusedTrainer:
         rows = member.fit_rows.numpy()  # the data as its fit received it, not recomputed
         key = fingerprint(member.X.numpy()[rows], member.y.numpy()[rows])
         return TaskResult(est, "", member.seconds, g, "", key)
+
+
+def _init_failed(exc):
+    """Why a task whose 0-epoch initialisation in the engine raised trains alone (where its
+    own fit fails alike, or trains if the engine's data handling was the cause)."""
+    message = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    return f"its initialisation failed ({type(exc).__name__}{': ' if message else ''}{message})"
+
+
+def _train(members, batch, classifier, device):
+    """Train ``members`` as one :class:`~._group.StackedGroup`; an error that stops the whole
+    group (a module output its nets' own fits refuse alike) fails each member's fit with it
+    (``error_score`` applies, as to their own fits)."""
+    try:
+        StackedGroup(members, batch, classifier, device).run()
+    except Exception as exc:
+        for m in members:
+            m.error = m.error or f"{type(exc).__name__}: {exc}"
 
 
 def _plain_preprocessing(estimator):

@@ -82,7 +82,8 @@ class FitState:
     def evaluated(self, folds):
         """Record the cross-validation of candidates: ``folds``, per candidate, why each of
         its folds trained alone ("" where fused)."""
-        self.candidates += [list(f) for f in folds]
+        folds = [list(f) for f in folds]
+        self.candidates += folds
         self.trainings += [r for f in folds for r in f]
 
     def engine_attributes(self):

@@ -21,6 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
 from ..fused import ENGINES, choose_engine
+from ..fused.eligibility import data_reason
 from ._fused_cv import FusedCVMixin
 from ._state import FitState, sklearn_fit
 
@@ -44,7 +45,7 @@ class _FusedDropIn(FusedCVMixin):
         """scikit-learn's own search, its fits trained in fused groups first if the estimator
         fuses (:func:`~skhpo.fused.choose_engine`), or if a checkpoint keeps them."""
         fit = self._fit
-        decision = choose_engine(self.estimator, self.engine,
+        decision = choose_engine(self.estimator, self.engine, also=data_reason(fit.X),
                                  what=f"{type(self).__name__}'s estimator")
         if decision.engine == "sequential" and fit.checkpoint is None:
             fit.evaluated([[decision.reason] * self.n_splits_] * len(self._candidates()))

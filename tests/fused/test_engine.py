@@ -517,10 +517,13 @@ def test_a_user_module_fuses_through_torch_func(digits, shuffle):
     (single,) = FusedTrainer(net, engine="fused").fit([tasks[1]], X, y)
     a, b = _weights(results[1].estimator), _weights(single.estimator)
     assert all(torch.equal(a[k], b[k]) for k in a)  # its group does not change it
-    # different module arguments: different groups
-    plan = FusedTrainer(net).plan([FusedTask({"module__hidden": 8}), FusedTask({}),
-                                   FusedTask({})])
-    assert plan.groups == [[1, 2]]
+    # different module arguments: one planned group, split by what the modules built
+    three = [FusedTask({"module__hidden": 8}, seed=0), FusedTask({}, seed=1),
+             FusedTask({}, seed=2)]
+    assert FusedTrainer(net).plan(three).groups == [[0, 1, 2]]
+    results = FusedTrainer(net).fit(three, X, y)
+    assert [r.group for r in results] == [-1, 0, 0]
+    assert "the only task of its shapes after preprocessing" in results[0].reason
 
 
 def test_what_torch_func_cannot_replay_trains_alone_with_the_reason(digits):
