@@ -250,6 +250,9 @@ def test_flatness_screening_fused_and_sequential_agree(digits):
     assert set(fused.history_["fused_group"]) == {0, 1}  # one group per width
     assert set(alone.history_["fused_group"]) == {-1}
     assert set(alone.history_["engine_reason"]) == {"engine='sequential'"}
+    assert fused.engine_ == "fused" and fused.engine_reason_ == ""
+    assert alone.engine_ == "sequential" and alone.candidate_engines_ == \
+        ["sequential"] * len(alone.cv_results_["params"])
 
 
 def test_engine_fused_names_what_cannot_fuse_before_training(digits):
@@ -306,6 +309,7 @@ def test_autohyper_walks_the_same_with_fused_trials(digits):
     assert fused.best_params_ == alone.best_params_ and fused.n_trials_ == alone.n_trials_
     assert fused.best_score_ == pytest.approx(alone.best_score_, abs=0.01)
     assert max(fused.history_["fused_group"]) >= 0 and set(alone.history_["fused_group"]) == {-1}
+    assert fused.engine_ in ("fused", "mixed") and alone.engine_ == "sequential"
 
 def test_groups_in_parallel_give_the_same_models(digits):
     X, y = digits

@@ -116,3 +116,72 @@ def test_the_drop_in_keeps_scikit_learns_behaviours(digits, loaded):
     with pytest.raises(FloatingPointError):
         FusedRandomizedSearchCV(net, {"lr": [1e30, 1e-2]}, n_iter=2, cv=2, error_score="raise",
                                 random_state=0).fit(X, y)
+
+
+# -- nets as skorch users write them -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def zoo():
+    """benchmarks/zoo.py, whose modules are written as skorch's docs write them."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("zoo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_skorch_readme_net_fuses_and_equals_grid_search_cv(zoo, loaded):
+    """skorch's README net with its defaults (a validation split every epoch, softmax output,
+    NLLLoss, a shuffled DataLoader), its fits seeded alike on both sides (a TaskSeed in its
+    callbacks): the drop-in fuses every fit and its cv_results_ are GridSearchCV's."""
+    from sklearn.model_selection import GridSearchCV
+    from skorch import NeuralNetClassifier
+
+    from skhpo import FusedGridSearchCV
+    from skhpo.nets import TaskSeed
+
+    X, y = zoo._clf()
+    X, y = X[:450], y[:450]
+    net = NeuralNetClassifier(zoo.ClassifierModule, max_epochs=5, lr=0.1, verbose=0,
+                              iterator_train__shuffle=True, callbacks=[("seed", TaskSeed(3))])
+    grid = {"lr": [0.05, 0.1], "module__num_units": [10, 20]}
+    ours = FusedGridSearchCV(net, grid, cv=3).fit(X, y)
+    assert loaded == [True] * 12 and ours.engine_ == "fused" and ours.engine_reason_ == ""
+    assert ours.candidate_engines_ == ["fused"] * 4
+    theirs = GridSearchCV(net, grid, cv=3).fit(X, y)
+    assert ours.cv_results_["params"] == theirs.cv_results_["params"]
+    for key, value in theirs.cv_results_.items():
+        if "time" not in key and key != "params":
+            np.testing.assert_array_equal(ours.cv_results_[key], value, err_msg=key)
+    assert ours.best_params_ == theirs.best_params_
+    np.testing.assert_array_equal(ours.predict_proba(X), theirs.predict_proba(X))
+
+
+def test_engine_attributes_say_how_each_candidate_trained(zoo, capsys):
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from skorch import NeuralNetClassifier
+
+    from skhpo import FusedGridSearchCV
+
+    X, y = zoo._clf()
+    X, y = X[:300], y[:300]
+    net = NeuralNetClassifier(zoo.ClassifierModule, max_epochs=2, lr=0.05, verbose=0)
+    grid = {"optimizer": [torch.optim.SGD, torch.optim.LBFGS], "lr": [0.05, 0.1]}
+    mixed = FusedGridSearchCV(net, grid, cv=2, verbose=1).fit(X, y)
+    assert mixed.engine_ == "mixed"
+    lbfgs = [p["optimizer"] is torch.optim.LBFGS for p in mixed.cv_results_["params"]]
+    assert mixed.candidate_engines_ == ["sequential" if b else "fused" for b in lbfgs]
+    assert all(("LBFGS" in r) == b for r, b in zip(mixed.candidate_reasons_, lbfgs))
+    assert "optimizer LBFGS" in mixed.engine_reason_ and "(4 of 8 trainings)" in \
+        mixed.engine_reason_
+    assert "[FusedGridSearchCV] engine_='mixed'; trained alone: optimizer LBFGS" in \
+        capsys.readouterr().out
+    quiet = FusedGridSearchCV(net, {"lr": [0.05, 0.1]}, cv=2, engine="sequential").fit(X, y)
+    assert quiet.engine_ == "sequential" and quiet.engine_reason_.startswith(
+        "engine='sequential'")
+    other = FusedGridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=2).fit(X, y)
+    assert other.engine_ == "sequential" and "not a skorch net" in other.engine_reason_
