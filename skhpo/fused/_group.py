@@ -154,9 +154,16 @@ class StackedGroup:
         views of its row (the net's own module sees the weights the group trains)."""
         self.leaves = [t.requires_grad_(True) for t in self.layout.views(self.flat)]
         self._owners = torch.tensor(self.alive)[:, None]  # each live model's data row
+        # the gradient buffer of the live models, filled every step, and per live model its
+        # parameters and their views of its row of it (a module's parameters are read once)
+        self._grad = torch.empty_like(self.flat)
+        self._params, self._grads = [], []
         for j, k in enumerate(self.alive):
             module = self.members[k].net.module_
-            for p, view in zip(module.parameters(), self.layout._tensors(self.flat[j])):
+            params = list(module.parameters())
+            self._params.append(params)
+            self._grads.append(self.layout._tensors(self._grad[j]))
+            for p, view in zip(params, self.layout._tensors(self.flat[j])):
                 p.data = view
             for name, stacked in self.buffers.items():
                 _set_buffer(module, name, stacked[j])
@@ -293,31 +300,31 @@ class StackedGroup:
         may use its module's parameters directly (a penalty on its weights): those are the
         member's own tensors (views of its row, not the group's leaves), so their gradients
         are taken too and added into its row."""
-        own = [(j, p) for j, k in enumerate(self.alive)
-               for p in self.members[k].net.module_.parameters()] if self.own_loss else []
+        own = [(j, p) for j, params in enumerate(self._params) for p in params] \
+            if self.own_loss else []
         grads = torch.autograd.grad(losses.sum(), self.leaves + [p for _, p in own],
                                     allow_unused=True)
         n = len(self.leaves)
-        flat_grad = torch.cat([g.reshape(len(g), -1) for g in grads[:n]], dim=1)
+        flat_grad = torch.cat([g.reshape(len(g), -1) for g in grads[:n]], dim=1,
+                              out=self._grad)
         if own:
             rows = {}
             for (j, _), g in zip(own, grads[n:]):
                 rows.setdefault(j, []).append(g)
             for j, gs in rows.items():
-                for view, g in zip(self.layout._tensors(flat_grad[j]), gs):
+                for view, g in zip(self._grads[j], gs):
                     if g is not None:
                         view.add_(g)
         return flat_grad
 
     def _hand_grads(self, flat_grad, batches, active):
-        """Each model's gradients as its parameters' ``.grad`` (views of its row of
-        ``flat_grad``, which a hook may change in place; None for a frozen parameter), then
-        its ``on_grad_computed``."""
+        """Each model's gradients as its parameters' ``.grad`` (views of its row of the
+        gradient ``flat_grad``, which a hook may change in place; None for a frozen
+        parameter), then its ``on_grad_computed``."""
         for j, k in enumerate(self.alive):
             if not active[j]:
                 continue
-            module = self.members[k].net.module_
-            for p, g in zip(module.parameters(), self.layout._tensors(flat_grad[j])):
+            for p, g in zip(self._params[j], self._grads[j]):
                 p.grad = g if p.requires_grad else None
             if self.replays[k].reads_grads:
                 self.replays[k].grad_computed(batches[j])

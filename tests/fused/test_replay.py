@@ -311,8 +311,10 @@ def test_a_grid_over_optimiser_classes_groups_each_class(data):
         assert_same_fit(result.estimator, _alone(_readme(), task, X, y))
 
 
-@pytest.mark.parametrize("kind", [torch.optim.Adam, torch.optim.RMSprop, torch.optim.NAdam,
-                                  torch.optim.Adadelta, torch.optim.SGD])
+@pytest.mark.parametrize("kind", [torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop,
+                                  torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Adagrad,
+                                  torch.optim.SGD, torch.optim.Rprop, torch.optim.NAdam,
+                                  torch.optim.RAdam, torch.optim.ASGD])
 def test_the_stacked_optimiser_is_each_models_own_bitwise(kind):
     """One optimiser of the class over K rows == K optimisers over each model's parameter
     tensors, bitwise; settings per row (a scheduler's) and frozen rows respected."""
@@ -442,3 +444,42 @@ def test_what_cannot_fuse_names_its_setting(data):
     with pytest.raises(ValueError, match="SliceDict"):
         FusedTrainer(NeuralNet(Logits, criterion=nn.CrossEntropyLoss),
                      engine="fused").fit(TASKS, SliceDict(X=X), y)
+
+
+class WeightNorms(Callback):
+    """A user's own callback: reads the module's weights at every epoch's end."""
+
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("w_norm", float(net.module_.dense0.weight.norm()))
+
+
+def test_freezer_initializer_and_a_users_own_callback(data):
+    from skorch.callbacks import Freezer, Initializer, Unfreezer
+
+    X, y = data
+    net = _readme(callbacks=[Initializer("dense*.weight", fn=nn.init.xavier_uniform_),
+                             Freezer("dense0.*"), WeightNorms()])
+    fused = _check(net, TASKS, X, y)
+    assert len(set(fused[0].history[:, "w_norm"])) == 1  # frozen all along
+    thaw = _readme(callbacks=[Freezer("dense0.*"), Unfreezer("dense0.*", at=3)])
+    _check(thaw, TASKS, X, y)
+
+
+def test_checkpoints_write_and_load_state_per_model(data, tmp_path):
+    from skorch.callbacks import Checkpoint, LoadInitState, TrainEndCheckpoint
+
+    X, y = data
+    for i, task in enumerate(TASKS):
+        ends = TrainEndCheckpoint(dirname=str(tmp_path / f"end{i}"))
+        _check(_readme(callbacks=[ends]), [task, FusedTask({"lr": 0.3}, seed=9)], X, y)
+        assert (tmp_path / f"end{i}" / "train_end_params.pt").exists()
+    every = Checkpoint(dirname=str(tmp_path / "best"))
+    _check(_readme(callbacks=[every]), TASKS, X, y)
+    assert (tmp_path / "best" / "params.pt").exists()
+    # resuming from a checkpoint: the module, optimiser state and history it wrote
+    start = Checkpoint(dirname=str(tmp_path / "start"))
+    _readme(optimizer=torch.optim.Adam, lr=0.01, callbacks=[start]).fit(X, y)
+    resume = _readme(optimizer=torch.optim.Adam, lr=0.01,
+                     callbacks=[LoadInitState(Checkpoint(dirname=str(tmp_path / "start")))])
+    fused = _check(resume, TASKS, X, y)
+    assert len(fused[0].history) > 4  # the history it loaded, then its own epochs
