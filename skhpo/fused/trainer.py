@@ -39,6 +39,8 @@ from ..nets import (
     net_input,
     net_X,
     net_y,
+    seed_everything,
+    seeds_itself,
     trial_params,
 )
 from ._group import Member, StackedGroup, Valid
@@ -298,6 +300,7 @@ class FusedTrainer:
         start = time.perf_counter()
         est = self._clone(task, task.params, task_index=slot)
         Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
+        _seed_without_callbacks(est, task.seed)
         try:
             est.fit(Xr, yr)
             error = ""
@@ -401,6 +404,7 @@ class FusedTrainer:
         Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
         net, _ = find_net(est)
         pre = _plain_preprocessing(est)
+        _seed_without_callbacks(est, task.seed)
         with _initialising(net) as split:  # what its own fit splits off for validation
             if pre is None:
                 est.fit(Xr, yr)
@@ -461,6 +465,14 @@ class FusedTrainer:
         rows = member.fit_rows.numpy()  # the data as its fit received it, not recomputed
         key = fingerprint(member.X.numpy()[rows], member.y.numpy()[rows])
         return TaskResult(est, "", member.seconds, g, "", key)
+
+
+def _seed_without_callbacks(estimator, seed):
+    """A net with ``callbacks="disable"`` cannot take a :class:`~skhpo.nets.TaskSeed`: its
+    task's seed is applied here, before it initialises (as the callback would)."""
+    net, _ = find_net(estimator)
+    if seed is not None and net.callbacks == "disable" and not seeds_itself(net):
+        seed_everything(seed)
 
 
 def _init_failed(exc):

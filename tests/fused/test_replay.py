@@ -26,7 +26,7 @@ from torch import nn
 from skhpo.fused import FusedTask, FusedTrainer
 from skhpo.fused._layouts import ChainLayout, FuncLayout
 from skhpo.fused._stacked import StackedOptimizer
-from skhpo.nets import trial_params
+from skhpo.nets import seed_everything, trial_params
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,8 @@ class Conv(nn.Module):
         return self.out(self.drop(torch.relu(self.bn(self.conv(X[:, None, :])))).flatten(1))
 
 
-def _readme(**kw):
-    return NeuralNetClassifier(ReadmeModule, **{"max_epochs": 4, "lr": 0.1, "verbose": 0,
+def _readme(module=ReadmeModule, **kw):
+    return NeuralNetClassifier(module, **{"max_epochs": 4, "lr": 0.1, "verbose": 0,
                                                 "module__n_in": 10,
                                                 "iterator_train__shuffle": True, **kw})
 
@@ -97,6 +97,8 @@ TASKS = [FusedTask({"lr": 0.05}, seed=0), FusedTask({"lr": 0.1}, seed=1, rows=np
 
 def _alone(net, task, X, y):
     rows = slice(None) if task.rows is None else task.rows
+    if net.callbacks == "disable":  # no TaskSeed: the engine seeds such a task itself
+        seed_everything(task.seed)
     return clone(net).set_params(**task.params, **trial_params(net, seed=task.seed)).fit(
         X[rows], y[rows])
 
@@ -245,6 +247,13 @@ def test_lr_schedulers_act_on_each_model(data, scheduler):
         alone = _alone(net, TASKS[0], X, y)
         assert fused[0].optimizer_.param_groups[0]["lr"] == \
             alone.optimizer_.param_groups[0]["lr"]
+        ours, theirs = (dict(n.callbacks_)["sched"].lr_scheduler_.state_dict()
+                        for n in (fused[0], alone))
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():  # a plateau's best: its score, to rounding
+            numbers = isinstance(value, float) or (isinstance(value, list) and all(
+                isinstance(v, float) for v in value))
+            assert ours[key] == (pytest.approx(value) if numbers else value), key
 
 
 def test_clipping_and_scoring_callbacks(data):
@@ -483,3 +492,24 @@ def test_checkpoints_write_and_load_state_per_model(data, tmp_path):
                      callbacks=[LoadInitState(Checkpoint(dirname=str(tmp_path / "start")))])
     fused = _check(resume, TASKS, X, y)
     assert len(fused[0].history) > 4  # the history it loaded, then its own epochs
+
+
+class BuildsItsModule(NeuralNetClassifier):
+    """A net that builds its module in initialize_module, as skorch's docs show."""
+
+    def initialize_module(self):
+        super().initialize_module()
+        self.module_ = nn.Sequential(nn.Linear(10, 12), nn.Tanh(), nn.Linear(12, 2),
+                                     nn.Softmax(dim=-1))
+        return self
+
+
+def test_module_instances_built_modules_warm_start_and_disabled_callbacks(data):
+    X, y = data
+    _check(_readme(module=ReadmeModule(num_units=7, n_in=10)), TASKS, X, y)  # an instance
+    _check(BuildsItsModule(ReadmeModule, module__n_in=10, max_epochs=3, lr=0.1, verbose=0),
+           TASKS, X, y)
+    _check(_readme(warm_start=True), TASKS, X, y)
+    plain = NeuralNet(Logits, criterion=nn.CrossEntropyLoss, max_epochs=3, lr=0.05,
+                      verbose=0, callbacks="disable")
+    _check(plain, TASKS, X, y)
