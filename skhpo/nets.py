@@ -113,8 +113,13 @@ def net_input(fitted_estimator, X):
 
 def net_X(net, X):
     """``X`` as the net's training sees it: skhpo's models validate it (float32), a plain
-    skorch net receives it as an array."""
-    return net._check_X(X, reset=False) if hasattr(net, "_check_X") else np.asarray(X)
+    skorch net receives it as an array (a dict of inputs, skorch's ``SliceDict``: a dict of
+    arrays)."""
+    if hasattr(net, "_check_X"):
+        return net._check_X(X, reset=False)
+    if isinstance(X, dict):
+        return {k: np.asarray(v) for k, v in X.items()}
+    return np.asarray(X)
 
 
 def net_y(net, y):

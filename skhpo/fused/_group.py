@@ -36,6 +36,7 @@ from skorch.history import History
 from ..hyper.space import penalty_term
 from ..nets import FiniteLossGuard, divergence
 from ._adam import BatchedAdam
+from ._inputs import apply, stack
 from ._layouts import layout_of
 from ._replay import Replay
 from ._sgd import BatchedSGD
@@ -106,7 +107,7 @@ class StackedGroup:
         self.members, self.B, self.classifier = members, int(batch_size), classifier
         self.device = torch.device(device)
         first = members[0]
-        self.layout = layout_of(first.net.module_, first.X[first.rows[:2]])
+        self.layout = layout_of(first.net.module_, apply(lambda t: t[first.rows[:2]], first.X))
         self.rates = [[float(layer.p) for layer in self.layout.dropouts(m.net.module_)]
                       for m in members]
         self.replays = [Replay(m) for m in members]
@@ -142,10 +143,7 @@ class StackedGroup:
         arrays = [getattr(m, name) for m in self.members]
         if all(a is arrays[0] for a in arrays):
             return arrays[0], True
-        out = arrays[0].new_zeros((len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:]))
-        for k, a in enumerate(arrays):
-            out[k, :len(a)] = a
-        return out, False
+        return apply(_padded, *arrays), False
 
     def _leaves(self):
         """Per parameter, views of the buffer that autograd treats as leaves: their gradients
@@ -235,7 +233,8 @@ class StackedGroup:
         short batch or none: it is then frozen for this step)."""
         sizes = [max(0, min(self.B, len(o) - s * self.B)) for o in orders]
         parts = self._gather_batches(orders, s, sizes)
-        batches = {j: (xb[i], yb[i]) for pos, xb, yb in parts for i, j in enumerate(pos)}
+        batches = {j: (apply(lambda t, i=i: t[i], xb), yb[i])
+                   for pos, xb, yb in parts for i, j in enumerate(pos)}
         for j, batch in batches.items():  # on_batch_begin, before the forward (own fit)
             if not self.replays[self.alive[j]].batch_begin(batch, True):
                 sizes[j] = 0  # stopped or failed here: no step, as in its own fit
@@ -276,8 +275,9 @@ class StackedGroup:
             rows = torch.stack([orders[j][s * self.B:s * self.B + n] for j in pos])
             owners = self._owners if len(pos) == len(sizes) else \
                 torch.tensor([self.alive[j] for j in pos])[:, None]
-            parts.append((pos, _gather(self.X, self.X_shared, owners, rows),
-                          _gather(self.y, self.y_shared, owners, rows)))
+            X = apply(_gather, self.X, *[_same(self.X, v) for v in
+                                         (self.X_shared, owners, rows)])
+            parts.append((pos, X, _gather(self.y, self.y_shared, owners, rows)))
         return parts
 
     def _check(self, values, sizes, first, epoch):
@@ -347,7 +347,7 @@ class StackedGroup:
             buffers = self.buffers if every else {n: b[pos] for n, b in self.buffers.items()}
             members = [self.alive[j] for j in pos]
             out = self._infer(self.layout.forward(
-                views, xb.to(self.device),
+                views, apply(lambda t: t.to(self.device), xb),
                 lambda i, h, members=members: self._dropout(i, h, members), buffers))
             if not every:  # the running statistics the forward updated, back in place
                 for name, b in buffers.items():
@@ -375,8 +375,9 @@ class StackedGroup:
         ``get_loss``, a net that overrides ``get_loss`` through its own, per model."""
         net = self.members[members[0]].net
         if self.own_loss:
-            return torch.stack([self.members[k].net.get_loss(o, t, X=x, training=True)
-                                for k, o, t, x in zip(members, out, y, X)])
+            return torch.stack([self.members[k].net.get_loss(
+                o, t, X=apply(lambda part, i=i: part[i], X), training=True)
+                for i, (k, o, t) in enumerate(zip(members, out, y))])
         if hasattr(self.layout, "loss"):  # a module on the torch.func path: its net's get_loss
             return self.layout.loss(net, out, y)
         return batched_loss(out, y, self.classifier)
@@ -416,9 +417,9 @@ class StackedGroup:
             parts = []
             for j in pos:
                 valid = self.members[self.alive[j]].valid
-                parts.append((valid.X[s * valid.batch:s * valid.batch + n],
-                              valid.y[s * valid.batch:s * valid.batch + n]))
-            xb = torch.stack([x for x, _ in parts]).to(self.device)
+                rows = slice(s * valid.batch, s * valid.batch + n)
+                parts.append((apply(lambda t, rows=rows: t[rows], valid.X), valid.y[rows]))
+            xb = apply(lambda t: t.to(self.device), stack([x for x, _ in parts]))
             views = [t[pos] for t in self.leaves]
             out = self._infer(self.layout.forward(views, xb, _evaluation,
                                                   {n: b[pos] for n, b in self.buffers.items()}))
@@ -428,7 +429,8 @@ class StackedGroup:
                     continue
                 x, y = parts[i]
                 y_dev = y.to(self.device)
-                loss = member.net.get_loss(out[i], y_dev, X=xb[i], training=False)
+                loss = member.net.get_loss(out[i], y_dev, X=apply(lambda t, i=i: t[i], xb),
+                                           training=False)
                 replay = self.replays[self.alive[j]]
                 if replay.batch_begin((x, y), False):
                     replay.batch_end((x, y), False, loss, out[i])
@@ -592,7 +594,20 @@ def _keep_rows(part, sizes):
     if len(keep) == len(pos):
         return part
     index = torch.as_tensor(keep, dtype=torch.long)
-    return [pos[i] for i in keep], xb[index], yb[index]
+    return [pos[i] for i in keep], apply(lambda t: t[index], xb), yb[index]
+
+
+def _same(X, value):
+    """``value`` for every part of ``X`` (to pass it alongside :func:`~._inputs.apply`)."""
+    return dict.fromkeys(X, value) if isinstance(X, dict) else value
+
+
+def _padded(*arrays):
+    """The members' own arrays stacked, member first, zero-padded to the longest."""
+    out = arrays[0].new_zeros((len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:]))
+    for k, a in enumerate(arrays):
+        out[k, :len(a)] = a
+    return out
 
 
 def _evaluation(layer, h):

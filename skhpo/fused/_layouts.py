@@ -35,6 +35,7 @@ from torch.func import functional_call, vmap
 
 from ..hyper.concrete import ConcreteDropout
 from ..models import MLPModule, SmallCNNModule
+from ._inputs import apply, leaf, stack
 
 __all__ = ["CNNLayout", "ChainLayout", "FuncLayout", "MLPLayout", "ParamLayout", "flat_weights",
            "layer_views", "layout_of", "module_signature", "stateful_layer"]
@@ -324,7 +325,8 @@ class ChainLayout(ParamLayout):
 
     def __init__(self, module, sample):
         super().__init__(module)
-        if sample is None or sample.dim() != 2 or sample.dtype != torch.float32 or \
+        if not isinstance(sample, torch.Tensor) or sample.dim() != 2 or \
+                sample.dtype != torch.float32 or \
                 any(True for _ in module.buffers()):
             raise ValueError("a chain takes 2-d float32 input and keeps no buffers")
         try:
@@ -423,7 +425,7 @@ class FuncLayout(ParamLayout):
         param = next(module.parameters(), None)
         if param is None:
             raise ValueError("the module has no parameters to train")
-        sample = sample.to(param.device)
+        sample = apply(lambda t: t.to(param.device), sample)
         reason = stateful_layer(module)
         if reason:
             raise ValueError(reason)
@@ -451,8 +453,7 @@ class FuncLayout(ParamLayout):
                    for name, b in module.named_buffers()}
         try:
             with torch.random.fork_rng(devices=[]):
-                out = self.forward(views, torch.stack([sample, sample]), lambda i, h: h,
-                                   buffers)
+                out = self.forward(views, stack([sample, sample]), lambda i, h: h, buffers)
                 torch.autograd.grad(out.float().sum(), views, allow_unused=True)
         except Exception as exc:
             raise ValueError(f"its forward does not run under torch.func.vmap "
@@ -468,7 +469,7 @@ class FuncLayout(ParamLayout):
                  for path, layer in drops.items()]
         try:  # (the engine's copy: its own running statistics are never used)
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                self.module(sample)
+                _call(self.module, sample)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -492,7 +493,7 @@ class FuncLayout(ParamLayout):
 
     def _noise_shapes(self, views, x):
         """The input shape and dtype of each dropout layer for one model's batch of ``x``."""
-        b = x.shape[1]
+        b = leaf(x).shape[1]
         if b not in self._shapes:
             seen = {}
 
@@ -503,8 +504,8 @@ class FuncLayout(ParamLayout):
                 lambda m, a, path=path: record(m, path, a)) for path in self.order]
             try:
                 with torch.no_grad():
-                    functional_call(self.module, {n: v[0] for n, v in zip(self.names, views)},
-                                    (x[0],))
+                    _call(self.module, apply(lambda t: t[0], x),
+                          {n: v[0] for n, v in zip(self.names, views)})
             finally:
                 for hook in hooks:
                     hook.remove()
@@ -517,18 +518,27 @@ class FuncLayout(ParamLayout):
         ones gives the noise itself). ``buffers``: each buffer of the module stacked per
         model (K, ...), which a training forward updates in place (BatchNorm's running
         statistics, per model: torch's batching rule of ``batch_norm``)."""
-        K = x.shape[0]
+        K, device = leaf(x).shape[0], leaf(x).device
         noise = dict(buffers or {})
         for i, (path, (shape, dtype)) in enumerate(zip(self.order,
                                                        self._noise_shapes(views, x))):
             noise[f"{path}.noise"] = dropout(i, torch.ones((K, *shape), dtype=dtype,
-                                                           device=x.device))
+                                                           device=device))
 
         def one(params, buffers, xk):
-            return functional_call(self.module, {**params, **buffers}, (xk,))
+            return _call(self.module, xk, {**params, **buffers})
         return vmap(one, randomness="error")(dict(zip(self.names, views)), noise, x)
 
     loss = staticmethod(lambda net, out, y: net_loss(net, out, y))
+
+
+def _call(module, x, tensors=None):
+    """``module``'s forward on ``x`` (a dict of inputs: as keyword arguments, as skorch calls
+    a module with a ``SliceDict``), with ``tensors`` in place of its parameters and buffers."""
+    args, kwargs = ((), x) if isinstance(x, dict) else ((x,), {})
+    if tensors is None:
+        return module(*args, **kwargs)
+    return functional_call(module, tensors, args, kwargs)
 
 
 def net_loss(net, out, y):

@@ -44,6 +44,7 @@ from skorch.callbacks import (
     ProgressBar,
     TrainEndCheckpoint,
 )
+from skorch.dataset import get_len
 from skorch.utils import TeeGenerator
 
 from ..nets import FiniteLossGuard, TaskSeed, TrainingDivergedError, drawing_from
@@ -159,7 +160,7 @@ class Replay:
         prefix = "train" if training else "valid"
         history = self.member.net.history
         history.record_batch(f"{prefix}_loss", loss.item())
-        history.record_batch(f"{prefix}_batch_size", len(batch[0]))
+        history.record_batch(f"{prefix}_batch_size", get_len(batch[0]))
         with self._drawing(self.quiet):
             return self._notify("on_batch_end", self.hooks["on_batch_end"],
                                 own="on_batch_end" in self.net_hooks, batch=batch,

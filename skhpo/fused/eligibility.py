@@ -18,6 +18,7 @@ the group bypasses (``infer``, ``train_step``, ...) trains alone.
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from torch.utils.data import DataLoader
@@ -122,9 +123,13 @@ def choose_engine(estimator, engine, *, n_weights=None, fit_params=None, also=""
 
 def data_reason(X):
     """Why training on ``X`` cannot fuse ("" if it can): a dict of inputs (skorch's
-    ``SliceDict``) is not stacked yet."""
+    ``SliceDict``) fuses when each of its values is an array (or tensor) of the same rows."""
     if isinstance(X, dict):
-        return "X is a dict of inputs (a SliceDict): the fused engine stacks one input array"
+        lengths = {len(v) if hasattr(v, "__len__") else None for v in X.values()}
+        if not X or None in lengths or len(lengths) != 1 or not all(
+                isinstance(v, (np.ndarray, torch.Tensor)) for v in X.values()):
+            return ("X is a dict of inputs whose values are not arrays of the same rows (the "
+                    "fused engine stacks arrays)")
     return ""
 
 

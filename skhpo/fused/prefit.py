@@ -30,9 +30,11 @@ class SharedStates(dict):
 
 
 def fingerprint(X, y):
-    """A digest of the training data a net receives (its validated X and encoded y)."""
+    """A digest of the training data a net receives (its validated X, a dict of inputs part by
+    part, and its encoded y)."""
     digest = hashlib.sha1()
-    for a in (X, y):
+    parts = [X[k] for k in sorted(X)] if isinstance(X, dict) else [X]
+    for a in (*parts, y):
         a = np.ascontiguousarray(np.asarray(a))
         digest.update(str((a.dtype, a.shape)).encode())
         digest.update(a.tobytes())

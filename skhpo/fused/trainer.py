@@ -44,6 +44,7 @@ from ..nets import (
     trial_params,
 )
 from ._group import Member, StackedGroup, Valid
+from ._inputs import apply, as_tensors, shapes
 from ._layouts import FuncLayout, module_signature
 from ._replay import Replay
 from .cost import group_size, max_weights
@@ -286,9 +287,9 @@ class FusedTrainer:
                                               train_split=None))
                 with _initialising(net):
                     est.fit(_rows(X, rows), _rows(y, rows))
-                sample = torch.as_tensor(np.ascontiguousarray(
+                sample = apply(lambda t: t[:2], as_tensors(
                     net_input(est, _rows(X, rows)) if est is not net else net_X(net, _rows(
-                        X, rows))))[:2]
+                        X, rows))))
                 FuncLayout(net.module_, sample)
         except ValueError as exc:
             return f"its module cannot be fused: {exc}"
@@ -341,7 +342,7 @@ class FusedTrainer:
                 moved[j] = big
                 continue
             module = member.net.module_
-            key = (tuple(member.X.shape[1:]), tuple(np.shape(member.y)[1:]),
+            key = (shapes(member.X), tuple(np.shape(member.y)[1:]),
                    tuple(tuple(p.shape) for p in module.parameters()),
                    None if is_family(member.net) else module_signature(module))
             by_shape.setdefault(key, []).append(j)
@@ -423,11 +424,11 @@ class FusedTrainer:
                 if data not in shared:
                     shared[data] = (net_X(net, fit_X), net_y(net, yr))
                 Xt, yt = shared[data]
-            Xt = torch.as_tensor(np.ascontiguousarray(Xt))
+            Xt = as_tensors(Xt)
             member = Member(net, Xt, torch.as_tensor(yt), generator, epochs, shuffle=shuffle)
         else:
             if "X" not in shared:
-                shared["X"] = torch.as_tensor(np.ascontiguousarray(net_X(net, X)))
+                shared["X"] = as_tensors(net_X(net, X))
             classes = tuple(np.asarray(getattr(net, "classes_", ())).tolist())
             if classes not in shared:
                 shared[classes] = torch.as_tensor(net_y(net, y))
@@ -463,7 +464,7 @@ class FusedTrainer:
         net.max_epochs = member.epochs
         net.module_.eval()
         rows = member.fit_rows.numpy()  # the data as its fit received it, not recomputed
-        key = fingerprint(member.X.numpy()[rows], member.y.numpy()[rows])
+        key = fingerprint(apply(lambda t: t.numpy()[rows], member.X), member.y.numpy()[rows])
         return TaskResult(est, "", member.seconds, g, "", key)
 
 
@@ -566,7 +567,8 @@ def _split_member(member, datasets, fit_X, fit_y):
     else:
         rows = member.fit_rows if valid is None else \
             member.fit_rows[torch.as_tensor(valid, dtype=torch.long)]
-        Xv, yv = member.X.index_select(0, rows), member.y.index_select(0, rows)
+        Xv = apply(lambda t: t.index_select(0, rows), member.X)
+        yv = member.y.index_select(0, rows)
     size = net.get_params_for("iterator_valid").get("batch_size", net.batch_size)
     member.valid = Valid(Xv, yv, len(yv) if size == -1 else size,
                          draws=net.iterator_valid is DataLoader)

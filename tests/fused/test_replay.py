@@ -444,15 +444,13 @@ def test_printing_is_silent_in_a_group(data, capsys):
 
 
 def test_what_cannot_fuse_names_its_setting(data):
-    from skorch.helper import SliceDict
-
     X, y = data
     lbfgs = _readme(optimizer=torch.optim.LBFGS)
     with pytest.raises(ValueError, match="optimizer LBFGS"):
         FusedTrainer(lbfgs, engine="fused").fit(TASKS, X, y)
-    with pytest.raises(ValueError, match="SliceDict"):
+    with pytest.raises(ValueError, match="not arrays of the same rows"):
         FusedTrainer(NeuralNet(Logits, criterion=nn.CrossEntropyLoss),
-                     engine="fused").fit(TASKS, SliceDict(X=X), y)
+                     engine="fused").fit(TASKS, {"X": X, "other": X[:10]}, y)
 
 
 class WeightNorms(Callback):
@@ -513,3 +511,16 @@ def test_module_instances_built_modules_warm_start_and_disabled_callbacks(data):
     plain = NeuralNet(Logits, criterion=nn.CrossEntropyLoss, max_epochs=3, lr=0.05,
                       verbose=0, callbacks="disable")
     _check(plain, TASKS, X, y)
+
+
+def test_two_inputs_through_a_slice_dict():
+    """skorch's SliceDict: the module takes two inputs (numeric features and a code through an
+    embedding); each input is stacked per model."""
+    X, y = ZOO._two_inputs()
+    X, y = X[:400], y[:400]
+    net = NeuralNetClassifier(ZOO.TwoInputs, criterion=nn.CrossEntropyLoss, max_epochs=3,
+                              lr=0.01, optimizer=torch.optim.Adam, verbose=0,
+                              iterator_train__shuffle=True)
+    tasks = [FusedTask({"lr": lr}, seed=i, rows=None if i else np.arange(300))
+             for i, lr in enumerate([0.003, 0.01, 0.03])]
+    _check(net, tasks, X, y)
