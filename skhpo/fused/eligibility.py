@@ -110,7 +110,8 @@ def choose_engine(estimator, engine, *, n_weights=None, fit_params=None, also=""
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if engine == "sequential":
         return Decision("sequential", "engine='sequential'")
-    reason = (f"fit parameters {sorted(fit_params)}" if fit_params else "") or \
+    reason = (f"fit parameters {sorted(fit_params)} (a group cannot pass them to its nets; "
+              "without them it fuses)" if fit_params else "") or \
         unfusible(estimator) or also
     if reason and engine == "fused":
         raise ValueError(f"engine='fused': {what} cannot be fused: {reason}; use "
@@ -138,7 +139,8 @@ def too_big(n_weights):
     limit = max_weights()
     if n_weights is None or n_weights <= limit:
         return ""
-    return f"{n_weights} weights > max_weights={limit}"
+    return (f"{n_weights} weights > max_weights={limit} (a bigger net gains little on a CPU; "
+            "$SKHPO_MAX_WEIGHTS or engine='fused' fuses it)")
 
 
 def batched_reason(net):
@@ -191,25 +193,28 @@ def unfusible(estimator):
     optimizer = net.optimizer
     checks = [
         (bool(bypassed), f"{kind.__name__} overrides {bypassed[0] if bypassed else ''} (a "
-         "fused group computes the forward, the loss and the step itself)"),
-        (family and bool(net.get_params_for("module")), "module__ arguments"),
+         "fused group computes the forward, the loss and the step itself; an override of "
+         "get_loss fuses: a group calls it per model)"),
+        (family and bool(net.get_params_for("module")),
+         "module__ arguments (skhpo's models take their architecture as net parameters)"),
         (not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)),
          f"optimizer {getattr(optimizer, '__name__', optimizer)} (not a torch optimiser "
          "class)"),
         (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.LBFGS),
-         "optimizer LBFGS (its step re-evaluates the loss: a closure per model)"),
+         "optimizer LBFGS (its step re-evaluates the loss: a closure per model; any other "
+         "torch optimiser fuses)"),
         (family and (net.criterion is not _CRITERIA[kind] or
                      bool(net.get_params_for("criterion"))),
          "a criterion other than the model's default"),
-        (bool(getattr(net, "compile", False)), "compile=True"),
+        (bool(getattr(net, "compile", False)), "compile=True (compile=False fuses)"),
         (net.iterator_train not in (ArrayBatchIterator, DataLoader) or
          bool(set(train_it) - _ITERATOR_ARGS),
-         "a training iterator other than ArrayBatchIterator or DataLoader (with no arguments "
-         "but shuffle and batch_size)"),
+         "a training iterator other than ArrayBatchIterator or DataLoader with no arguments "
+         "but shuffle and batch_size (those fuse)"),
         (net.iterator_valid not in (ArrayBatchIterator, DataLoader) or
          bool(set(valid_it) - _ITERATOR_ARGS) or bool(valid_it.get("shuffle", False)),
          "a validation iterator other than an unshuffled ArrayBatchIterator or DataLoader "
-         "(with no arguments but batch_size)"),
+         "with no arguments but batch_size (those fuse)"),
         (int(net.max_epochs) < 1, "max_epochs < 1"),
     ]
     for failed, reason in checks:

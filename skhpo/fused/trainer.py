@@ -185,7 +185,8 @@ class FusedTrainer:
         groups = []
         for members in keys.values():
             if len(members) == 1 and self.engine == "auto":
-                alone[members[0]] = "the only task of its architecture and batch size"
+                alone[members[0]] = ("the only task of its architecture and batch size (two "
+                                     "or more such tasks fuse)")
                 continue
             groups += [members[j:j + self.max_group]
                        for j in range(0, len(members), self.max_group)]
@@ -352,7 +353,7 @@ class FusedTrainer:
                 continue
             if len(same) == 1 and self.engine == "auto" and not keep_single:
                 moved[same[0]] = ("the only task of its shapes after preprocessing and its "
-                                  "module's layers")
+                                  "module's layers (two or more such tasks fuse)")
                 continue
             members = [inits[j][1] for j in same]
             net = members[0].net
