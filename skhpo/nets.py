@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing, check_random_state
@@ -44,6 +45,7 @@ __all__ = [
     "drawing_from",
     "find_net",
     "free_estimator",
+    "input_dict",
     "guard_ratio",
     "module_mode",
     "net_X",
@@ -111,13 +113,19 @@ def net_input(fitted_estimator, X):
     return X
 
 
+def input_dict(X):
+    """Whether ``X`` is a dict of inputs (skorch's ``SliceDict``), not a sparse matrix that
+    happens to be a dict (scipy's ``dok_array``)."""
+    return isinstance(X, dict) and not sparse.issparse(X)
+
+
 def net_X(net, X):
     """``X`` as the net's training sees it: skhpo's models validate it (float32), a plain
     skorch net receives it as an array (a dict of inputs, skorch's ``SliceDict``: a dict of
     arrays)."""
     if hasattr(net, "_check_X"):
         return net._check_X(X, reset=False)
-    if isinstance(X, dict):
+    if input_dict(X):
         return {k: np.asarray(v) for k, v in X.items()}
     return np.asarray(X)
 

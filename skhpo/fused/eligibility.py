@@ -31,7 +31,7 @@ from ..models import (
     TabularMLPRegressor,
     _SkhpoNetMixin,
 )
-from ..nets import ArrayBatchIterator, find_net
+from ..nets import ArrayBatchIterator, find_net, input_dict
 from ._layouts import stateful_layer
 from .cost import max_weights
 
@@ -125,7 +125,7 @@ def choose_engine(estimator, engine, *, n_weights=None, fit_params=None, also=""
 def data_reason(X):
     """Why training on ``X`` cannot fuse ("" if it can): a dict of inputs (skorch's
     ``SliceDict``) fuses when each of its values is an array (or tensor) of the same rows."""
-    if isinstance(X, dict):
+    if input_dict(X):
         lengths = {len(v) if hasattr(v, "__len__") else None for v in X.values()}
         if not X or None in lengths or len(lengths) != 1 or not all(
                 isinstance(v, (np.ndarray, torch.Tensor)) for v in X.values()):

@@ -17,6 +17,8 @@ import numpy as np
 from skorch.callbacks import Callback
 from skorch.history import History
 
+from ..nets import input_dict
+
 __all__ = ["PrefitStates", "SharedStates", "fingerprint", "net_state"]
 
 
@@ -33,7 +35,7 @@ def fingerprint(X, y):
     """A digest of the training data a net receives (its validated X, a dict of inputs part by
     part, and its encoded y)."""
     digest = hashlib.sha1()
-    parts = [X[k] for k in sorted(X)] if isinstance(X, dict) else [X]
+    parts = [X[k] for k in sorted(X)] if input_dict(X) else [X]
     for a in (*parts, y):
         a = np.ascontiguousarray(np.asarray(a))
         digest.update(str((a.dtype, a.shape)).encode())
