@@ -67,6 +67,7 @@ _SETTINGS = (LRScheduler, LoadInitState)
 #: callbacks whose batch hooks draw nothing from torch's generator
 _DRAWLESS = INERT + (LRScheduler,)
 _BATCH_HOOKS = ("on_batch_begin", "on_grad_computed", "on_batch_end")
+_HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end") + _BATCH_HOOKS
 
 
 def _overrides(obj, name, base):
@@ -87,6 +88,9 @@ class Replay:
         self.net_hooks = {name for name in _BATCH_HOOKS[1:] if _overrides(net, name, NeuralNet)}
         self.quiet = all(isinstance(cb, _DRAWLESS) for name in _BATCH_HOOKS
                          for cb in self.hooks[name]) and not self.net_hooks
+        #: no code of the model's draws from its generator (its noise may be drawn ahead)
+        self.draws_nothing = all(isinstance(cb, _DRAWLESS) for cb in self.callbacks) and \
+            not any(_overrides(net, name, NeuralNet) for name in _HOOKS)
         self.inert = all(isinstance(cb, INERT) or getattr(cb, "reads_epochs", False)
                          for cb in self.callbacks)
         self.settings_only = all(isinstance(cb, INERT + _SETTINGS) or

@@ -579,14 +579,14 @@ def test_groups_and_lone_tasks_take_device_slots_round_robin(digits, monkeypatch
 def test_dropout_masks_from_uniforms_are_the_bernoulli_masks(digits, monkeypatch):
     """The masks drawn as double uniforms compared with 1 - p (checked once per process) are
     bitwise those of bernoulli_: the models trained either way are identical."""
-    from skhpo.fused import _group
+    from skhpo.fused import _noise
 
     X, y = digits
     tasks = [FusedTask({"dropout": 0.3}, seed=1), FusedTask({"dropout": [0.5, 0.0]}, seed=2),
              FusedTask({"dropout": 0.0}, seed=3)]
-    assert _group.uniform_is_bernoulli()  # this CPU build: the fast path
+    assert _noise.uniform_is_bernoulli()  # this CPU build: the fast path
     fast = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
-    monkeypatch.setattr(_group, "uniform_is_bernoulli", lambda: False)
+    monkeypatch.setattr(_noise, "uniform_is_bernoulli", lambda: False)
     slow = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
     for a, b in zip(fast, slow):
         wa, wb = _weights(a.estimator), _weights(b.estimator)
@@ -672,3 +672,33 @@ def test_seed_torch_is_torch_manual_seed():
     torch.manual_seed(123)
     b = torch.rand(5), torch.randperm(9)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_chunks_do_not_change_the_family_models(digits, monkeypatch):
+    import skhpo.fused._group as group
+
+    X, y = digits
+    whole = FusedTrainer(_net(), engine="fused").fit(TASKS, X, y)
+    monkeypatch.setattr(group, "CHUNK_BYTES", 1)
+    chunked = FusedTrainer(_net(), engine="fused").fit(TASKS, X, y)
+    for a, b in zip(whole, chunked):
+        wa, wb = _weights(a.estimator), _weights(b.estimator)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_noise_drawn_ahead_on_a_second_core_is_the_same_noise(digits, monkeypatch):
+    """The next step's dropout noise is drawn in a worker thread during the current step
+    (where no callback draws): the models are bitwise those drawn in step."""
+    from skhpo.fused import _group
+
+    X, y = digits
+    tasks = [FusedTask({"dropout": 0.3, "max_epochs": 3}, seed=1, rows=np.arange(500)),
+             FusedTask({"dropout": [0.5, 0.0], "max_epochs": 3}, seed=2),
+             FusedTask({"dropout": 0.2, "max_epochs": 2}, seed=3, rows=np.arange(37, 600))]
+    monkeypatch.setattr(_group, "spare_core", lambda: True)
+    ahead = FusedTrainer(_net(batch_size=32), engine="fused").fit(tasks, X, y)
+    monkeypatch.setattr(_group, "spare_core", lambda: False)
+    in_step = FusedTrainer(_net(batch_size=32), engine="fused").fit(tasks, X, y)
+    for a, b in zip(ahead, in_step):
+        wa, wb = _weights(a.estimator), _weights(b.estimator)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)

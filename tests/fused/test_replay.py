@@ -524,3 +524,20 @@ def test_two_inputs_through_a_slice_dict():
     tasks = [FusedTask({"lr": lr}, seed=i, rows=None if i else np.arange(300))
              for i, lr in enumerate([0.003, 0.01, 0.03])]
     _check(net, tasks, X, y)
+
+
+@pytest.mark.parametrize("make", [_readme, _logits],
+                         ids=["chain", "chain-logits"])
+def test_chunks_of_a_group_do_not_change_its_models(data, make, monkeypatch):
+    """On a CPU a group runs its forward and backward in chunks of models that keep the
+    activations in the cache; the chunks change no model's numbers (bitwise)."""
+    import skhpo.fused._group as group
+
+    X, y = data
+    whole = _fused(make(), TASKS, X, y)
+    monkeypatch.setattr(group, "CHUNK_BYTES", 1)  # one model a chunk
+    chunked = _fused(make(), TASKS, X, y)
+    for a, b in zip(whole, chunked):
+        for key, value in a.module_.state_dict().items():
+            assert torch.equal(value, b.module_.state_dict()[key]), key
+        assert a.history[:, "train_loss"] == b.history[:, "train_loss"]
