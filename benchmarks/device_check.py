@@ -9,14 +9,21 @@ PopulationMutationSearch, CuttingPlaneTuner, FusedRandomizedSearchCV with its fu
 the MLP, and the SmallCNN for AutoHyperSearchCV and CuttingPlaneTuner; and, since
 ``engine="auto"`` fuses on the CPU only, four rows with ``engine="fused"``: the drop-in on an
 SGD MLP, on the SmallCNN and on a user's module (a plain skorch net, through ``torch.func``),
-and PopulationMutationSearch's stacked population). Each row says
+and PopulationMutationSearch's stacked population); eight nets of ``benchmarks/zoo.py``, as
+skorch's docs and real code write them, in ``FusedGridSearchCV(engine="fused")`` (validation
+split, AdamW, BatchNorm, early stopping, a CNN, a binary net, a dict of inputs, a Pipeline);
+and bitwise group independence on the device (four models in one group, then two of them in
+a group of their own: each must equal itself to the last bit). Each row says
 whether the fit finished, where the best model's weights live, its test accuracy, its wall
 time and, if it failed, the error. The process exits with 1 if any class failed, so the script
 itself is the pass/fail of the device run.
 """
 
 import argparse
+import importlib.util
 import json
+import pathlib
+import sys
 import time
 import traceback
 import warnings
@@ -26,18 +33,21 @@ import torch
 from scipy.stats import loguniform, uniform
 from sklearn.datasets import load_digits
 from sklearn.model_selection import RandomizedSearchCV, train_test_split
+from sklearn.utils import _safe_indexing
 from skorch import NeuralNetClassifier
 
 from skhpo import (
     AutoHyperSearchCV,
     CuttingPlaneTuner,
     FlatnessSearchCV,
+    FusedGridSearchCV,
     FusedRandomizedSearchCV,
     HyperLocalRefiner,
     PopulationMutationSearch,
     SmallCNNClassifier,
     TabularMLPClassifier,
 )
+from skhpo.fused import FusedTask, FusedTrainer
 from skhpo.nets import find_net
 
 
@@ -104,6 +114,74 @@ def searches(device, epochs):
     }
 
 
+#: zoo configurations (benchmarks/zoo.py: nets as skorch's docs and real code write them) run
+#: with engine="fused" on the device: a validation split and dropout, AdamW, BatchNorm,
+#: callbacks (early stopping), a CNN, a binary net, a dict of inputs, a Pipeline
+ZOO_ROWS = ("readme_clf", "adamw", "batchnorm", "early_stopping", "cnn_digits",
+            "binary_logit", "slice_dict_embedding", "pipeline_scaler")
+
+
+def _zoo():
+    """benchmarks/zoo.py as the module ``zoo`` (importable by name: its nets pickle)."""
+    if "zoo" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "zoo", pathlib.Path(__file__).resolve().parent / "zoo.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["zoo"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["zoo"]
+
+
+def zoo_check(name, device, epochs):
+    """A zoo configuration's grid (its first two values per parameter) in
+    ``FusedGridSearchCV(engine="fused", cv=2)`` on ``device``: the row of :func:`check`, its
+    score on the last quarter of the configuration's data."""
+    zoo = _zoo()
+    make, grid, data = zoo.ZOO[name]
+    est = make()
+    net, prefix = find_net(est)
+    est.set_params(**{f"{prefix}device": device, f"{prefix}max_epochs": min(net.max_epochs,
+                                                                           epochs)})
+    X, y = data()
+    n = len(y) * 3 // 4
+    train, test = np.arange(n), np.arange(n, len(y))
+    split = (_safe_indexing(X, train), _safe_indexing(X, test), y[train], y[test])
+    grid = {k: list(v)[:2] for k, v in grid.items()}
+    return check(f"zoo {name} (engine=fused)",
+                 FusedGridSearchCV(zoo._seeded(est), grid, cv=2, engine="fused"), split)
+
+
+def independence_check(device, epochs, data):
+    """Bitwise group independence on ``device``: four MLPs with dropout trained in one fused
+    group, then the first two in a group of their own; each model's weights must be the same
+    to the last bit (its group must not change it)."""
+    Xtr, _, ytr, _ = data
+    net = TabularMLPClassifier(depth=2, width=32, max_epochs=epochs, device=device)
+    tasks = [FusedTask({"lr": lr, "dropout": p}, seed=seed)
+             for lr, p, seed in ((3e-3, 0.1, 1), (1e-2, 0.3, 2), (3e-2, 0.0, 3),
+                                 (1e-3, 0.2, 4))]
+    start = time.perf_counter()
+    try:
+        trainer = FusedTrainer(net, engine="fused")
+        four, two = trainer.fit(tasks, Xtr, ytr), trainer.fit(tasks[:2], Xtr, ytr)
+        diffs = []
+        for a, b in zip(four, two):
+            pa = find_net(a.estimator)[0].module_.state_dict()
+            pb = find_net(b.estimator)[0].module_.state_dict()
+            diffs += [float((pa[k].double() - pb[k].double()).abs().max()) for k in pa]
+        where = sorted({str(p.device) for p in find_net(four[0].estimator)[0].module_
+                        .parameters()})
+        ok = max(diffs) == 0.0
+        return {"class": "fused group independence (bitwise)", "ok": ok, "weights_on": where,
+                "test_accuracy": float("nan"), "wall_s": round(time.perf_counter() - start, 2),
+                "error": "" if ok else f"a model in a group of 4 differs from itself in a "
+                                      f"group of 2 by up to {max(diffs):.3g}"}
+    except Exception as exc:
+        return {"class": "fused group independence (bitwise)", "ok": False, "weights_on": [],
+                "test_accuracy": float("nan"), "wall_s": round(time.perf_counter() - start, 2),
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"}
+
+
 def check(name, search, data):
     Xtr, Xte, ytr, yte = data
     start = time.perf_counter()
@@ -136,11 +214,17 @@ def main(argv=None):
     info = {"device": args.device, "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None}
     print(json.dumps(info))
+    jobs = [(name, lambda name=name, search=search: check(name, search, data))
+            for name, search in searches(args.device, args.epochs).items()]
+    jobs += [(f"zoo {name} (engine=fused)",
+              lambda name=name: zoo_check(name, args.device, args.epochs)) for name in ZOO_ROWS]
+    jobs.append(("fused group independence (bitwise)",
+                 lambda: independence_check(args.device, args.epochs, data)))
     rows = []
-    for name, search in searches(args.device, args.epochs).items():
+    for name, job in jobs:
         if args.only and name not in args.only:
             continue
-        row = check(name, search, data)
+        row = job()
         rows.append(row)
         print(f"{name:30s} {'ok  ' if row['ok'] else 'FAIL'} weights on "
               f"{','.join(row['weights_on']) or '-':8s} test {row['test_accuracy']:.4f} "

@@ -32,3 +32,18 @@ def test_a_failing_class_fails_the_run(tmp_path):
                            "--out", str(out)])
     row = json.loads(out.read_text())["rows"][0]
     assert code == 1 and not row["ok"] and "device" in row["error"].lower()
+
+
+def test_zoo_rows_and_group_independence_run_on_the_cpu(tmp_path):
+    """The rows a GPU run adds for the engine's coverage and its contract, here on the CPU:
+    a zoo net with BatchNorm trained fused, and each model equal to itself to the last bit
+    in a group of four and in a group of two."""
+    out = tmp_path / "rows.json"
+    code = _script().main(["--only", "zoo batchnorm (engine=fused)",
+                           "fused group independence (bitwise)", "--epochs", "2",
+                           "--samples", "300", "--out", str(out)])
+    rows = {r["class"]: r for r in json.loads(out.read_text())["rows"]}
+    assert code == 0 and set(rows) == {"zoo batchnorm (engine=fused)",
+                                       "fused group independence (bitwise)"}
+    assert all(r["ok"] and r["weights_on"] == ["cpu"] for r in rows.values())
+    assert 0.5 < rows["zoo batchnorm (engine=fused)"]["test_accuracy"] <= 1

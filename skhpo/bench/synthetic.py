@@ -90,7 +90,7 @@ class _Counter:
         x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         value = self(x)
         (grad,) = torch.autograd.grad(value, [x])
-        grad = grad.numpy()
+        grad = grad.numpy()  # host: x was made on the CPU above
         norm = float(np.linalg.norm(grad))
         if clip is not None and norm > clip:
             grad = grad * (clip / norm)

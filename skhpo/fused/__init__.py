@@ -4,12 +4,14 @@ batched optimizer step per group of models.
 * :func:`choose_engine` — the one engine decision every search makes (:mod:`.eligibility`);
 * :class:`FusedTrainer` — plans tasks into groups, trains them, hands back fitted nets
   (:mod:`.trainer`);
-* :func:`max_weights`, :func:`group_size` — the size limits (:mod:`.cost`).
+* :func:`max_weights`, :func:`group_size` — the size limits (:mod:`.cost`), and the memory
+  a group may take (a :class:`GroupSplitWarning` when it is split to stay within it).
 """
 
 from .cost import group_size, max_weights
 from .eligibility import ENGINES, Decision, choose_engine, fusion_key, unfusible
-from .trainer import FusedTask, FusedTrainer, Plan, TaskResult
+from .trainer import FusedTask, FusedTrainer, GroupSplitWarning, Plan, TaskResult
 
-__all__ = ["ENGINES", "Decision", "FusedTask", "FusedTrainer", "Plan", "TaskResult",
-           "choose_engine", "fusion_key", "group_size", "max_weights", "unfusible"]
+__all__ = ["ENGINES", "Decision", "FusedTask", "FusedTrainer", "GroupSplitWarning", "Plan",
+           "TaskResult", "choose_engine", "fusion_key", "group_size", "max_weights",
+           "unfusible"]

@@ -23,6 +23,9 @@ import torch
 
 __all__ = ["Prefetch", "draw_noise", "spare_core", "uniform_is_bernoulli"]
 
+#: set in the engine's worker processes (:mod:`._workers`): their siblings have the other cores
+IN_WORKER = False
+
 
 @functools.lru_cache(maxsize=1)
 def uniform_is_bernoulli():
@@ -40,7 +43,10 @@ def uniform_is_bernoulli():
 
 
 def spare_core():
-    """Whether this process may run on more than one CPU core."""
+    """Whether this process may run on more than one CPU core (a worker of the engine's
+    pool leaves them to its siblings)."""
+    if IN_WORKER:
+        return False
     try:
         return len(os.sched_getaffinity(0)) > 1
     except AttributeError:  # not on Linux

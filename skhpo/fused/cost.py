@@ -14,8 +14,9 @@ results (a fused model equals its own fit only to float32 rounding).
 
 import os
 
-__all__ = ["ENV", "GROUP_ENV", "MAX_GROUP_WEIGHTS", "MAX_WEIGHTS", "group_size",
-           "max_group_weights", "max_weights"]
+__all__ = ["ENV", "GROUP_ENV", "MAX_GROUP_WEIGHTS", "MAX_WEIGHTS", "MEMORY_ENV",
+           "MEMORY_SHARE", "group_size", "max_group_weights", "max_weights", "memory_budget",
+           "model_bytes"]
 
 #: the environment variable that sets ``engine="auto"``'s threshold (a number of weights)
 ENV = "SKHPO_MAX_WEIGHTS"
@@ -30,9 +31,14 @@ MAX_WEIGHTS = 150_000
 #: peaks while a group holds up to about 1.4 million weights (85k-weight nets: 1.53x at 8
 #: models, 1.47x at 16, 1.22x at 32; 177k: 1.20x at 8, 0.92x at 16, 0.69x at 32)
 MAX_GROUP_WEIGHTS = 1_500_000
+#: the environment variable that sets the bytes a fused group may hold (its models' state,
+#: row orders and activations; the data, shared, not counted)
+MEMORY_ENV = "SKHPO_GROUP_MEMORY"
+#: without it: this share of the memory available when the group starts
+MEMORY_SHARE = 0.5
 
 
-def _env_int(name, default, minimum):
+def _env_int(name, default, minimum, unit="weights", hint=" (as `skhpo calibrate` prints it)"):
     value = os.environ.get(name)
     if value is None or value.strip() == "":
         return default
@@ -41,8 +47,8 @@ def _env_int(name, default, minimum):
     except ValueError:
         n = minimum - 1
     if n < minimum:
-        raise ValueError(f"{name} must be a whole number of weights >= {minimum} (as "
-                         f"`skhpo calibrate` prints it); got {value!r}")
+        raise ValueError(f"{name} must be a whole number of {unit} >= {minimum}{hint}; got "
+                         f"{value!r}")
     return n
 
 
@@ -63,3 +69,37 @@ def group_size(n_weights, max_group=64):
     :func:`max_group_weights` allows, at least 2, at most ``max_group``."""
     return int(max(2, min(max_group, max_group_weights() // max(1, n_weights))))
 
+
+
+def model_bytes(n_weights, n_rows, batch, n_features, n_units):
+    """Bytes one model adds to a fused group (an estimate, on the generous side): its
+    weights four times over in float32 (the stacked weights, their gradient, two optimiser
+    moments), its row order in int64 (``n_rows``: the rows it trains on, reshuffled every
+    epoch), its gathered batch (``batch`` x ``n_features``) and its activations three times
+    over (forward, the graph kept for backward, the gradient: ``batch`` x ``n_units``, the
+    outputs of its layers together). The training data is not in it: one copy serves every
+    model of every group."""
+    return 16 * n_weights + 8 * n_rows + 4 * batch * (n_features + 3 * n_units)
+
+
+def _available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_budget():
+    """The bytes one fused group may take: ``$SKHPO_GROUP_MEMORY`` if set, else
+    :data:`MEMORY_SHARE` of the memory available now (None where the system does not say)."""
+    if os.environ.get(MEMORY_ENV, "").strip():
+        return _env_int(MEMORY_ENV, 0, 1, unit="bytes", hint="")
+    available = _available()
+    return None if available is None else int(MEMORY_SHARE * available)

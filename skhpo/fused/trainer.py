@@ -17,14 +17,16 @@ cannot fuse (:mod:`.eligibility`) trains alone, with the reason in :attr:`TaskRe
 """
 
 import copy
+import functools
+import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import joblib
 import numpy as np
 import torch
-from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
@@ -47,7 +49,8 @@ from ._group import Member, StackedGroup, Valid
 from ._inputs import apply, as_tensors, shapes
 from ._layouts import FuncLayout, module_signature
 from ._replay import Replay
-from .cost import group_size, max_weights
+from ._workers import check_n_jobs, n_workers, run_jobs, trains_on_cpu
+from .cost import MEMORY_ENV, MEMORY_SHARE, group_size, max_weights, memory_budget, model_bytes
 from .eligibility import (
     ENGINES,
     choose_engine,
@@ -131,6 +134,17 @@ class Plan:
         return Plan([[i for i in g if i in todo] for g in self.groups],
                     {i: r for i, r in self.alone.items() if i in todo} if alone else {})
 
+
+def _pieces(members, max_group, workers):
+    """``members`` (one fusion key's tasks, in order) in groups of at most ``max_group``;
+    with several ``workers``, as many equal pieces as the workers (or a multiple of them),
+    none of fewer than two tasks."""
+    n = math.ceil(len(members) / max_group)
+    if workers > 1:
+        n = min(math.ceil(n / workers) * workers, max(n, len(members) // 2))
+    return [[int(i) for i in piece] for piece in np.array_split(members, n) if len(piece)]
+
+
 class FusedTrainer:
     """Train tasks of one ``estimator`` in fused groups where possible.
 
@@ -150,8 +164,12 @@ class FusedTrainer:
         ``$SKHPO_MAX_GROUP_WEIGHTS`` (1,500,000) weights in all, at least 2 models: beyond
         that its state leaves the cache and the gain falls (:mod:`skhpo.fused.cost`).
     n_jobs : int or None, default=None
-        Groups (and tasks that train alone) run in parallel through ``joblib.Parallel``;
-        results do not depend on it.
+        Processes for the groups and the tasks that train alone (None: 1, -1: every core),
+        as in scikit-learn. With more than one, each task's group is split into pieces of
+        equal size, as many as the processes or a multiple of them (never below two tasks),
+        so that the processes end together; on a Linux CPU the workers are forked from this
+        process (no start-up, the data inherited, one torch thread each), elsewhere they are
+        ``joblib.Parallel``'s (:mod:`._workers`). Results do not depend on it.
     """
 
     def __init__(self, estimator, *, engine="auto", max_group=64, n_jobs=None):
@@ -160,7 +178,7 @@ class FusedTrainer:
         self.estimator = estimator
         self.engine = engine
         self.max_group = max_group
-        self.n_jobs = n_jobs
+        self.n_jobs = check_n_jobs(n_jobs)
 
     # -- the plan (no training) --------------------------------------------------------------
 
@@ -169,7 +187,7 @@ class FusedTrainer:
         (:func:`~skhpo.fused.eligibility.choose_engine`), then one group per fusion key, in
         task order. With ``fit_params`` every task trains alone (a group cannot pass them).
         A pure function of the tasks and the estimator: no training."""
-        max_weights()  # a bad $SKHPO_MAX_WEIGHTS fails here, before any training
+        max_weights(), memory_budget()  # a bad setting fails here, before any training
         if fit_params:
             reason = choose_engine(self.estimator, self.engine, fit_params=fit_params,
                                    what="a search given fit parameters").reason
@@ -182,14 +200,13 @@ class FusedTrainer:
                 alone[i] = decision.reason
             else:
                 keys.setdefault(fusion_key(est), []).append(i)
-        groups = []
+        groups, workers = [], n_workers(self.n_jobs)
         for members in keys.values():
             if len(members) == 1 and self.engine == "auto":
                 alone[members[0]] = ("the only task of its architecture and batch size (two "
                                      "or more such tasks fuse)")
                 continue
-            groups += [members[j:j + self.max_group]
-                       for j in range(0, len(members), self.max_group)]
+            groups += _pieces(members, self.max_group, workers)
         return Plan(groups, alone)
 
     # -- training ----------------------------------------------------------------------------
@@ -238,13 +255,14 @@ class FusedTrainer:
                     alone[i] = reason
             groups[g] = [i for i in members if i not in alone]
 
+        on_cpu = trains_on_cpu(self.estimator, [task.params for task in tasks])
+
         def parallel(jobs):  # each result as soon as it is done
-            return Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
+            return run_jobs(jobs, self.n_jobs, on_cpu)
 
         numbered = [(g, members) for g, members in enumerate(groups) if members]
-        done = parallel(delayed(self._fit_group)(g, [tasks[i] for i in members], X, y,
-                                                 keep_single)
-                        for g, members in numbered)
+        done = parallel(functools.partial(self._fit_group, g, [tasks[i] for i in members], X,
+                                          y, keep_single) for g, members in numbered)
         # the generator first in zip: it runs to its end (and shuts its workers down)
         for (trained, moved), (_, members) in zip(done, numbered):
             for j, result in trained.items():
@@ -257,8 +275,8 @@ class FusedTrainer:
         solo = sorted(i for i in alone if results[i] is None)
         # devices round-robin: each group, then each task that trains alone, its own slot
         first = len(groups)
-        for result, i in zip(parallel(delayed(self._fit_alone)(tasks[i], X, y, alone[i],
-                                                               first + n)
+        for result, i in zip(parallel(functools.partial(self._fit_alone, tasks[i], X, y,
+                                                        alone[i], first + n)
                                       for n, i in enumerate(solo)), solo):
             results[i] = result
             if on_result is not None:
@@ -358,7 +376,7 @@ class FusedTrainer:
             members = [inits[j][1] for j in same]
             net = members[0].net
             batch = batch_size_of(net, max(len(m.rows) for m in members))
-            size = group_size(_n_weights(net), self.max_group)
+            size = _within_memory(members, batch, group_size(_n_weights(net), self.max_group))
             classifier = cross_entropy(net)
             for i in range(0, len(members), size):  # a group's state kept within the cache
                 _train(members[i:i + size], batch, classifier, net.device)
@@ -464,8 +482,10 @@ class FusedTrainer:
         net = member.net
         net.max_epochs = member.epochs
         net.module_.eval()
-        rows = member.fit_rows.numpy()  # the data as its fit received it, not recomputed
-        key = fingerprint(apply(lambda t: t.numpy()[rows], member.X), member.y.numpy()[rows])
+        # the data as its fit received it, not recomputed (wherever the group kept it)
+        rows = member.fit_rows.cpu().numpy()
+        key = fingerprint(apply(lambda t: t.cpu().numpy()[rows], member.X),
+                          member.y.cpu().numpy()[rows])
         return TaskResult(est, "", member.seconds, g, "", key)
 
 
@@ -513,6 +533,37 @@ def _rows(a, rows):
 
 def _n_weights(net):
     return sum(p.numel() for p in net.module_.parameters())
+
+
+class GroupSplitWarning(UserWarning):
+    """A fused group was split before training, to stay within the memory it may take."""
+
+
+def _within_memory(members, batch, size):
+    """``size`` (models trained together), or fewer where that many would take more than
+    :func:`~.cost.memory_budget` (then a :class:`GroupSplitWarning` says so, before any of
+    them trains): never an out-of-memory error half-way through a group."""
+    budget = memory_budget()
+    if budget is None or len(members) < 2:
+        return size
+    module = members[0].net.module_
+    units = sum(p.shape[0] for p in module.parameters() if p.dim() >= 2)
+    X = members[0].X
+    features = sum(int(np.prod(v.shape[1:])) for v in (X.values() if isinstance(X, dict)
+                                                         else [X]))
+    rows = max(len(m.rows) for m in members)
+    per_model = model_bytes(_n_weights(members[0].net), rows, batch, features, units)
+    fits = max(1, budget // per_model)
+    wanted = min(size, len(members))
+    if fits >= wanted:
+        return size
+    warnings.warn(GroupSplitWarning(
+        f"a fused group of {wanted} models ({_n_weights(members[0].net):,} weights, "
+        f"{rows:,} rows each) would take about {wanted * per_model / 1e9:.2f} GB "
+        f"({per_model / 1e6:.1f} MB a model) beyond the data, more than the "
+        f"{budget / 1e9:.2f} GB it may hold ({MEMORY_SHARE:.0%} of the memory available, or "
+        f"${MEMORY_ENV}): it trains as groups of {fits}"), stacklevel=2)
+    return fits
 
 
 @contextmanager

@@ -68,7 +68,7 @@ def evbmf(Y, exact_tau=False):
     if Y.shape[0] > Y.shape[1]:
         Y = Y.T
     L, M = Y.shape
-    gamma = torch.linalg.svdvals(Y).numpy()
+    gamma = torch.linalg.svdvals(Y).numpy()  # host: Y was moved to the CPU above
     scale = float(gamma @ gamma) / (L * M)  # sigma_bar^2 = ||Y||_F^2 / (L M)
     if scale == 0.0:
         return EVBMFResult(0, 0.0, 0.0, np.zeros(0))

@@ -129,7 +129,9 @@ class FusedCVMixin:
         fit.fit_times = [[0.0] * len(splits) for _ in candidates]
         fused = [FusedTask(cand, seed=seed, rows=train)
                  for cand, seed in zip(candidates, seeds) for train, _ in splits]
-        trainer = FusedTrainer(self.estimator, engine=self.engine, n_jobs=self.n_jobs)
+        in_trainer = fit.trainer_jobs is not None  # every fold, alone or not, trains here
+        trainer = FusedTrainer(self.estimator, engine=self.engine,
+                               n_jobs=fit.trainer_jobs if in_trainer else self.n_jobs)
         # planned over every fold, loaded or not: a fold trains as in the whole plan
         plan = trainer.plan(fused, fit.fit_params)
         # with a checkpoint: the folds it holds are loaded, the fused ones are written as their
@@ -138,9 +140,10 @@ class FusedCVMixin:
         keys = [None] * len(fused) if ck is None else \
             [ck.key("fold", t.params, t.seed, t.rows) for t in fused]
         records = [None if k is None else ck.load("fold", k) for k in keys]
-        todo = plan.only([i for i, r in enumerate(records) if r is None], alone=False)
-        # (the folds that cannot fuse are left to scikit-learn's own fits)
-        progress = Phase(self, fit.ctx, "training", sum(map(len, todo.groups)))
+        # (the folds that cannot fuse are left to scikit-learn's own fits, but where its
+        # n_jobs went to the trainer)
+        todo = plan.only([i for i, r in enumerate(records) if r is None], alone=in_trainer)
+        progress = Phase(self, fit.ctx, "training", sum(map(len, todo.groups)) + len(todo.alone))
 
         def finished(i, result):
             progress.done(i)

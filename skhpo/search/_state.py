@@ -51,6 +51,10 @@ class FitState:
     candidates : list of list of str
         The same, per candidate scikit-learn cross-validated (``cv_results_`` order), one
         entry per fold.
+    trainer_jobs : int or None
+        Set where the search's ``n_jobs`` goes to the fused engine's processes, which then
+        train every fold (fused or alone), scikit-learn's cross-validation only loading and
+        scoring them in this process; None where scikit-learn's own ``n_jobs`` applies.
     """
 
     X: object
@@ -66,6 +70,7 @@ class FitState:
     refit_seed: int | None = None
     trainings: list = field(default_factory=list)
     candidates: list = field(default_factory=list)
+    trainer_jobs: int | None = None
 
     @property
     def data(self):

@@ -11,6 +11,7 @@ turns a scikit-learn search into its drop-in.
 """
 
 import os
+from contextlib import contextmanager
 from numbers import Integral
 
 import numpy as np
@@ -21,6 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
 from ..fused import ENGINES, choose_engine
+from ..fused._workers import n_workers, trains_on_cpu
 from ..fused.eligibility import data_reason
 from ._fused_cv import FusedCVMixin
 from ._state import FitState, sklearn_fit
@@ -37,9 +39,30 @@ class _FusedDropIn(FusedCVMixin):
         first (see the class)."""
         fit = FitState(X, y, {k: v for k, v in params.items() if k != "groups"},
                        params.get("groups"))
-        with self._fitting(fit):
+        with self._fitting(fit), self._jobs_in_trainer(fit):
             sklearn_fit(self, X, y, **params)
         return self
+
+    @contextmanager
+    def _jobs_in_trainer(self, fit):
+        """With ``n_jobs`` above 1 on a search whose fits fuse on the CPU, the processes are
+        the fused engine's (:func:`skhpo.fused.FusedTrainer`: its groups split evenly over
+        them, forked workers that start with this process's imports and data), which train
+        every fold, alone or fused; scikit-learn's cross-validation then only loads and scores
+        them, in this process (``n_jobs`` reads None to it for the block): no worker of its
+        own starts, and no trained fold is shipped to one."""
+        fit.trainer_jobs = None
+        if (n_workers(self.n_jobs) <= 1 or fit.fit_params
+                or choose_engine(self.estimator, self.engine, also=data_reason(fit.X),
+                                 what="").engine == "sequential"
+                or not trains_on_cpu(self.estimator)):
+            yield
+            return
+        fit.trainer_jobs, self.n_jobs = self.n_jobs, None
+        try:
+            yield
+        finally:
+            self.n_jobs = fit.trainer_jobs
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):
         """scikit-learn's own search, its fits trained in fused groups first if the estimator

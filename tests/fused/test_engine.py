@@ -317,10 +317,61 @@ def test_groups_in_parallel_give_the_same_models(digits):
                      FusedTask({"width": 32, "lr": 1e-3}, seed=6)]
     one = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
     two = FusedTrainer(_net(), engine="fused", n_jobs=2).fit(tasks, X, y)
-    assert [r.group for r in one] == [r.group for r in two] == [0, 0, 0, 0, 1, 1]
+    assert [r.group for r in one] == [0, 0, 0, 0, 1, 1]
+    # two processes: the architecture of four split in two, so both end together
+    assert [r.group for r in two] == [0, 0, 1, 1, 2, 2]
     for a, b in zip(one, two):
         wa, wb = _weights(a.estimator), _weights(b.estimator)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_groups_split_evenly_over_the_processes():
+    from skhpo.fused.trainer import _pieces
+
+    assert _pieces(list(range(96)), 64, 1) == [list(range(48)), list(range(48, 96))]
+    assert [len(p) for p in _pieces(list(range(96)), 64, 2)] == [48, 48]
+    assert [len(p) for p in _pieces(list(range(48)), 64, 2)] == [24, 24]
+    assert [len(p) for p in _pieces(list(range(130)), 64, 2)] == [33, 33, 32, 32]
+    assert [len(p) for p in _pieces(list(range(5)), 64, 4)] == [3, 2]  # none of one task
+    assert _pieces([7, 3, 5], 64, 2) == [[7, 3, 5]]
+
+
+@pytest.mark.parametrize("n_jobs", [0, 1.5, "2", True])
+def test_n_jobs_is_checked_before_any_training(n_jobs):
+    with pytest.raises(ValueError, match="n_jobs must be None or a non-zero int"):
+        FusedTrainer(_net(), n_jobs=n_jobs)
+
+
+def test_a_group_too_big_for_its_memory_is_split_before_training(digits, monkeypatch):
+    from skhpo.fused import GroupSplitWarning
+    from skhpo.fused.cost import model_bytes
+
+    X, y = digits
+    tasks = TASKS[:4]
+    whole = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
+    # room for two models of this net (16 weights ... 10 classes, 600 rows, batch 64)
+    net = whole[0].estimator
+    n_weights = sum(p.numel() for p in net.module_.parameters())
+    units = sum(p.shape[0] for p in net.module_.parameters() if p.dim() >= 2)
+    per_model = model_bytes(n_weights, len(y), net.batch_size, X.shape[1], units)
+    monkeypatch.setenv("SKHPO_GROUP_MEMORY", str(2 * per_model + 1))
+    with pytest.warns(GroupSplitWarning, match="a fused group of 4 models .* trains as "
+                                               "groups of 2"):
+        split = FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
+    for a, b in zip(whole, split):
+        wa, wb = _weights(a.estimator), _weights(b.estimator)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    monkeypatch.setenv("SKHPO_GROUP_MEMORY", "lots")
+    with pytest.raises(ValueError, match="SKHPO_GROUP_MEMORY must be a whole number of "
+                                         "bytes"):
+        FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
+
+
+def test_a_worker_draws_no_noise_ahead(monkeypatch):
+    from skhpo.fused import _noise
+
+    monkeypatch.setattr(_noise, "IN_WORKER", True)
+    assert not _noise.spare_core()
 
 def test_the_iterator_batch_size_and_a_failing_initialisation(digits):
     X, y = digits

@@ -1,6 +1,8 @@
 """FusedRandomizedSearchCV and FusedGridSearchCV (skhpo.search.fused_search): scikit-learn's
 searches, their fits trained in fused groups."""
 
+import sys
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -130,6 +132,7 @@ def zoo():
     spec = importlib.util.spec_from_file_location("zoo", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.modules["zoo"] = module  # importable by name, as a user's own module is (pickling)
     return module
 
 
@@ -185,3 +188,39 @@ def test_engine_attributes_say_how_each_candidate_trained(zoo, capsys):
         "engine='sequential'")
     other = FusedGridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=2).fit(X, y)
     assert other.engine_ == "sequential" and "not a skorch net" in other.engine_reason_
+
+
+def test_n_jobs_goes_to_the_engine_which_trains_every_fold(zoo, loaded):
+    """With n_jobs=2 the engine's processes train every fold, fused or alone (LBFGS), and
+    scikit-learn's cross-validation loads each one in this process: the same results as
+    n_jobs=1, and the search's n_jobs as the user set it."""
+    import torch
+    from skorch import NeuralNetClassifier
+
+    from skhpo import FusedGridSearchCV
+
+    X, y = zoo._clf()
+    X, y = X[:300], y[:300]
+    net = NeuralNetClassifier(zoo.ClassifierModule, max_epochs=2, lr=0.05, verbose=0)
+    grid = {"optimizer": [torch.optim.SGD, torch.optim.LBFGS], "lr": [0.05, 0.1, 0.2]}
+    one = FusedGridSearchCV(net, grid, cv=2, random_state=0).fit(X, y)
+    del loaded[:]
+    two = FusedGridSearchCV(net, grid, cv=2, random_state=0, n_jobs=2).fit(X, y)
+    assert two.n_jobs == 2 and two.engine_ == "mixed"
+    assert loaded == [True] * 12  # the LBFGS folds too: trained by the engine's processes
+    for key in ("mean_test_score", "std_test_score", "rank_test_score"):
+        np.testing.assert_array_equal(one.cv_results_[key], two.cv_results_[key])
+    np.testing.assert_array_equal(one.predict_proba(X), two.predict_proba(X))
+
+
+def test_a_bad_n_jobs_fails_before_training(digits, monkeypatch):
+    from skhpo import FusedRandomizedSearchCV
+    from skhpo.fused import trainer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained")
+    monkeypatch.setattr(trainer.FusedTrainer, "_fit_group", no_training)
+    X, y = digits
+    with pytest.raises(ValueError, match="n_jobs must be None or a non-zero int"):
+        FusedRandomizedSearchCV(_net(), {"lr": [1e-3, 1e-2]}, n_iter=2, cv=2,
+                                n_jobs=0).fit(X, y)

@@ -148,7 +148,7 @@ def run_hpm(problem, settings, rng=None, *, on_step=None, resume=None, save=None
                 alpha = rng.uniform(*RANDOM_RANGE, size=len(boxes))
             else:
                 with torch.no_grad():
-                    alpha = teacher(x_k).numpy()
+                    alpha = teacher(x_k).numpy()  # host: the teacher lives on the CPU
             h_new = np.array([b.clip(a * v) for b, a, v in zip(boxes, alpha, h_star)])
             if teacher is not None:
                 _teacher_step(teacher, opt, problem.teacher_objectives(students[src]), x_k,
