@@ -13,8 +13,10 @@ does today); ``fused``: :class:`skhpo.fused.FusedTrainer` with ``engine="fused"`
 Prints wall seconds per model, the ratio, how often the two predict the same class (float32
 runs of 560 Adam steps differ in their last bits, which some learning rates amplify), the
 median over models of the largest difference of their predicted probabilities, and the
-process's peak RSS. Both ways train once on a tiny task first, outside the timings. ``--model
-cnn``: ``SmallCNNClassifier`` (2 blocks of 16 and 32 filters, dense 64) on the 8 x 8 images.
+process's peak RSS (and, on a GPU, the fused group's peak GPU memory,
+``fused_peak_gpu_mb`` in ``--out``). Both ways train once on a tiny task first, outside the
+timings. ``--model cnn``: ``SmallCNNClassifier`` (2 blocks of 16 and 32 filters, dense 64)
+on the 8 x 8 images.
 ``--model torch-func``: a plain skorch ``NeuralNetClassifier`` around a user's module (a
 residual block of width 128 with two dropout layers and a softmax output, skorch's DataLoader
 with shuffling, NLLLoss), fused through ``torch.func``.
@@ -93,11 +95,18 @@ def main(argv=None):
     net.set_params(max_epochs=args.epochs)
     print(f"{'K':>5s} {'sequential s/model':>18s} {'fused s/model':>13s} {'ratio':>6s} "
           f"{'same class':>10s} {'median max|dp|':>14s} {'peak RSS MB':>11s}")
+    cuda = args.device.startswith("cuda")
     for K in args.k:
         ts = tasks(K)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         fused = FusedTrainer(net, engine="fused", max_group=max(args.k)).fit(ts, X, y)
+        if cuda:
+            torch.cuda.synchronize()
         t_fused = (time.perf_counter() - start) / K
+        gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
         seq, dp, same = float("nan"), float("nan"), float("nan")
         if K <= args.sequential_max:
             start = time.perf_counter()
@@ -113,7 +122,7 @@ def main(argv=None):
                      "threads": args.threads,
                      "sequential_s_per_model": seq, "fused_s_per_model": t_fused,
                      "ratio": seq / t_fused, "same_class": same, "median_max_abs_proba_diff": dp,
-                     "peak_rss_mb": rss})
+                     "peak_rss_mb": rss, "fused_peak_gpu_mb": gpu_mb})
         print(f"{K:5d} {seq:18.3f} {t_fused:13.3f} {seq / t_fused:6.2f} {100 * same:9.2f}% "
               f"{dp:14.1e} {rss:11.0f}", flush=True)
     if args.out:

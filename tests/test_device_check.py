@@ -47,3 +47,20 @@ def test_zoo_rows_and_group_independence_run_on_the_cpu(tmp_path):
                                        "fused group independence (bitwise)"}
     assert all(r["ok"] and r["weights_on"] == ["cpu"] for r in rows.values())
     assert 0.5 < rows["zoo batchnorm (engine=fused)"]["test_accuracy"] <= 1
+
+
+def test_the_gpu_run_script_runs_here(tmp_path):
+    """benchmarks/gpu_run.py, the one script a lent GPU runs, on the CPU at tiny sizes: each
+    of its parts writes its rows, and the device check's verdict is its exit code."""
+    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "benchmarks" / "gpu_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = module.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "device_check.json").read_text())["rows"]
+    fused = json.loads((tmp_path / "fused.json").read_text())
+    limit = json.loads((tmp_path / "limit.json").read_text())
+    assert code == 0 and len(rows) == 3 and all(r["ok"] for r in rows)
+    assert [r["K"] for r in fused] == [1, 4] and fused[0]["fused_peak_gpu_mb"] is None
+    assert limit[0]["variant"] == "no-dropout" and limit[0]["fused_s"] > 0
+    assert set(json.loads((tmp_path / "timings.json").read_text())) == {
+        "device_check", "fused", "limit"}

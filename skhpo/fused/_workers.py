@@ -8,14 +8,15 @@ index, and sends back only its results. Each worker runs one torch thread (with 
 workers the cores are taken; a forked child must not start OpenMP's thread pool again, which
 hangs once the parent has used it) and draws no dropout noise ahead on a spare core (there is
 none). Elsewhere (a GPU job, CUDA already started, no ``fork``), the jobs go through
-``joblib.Parallel`` as any scikit-learn search does. Results come back in job order, each as
-soon as it and the ones before it are done.
+``joblib.Parallel`` as any scikit-learn search does. Each result comes back as soon as it is
+done, with its job's index.
 """
 
+import functools
 import multiprocessing
 import pickle
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from numbers import Integral
 
 import cloudpickle
@@ -60,6 +61,14 @@ def _forks(on_cpu):
             and not torch.cuda.is_initialized())
 
 
+@functools.lru_cache(maxsize=1)
+def _warm():
+    """What every worker would otherwise import on its own (and this process again after
+    them): torch imports its compiler stack (``torch._dynamo``, sympy: about a second) when
+    a process makes its first optimiser. Made here once, before the workers are forked."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def _start_worker():
     torch.set_num_threads(1)
     _noise.IN_WORKER = True
@@ -77,29 +86,27 @@ def _run_as_worker(job):
 
 
 def run_jobs(jobs, n_jobs, on_cpu=True):
-    """Each ``job()`` of ``jobs`` (callables), in order, over ``n_jobs`` processes (in this
-    process when that is one); a generator: each result as soon as it is ready."""
+    """Each ``job()`` of ``jobs`` (callables) over ``n_jobs`` processes (in this process,
+    in order, when that is one); a generator of ``(index, result)``, each as soon as it is
+    ready (with forked workers, in the order they finish)."""
     jobs = list(jobs)
     n = min(n_workers(n_jobs), len(jobs))
-    if n <= 1:
-        for job in jobs:
-            yield job()
+    global _JOBS
+    if n <= 1 or (_JOBS and _forks(on_cpu)):  # (a pool in a pool's job: the outer one has
+        for i, job in enumerate(jobs):          # the cores)
+            yield i, job()
         return
     if not _forks(on_cpu):
-        yield from Parallel(n_jobs=n, return_as="generator")(
-            delayed(_run_as_worker)(job) for job in jobs)
+        yield from enumerate(Parallel(n_jobs=n, return_as="generator")(
+            delayed(_run_as_worker)(job) for job in jobs))
         return
-    global _JOBS
-    if _JOBS:  # a pool inside a pool's job: the outer one has the cores
-        for job in jobs:
-            yield job()
-        return
+    _warm()
     _JOBS = jobs
     try:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker) as pool:
-            futures = [pool.submit(_run, i) for i in range(len(jobs))]
-            for future in futures:
-                yield pickle.loads(future.result())
+            futures = {pool.submit(_run, i): i for i in range(len(jobs))}
+            for future in as_completed(futures):
+                yield futures[future], pickle.loads(future.result())
     finally:
         _JOBS = []

@@ -39,7 +39,8 @@ def fingerprint(X, y):
     for a in (*parts, y):
         a = np.ascontiguousarray(np.asarray(a))
         digest.update(str((a.dtype, a.shape)).encode())
-        digest.update(a.tobytes())
+        # its bytes, without copying them (an object array's as before: its pointers)
+        digest.update(a.tobytes() if a.dtype.hasobject else a.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 

@@ -142,6 +142,9 @@ def _pieces(members, max_group, workers):
     n = math.ceil(len(members) / max_group)
     if workers > 1:
         n = min(math.ceil(n / workers) * workers, max(n, len(members) // 2))
+    if workers > 1:  # every n-th task: what makes one task slower than another (its
+        # rates, its data) is spread over the pieces, so that the processes end together
+        return [[int(i) for i in members[k::n]] for k in range(n) if members[k::n]]
     return [[int(i) for i in piece] for piece in np.array_split(members, n) if len(piece)]
 
 
@@ -211,8 +214,9 @@ class FusedTrainer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def fit(self, tasks, X, y, on_result=None, plan=None, on_group=None):
-        """Train the tasks; one :class:`TaskResult` per task, in task order.
+    def fit(self, tasks, X, y, on_result=None, plan=None, on_group=None, reduce=None):
+        """Train the tasks; one :class:`TaskResult` per task (or what ``reduce`` makes of it),
+        in task order.
 
         Parameters
         ----------
@@ -230,6 +234,11 @@ class FusedTrainer:
         on_group : callable or None, default=None
             ``on_group([i, ...])`` once per finished group (or task trained alone), e.g. to
             write its tasks to a checkpoint in one file.
+        reduce : callable or None, default=None
+            ``reduce(i, result)`` of each task's :class:`TaskResult`, run where the task
+            trained (with ``n_jobs``, in the worker): its return value is what ``on_result``
+            gets and ``fit`` returns, and all that travels back from a worker (e.g. the
+            weights a caller keeps of a net, so the fitted nets themselves stay there).
         """
         keep_single = plan is not None
         plan = self.plan(tasks) if plan is None else plan
@@ -261,23 +270,27 @@ class FusedTrainer:
             return run_jobs(jobs, self.n_jobs, on_cpu)
 
         numbered = [(g, members) for g, members in enumerate(groups) if members]
-        done = parallel(functools.partial(self._fit_group, g, [tasks[i] for i in members], X,
-                                          y, keep_single) for g, members in numbered)
-        # the generator first in zip: it runs to its end (and shuts its workers down)
-        for (trained, moved), (_, members) in zip(done, numbered):
+        done = parallel(functools.partial(_reduced, functools.partial(
+            self._fit_group, g, [tasks[i] for i in members], X, y, keep_single), members,
+            reduce) for g, members in numbered)
+        finished = set()
+        for k, (trained, moved) in done:  # runs to its end (and shuts its workers down)
+            members = numbered[k][1]
             for j, result in trained.items():
                 results[members[j]] = result
+                finished.add(members[j])
                 if on_result is not None:
                     on_result(members[j], result)
             if on_group is not None and trained:
                 on_group([members[j] for j in trained])
             alone.update({members[j]: reason for j, reason in moved.items()})
-        solo = sorted(i for i in alone if results[i] is None)
+        solo = sorted(i for i in alone if i not in finished)
         # devices round-robin: each group, then each task that trains alone, its own slot
         first = len(groups)
-        for result, i in zip(parallel(functools.partial(self._fit_alone, tasks[i], X, y,
-                                                        alone[i], first + n)
-                                      for n, i in enumerate(solo)), solo):
+        for k, (trained, _) in parallel(functools.partial(_reduced, functools.partial(
+                _alone_job, self, tasks[i], X, y, alone[i], first + n), [i], reduce)
+                for n, i in enumerate(solo)):
+            i, result = solo[k], trained[0]
             results[i] = result
             if on_result is not None:
                 on_result(i, result)
@@ -343,7 +356,7 @@ class FusedTrainer:
         preprocessing and what the module's arguments built, train, hand back. Returns
         ``({position: TaskResult}, {position: reason})`` for the tasks trained here and
         those that must train alone."""
-        trained, moved, shared, inits = {}, {}, {}, []
+        trained, moved, shared, inits, keys = {}, {}, {}, [], {}  # keys: data fingerprints
         with torch.random.fork_rng(devices=[]):
             for j, task in enumerate(tasks):
                 try:
@@ -366,7 +379,7 @@ class FusedTrainer:
                    None if is_family(member.net) else module_signature(module))
             by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
-            same = self._begin(same, inits, moved, trained, (g, tasks))
+            same = self._begin(same, inits, moved, trained, (g, tasks, keys))
             if not same:
                 continue
             if len(same) == 1 and self.engine == "auto" and not keep_single:
@@ -381,7 +394,7 @@ class FusedTrainer:
             for i in range(0, len(members), size):  # a group's state kept within the cache
                 _train(members[i:i + size], batch, classifier, net.device)
             for j in same:
-                trained[j] = self._hand_back(g, tasks[j], *inits[j])
+                trained[j] = self._hand_back(g, tasks[j], *inits[j], keys)
         return trained, moved
 
     def _begin(self, same, inits, moved, trained, group):
@@ -389,7 +402,7 @@ class FusedTrainer:
         ``on_train_begin`` (its own fit's first call): a member whose split is not arrays, or
         whose callbacks replaced its module or parameters when training began, trains alone
         (``moved``); one whose ``on_train_begin`` failed fails (``trained``)."""
-        g, tasks = group
+        g, tasks, keys = group
         out = []
         for j in same:
             member = inits[j][1]
@@ -400,7 +413,7 @@ class FusedTrainer:
             params = list(module.parameters())
             Replay(member).train_begin()
             if member.error:
-                trained[j] = self._hand_back(g, tasks[j], *inits[j])
+                trained[j] = self._hand_back(g, tasks[j], *inits[j], keys)
             elif member.net.module_ is not module or any(
                     p is not q for p, q in zip(params, member.net.module_.parameters())):
                 moved[j] = ("a callback replaced its module or parameters when training "
@@ -414,14 +427,18 @@ class FusedTrainer:
         validation split its own fit makes) on device slot ``slot`` (its group's: groups go
         round-robin over several GPUs), the state of torch's generator after it, and its
         data: without preprocessing every member indexes one shared copy of X (and of y,
-        for equal classes)."""
+        for equal classes), and the members of one fold share the one copy of its rows their
+        callbacks are given (``fit``'s ``X``, ``dataset_train``)."""
         params = clone(task.params, safe=False)
         template, prefix = find_net(self.estimator)
         epochs = int(params.get(f"{prefix}max_epochs", template.max_epochs))
         est = clone(self.estimator).set_params(**{  # one set_params: a Pipeline's is slow
             **params, **trial_params(self.estimator, seed=task.seed, task_index=slot,
                                      extra_callbacks=task.callbacks, max_epochs=0)})
-        Xr, yr = _rows(X, task.rows), _rows(y, task.rows)
+        fold = ("fold", id(task.rows))  # the fold's rows: alive, one object per fold
+        if fold not in shared:
+            shared[fold] = (_rows(X, task.rows), _rows(y, task.rows))
+        Xr, yr = shared[fold]
         net, _ = find_net(est)
         pre = _plain_preprocessing(est)
         _seed_without_callbacks(est, task.seed)
@@ -476,17 +493,21 @@ class FusedTrainer:
         return key, Xt_pre
 
     @staticmethod
-    def _hand_back(g, task, est, member):
+    def _hand_back(g, task, est, member, keys):
+        """The member's :class:`TaskResult`, with the fingerprint of the data its fit
+        received (``keys``: the group's, one per data and fold, which its members share)."""
         if member.error:
             return TaskResult(None, member.error, member.seconds, g, "")
         net = member.net
         net.max_epochs = member.epochs
         net.module_.eval()
         # the data as its fit received it, not recomputed (wherever the group kept it)
-        rows = member.fit_rows.cpu().numpy()
-        key = fingerprint(apply(lambda t: t.cpu().numpy()[rows], member.X),
-                          member.y.cpu().numpy()[rows])
-        return TaskResult(est, "", member.seconds, g, "", key)
+        data = (id(member.X), id(member.y), member.fit_rows.data_ptr(), len(member.fit_rows))
+        if data not in keys:
+            rows = member.fit_rows.cpu().numpy()
+            keys[data] = fingerprint(apply(lambda t: t.cpu().numpy()[rows], member.X),
+                                     member.y.cpu().numpy()[rows])
+        return TaskResult(est, "", member.seconds, g, "", keys[data])
 
 
 def _seed_without_callbacks(estimator, seed):
@@ -533,6 +554,21 @@ def _rows(a, rows):
 
 def _n_weights(net):
     return sum(p.numel() for p in net.module_.parameters())
+
+
+def _reduced(job, members, reduce):
+    """``job()``'s ``({position: TaskResult}, moved)`` with each result passed through
+    ``reduce(task index, result)`` (where the job ran: in a worker, only what ``reduce``
+    keeps travels back)."""
+    trained, moved = job()
+    if reduce is not None:
+        trained = {j: reduce(members[j], result) for j, result in trained.items()}
+    return trained, moved
+
+
+def _alone_job(trainer, task, X, y, reason, slot):
+    """A task that trains alone, as a group job: ``({0: TaskResult}, {})``."""
+    return {0: trainer._fit_alone(task, X, y, reason, slot)}, {}
 
 
 class GroupSplitWarning(UserWarning):

@@ -17,7 +17,7 @@ from sklearn.model_selection import check_cv
 from sklearn.utils import _safe_indexing, indexable
 
 from ..checkpoint import Checkpoint, check_checkpoint, search_parts
-from ..fused import FusedTask, FusedTrainer
+from ..fused import FusedTask, FusedTrainer, check_n_jobs
 from ..fused.prefit import PrefitStates, SharedStates, fingerprint, net_state
 from ..nets import (
     find_net,
@@ -52,6 +52,7 @@ class FusedCVMixin:
         """The block is the fit: ``fit`` (a :class:`~._state.FitState`) is the search's
         ``_fit`` until it ends, with its checkpoint open (``n_resumed_`` then counts the
         trainings it gave back)."""
+        check_n_jobs(self.n_jobs)  # before scikit-learn's own Parallel, with our message
         fit.checkpoint = self._open_checkpoint(fit)
         self._fit = fit
         try:
@@ -145,18 +146,23 @@ class FusedCVMixin:
         todo = plan.only([i for i, r in enumerate(records) if r is None], alone=in_trainer)
         progress = Phase(self, fit.ctx, "training", sum(map(len, todo.groups)) + len(todo.alone))
 
-        def finished(i, result):
-            progress.done(i)
-            records[i] = _fold_record(result, X, y, fused[i].rows)
+        def kept(i, result):  # where the fold trained (a worker): only its record travels
+            record = _fold_record(result, X, y, fused[i].rows)
             if result.estimator is not None:
                 free_estimator(result.estimator)
+            return record
+
+        def finished(i, record):
+            progress.done(i)
+            records[i] = record
 
         def written(done):  # a fused group's folds in one file
             if ck is not None:
                 ck.save_many("fold", {keys[i]: records[i] for i in done})
 
         with progress:
-            trainer.fit(fused, X, y, on_result=finished, plan=todo, on_group=written)
+            trainer.fit(fused, X, y, on_result=finished, plan=todo, on_group=written,
+                        reduce=kept)
         reasons = [plan.alone[i] if i in plan.alone else (r or {}).get("reason", "")
                    for i, r in enumerate(records)]
         fit.evaluated(reasons[i:i + len(splits)] for i in range(0, len(reasons), len(splits)))

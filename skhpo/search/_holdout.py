@@ -37,6 +37,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from ..checkpoint import Checkpoint, check_checkpoint, search_parts
+from ..fused import check_n_jobs
 from ..hyper.layers import DropoutRates
 from ..hyper.space import parse_name
 from ..nets import check_module_output, find_net, free_estimator, net_y, user_callbacks
@@ -92,6 +93,8 @@ class HoldoutSearch(BaseSearchCV):
         """
         self._check_search_params()
         check_checkpoint(self)
+        if hasattr(self, "n_jobs"):
+            check_n_jobs(self.n_jobs)
         rng = check_random_state(self.random_state)
         split_seed, seeds = self._draw_seeds(rng)
         data = self._holdout(X, y, params, split_seed)

@@ -21,8 +21,7 @@ from sklearn.model_selection import RandomizedSearchCV as _RandomizedSearchCV
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
-from ..fused import ENGINES, choose_engine
-from ..fused._workers import n_workers, trains_on_cpu
+from ..fused import ENGINES, choose_engine, n_workers, trains_on_cpu
 from ..fused.eligibility import data_reason
 from ._fused_cv import FusedCVMixin
 from ._state import FitState, sklearn_fit
