@@ -24,6 +24,7 @@ from skhpo import (
     AutoHyperSearchCV,
     CuttingPlaneTuner,
     FlatnessSearchCV,
+    FusedHalvingRandomSearchCV,
     FusedRandomizedSearchCV,
     PopulationMutationSearch,
     SmallCNNClassifier,
@@ -181,15 +182,20 @@ def _grid(estimator, space, budget, seed, n_jobs):
                         n_jobs=n_jobs)
 
 
-def _halving(estimator, space, budget, seed, n_jobs):
+def _halving(estimator, space, budget, seed, n_jobs, search=HalvingRandomSearchCV):
     # successive halving over max_epochs (factor 3, 3 rungs: E/9, E/3, E); 3x the random
     # candidates costs the random search's epochs: 3 rungs x (3n) x E/9 = n x E, exactly when
     # n is a multiple of 3 and E of 9 (rounding of the rung sizes adds a little otherwise)
     min_epochs = max(1, budget.max_epochs // 9)
-    return HalvingRandomSearchCV(estimator, space, n_candidates=3 * budget.n_trials,
-                                 resource="net__max_epochs", min_resources=min_epochs,
-                                 max_resources=budget.max_epochs, factor=3, cv=budget.cv,
-                                 random_state=seed, n_jobs=n_jobs)
+    return search(estimator, space, n_candidates=3 * budget.n_trials,
+                  resource="net__max_epochs", min_resources=min_epochs,
+                  max_resources=budget.max_epochs, factor=3, cv=budget.cv, random_state=seed,
+                  n_jobs=n_jobs)
+
+
+def _fused_halving(estimator, space, budget, seed, n_jobs):
+    # the same halving, each rung's fits trained in fused groups
+    return _halving(estimator, space, budget, seed, n_jobs, search=FusedHalvingRandomSearchCV)
 
 
 def _random(estimator, space, budget, seed, n_jobs):
@@ -283,12 +289,13 @@ def _cpmlho(estimator, space, budget, seed, n_jobs):
 
 METHODS = {"random": _random, "fused-random": _fused_random, "flatness": _flatness,
            "flatness-repo": _flatness_repo,
-           "grid": _grid, "halving": _halving, "optuna": _optuna, "autohyper": _autohyper,
+           "grid": _grid, "halving": _halving, "fused-halving": _fused_halving,
+           "optuna": _optuna, "autohyper": _autohyper,
            "lr-grid": _lr_grid, "hpm": _hpm, "cpmlho": _cpmlho}
 
 #: the methods whose nets are seeded through ``random_state`` (scikit-learn's and Optuna's
 #: searches, and the fused drop-in, which then trains exactly random search's fits)
-BASELINES = ("random", "fused-random", "grid", "halving", "optuna", "lr-grid")
+BASELINES = ("random", "fused-random", "grid", "halving", "fused-halving", "optuna", "lr-grid")
 
 #: methods that need an optional extra: name -> (modules, install hint)
 OPTIONAL = {"optuna": (("optuna", "optuna_integration"),

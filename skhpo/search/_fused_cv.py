@@ -96,9 +96,11 @@ class FusedCVMixin:
         return trial_params(self.estimator, seed=seed, task_index=task_index, **net_overrides)
 
     def _evaluate(self, evaluate_candidates, candidates, seeds, more_results=None,
-                  callback_ctx=None):
+                  callback_ctx=None, cv=None, phase=True):
         """Cross-validate ``candidates`` through sklearn, each fit guarded and seeded (and,
-        where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`)."""
+        where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`), on the
+        folds of ``cv`` (None: the search's ``cv``); ``phase=False``: scikit-learn's fits
+        report straight to ``callback_ctx`` (a halving rung's, which numbers them itself)."""
         fit = self._fit
         tasks = []
         for i, (cand, seed) in enumerate(zip(candidates, seeds)):
@@ -106,11 +108,15 @@ class FusedCVMixin:
             fit.task_keys.update(extra)
             tasks.append({**cand, **extra})
         kwargs = {"more_results": more_results}
+        if cv is not None:
+            kwargs["cv"] = cv
         if self.engine != "sequential" or fit.checkpoint is not None:
-            kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks)
+            kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks, cv)
         else:
             fit.evaluated([["engine='sequential'"] * fit.n_splits] * len(candidates))
-        if callback_ctx is None:  # scikit-learn < 1.9 has no callbacks
+        if callback_ctx is None or not phase:  # (scikit-learn < 1.9 has no callbacks)
+            if callback_ctx is not None:
+                kwargs["callback_ctx"] = callback_ctx
             results = evaluate_candidates(tasks, **kwargs)
         else:
             parent = fit.ctx or callback_ctx
@@ -119,15 +125,18 @@ class FusedCVMixin:
         self._seed_refit()
         return results
 
-    def _prefit(self, candidates, seeds, tasks):
+    def _prefit(self, candidates, seeds, tasks, cv=None):
         """Train every (candidate, fold) in fused groups; return the folds (replayed to
         scikit-learn, so both sides split alike) and the candidates' parameters, each with a
         :class:`~skhpo.fused.prefit.PrefitStates` callback holding its trained folds."""
         fit = self._fit
         X, y = indexable(fit.X, fit.y)  # as scikit-learn's fit does before it splits
-        splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(
-            X, y, fit.groups))
-        fit.fit_times = [[0.0] * len(splits) for _ in candidates]
+        splits = list(check_cv(self.cv if cv is None else cv, y,
+                               classifier=is_classifier(self.estimator)).split(
+            X, y, groups=fit.groups))
+        # each call's candidates after the ones before (halving calls once per rung)
+        first = len(fit.fit_times)
+        fit.fit_times += [[0.0] * len(splits) for _ in candidates]
         fused = [FusedTask(cand, seed=seed, rows=train)
                  for cand, seed in zip(candidates, seeds) for train, _ in splits]
         in_trainer = fit.trainer_jobs is not None  # every fold, alone or not, trains here
@@ -166,9 +175,9 @@ class FusedCVMixin:
         reasons = [plan.alone[i] if i in plan.alone else (r or {}).get("reason", "")
                    for i, r in enumerate(records)]
         fit.evaluated(reasons[i:i + len(splits)] for i in range(0, len(reasons), len(splits)))
-        return _Splits(splits), self._with_prefit(candidates, seeds, tasks, records)
+        return _Splits(splits), self._with_prefit(candidates, seeds, tasks, records, first)
 
-    def _with_prefit(self, candidates, seeds, tasks, records):
+    def _with_prefit(self, candidates, seeds, tasks, records, first=0):
         """The candidates' parameters, each with a :class:`PrefitStates` callback holding
         its trained folds (``records``, candidate-major) and, with a checkpoint, the folds
         scikit-learn's own fits trained and wrote."""
@@ -180,7 +189,7 @@ class FusedCVMixin:
                 continue                                  # alike, and error_score applies
             cand, split = divmod(i, n_splits)
             states[cand][record["key"]] = record["state"]
-            fit.fit_times[cand][split] = record["fit_time"]
+            fit.fit_times[first + cand][split] = record["fit_time"]
         ck = fit.checkpoint
         cand_keys = [None] * len(candidates)
         if ck is not None:  # the folds scikit-learn's own fits trained and wrote
@@ -208,10 +217,13 @@ class FusedCVMixin:
     def _format_results(self, candidate_params, n_splits, out, more_results=None):
         fit = self._fit
         # a fit that loaded a fused fold took its share of the fused group's time
+        # (scikit-learn passes every fold so far at each call: each is counted once)
         for j, fold in enumerate(out):
             cand, split = divmod(j, n_splits)
-            if cand < len(fit.fit_times) and isinstance(fold, dict) and "fit_time" in fold:
+            if cand < len(fit.fit_times) and isinstance(fold, dict) and "fit_time" in fold \
+                    and id(fold) not in fit.timed:
                 fold["fit_time"] += fit.fit_times[cand][split]
+                fit.timed.add(id(fold))
         # what the user sees: the candidates without skhpo's task parameters
         public = [{k: v for k, v in p.items() if k not in fit.task_keys}
                   for p in candidate_params]

@@ -42,7 +42,9 @@ class FitState:
         everything the user sees.
     fit_times : list of list of float
         Per candidate and fold, the seconds of its fused training (0 where it trained in
-        scikit-learn's own fit).
+        scikit-learn's own fit), in the order scikit-learn evaluated the candidates.
+    timed : set
+        The ids of scikit-learn's fold results whose ``fit_time`` has that added already.
     refit_seed : int or None
         The seed of the refit of the best candidate.
     trainings : list of str
@@ -71,6 +73,7 @@ class FitState:
     trainings: list = field(default_factory=list)
     candidates: list = field(default_factory=list)
     trainer_jobs: int | None = None
+    timed: set = field(default_factory=set)
 
     @property
     def data(self):

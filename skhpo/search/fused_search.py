@@ -29,6 +29,13 @@ from ._state import FitState, sklearn_fit
 __all__ = ["FusedGridSearchCV", "FusedRandomizedSearchCV", "as_fused"]
 
 
+def with_engine(constraints):
+    """A scikit-learn search's parameter constraints, with a drop-in's ``engine`` and
+    ``checkpoint``."""
+    return {**constraints, "engine": [StrOptions(set(ENGINES))],
+            "checkpoint": [str, os.PathLike, None]}
+
+
 class _FusedDropIn(FusedCVMixin):
     """What both drop-ins add to scikit-learn's search."""
 
@@ -82,10 +89,12 @@ class _FusedDropIn(FusedCVMixin):
 
 def as_fused(search, engine="auto", random_state=None):
     """A clone of the unfitted ``search`` to run: scikit-learn's ``RandomizedSearchCV`` /
-    ``GridSearchCV`` becomes its fused drop-in with ``engine`` (a grid's fits seeded from
-    ``random_state``, when it is an int); any other search, or ``engine="sequential"``, a
-    plain clone."""
-    drop_ins = {_RandomizedSearchCV: FusedRandomizedSearchCV, GridSearchCV: FusedGridSearchCV}
+    ``GridSearchCV`` / ``HalvingRandomSearchCV`` / ``HalvingGridSearchCV`` becomes its fused
+    drop-in with ``engine`` (a grid's fits seeded from ``random_state``, when it is an int);
+    any other search, or ``engine="sequential"``, a plain clone."""
+    from .fused_halving import HALVING_DROP_INS  # (that module builds on this one)
+    drop_ins = {_RandomizedSearchCV: FusedRandomizedSearchCV, GridSearchCV: FusedGridSearchCV,
+                **HALVING_DROP_INS}
     if engine == "sequential" or type(search) not in drop_ins:
         return clone(search)
     params = clone(search).get_params(deep=False)
@@ -150,11 +159,7 @@ scorer_, n_splits_, multimetric_
     (4, ['lr'])
     """
 
-    _parameter_constraints: dict = {
-        **_RandomizedSearchCV._parameter_constraints,
-        "engine": [StrOptions(set(ENGINES))],
-        "checkpoint": [str, os.PathLike, None],
-    }
+    _parameter_constraints: dict = with_engine(_RandomizedSearchCV._parameter_constraints)
 
     def __init__(self, estimator, param_distributions, *, n_iter=10, scoring=None, n_jobs=None,
                  refit=True, cv=None, verbose=0, pre_dispatch="2*n_jobs", random_state=None,
@@ -217,12 +222,8 @@ scorer_, n_splits_, multimetric_
     (3, ['lr'])
     """
 
-    _parameter_constraints: dict = {
-        **GridSearchCV._parameter_constraints,
-        "engine": [StrOptions(set(ENGINES))],
-        "random_state": ["random_state"],
-        "checkpoint": [str, os.PathLike, None],
-    }
+    _parameter_constraints: dict = {**with_engine(GridSearchCV._parameter_constraints),
+                                    "random_state": ["random_state"]}
 
     _space_param = "param_grid"
 
