@@ -20,6 +20,7 @@ from skhpo import (
     AutoHyperSearchCV,
     FlatnessSearchCV,
     FusedGridSearchCV,
+    FusedHalvingRandomSearchCV,
     FusedRandomizedSearchCV,
     TabularMLPClassifier,
 )
@@ -71,6 +72,9 @@ SEARCHES = {
     "fused-random": lambda folder, **kw: FusedRandomizedSearchCV(
         _net(), {"lr": loguniform(1e-3, 1e-1)}, n_iter=3, cv=2, random_state=0,
         checkpoint=folder, **kw),
+    "fused-halving": lambda folder, **kw: FusedHalvingRandomSearchCV(
+        _net(), {"lr": loguniform(1e-3, 1e-1)}, n_candidates=6, resource="max_epochs",
+        min_resources=1, max_resources=3, cv=2, random_state=0, checkpoint=folder, **kw),
     "fused-grid-sequential": lambda folder, **kw: FusedGridSearchCV(
         _net(), {"lr": [1e-2, 1e-3]}, cv=2, engine="sequential", random_state=0,
         checkpoint=folder, **kw),

@@ -7,9 +7,10 @@ no ``import torch``), and the jobs' inputs are inherited, never pickled: a worke
 index, and sends back only its results. Each worker runs one torch thread (with ``n_jobs``
 workers the cores are taken; a forked child must not start OpenMP's thread pool again, which
 hangs once the parent has used it) and draws no dropout noise ahead on a spare core (there is
-none). Elsewhere (a GPU job, CUDA already started, no ``fork``), the jobs go through
-``joblib.Parallel`` as any scikit-learn search does. Each result comes back as soon as it is
-done, with its job's index.
+none). Elsewhere (a GPU job, CUDA already started, no ``fork``, or a joblib backend the user
+chose with ``joblib.parallel_config``), the jobs go through ``joblib.Parallel`` as any
+scikit-learn search does. Each result comes back as soon as it is done, with its job's
+index.
 """
 
 import functools
@@ -23,6 +24,8 @@ import cloudpickle
 import joblib
 import torch
 from joblib import Parallel, delayed
+from joblib._parallel_backends import LokyBackend
+from joblib.parallel import get_active_backend
 
 from ..nets import find_net
 from . import _noise
@@ -56,9 +59,13 @@ def trains_on_cpu(estimator, params=()):
 
 
 def _forks(on_cpu):
+    """Whether the jobs go to forked workers: on a Linux CPU, CUDA not started, and joblib's
+    backend its default (a ``joblib.parallel_config(backend=...)`` the user chose, dask say,
+    is used as chosen)."""
+    backend, _ = get_active_backend()
     return (on_cpu and sys.platform.startswith("linux")
             and "fork" in multiprocessing.get_all_start_methods()
-            and not torch.cuda.is_initialized())
+            and not torch.cuda.is_initialized() and isinstance(backend, LokyBackend))
 
 
 @functools.lru_cache(maxsize=1)

@@ -22,8 +22,8 @@ from sklearn.utils.validation import _num_samples
 
 from ..fused import choose_engine
 from ..fused.eligibility import data_reason
+from ._drop_in import _FusedDropIn, with_engine
 from ._state import FitState, sklearn_fit
-from .fused_search import _FusedDropIn, with_engine
 
 __all__ = ["FusedHalvingGridSearchCV", "FusedHalvingRandomSearchCV"]
 

@@ -369,6 +369,17 @@ def test_a_group_too_big_for_its_memory_is_split_before_training(digits, monkeyp
         FusedTrainer(_net(), engine="fused").fit(tasks, X, y)
 
 
+def test_forked_workers_only_under_joblibs_default_backend():
+    import joblib
+
+    from skhpo.fused import _workers
+
+    assert _workers._forks(on_cpu=True) and not _workers._forks(on_cpu=False)
+    with joblib.parallel_config(backend="threading"):  # the user's choice is kept
+        assert not _workers._forks(on_cpu=True)
+        assert [i for i, _ in _workers.run_jobs([lambda: 1, lambda: 2], 2)] == [0, 1]
+
+
 def test_a_worker_draws_no_noise_ahead(monkeypatch):
     from skhpo.fused import _noise
 
