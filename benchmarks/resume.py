@@ -58,23 +58,21 @@ def data():
 
 def done(folder, method):
     """Trainings (flatness) or completed steps (hpm) in the folder."""
-    import pickle
+    from skhpo.checkpoint import DamagedFile, read_file
 
     files = [f for f in os.listdir(folder) if f.endswith(".pkl")]
     if method != "hpm":  # a fused group's trainings share one file
         n = 0
         for name in files:
             try:
-                with open(os.path.join(folder, name), "rb") as f:
-                    n += len(pickle.load(f)) if "-group-" in name else 1
-            except (EOFError, pickle.UnpicklingError, FileNotFoundError):
+                n += len(read_file(os.path.join(folder, name))) if "-group-" in name else 1
+            except (DamagedFile, FileNotFoundError):
                 continue  # being replaced by its writer: counted at the next look
         return n
     for _ in range(5):  # the state file may be being replaced: read it again
         try:
-            with open(os.path.join(folder, files[0]), "rb") as f:
-                return pickle.load(f)["step"] + 1
-        except (IndexError, EOFError, pickle.UnpicklingError, FileNotFoundError):
+            return read_file(os.path.join(folder, files[0]))["step"] + 1
+        except (IndexError, DamagedFile, FileNotFoundError):
             time.sleep(0.01)
     return 0
 

@@ -141,14 +141,13 @@ def test_checkpoint_needs_a_folder_and_a_fixed_seed(bad, match, iris, tmp_path):
 
 def _stored(folder):
     """Trainings in a checkpoint folder (a fused group's share one file)."""
-    import pickle
+    from skhpo.checkpoint import read_file
 
     n = 0
     for name in os.listdir(folder):
         if name.endswith(".pkl") and not name.startswith("."):
             if "-group-" in name:
-                with open(os.path.join(folder, name), "rb") as f:
-                    n += len(pickle.load(f))
+                n += len(read_file(os.path.join(folder, name)))
             else:
                 n += 1
     return n
@@ -261,11 +260,10 @@ HPM_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_killed_population_resumes_from_its_last_step(tmp_path):
-    import pickle
-
     from sklearn.datasets import load_digits
 
     from skhpo import PopulationMutationSearch
+    from skhpo.checkpoint import DamagedFile, read_file
 
     folder = tmp_path / "ck"
     script = tmp_path / "hpm.py"
@@ -274,15 +272,13 @@ def test_a_killed_population_resumes_from_its_last_step(tmp_path):
         files = [f for f in os.listdir(folder) if f.startswith("population-")] \
             if folder.exists() else []
         try:
-            with open(folder / files[0], "rb") as f:
-                return pickle.load(f)["step"] >= 2
-        except (IndexError, EOFError, pickle.UnpicklingError, FileNotFoundError):
+            return read_file(folder / files[0])["step"] >= 2
+        except (IndexError, DamagedFile, FileNotFoundError):
             return False  # not there yet, or being replaced: read it again
 
     _kill_when([sys.executable, str(script), str(folder)], ready)
     (path,) = [folder / f for f in os.listdir(folder) if f.startswith("population-")]
-    with open(path, "rb") as f:
-        done = pickle.load(f)["step"] + 1
+    done = read_file(path)["step"] + 1
     assert 3 <= done < 12  # killed part-way
     X, y = load_digits(return_X_y=True)
     X, y = (X / 16).astype(np.float32)[:600], y[:600]
@@ -301,9 +297,8 @@ def test_a_killed_population_resumes_from_its_last_step(tmp_path):
 def test_cutting_plane_resumes_after_its_last_epoch(iris, tmp_path):
     """The self-tuning run, stopped after epoch 3 of 6 (its state taken from a full run's
     checkpoint written at that epoch), continues to the same end."""
-    import pickle
-
     from skhpo import CuttingPlaneTuner
+    from skhpo.checkpoint import read_file
 
     X, y = iris
 
@@ -321,8 +316,7 @@ def test_cutting_plane_resumes_after_its_last_epoch(iris, tmp_path):
     resumed_dir.mkdir()
     for name in ("fingerprint.json",):
         (resumed_dir / name).write_bytes((tmp_path / "full" / name).read_bytes())
-    with open(tmp_path / "three" / state, "rb") as f:
-        assert pickle.load(f)["epoch"] == 2
+    assert read_file(tmp_path / "three" / state)["epoch"] == 2
     (resumed_dir / state).write_bytes((tmp_path / "three" / state).read_bytes())
     resumed = tuner(str(resumed_dir), 6).fit(X, y)
     assert resumed.n_resumed_ == 3
@@ -386,3 +380,122 @@ def test_ctrl_c_leaves_a_consistent_checkpoint(iris, tmp_path):
     resumed = search(str(tmp_path)).fit(X, y)
     assert resumed.n_resumed_ == len(files)
     _same_results(resumed, search(None).fit(X, y))
+
+
+# -- faults: damaged, planted and unwritable files --------------------------------------------
+
+def _fault_search(folder):
+    """The issue's example, small: FusedRandomizedSearchCV on 300 digits."""
+    return FusedRandomizedSearchCV(TabularMLPClassifier(width=8, max_epochs=2),
+                                   {"lr": loguniform(1e-4, 1e-1)}, n_iter=4, cv=2,
+                                   random_state=0, checkpoint=folder)
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return (X / 16).astype(np.float32)[:300], y[:300]
+
+
+def _files(folder):
+    return sorted(f for f in os.listdir(folder) if f.endswith(".pkl"))
+
+
+def _planted(marker):
+    """A pickle that would create ``marker`` if it were ever loaded by plain pickle."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    return pickle.dumps(Payload())
+
+
+@pytest.mark.parametrize("fault", ["truncated", "garbage", "planted", "planted-checksummed"])
+def test_a_damaged_or_planted_file_costs_only_its_own_trainings(fault, small_digits,
+                                                                tmp_path):
+    import hashlib
+
+    from skhpo.checkpoint import _MAGIC, CheckpointWarning
+
+    X, y = small_digits
+    first = _fault_search(str(tmp_path)).fit(X, y)
+    stored = _stored(tmp_path)
+    (name, *_) = _files(tmp_path)
+    path = tmp_path / name
+    in_file = _stored_in(path)
+    marker = tmp_path / "ran"
+    data = path.read_bytes()
+    payload = _planted(marker)
+    path.write_bytes({
+        "truncated": data[:len(data) // 2],
+        "garbage": os.urandom(len(data)),
+        "planted": payload,  # a plain pickle, as the files were before
+        # a planted pickle with a valid header and checksum: refused by what it asks for
+        "planted-checksummed": _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+        + payload}[fault])
+    with pytest.warns(CheckpointWarning, match=f"checkpoint file .*{name}.* cannot be used"):
+        again = _fault_search(str(tmp_path)).fit(X, y)
+    assert not marker.exists()  # nothing of the planted file ran
+    assert again.n_resumed_ == stored - in_file  # only the damaged file's trainings redone
+    _same_results(first, again)
+
+
+def _stored_in(path):
+    from skhpo.checkpoint import read_file
+
+    return len(read_file(path)) if "-group-" in path.name else 1
+
+
+def test_a_failing_write_turns_checkpointing_off_and_the_search_finishes(small_digits,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+    """A full disk (ENOSPC injected into the atomic rename): one warning, full results."""
+    import errno
+    import warnings
+
+    from skhpo.checkpoint import CheckpointWarning
+
+    X, y = small_digits
+    plain = _fault_search(None).fit(X, y)
+    real = os.replace
+
+    def full(src, dst):
+        if os.path.basename(dst) != "fingerprint.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", full)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search = _fault_search(str(tmp_path)).fit(X, y)
+    ours = [w for w in caught if issubclass(w.category, CheckpointWarning)]
+    assert len(ours) == 1 and "No space left on device" in str(ours[0].message)
+    assert "checkpointing is off" in str(ours[0].message)
+    assert _files(tmp_path) == [] and not [f for f in os.listdir(tmp_path)
+                                           if f.startswith(".tmp")]
+    _same_results(plain, search)
+
+
+def test_checkpoint_paths_are_checked_before_training(small_digits, tmp_path):
+    X, y = small_digits
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"checkpoint='.*file.txt' is a file, not a folder"):
+        _fault_search(str(a_file)).fit(X, y)
+    with pytest.raises(ValueError, match="its parent folder .* does not exist"):
+        _fault_search(str(tmp_path / "missing" / "ck")).fit(X, y)
+
+
+def test_a_folder_of_the_older_format_is_refused(small_digits, tmp_path):
+    import json
+
+    X, y = small_digits
+    _fault_search(str(tmp_path)).fit(X, y)
+    stored = json.loads((tmp_path / "fingerprint.json").read_text())
+    del stored["format"]  # what folders written before checksums hold
+    (tmp_path / "fingerprint.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="written by another version of skhpo "
+                                         r"\(checkpoint format 1"):
+        _fault_search(str(tmp_path)).fit(X, y)
