@@ -9,8 +9,9 @@ workers the cores are taken; a forked child must not start OpenMP's thread pool 
 hangs once the parent has used it) and draws no dropout noise ahead on a spare core (there is
 none). Elsewhere (a GPU job, CUDA already started, no ``fork``, or a joblib backend the user
 chose with ``joblib.parallel_config``), the jobs go through ``joblib.Parallel`` as any
-scikit-learn search does. Each result comes back as soon as it is done, with its job's
-index.
+scikit-learn search does. Inside a worker of a pool (a forked one, or joblib's: a search
+that ``joblib.Parallel`` runs), the jobs run in that worker, whose pool has the cores. Each
+result comes back as soon as it is done, with its job's index.
 """
 
 import functools
@@ -99,8 +100,11 @@ def run_jobs(jobs, n_jobs, on_cpu=True):
     jobs = list(jobs)
     n = min(n_workers(n_jobs), len(jobs))
     global _JOBS
-    if n <= 1 or (_JOBS and _forks(on_cpu)):  # (a pool in a pool's job: the outer one has
-        for i, job in enumerate(jobs):          # the cores)
+    backend, _ = get_active_backend()
+    # in one process: one job, or jobs inside a pool's job (a forked worker, or a joblib
+    # worker, whose pool already has the cores)
+    if n <= 1 or _JOBS or getattr(backend, "nesting_level", 0) > 0:
+        for i, job in enumerate(jobs):
             yield i, job()
         return
     if not _forks(on_cpu):

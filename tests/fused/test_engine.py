@@ -378,6 +378,17 @@ def test_forked_workers_only_under_joblibs_default_backend():
     with joblib.parallel_config(backend="threading"):  # the user's choice is kept
         assert not _workers._forks(on_cpu=True)
         assert [i for i, _ in _workers.run_jobs([lambda: 1, lambda: 2], 2)] == [0, 1]
+    # inside a joblib worker (a search run by joblib.Parallel): the jobs run in that worker
+    pids = joblib.Parallel(n_jobs=2)(joblib.delayed(_worker_pids)() for _ in range(2))
+    assert all(len(set(p)) == 1 for p in pids)
+
+
+def _worker_pids():
+    import os
+
+    from skhpo.fused import _workers
+
+    return [pid for _, pid in _workers.run_jobs([os.getpid, os.getpid], 2)]
 
 
 def test_a_worker_draws_no_noise_ahead(monkeypatch):
