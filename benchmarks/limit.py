@@ -31,6 +31,7 @@ from sklearn.datasets import make_classification
 from sklearn.model_selection import RandomizedSearchCV
 
 from skhpo import FusedRandomizedSearchCV, TabularMLPClassifier
+from skhpo.fused.cost import proc_kib
 
 #: the phases of a fused search: the cumulative time of these (file, function) pairs
 PHASES = {
@@ -95,14 +96,8 @@ def _profile_phases(run):
 
 def _status_mb(field):
     """``VmRSS`` / ``VmHWM`` (peak) of this process from /proc, in MB (None elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    kib = proc_kib("/proc/self/status", field)
+    return None if kib is None else kib / 1024
 
 
 def memory_child(kind, path, n_iter):

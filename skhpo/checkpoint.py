@@ -27,6 +27,7 @@ checkpointing off for the rest of the fit with one warning; the search finishes 
 results.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -242,11 +243,10 @@ class Checkpoint:
 
 
 def _remove(path):
-    try:
+    """Remove the temporary file ``path`` (None: nothing was made), whatever the disk says."""
+    with contextlib.suppress(OSError):
         if path is not None and os.path.exists(path):
             os.remove(path)
-    except OSError:
-        pass
 
 
 def read_file(path, trusted=()):
@@ -331,21 +331,15 @@ def _trusted_objects(estimator):
     out = set()
     if estimator is None:
         return out
-    try:
-        values = list(estimator.get_params(deep=True).values())
-    except Exception:
-        values = []
-    for value in [estimator, *values]:
-        for obj in ([value] if isinstance(value, type) or callable(value) else []) + \
-                [type(value)]:
-            module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__",
-                                                                          None)
-            if module and qualname and module != "builtins":
-                out.add((module, qualname))
-        if isinstance(value, (list, tuple)):  # callbacks: [(name, callback), ...]
-            for item in value:
-                item = item[1] if isinstance(item, tuple) and len(item) == 2 else item
-                out.add((type(item).__module__, type(item).__qualname__))
+    for value in [estimator, *estimator.get_params(deep=True).values()]:
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, tuple) and len(item) == 2:  # callbacks: (name, callback)
+                item = item[1]
+            for obj in (item, type(item)):  # a class or function itself, and its type
+                module = getattr(obj, "__module__", None)
+                qualname = getattr(obj, "__qualname__", None)  # (an instance has none)
+                if module and qualname and module != "builtins":
+                    out.add((module, qualname))
     return out
 
 

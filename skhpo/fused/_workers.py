@@ -16,6 +16,7 @@ result comes back as soon as it is done, with its job's index.
 
 import functools
 import multiprocessing
+import os
 import pickle
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -59,11 +60,11 @@ def trains_on_cpu(estimator, params=()):
     return all(d == "cpu" or d.startswith("cpu:") for d in devices)
 
 
-def _forks(on_cpu):
+def _forks(on_cpu, backend=None):
     """Whether the jobs go to forked workers: on a Linux CPU, CUDA not started, and joblib's
-    backend its default (a ``joblib.parallel_config(backend=...)`` the user chose, dask say,
-    is used as chosen)."""
-    backend, _ = get_active_backend()
+    active ``backend`` its default (a ``joblib.parallel_config(backend=...)`` the user chose,
+    dask say, is used as chosen)."""
+    backend = get_active_backend()[0] if backend is None else backend
     return (on_cpu and sys.platform.startswith("linux")
             and "fork" in multiprocessing.get_all_start_methods()
             and not torch.cuda.is_initialized() and isinstance(backend, LokyBackend))
@@ -88,8 +89,9 @@ def _run(i):
     return cloudpickle.dumps(_JOBS[i]())
 
 
-def _run_as_worker(job):
-    _noise.IN_WORKER = True
+def _run_as_worker(job, parent):
+    if os.getpid() != parent:  # a joblib worker process (not a thread of the parent's)
+        _noise.IN_WORKER = True
     return job()
 
 
@@ -107,9 +109,9 @@ def run_jobs(jobs, n_jobs, on_cpu=True):
         for i, job in enumerate(jobs):
             yield i, job()
         return
-    if not _forks(on_cpu):
+    if not _forks(on_cpu, backend):
         yield from enumerate(Parallel(n_jobs=n, return_as="generator")(
-            delayed(_run_as_worker)(job) for job in jobs))
+            delayed(_run_as_worker)(job, os.getpid()) for job in jobs))
         return
     _warm()
     _JOBS = jobs

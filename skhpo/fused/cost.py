@@ -12,11 +12,12 @@ busy the machine was at that moment, or the same ``random_state`` could give dif
 results (a fused model equals its own fit only to float32 rounding).
 """
 
+import contextlib
 import os
 
 __all__ = ["ENV", "GROUP_ENV", "MAX_GROUP_WEIGHTS", "MAX_WEIGHTS", "MEMORY_ENV",
            "MEMORY_SHARE", "group_size", "max_group_weights", "max_weights", "memory_budget",
-           "model_bytes"]
+           "model_bytes", "proc_kib"]
 
 #: the environment variable that sets ``engine="auto"``'s threshold (a number of weights)
 ENV = "SKHPO_MAX_WEIGHTS"
@@ -82,14 +83,22 @@ def model_bytes(n_weights, n_rows, batch, n_features, n_units):
     return 16 * n_weights + 8 * n_rows + 4 * batch * (n_features + 3 * n_units)
 
 
-def _available():
-    try:
-        with open("/proc/meminfo") as f:
+def proc_kib(path, field):
+    """The value of ``field`` (in kB) in a ``/proc`` file such as ``/proc/meminfo``, or None
+    where there is no such file or field (not Linux)."""
+    with contextlib.suppress(OSError):
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    return None
+
+
+def _available():
+    """Bytes of memory available now (None where the system does not say)."""
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    if kib is not None:
+        return kib * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

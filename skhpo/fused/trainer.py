@@ -137,15 +137,15 @@ class Plan:
 
 def _pieces(members, max_group, workers):
     """``members`` (one fusion key's tasks, in order) in groups of at most ``max_group``;
-    with several ``workers``, as many equal pieces as the workers (or a multiple of them),
-    none of fewer than two tasks."""
+    with several ``workers``, as many pieces of equal size as the workers (or a multiple
+    of them), each every n-th task, none of fewer than two tasks."""
     n = math.ceil(len(members) / max_group)
-    if workers > 1:
-        n = min(math.ceil(n / workers) * workers, max(n, len(members) // 2))
-    if workers > 1:  # every n-th task: what makes one task slower than another (its
-        # rates, its data) is spread over the pieces, so that the processes end together
-        return [[int(i) for i in members[k::n]] for k in range(n) if members[k::n]]
-    return [[int(i) for i in piece] for piece in np.array_split(members, n) if len(piece)]
+    if workers <= 1:
+        return [[int(i) for i in piece] for piece in np.array_split(members, n) if len(piece)]
+    n = min(math.ceil(n / workers) * workers, max(n, len(members) // 2))
+    # every n-th task: what makes one task slower than another (its rates, its data) is
+    # spread over the pieces, so that the processes end together
+    return [[int(i) for i in members[k::n]] for k in range(n) if members[k::n]]
 
 
 class FusedTrainer:
@@ -587,14 +587,14 @@ def _within_memory(members, batch, size):
     X = members[0].X
     features = sum(int(np.prod(v.shape[1:])) for v in (X.values() if isinstance(X, dict)
                                                          else [X]))
-    rows = max(len(m.rows) for m in members)
-    per_model = model_bytes(_n_weights(members[0].net), rows, batch, features, units)
+    rows, n_weights = max(len(m.rows) for m in members), _n_weights(members[0].net)
+    per_model = model_bytes(n_weights, rows, batch, features, units)
     fits = max(1, budget // per_model)
     wanted = min(size, len(members))
     if fits >= wanted:
         return size
     warnings.warn(GroupSplitWarning(
-        f"a fused group of {wanted} models ({_n_weights(members[0].net):,} weights, "
+        f"a fused group of {wanted} models ({n_weights:,} weights, "
         f"{rows:,} rows each) would take about {wanted * per_model / 1e9:.2f} GB "
         f"({per_model / 1e6:.1f} MB a model) beyond the data, more than the "
         f"{budget / 1e9:.2f} GB it may hold ({MEMORY_SHARE:.0%} of the memory available, or "

@@ -217,13 +217,13 @@ class FusedCVMixin:
     def _format_results(self, candidate_params, n_splits, out, more_results=None):
         fit = self._fit
         # a fit that loaded a fused fold took its share of the fused group's time
-        # (scikit-learn passes every fold so far at each call: each is counted once)
-        for j, fold in enumerate(out):
+        # (scikit-learn passes every fold so far at each call, in order: the new ones only)
+        for j in range(fit.timed, len(out)):
             cand, split = divmod(j, n_splits)
-            if cand < len(fit.fit_times) and isinstance(fold, dict) and "fit_time" in fold \
-                    and id(fold) not in fit.timed:
+            fold = out[j]
+            if cand < len(fit.fit_times) and isinstance(fold, dict) and "fit_time" in fold:
                 fold["fit_time"] += fit.fit_times[cand][split]
-                fit.timed.add(id(fold))
+        fit.timed = len(out)
         # what the user sees: the candidates without skhpo's task parameters
         public = [{k: v for k, v in p.items() if k not in fit.task_keys}
                   for p in candidate_params]

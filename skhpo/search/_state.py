@@ -43,8 +43,8 @@ class FitState:
     fit_times : list of list of float
         Per candidate and fold, the seconds of its fused training (0 where it trained in
         scikit-learn's own fit), in the order scikit-learn evaluated the candidates.
-    timed : set
-        The ids of scikit-learn's fold results whose ``fit_time`` has that added already.
+    timed : int
+        How many of scikit-learn's fold results (in its order) have that added already.
     refit_seed : int or None
         The seed of the refit of the best candidate.
     trainings : list of str
@@ -73,7 +73,7 @@ class FitState:
     trainings: list = field(default_factory=list)
     candidates: list = field(default_factory=list)
     trainer_jobs: int | None = None
-    timed: set = field(default_factory=set)
+    timed: int = 0
 
     @property
     def data(self):

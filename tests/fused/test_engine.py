@@ -378,6 +378,7 @@ def test_forked_workers_only_under_joblibs_default_backend():
     with joblib.parallel_config(backend="threading"):  # the user's choice is kept
         assert not _workers._forks(on_cpu=True)
         assert [i for i, _ in _workers.run_jobs([lambda: 1, lambda: 2], 2)] == [0, 1]
+    assert not _workers._noise.IN_WORKER  # threads of this process leave its spare core on
     # inside a joblib worker (a search run by joblib.Parallel): the jobs run in that worker
     pids = joblib.Parallel(n_jobs=2)(joblib.delayed(_worker_pids)() for _ in range(2))
     assert all(len(set(p)) == 1 for p in pids)
