@@ -10,7 +10,11 @@ and weight decay log-uniform, ``n_candidates=27, factor=3, cv=3``; ``max_epochs`
 rows. One torch thread; both searches run once on a tiny task first, outside the timings.
 Prints both wall times and their ratio, and whether the rungs (``n_resources_``,
 ``n_candidates_``, ``cv_results_["iter"]``), the survivors and ``best_params_`` are the same,
-with the largest difference of the mean test scores.
+with the largest difference of the mean test scores; the epochs each rung's survivors
+continued from (``candidate_starts_``). ``--restarts`` also times the drop-in with its
+survivors trained again from the start at every rung (as scikit-learn's halving trains them:
+the continuation turned off for this breakdown only) and checks its scores are the
+continuing run's, bitwise.
 """
 
 import argparse
@@ -34,6 +38,8 @@ SPACE = {"lr": loguniform(1e-4, 1e-1), "optimizer__weight_decay": loguniform(1e-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--resource", choices=["max_epochs", "n_samples"], default="max_epochs")
+    p.add_argument("--restarts", action="store_true",
+                   help="also time the drop-in with its survivors restarted at every rung")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -58,6 +64,15 @@ def main(argv=None):
         start = time.perf_counter()
         fitted[label] = cls(make(), SPACE, **kw).fit(X, y)
         times[label] = time.perf_counter() - start
+    if args.restarts:  # the same drop-in, every survivor trained again from the start
+        original = FusedHalvingRandomSearchCV._start_of
+        FusedHalvingRandomSearchCV._start_of = lambda self, folds, rows, decision: (None, "")
+        start = time.perf_counter()
+        try:
+            fitted["restarts"] = FusedHalvingRandomSearchCV(make(), SPACE, **kw).fit(X, y)
+        finally:
+            FusedHalvingRandomSearchCV._start_of = original
+        times["restarts"] = time.perf_counter() - start
     a, b = fitted["fused"], fitted["sklearn"]
     row = {"resource": args.resource, "fused_s": round(times["fused"], 2),
            "sklearn_s": round(times["sklearn"], 2),
@@ -69,7 +84,14 @@ def main(argv=None):
            "same_best": a.best_params_ == b.best_params_,
            "max_abs_d_mean_test": float(np.max(np.abs(a.cv_results_["mean_test_score"]
                                                        - b.cv_results_["mean_test_score"]))),
-           "engine": a.engine_}
+           "engine": a.engine_, "candidate_starts": sorted(set(a.candidate_starts_)),
+           "restart_reasons": sorted(set(a.restart_reasons_) - {""})}
+    if args.restarts:
+        r = fitted["restarts"]
+        row.update(restarts_s=round(times["restarts"], 2),
+                   restarts_ratio=round(times["restarts"] / times["sklearn"], 3),
+                   restarts_same_scores=list(r.cv_results_["mean_test_score"]) ==
+                   list(a.cv_results_["mean_test_score"]))
     print(json.dumps(row), flush=True)
     if args.out:
         with open(args.out, "w") as f:

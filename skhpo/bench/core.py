@@ -125,13 +125,16 @@ def summarize(rows, by, metrics, *, order="sorted", count="n"):
 def epochs_spent(search, max_epochs):
     """Training epochs a fitted search spent: its own ``n_epochs_`` (every skhpo search);
     for scikit-learn's and Optuna's searches, every CV fit and the refit at ``max_epochs``
-    (successive halving over ``max_epochs``: its resources)."""
+    (successive halving over ``max_epochs``: its resources, less the epochs a fused halving's
+    survivors continued from: ``candidate_starts_``)."""
     if hasattr(search, "n_epochs_"):
         return search.n_epochs_
     refit = max_epochs if search.refit else 0
     splits = search.n_splits_ if hasattr(search, "n_splits_") else search.cv
-    if "n_resources" in search.cv_results_:
-        return int(np.sum(search.cv_results_["n_resources"])) * splits + refit
+    if "n_resources" in search.cv_results_:  # less what survivors continued from
+        starts = getattr(search, "candidate_starts_", 0)
+        return int(np.sum(np.subtract(search.cv_results_["n_resources"], starts))) * splits \
+            + refit
     return len(search.cv_results_["mean_test_score"]) * splits * max_epochs + refit
 
 

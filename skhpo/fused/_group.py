@@ -40,7 +40,7 @@ from ._layouts import ChainLayout, MLPLayout, layout_of
 from ._noise import Prefetch, draw_noise, spare_core
 from ._replay import Replay
 from ._sgd import BatchedSGD
-from ._stacked import StackedOptimizer, stackable
+from ._stacked import StackedOptimizer, row_state, stackable
 from .eligibility import BATCHED, known_loss
 
 #: the bytes of one layer's activations a chunk of models keeps (a CPU's L2 cache)
@@ -85,6 +85,9 @@ class Member:
 
     Its divergence rule is its net's :class:`~skhpo.nets.FiniteLossGuard`'s (``max_ratio``
     times its first batch's loss; without a guard, non-finite losses only).
+
+    A member that continues an earlier training of its task (:mod:`._resume`) has
+    ``start``, the epochs done; the members of one group share it.
     """
 
     def __init__(self, net, X, y, generator, epochs, rows=None, shuffle="array"):
@@ -95,6 +98,7 @@ class Member:
         self.valid, self.fit_kwargs, self.datasets = None, {}, {}
         self.losses, self.error, self.seconds, self.stopped = [], "", 0.0, False
         self.moved = ""  # why it must train alone after all (set before it joins a group)
+        self.start, self.restart = 0, ""  # epochs it continues from; why not (._resume)
         guards = [cb for _, cb in getattr(net, "callbacks_", ())
                   if isinstance(cb, FiniteLossGuard)]
         self.max_ratio = guards[0].max_ratio if guards else None
@@ -218,7 +222,8 @@ class StackedGroup:
 
     def _run(self):
         start = time.perf_counter()
-        for epoch in range(max(m.epochs for m in self.members)):
+        first = self.members[0].start  # a continued group's epochs go on from its history
+        for epoch in range(first, max(m.epochs for m in self.members)):
             t0 = time.perf_counter()
             self._each("epoch_begin")
             self._retire([j for j, k in enumerate(self.alive) if self.members[k].stopped
@@ -651,7 +656,12 @@ def _stepper(flat, nets, replays, layout):
     callback does more than change settings; else None (each model's own optimiser steps
     on its views)."""
     if all(r.inert for r in replays) and _batched(nets):
-        return batched_optimizer(flat, [n.optimizer_ for n in nets])
+        opt = batched_optimizer(flat, [n.optimizer_ for n in nets])
+        if any(n.optimizer_.state for n in nets):  # continued models: from their state
+            rows = [row_state(n, layout, flat[0]) for n in nets]
+            steps = [float(r.pop("step", 1 if r else 0)) for r in rows]
+            opt.load_rows(rows, steps)
+        return opt
     if all(r.settings_only for r in replays) and stackable(nets, layout):
         return StackedOptimizer(flat, nets, layout)
     return None

@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["FOREACH_EXACT", "StackedOptimizer", "stackable"]
+__all__ = ["FOREACH_EXACT", "StackedOptimizer", "row_state", "stackable"]
 
 #: optimisers whose multi-tensor (``foreach``) step is bitwise their single-tensor one on CPU
 #: (tests/fused/test_replay.py checks each; NAdam, RAdam and ASGD differ by an ulp)
@@ -50,6 +50,25 @@ def stackable(nets, layout):
     return True
 
 
+def row_state(net, layout, like):
+    """``net``'s optimiser state (per parameter) as one row of the stacked buffer: each
+    per-parameter tensor laid out as ``layout`` lays the weights in a row shaped ``like``,
+    0-dim tensors (Adam's step count) as they are; ``{}`` without state."""
+    states = [net.optimizer_.state.get(p, {}) for p in net.module_.parameters()]
+    if not any(states):
+        return {}
+    out = {}
+    for key, value in states[0].items():
+        if value.dim() == 0:
+            out[key] = value.clone()
+            continue
+        row = torch.zeros_like(like)
+        for view, state in zip(layout._tensors(row), states):
+            view.copy_(state[key])
+        out[key] = row
+    return out
+
+
 class StackedOptimizer:
     """The models' own optimiser class over the rows of ``flat`` (``(K, P)``): ``nets`` (in row
     order) give each row its settings at every step (and any state their optimisers hold
@@ -68,25 +87,9 @@ class StackedOptimizer:
             not defaults.get("differentiable") and not defaults.get("fused") and \
             flat.device.type == "cpu"
         for row, net in zip(self.rows, self.nets):
-            state = self._row_state(net)
+            state = row_state(net, layout, self.params[0][0])
             if state:
                 self.opt.state[row] = state
-
-    def _row_state(self, net):
-        """``net``'s optimiser state (per parameter) as one row's."""
-        states = [net.optimizer_.state.get(p, {}) for p in net.module_.parameters()]
-        if not any(states):
-            return {}
-        out = {}
-        for key, value in states[0].items():
-            if value.dim() == 0:
-                out[key] = value.clone()
-                continue
-            row = torch.zeros_like(self.params[0][0])
-            for view, state in zip(self.layout._tensors(row), states):
-                view.copy_(state[key])
-            out[key] = row
-        return out
 
     @torch.no_grad()
     def step(self, grads, active=None):

@@ -49,6 +49,7 @@ from ._group import Member, StackedGroup, Valid
 from ._inputs import apply, as_tensors, shapes
 from ._layouts import FuncLayout, module_signature
 from ._replay import Replay
+from ._resume import carry, restart_reason, restore, resume
 from ._workers import check_n_jobs, n_workers, run_jobs, trains_on_cpu
 from .cost import MEMORY_ENV, MEMORY_SHARE, group_size, max_weights, memory_budget, model_bytes
 from .eligibility import (
@@ -80,12 +81,20 @@ class FusedTask:
     callbacks : tuple
         ``(name, callback)`` pairs the method adds to the net; to fuse, each must only read
         the net at epoch ends (``reads_epochs = True``).
+    start : dict or None
+        An earlier, shorter training of this same task to continue (in a fused group):
+        its net's state (:func:`skhpo.fused.prefit.net_state`) and
+        :attr:`TaskResult.carry`. The task then trains only the epochs after it, with the
+        result of training from the start (:mod:`._resume`); where its net's callbacks do
+        not allow that, or it trains alone, it trains from the start
+        (:attr:`TaskResult.restart` says why).
     """
 
     params: dict = field(default_factory=dict)
     seed: int | None = None
     rows: object = None
     callbacks: tuple = ()
+    start: dict | None = None
 
 
 @dataclass
@@ -107,6 +116,15 @@ class TaskResult:
     data_key : str
         The fingerprint (:func:`skhpo.fused.prefit.fingerprint`) of the data its net trained
         on, after any preprocessing, when the fused engine has it at hand ("" otherwise).
+    start : int
+        The epochs it continued from (:attr:`FusedTask.start`; 0: it trained from the
+        start).
+    restart : str
+        Why a task given a ``start`` trained from the start ("" otherwise).
+    carry : dict or None
+        What a later task continuing this one needs beyond its net's state (its generator,
+        its guard's reference loss, its epochs: :func:`._resume.carry`); None where it
+        trained alone or failed.
     """
 
     estimator: object
@@ -115,6 +133,9 @@ class TaskResult:
     group: int
     reason: str
     data_key: str = ""
+    start: int = 0
+    restart: str = ""
+    carry: dict | None = None
 
 
 @dataclass
@@ -205,7 +226,7 @@ class FusedTrainer:
                 keys.setdefault(fusion_key(est), []).append(i)
         groups, workers = [], n_workers(self.n_jobs)
         for members in keys.values():
-            if len(members) == 1 and self.engine == "auto":
+            if len(members) == 1 and self.engine == "auto" and tasks[members[0]].start is None:
                 alone[members[0]] = ("the only task of its architecture and batch size (two "
                                      "or more such tasks fuse)")
                 continue
@@ -341,7 +362,9 @@ class FusedTrainer:
             est, error = None, f"diverged: {exc}"
         except Exception as exc:  # the caller applies its error_score
             est, error = None, f"{type(exc).__name__}: {exc}"
-        return TaskResult(est, error, time.perf_counter() - start, -1, reason)
+        return TaskResult(est, error, time.perf_counter() - start, -1, reason, restart=(
+            "" if task.start is None else "it trained alone (a training continues in a "
+            "fused group only)"))
 
     def _clone(self, task, params, task_index=0, **overrides):
         """A clone with the task's parameters, seed and loss guard (``overrides`` win), on
@@ -376,13 +399,15 @@ class FusedTrainer:
             module = member.net.module_
             key = (shapes(member.X), tuple(np.shape(member.y)[1:]),
                    tuple(tuple(p.shape) for p in module.parameters()),
-                   None if is_family(member.net) else module_signature(module))
+                   None if is_family(member.net) else module_signature(module),
+                   member.start)  # a group's members start at one epoch
             by_shape.setdefault(key, []).append(j)
         for same in by_shape.values():
             same = self._begin(same, inits, moved, trained, (g, tasks, keys))
             if not same:
                 continue
-            if len(same) == 1 and self.engine == "auto" and not keep_single:
+            if len(same) == 1 and self.engine == "auto" and not keep_single and \
+                    not inits[same[0]][1].start:  # (a continued one goes on, even alone)
                 moved[same[0]] = ("the only task of its shapes after preprocessing and its "
                                   "module's layers (two or more such tasks fuse)")
                 continue
@@ -401,7 +426,8 @@ class FusedTrainer:
         """The positions of ``same`` that train in the group, after each net's
         ``on_train_begin`` (its own fit's first call): a member whose split is not arrays, or
         whose callbacks replaced its module or parameters when training began, trains alone
-        (``moved``); one whose ``on_train_begin`` failed fails (``trained``)."""
+        (``moved``); one whose ``on_train_begin`` failed fails (``trained``), and so does a
+        continued one that had stopped early (``trained``, as it was: :mod:`._resume`)."""
         g, tasks, keys = group
         out = []
         for j in same:
@@ -411,8 +437,13 @@ class FusedTrainer:
                 continue
             module = member.net.module_
             params = list(module.parameters())
-            Replay(member).train_begin()
-            if member.error:
+            replay = Replay(member)
+            replay.train_begin()
+            if member.start and not member.error and restore(member.net):
+                member.stopped = True  # its early stopping had stopped it: nothing to train
+            if member.stopped and member.start and not member.error:
+                replay.train_end()
+            if member.error or (member.stopped and member.start):
                 trained[j] = self._hand_back(g, tasks[j], *inits[j], keys)
             elif member.net.module_ is not module or any(
                     p is not q for p, q in zip(params, member.net.module_.parameters())):
@@ -471,6 +502,12 @@ class FusedTrainer:
             member = Member(net, shared["X"], shared[classes], generator, epochs, task.rows,
                             shuffle=shuffle)
         _split_member(member, split["datasets"], fit_X, yr)
+        if task.start is not None:
+            member.restart = restart_reason(net) or (
+                "" if task.start["epochs"] < epochs else
+                f"its earlier training had {task.start['epochs']} epochs, not fewer")
+            if not member.restart:
+                resume(member, task.start)
         return est, member
 
     @staticmethod
@@ -496,8 +533,10 @@ class FusedTrainer:
     def _hand_back(g, task, est, member, keys):
         """The member's :class:`TaskResult`, with the fingerprint of the data its fit
         received (``keys``: the group's, one per data and fold, which its members share)."""
+        restart = member.restart
         if member.error:
-            return TaskResult(None, member.error, member.seconds, g, "")
+            return TaskResult(None, member.error, member.seconds, g, "", start=member.start,
+                              restart=restart)
         net = member.net
         net.max_epochs = member.epochs
         net.module_.eval()
@@ -507,7 +546,8 @@ class FusedTrainer:
             rows = member.fit_rows.cpu().numpy()
             keys[data] = fingerprint(apply(lambda t: t.cpu().numpy()[rows], member.X),
                                      member.y.cpu().numpy()[rows])
-        return TaskResult(est, "", member.seconds, g, "", keys[data])
+        return TaskResult(est, "", member.seconds, g, "", keys[data], start=member.start,
+                          restart=restart, carry=carry(member))
 
 
 def _seed_without_callbacks(estimator, seed):

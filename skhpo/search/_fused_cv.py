@@ -96,11 +96,12 @@ class FusedCVMixin:
         return trial_params(self.estimator, seed=seed, task_index=task_index, **net_overrides)
 
     def _evaluate(self, evaluate_candidates, candidates, seeds, more_results=None,
-                  callback_ctx=None, cv=None, phase=True):
+                  callback_ctx=None, cv=None, phase=True, start_of=None):
         """Cross-validate ``candidates`` through sklearn, each fit guarded and seeded (and,
-        where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`), on the
-        folds of ``cv`` (None: the search's ``cv``); ``phase=False``: scikit-learn's fits
-        report straight to ``callback_ctx`` (a halving rung's, which numbers them itself)."""
+        where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`, which
+        takes ``start_of``), on the folds of ``cv`` (None: the search's ``cv``);
+        ``phase=False``: scikit-learn's fits report straight to ``callback_ctx`` (a halving
+        rung's, which numbers them itself)."""
         fit = self._fit
         tasks = []
         for i, (cand, seed) in enumerate(zip(candidates, seeds)):
@@ -111,7 +112,7 @@ class FusedCVMixin:
         if cv is not None:
             kwargs["cv"] = cv
         if self.engine != "sequential" or fit.checkpoint is not None:
-            kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks, cv)
+            kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks, cv, start_of)
         else:
             fit.evaluated([["engine='sequential'"] * fit.n_splits] * len(candidates))
         if callback_ctx is None or not phase:  # (scikit-learn < 1.9 has no callbacks)
@@ -125,10 +126,16 @@ class FusedCVMixin:
         self._seed_refit()
         return results
 
-    def _prefit(self, candidates, seeds, tasks, cv=None):
+    def _prefit(self, candidates, seeds, tasks, cv=None, start_of=None):
         """Train every (candidate, fold) in fused groups; return the folds (replayed to
         scikit-learn, so both sides split alike) and the candidates' parameters, each with a
-        :class:`~skhpo.fused.prefit.PrefitStates` callback holding its trained folds."""
+        :class:`~skhpo.fused.prefit.PrefitStates` callback holding its trained folds.
+
+        ``start_of(candidate index, train rows)``: ``(start, why)``, an earlier training of
+        that fold to continue (:attr:`skhpo.fused.FusedTask.start`) or None and why not ("":
+        there is none to continue). Each fold's record (:func:`_fold_record`, with the epochs
+        it ``start``-ed from and why it did not continue, ``restart``) is in
+        ``fit.records`` afterwards, with its rows."""
         fit = self._fit
         X, y = indexable(fit.X, fit.y)  # as scikit-learn's fit does before it splits
         splits = list(check_cv(self.cv if cv is None else cv, y,
@@ -137,8 +144,10 @@ class FusedCVMixin:
         # each call's candidates after the ones before (halving calls once per rung)
         first = len(fit.fit_times)
         fit.fit_times += [[0.0] * len(splits) for _ in candidates]
-        fused = [FusedTask(cand, seed=seed, rows=train)
-                 for cand, seed in zip(candidates, seeds) for train, _ in splits]
+        folds = [(c, train) for c in range(len(candidates)) for train, _ in splits]
+        starts = [(None, "") if start_of is None else start_of(c, train) for c, train in folds]
+        fused = [FusedTask(candidates[c], seed=seeds[c], rows=train, start=start[0])
+                 for (c, train), start in zip(folds, starts)]
         in_trainer = fit.trainer_jobs is not None  # every fold, alone or not, trains here
         trainer = FusedTrainer(self.estimator, engine=self.engine,
                                n_jobs=fit.trainer_jobs if in_trainer else self.n_jobs)
@@ -174,6 +183,9 @@ class FusedCVMixin:
                         reduce=kept)
         reasons = [plan.alone[i] if i in plan.alone else (r or {}).get("reason", "")
                    for i, r in enumerate(records)]
+        fit.records = [(t.rows, {"start": 0, **(r or {}),
+                                 "restart": (r or {}).get("restart") or why})
+                       for t, r, (_, why) in zip(fused, records, starts)]
         fit.evaluated(reasons[i:i + len(splits)] for i in range(0, len(reasons), len(splits)))
         return _Splits(splits), self._with_prefit(candidates, seeds, tasks, records, first)
 
@@ -256,10 +268,13 @@ def _fold_key(result, X, y, rows):
 
 def _fold_record(result, X, y, rows):
     """What a trained fold leaves: the fingerprint of its data, its state (None if it
-    failed), its fit time and why it trained alone ("" if fused)."""
+    failed), its fit time, why it trained alone ("" if fused), the epochs it continued from
+    (``start``), why it did not continue a ``start`` it was given (``restart``) and what a
+    later training continuing it needs (``carry``: :attr:`skhpo.fused.TaskResult.carry`)."""
+    common = {"fit_time": result.fit_time, "reason": result.reason, "start": result.start,
+              "restart": result.restart}
     if result.estimator is None:
-        return {"key": None, "state": None, "fit_time": result.fit_time, "error": result.error,
-                "reason": result.reason}
+        return {"key": None, "state": None, "error": result.error, "carry": None, **common}
     return {"key": _fold_key(result, X, y, rows),
-            "state": net_state(find_net(result.estimator)[0]),
-            "fit_time": result.fit_time, "error": "", "reason": result.reason}
+            "state": net_state(find_net(result.estimator)[0]), "error": "",
+            "carry": result.carry, **common}

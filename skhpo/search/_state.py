@@ -45,6 +45,13 @@ class FitState:
         scikit-learn's own fit), in the order scikit-learn evaluated the candidates.
     timed : int
         How many of scikit-learn's fold results (in its order) have that added already.
+    continued : list of tuple
+        Per candidate scikit-learn cross-validated (a halving search's, ``cv_results_``
+        order): the epochs its folds continued from (0: from the start) and why they did not
+        continue ("" where they did, or had nothing to continue).
+    records : list of tuple
+        ``(train rows, record)`` of every fold the latest fused cross-validation call
+        trained or loaded, candidate-major (:func:`~._fused_cv._fold_record`).
     refit_seed : int or None
         The seed of the refit of the best candidate.
     trainings : list of str
@@ -74,6 +81,8 @@ class FitState:
     candidates: list = field(default_factory=list)
     trainer_jobs: int | None = None
     timed: int = 0
+    records: list = field(default_factory=list)
+    continued: list = field(default_factory=list)
 
     @property
     def data(self):

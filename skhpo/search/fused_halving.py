@@ -9,7 +9,16 @@ fused groups (:class:`~._fused_cv.FusedCVMixin`), each candidate's fits seeded f
 are scikit-learn's own (``n_resources_``, ``n_candidates_``, ``cv_results_["iter"]`` ...).
 For any other estimator, or with ``engine="sequential"``, the class is scikit-learn's search.
 
-A survivor is trained again from scratch at its next rung, as scikit-learn's halving does.
+With ``resource="max_epochs"`` (``"net__max_epochs"`` for a Pipeline's net ``net``) a
+survivor is not trained again from the start at its next rung, as scikit-learn's halving
+trains it: each of its folds continues in a fused group from the state it reached at the rung
+before (weights, optimiser state and step counts, its generator's state, history, the guard's
+reference loss: :mod:`skhpo.fused._resume`), which gives, bitwise, the model that training
+from the start for the new budget gives in the engine (a model's arithmetic does not depend
+on its group). Where that would not be exact (callbacks that keep state a continued training
+cannot restore, such as an ``LRScheduler``; a fold that trained alone;
+``resource="n_samples"``, whose rungs train on other rows) the fold trains from the start,
+and ``restart_reasons_`` says why, per candidate.
 """
 
 import numpy as np
@@ -22,6 +31,7 @@ from sklearn.utils.validation import _num_samples
 
 from ..fused import choose_engine
 from ..fused.eligibility import data_reason
+from ..nets import find_net
 from ._drop_in import _FusedDropIn, with_engine
 from ._state import FitState, sklearn_fit
 
@@ -51,23 +61,59 @@ class _FusedHalving(_FusedDropIn):
                                  what=f"{type(self).__name__}'s estimator")
         fit.n_splits = self.n_splits_
         rng = check_random_state(self.random_state)
-        seeds = {}
+        seeds, last = {}, {}  # per candidate: its seed; its folds at its latest rung
 
         def rung(candidate_params, cv=None, more_results=None, callback_ctx=None):
             candidates = list(candidate_params)
             if decision.engine == "sequential" and fit.checkpoint is None:
                 fit.evaluated([[decision.reason] * self.n_splits_] * len(candidates))
+                why = f"it trains alone ({decision.reason})" if fit.continued else ""
+                fit.continued += [(0, why)] * len(candidates)
                 return evaluate_candidates(candidates, cv, more_results=more_results,
                                            callback_ctx=callback_ctx)
             keys = [self._candidate_key(c) for c in candidates]
             new = [k for k in keys if k not in seeds]
             if new:  # the first rung holds every candidate: one seed each, kept after
                 seeds.update(zip(new, fit.spawn_seeds(rng, len(new))))
-            return self._evaluate(evaluate_candidates, candidates, [seeds[k] for k in keys],
-                                  more_results=more_results, callback_ctx=callback_ctx, cv=cv,
-                                  phase=False)
+            results = self._evaluate(
+                evaluate_candidates, candidates, [seeds[k] for k in keys],
+                more_results=more_results, callback_ctx=callback_ctx, cv=cv, phase=False,
+                start_of=lambda c, rows: self._start_of(last.get(keys[c]), rows, decision))
+            n = len(fit.records) // max(1, len(candidates))
+            for c, key in enumerate(keys):
+                last[key] = fit.records[c * n:(c + 1) * n]
+                folds = [record for _, record in last[key]]
+                reasons = dict.fromkeys(r["restart"] for r in folds if r["restart"])
+                fit.continued.append((min(r["start"] for r in folds), "; ".join(reasons)))
+            return results
 
-        return BaseSuccessiveHalving._run_search(self, rung, callback_ctx=callback_ctx)
+        out = BaseSuccessiveHalving._run_search(self, rung, callback_ctx=callback_ctx)
+        self.candidate_starts_ = [start for start, _ in fit.continued]
+        self.restart_reasons_ = [why for _, why in fit.continued]
+        return out
+
+    def _start_of(self, folds, rows, decision):
+        """``(start, why)`` for a candidate's fold at its next rung: the state its training
+        reached at the rung before (``folds``: that rung's ``(rows, record)``), to continue
+        (:attr:`skhpo.fused.FusedTask.start`), or None and why it trains from the start
+        ("" at its first rung)."""
+        if folds is None:
+            return None, ""
+        epochs = f"{find_net(self.estimator)[1]}max_epochs"  # the net's, in a Pipeline too
+        if self.resource != epochs:
+            return None, (f"resource={self.resource!r}: each rung trains on other data "
+                          f"(only resource={epochs!r} continues)")
+        for before, record in folds:
+            if len(before) == len(rows) and np.array_equal(before, rows):
+                if record["error"]:
+                    return None, f"its previous rung failed ({record['error']})"
+                if record["reason"]:
+                    return None, f"its previous rung trained alone ({record['reason']})"
+                if record.get("carry") is None:
+                    return None, ("its previous rung's training, loaded from the checkpoint, "
+                                  "lacks what continuing needs")
+                return {**record["state"], **record["carry"]}, ""
+        return None, "its fold's rows differ from its previous rung's (a reshuffling cv)"
 
     def _candidate_key(self, candidate):
         """A candidate without the rung's resource, as a key that is the same at every rung."""
@@ -91,6 +137,12 @@ n_required_iterations_
         The same per row of ``cv_results_`` (a candidate at one rung).
     n_resumed_ : int
         Fits loaded from ``checkpoint`` (0 without one).
+    candidate_starts_ : list of int
+        Per row of ``cv_results_``: the epochs its folds continued from (its previous rung's
+        ``max_epochs``), 0 where they trained from the start.
+    restart_reasons_ : list of str
+        Per row of ``cv_results_``: why a survivor's folds trained from the start instead of
+        continuing ("" where they continued, and at a candidate's first rung).
 """
 
 _ENGINE_PARAMETERS = """    engine : {"auto", "fused", "sequential"}, default="auto"
@@ -111,7 +163,9 @@ class FusedHalvingRandomSearchCV(_FusedHalving, HalvingRandomSearchCV):
     ``engine`` and ``checkpoint``. With ``resource="max_epochs"`` (a skorch net's epochs) or
     ``"n_samples"``; every candidate's fits are seeded from ``random_state``, with the same
     seed at every rung, and equal the same seeded fits trained one by one to float32
-    rounding.
+    rounding. With ``resource="max_epochs"`` a survivor's folds continue from the epochs
+    they reached at its previous rung instead of training again from the start (the same
+    models; ``candidate_starts_``, ``restart_reasons_``).
 
     Parameters
     ----------
@@ -158,7 +212,9 @@ class FusedHalvingGridSearchCV(_FusedHalving, HalvingGridSearchCV):
     trained in fused groups.
 
     Same signature, rungs, survivors and attributes as ``HalvingGridSearchCV``, plus
-    ``engine`` and ``checkpoint``; ``random_state`` (scikit-learn's, for the subsampling of
+    ``engine`` and ``checkpoint``; with ``resource="max_epochs"`` a survivor's folds continue
+    from the epochs they reached at its previous rung (``candidate_starts_``,
+    ``restart_reasons_``); ``random_state`` (scikit-learn's, for the subsampling of
     ``resource="n_samples"``) also seeds every candidate's fits, with the same seed at every
     rung (None: fresh seeds per ``fit``).
 

@@ -107,3 +107,115 @@ def test_other_estimators_get_scikit_learns_halving(digits):
     np.testing.assert_array_equal(ours.cv_results_["mean_test_score"],
                                   theirs.cv_results_["mean_test_score"])
     assert ours.engine_ == "sequential" and "not a skorch net" in ours.engine_reason_
+
+
+EPOCHS = dict(n_candidates=9, factor=3, resource="max_epochs", min_resources=1,
+              max_resources=9, cv=3, random_state=0)
+
+
+def _from_the_start(monkeypatch):
+    """Survivors train again from the start at every rung (as scikit-learn's halving)."""
+    monkeypatch.setattr(FusedHalvingRandomSearchCV, "_start_of",
+                        lambda self, folds, rows, decision: (None, ""))
+
+
+def test_survivors_continue_and_give_the_models_trained_from_the_start(digits, monkeypatch):
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64, dropout=0.2)
+    ours = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    # rungs of 1, 3, 9 epochs: the survivors of a rung continued from its epochs
+    assert ours.n_resources_ == [1, 3, 9] and ours.n_candidates_ == [9, 3, 1]
+    assert ours.candidate_starts_ == [0] * 9 + [1] * 3 + [3]
+    assert ours.restart_reasons_ == [""] * 13
+    _from_the_start(monkeypatch)
+    restarted = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    assert restarted.candidate_starts_ == [0] * 13
+    for key in ("params", "mean_test_score", *(f"split{i}_test_score" for i in range(3)),
+                "mean_train_score"):
+        assert list(ours.cv_results_[key]) == list(restarted.cv_results_[key]), key
+    assert ours.best_params_ == restarted.best_params_
+    # and both are scikit-learn's halving (its fits seeded alike, trained one by one)
+    theirs = HalvingRandomSearchCV(_net(), SPACE, **EPOCHS).fit(X, y)
+    _same_search(FusedHalvingRandomSearchCV(_net(), SPACE, **EPOCHS).fit(X, y), theirs,
+                 len(y) // 3)
+
+
+def test_a_survivor_continues_its_history_and_its_early_stopping(digits, monkeypatch):
+    from skorch.callbacks import EarlyStopping
+
+    from skhpo.fused.prefit import PrefitStates
+    X, y = digits
+    histories = {}
+    original = PrefitStates.on_train_begin
+
+    def record(self, net, X=None, y=None, **kwargs):  # what each of scikit-learn's fits loads
+        original(self, net, X=X, y=y, **kwargs)
+        histories.setdefault(net.max_epochs or self.loaded_, []).append(
+            [(row["epoch"], row["train_loss"]) for row in net.history])
+    monkeypatch.setattr(PrefitStates, "on_train_begin", record)
+    # train_loss must halve every epoch, or the fold stops after two epochs without
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64, callbacks=[
+        EarlyStopping(monitor="train_loss", patience=2, threshold=0.5)])
+    ours = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    assert ours.candidate_starts_[9:] != [0] * 4 and ours.restart_reasons_ == [""] * 13
+    ours_h = histories
+    histories = {}
+    _from_the_start(monkeypatch)
+    FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    assert ours_h == histories  # same epochs (early stops included) and losses, every fold
+    stopped = [h for epochs in (3, 9) for h in histories[epochs] if len(h) < epochs]
+    assert stopped, "no fold stopped early: the test does not test early stopping"
+
+
+def test_what_cannot_continue_trains_from_the_start_and_says_why(digits):
+    from skorch.callbacks import LRScheduler
+
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
+                               callbacks=[LRScheduler("StepLR", step_size=2)])
+    search = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    assert search.candidate_starts_ == [0] * 13 and search.engine_ == "fused"
+    assert search.restart_reasons_[:9] == [""] * 9
+    assert all("LRScheduler" in why for why in search.restart_reasons_[9:])
+    kw = dict(factor=2, resource="n_samples", min_resources=150, cv=2, random_state=0)
+    samples = FusedHalvingGridSearchCV(_net().set_params(max_epochs=2),
+                                       {"lr": [1e-3, 3e-3, 1e-2, 3e-2]}, **kw).fit(X, y)
+    assert samples.candidate_starts_ == [0] * 7
+    assert all("resource='n_samples'" in why for why in samples.restart_reasons_[4:])
+
+
+def test_a_search_stopped_after_a_rung_resumes_and_continues_from_the_checkpoint(
+        digits, tmp_path, monkeypatch):
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64)
+    whole = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    search = FusedHalvingRandomSearchCV(net, SPACE, checkpoint=tmp_path, **EPOCHS)
+    original = FusedHalvingRandomSearchCV._start_of
+
+    def interrupted(self, folds, rows, decision):
+        if folds is not None:
+            raise KeyboardInterrupt  # stopped once the first rung is written
+        return original(self, folds, rows, decision)
+    monkeypatch.setattr(FusedHalvingRandomSearchCV, "_start_of", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search.fit(X, y)
+    monkeypatch.setattr(FusedHalvingRandomSearchCV, "_start_of", original)
+    search.fit(X, y)
+    assert search.n_resumed_ == 9 * 3  # the first rung's folds; the others continued them
+    assert search.candidate_starts_ == whole.candidate_starts_
+    for key in ("params", "mean_test_score", "split0_test_score"):
+        assert list(search.cv_results_[key]) == list(whole.cv_results_[key]), key
+
+
+def test_a_pipelines_net_continues_over_its_epochs(digits):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = digits
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("net", TabularMLPClassifier(depth=1, width=32, batch_size=64))])
+    space = {f"net__{k}": v for k, v in SPACE.items()}
+    search = FusedHalvingRandomSearchCV(pipe, space, **{**EPOCHS, "resource": "net__max_epochs"})
+    search.fit(X, y)
+    assert search.candidate_starts_ == [0] * 9 + [1] * 3 + [3]
+    assert search.restart_reasons_ == [""] * 13 and search.engine_ == "fused"

@@ -1,0 +1,105 @@
+"""Continue a training where an earlier one of the same task stopped, with the result of
+training it from the start for the longer budget.
+
+A task trained for ``E1`` epochs in a fused group and then trained again for ``E2 > E1`` (a
+survivor of a successive-halving rung, ``resource="max_epochs"``) repeats, for its first
+``E1`` epochs, exactly what it did before: same initialisation, same batch orders and dropout
+masks (its own generator), same updates. So the engine can start it from the state it reached:
+its module's weights and buffers, its optimiser's state (step counts included), its history,
+its generator's state and its divergence guard's reference loss (:func:`carry` keeps what the
+net's state does not hold). Its callbacks then see what ``partial_fit`` shows them: a second
+``on_train_begin`` on a net with history. That is exact only for callbacks whose state between
+epochs is what that call rebuilds, or what the history holds (:data:`CONTINUABLE`, with
+:func:`restore` rebuilding the best scores and ``EarlyStopping``'s patience from the history);
+for any other, :func:`restart_reason` says why the task trains from the start instead.
+"""
+
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import (
+    BatchScoring,
+    EarlyStopping,
+    EpochScoring,
+    EpochTimer,
+    GradientNormClipping,
+    PassthroughScoring,
+    PrintLog,
+    ProgressBar,
+)
+from skorch.history import History
+
+from ..nets import FiniteLossGuard, TaskSeed
+
+__all__ = ["CONTINUABLE", "carry", "restart_reason", "restore", "resume"]
+
+#: callbacks whose state between epochs is rebuilt by ``on_train_begin`` and the history
+#: (:func:`restore`), or that keep none: a net with only these continues exactly
+CONTINUABLE = (EpochTimer, PrintLog, ProgressBar, PassthroughScoring, EpochScoring,
+               BatchScoring, GradientNormClipping, EarlyStopping, FiniteLossGuard, TaskSeed)
+#: the net's own hooks a second ``on_train_begin`` / ``on_train_end`` would run again
+_NET_HOOKS = ("on_train_begin", "on_train_end")
+
+
+def restart_reason(net):
+    """"" if ``net`` (initialised) can continue an earlier training exactly, else why its
+    training starts from the beginning."""
+    others = sorted({type(cb).__name__ for _, cb in net.callbacks_
+                     if not isinstance(cb, CONTINUABLE)})
+    if others:
+        return (f"its callbacks {', '.join(others)} may keep state a continued training "
+                "does not restore")
+    stops = [cb for _, cb in net.callbacks_ if isinstance(cb, EarlyStopping) and cb.load_best]
+    if stops:
+        return "its EarlyStopping(load_best=True) restores weights when training ends"
+    hooks = [name for name in _NET_HOOKS if getattr(type(net), name) is not
+             getattr(NeuralNet, name)]
+    if hooks:
+        return f"its net overrides {', '.join(hooks)}"
+    return ""
+
+
+def carry(member):
+    """What continuing ``member`` needs beyond its net's state: its generator's state, its
+    guard's reference loss and the epochs it was given."""
+    return {"generator": member.generator.get_state(), "first_loss": member.first_loss,
+            "epochs": member.epochs}
+
+
+def resume(member, start):
+    """Put ``member`` (initialised, not yet trained) where an earlier training of its task
+    stopped: ``start`` holds that net's state (``module``, ``optimizer``, ``history``:
+    :func:`skhpo.fused.prefit.net_state`) and :func:`carry`'s. Sets ``member.start`` (the
+    epochs done) and, when that training had stopped before its epochs (early stopping),
+    ``member.stopped``."""
+    net = member.net
+    net.module_.load_state_dict(start["module"])
+    net.optimizer_.load_state_dict(start["optimizer"])
+    net.history_ = History([dict(row) for row in start["history"]])
+    member.generator.set_state(start["generator"].to(torch.uint8))
+    member.first_loss = start["first_loss"]
+    member.start = len(net.history_)
+    member.stopped = member.start < start["epochs"]
+
+
+def restore(net):
+    """After the continued net's ``on_train_begin``: the state its callbacks kept between
+    epochs, rebuilt from its history (``EpochScoring`` rebuilds its best score itself):
+    ``PassthroughScoring``'s best score and ``EarlyStopping``'s misses, threshold and best
+    epoch, as the epochs in the history left them. Returns whether an ``EarlyStopping`` had
+    stopped the training by then (it trains no further)."""
+    history, stopped = net.history_, False
+    for _, cb in net.callbacks_:
+        if isinstance(cb, PassthroughScoring):
+            best = [row[cb.name] for row in history if row.get(f"{cb.name}_best")]
+            if best:
+                cb.best_score_ = best[-1]
+        elif isinstance(cb, EarlyStopping):
+            for row in history:
+                score = row[cb.monitor]
+                if cb._is_score_improved(score):
+                    cb.misses_, cb.best_epoch_ = 0, row["epoch"]
+                    cb.dynamic_threshold_ = cb._calc_new_threshold(score)
+                else:
+                    cb.misses_ += 1
+            stopped = stopped or cb.misses_ >= cb.patience
+    return stopped

@@ -1,0 +1,99 @@
+"""A fused training that continues an earlier, shorter one of the same task
+(skhpo.fused._resume): the model, history and generator of training from the start."""
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import EarlyStopping, LRScheduler
+
+from skhpo import TabularMLPClassifier
+from skhpo.fused import FusedTask, FusedTrainer
+from skhpo.fused.prefit import net_state
+from skhpo.nets import find_net
+
+LRS = [1e-3, 3e-3, 1e-2, 3e-2]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    return (X / 16).astype(np.float32)[:900], y[:900]
+
+
+def _tasks(epochs, starts=None):
+    return [FusedTask({"lr": lr, "max_epochs": epochs}, seed=i, rows=np.arange(600),
+                      start=None if starts is None else starts[i])
+            for i, lr in enumerate(LRS)]
+
+
+def _start(result):
+    return {**net_state(find_net(result.estimator)[0]), **result.carry}
+
+
+def _history(net):
+    return [{k: v for k, v in row.items() if k != "dur" and k != "batches"} for row in net.history]
+
+
+def _continued_and_from_the_start(estimator, X, y, keep=3):
+    trainer = FusedTrainer(estimator)
+    short = trainer.fit(_tasks(3), X, y)
+    starts = [_start(r) for r in short]
+    continued = trainer.fit(_tasks(7, starts)[:keep], X, y)  # the survivors only
+    return continued, trainer.fit(_tasks(7), X, y)[:keep]
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"dropout": 0.3},
+    {"optimizer": torch.optim.SGD, "optimizer__momentum": 0.9, "dropout": 0.2},
+    {"optimizer": torch.optim.RMSprop},
+], ids=["adam", "adam-dropout", "sgd-momentum", "rmsprop"])
+def test_a_continued_training_is_the_training_from_the_start_bitwise(digits, params):
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64, **params)
+    continued, whole = _continued_and_from_the_start(net, X, y)
+    for a, b in zip(continued, whole):
+        assert a.start == 3 and a.restart == "" and a.group >= 0
+        na, nb = find_net(a.estimator)[0], find_net(b.estimator)[0]
+        for key, value in na.module_.state_dict().items():
+            assert torch.equal(value, nb.module_.state_dict()[key]), key
+        assert _history(na) == _history(nb) and len(na.history) == 7
+        assert torch.equal(a.carry["generator"], b.carry["generator"])
+        # the optimiser goes on from its state: the same moments and step counts
+        sa, sb = na.optimizer_.state_dict()["state"], nb.optimizer_.state_dict()["state"]
+        for p in sa:
+            for k in sa[p]:
+                assert torch.equal(torch.as_tensor(sa[p][k]), torch.as_tensor(sb[p][k])), k
+
+
+def test_early_stopping_continues_and_a_stopped_training_stays_stopped(digits):
+    X, y = digits
+    # train_loss must halve within two epochs, or the training stops
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64, callbacks=[
+        EarlyStopping(monitor="train_loss", patience=1, threshold=0.5)])
+    continued, whole = _continued_and_from_the_start(net, X, y, keep=4)
+    lengths = []
+    for a, b in zip(continued, whole):
+        na, nb = find_net(a.estimator)[0], find_net(b.estimator)[0]
+        assert _history(na) == _history(nb)
+        lengths.append(len(na.history))
+    assert min(lengths) < 3 and max(lengths) > 3  # stopped in the first training; after it
+
+
+def test_callbacks_that_keep_other_state_train_from_the_start(digits):
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
+                               callbacks=[LRScheduler("StepLR", step_size=2)])
+    continued, whole = _continued_and_from_the_start(net, X, y)
+    for a, b in zip(continued, whole):
+        assert a.start == 0 and "LRScheduler" in a.restart
+        assert _history(find_net(a.estimator)[0]) == _history(find_net(b.estimator)[0])
+
+
+def test_one_continued_task_goes_on_in_a_group_of_its_own(digits):
+    X, y = digits
+    trainer = FusedTrainer(TabularMLPClassifier(depth=1, width=32, batch_size=64))
+    short = trainer.fit(_tasks(2), X, y)
+    alone = trainer.fit(_tasks(4, [_start(r) for r in short])[:1], X, y)[0]
+    assert alone.start == 2 and alone.group == 0 and alone.reason == ""
