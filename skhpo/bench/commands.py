@@ -488,9 +488,12 @@ def which(args):
     print("(medians over seeds; d: method - baseline, paired by seed; w/t/l: seeds won, tied, "
           "lost)")
     for method, v in verdicts(summary).items():
+        fused = "" if "fused_wall" not in v else (
+            "; the fused random search at equal wall time on "
+            f"{', '.join(v['fused_wall']) or 'no task'}")
         print(f"{method}: beats random search at equal epochs on "
               f"{', '.join(v['epochs']) or 'no task'}; at equal wall time on "
-              f"{', '.join(v['wall']) or 'no task'}")
+              f"{', '.join(v['wall']) or 'no task'}{fused}")
     if args.out:
         write_results(args.out, rows, [{k: (list(v) if isinstance(v, tuple) else v)
                                         for k, v in s.items()} for s in summary])

@@ -18,7 +18,12 @@ The jobs and their spaces (``default_space`` is ``skhpo bench``'s):
   ``HyperLocalRefiner`` on its weight decay; the baseline is the same search unrefined;
 * ``hpm``: ``PopulationMutationSearch`` on the bench space's continuous boxes (lr, weight decay);
 * ``cpmlho``: ``CuttingPlaneTuner`` of the net's dropout, one run; baseline space: one dropout
-  rate in [0, 0.8] (with the bench net's defaults otherwise).
+  rate in [0, 0.8] (with the bench net's defaults otherwise);
+* ``fused-halving``: ``FusedHalvingRandomSearchCV`` over ``max_epochs`` as ``skhpo bench``
+  runs it (3 x n_trials candidates, factor 3, rungs E/9, E/3, E; survivors continue), on the
+  bench space. A fused drop-in's own competitor is the other fused drop-in: this job also
+  runs ``FusedRandomizedSearchCV`` at equal wall time (as many trials as fit in the
+  method's wall time, from its measured seconds per trial at the equal-epochs count).
 
 Scores are ``search.score`` on the test part: accuracy for classifiers, R^2 for diabetes.
 """
@@ -30,7 +35,7 @@ from scipy.stats import loguniform, uniform
 from sklearn.base import clone
 from sklearn.model_selection import RandomizedSearchCV, train_test_split
 
-from skhpo import HyperLocalRefiner
+from skhpo import FusedRandomizedSearchCV, HyperLocalRefiner
 
 from ..nets import seed_everything
 from .core import Column, epochs_spent, run_jobs
@@ -41,7 +46,9 @@ from .runner import Budget, default_estimator, default_space, load_task
 __all__ = ["METHODS", "TASKS", "run_pair", "run_protocol", "summarize", "verdicts"]
 
 TASKS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
-METHODS = ("flatness", "autohyper", "hyperlocal", "hpm", "cpmlho")
+METHODS = ("flatness", "autohyper", "hyperlocal", "hpm", "cpmlho", "fused-halving")
+#: methods also compared with FusedRandomizedSearchCV at equal wall time
+FUSED_BASELINE = ("fused-halving",)
 
 
 def baseline_space(method, kind):
@@ -94,14 +101,20 @@ def run_pair(method, task, seed, budget):
         if method == "hyperlocal":  # the same search, unrefined
             n_epochs = budget.n_trials
 
-        def baseline(n_iter):
-            search = RandomizedSearchCV(seeded, baseline_space(method, kind), n_iter=n_iter,
-                                        cv=budget.cv, random_state=seed)
+        def baseline(n_iter, search=RandomizedSearchCV):
+            search = search(seeded, baseline_space(method, kind), n_iter=n_iter, cv=budget.cv,
+                            random_state=seed)
             return {"trials": n_iter, **_timed_fit(search, Xtr, ytr, Xte, yte,
                                                    budget.max_epochs)}
-        at_epochs = baseline(n_epochs)
-        n_wall = max(1, round(m["wall"] / (at_epochs["wall"] / n_epochs)))
-        at_wall = at_epochs if n_wall == n_epochs else baseline(n_wall)
+
+        def at_equal_wall(search=RandomizedSearchCV, first=None):
+            first = first or baseline(n_epochs, search)
+            n_wall = max(1, round(m["wall"] / (first["wall"] / n_epochs)))
+            return first, (first if n_wall == n_epochs else baseline(n_wall, search))
+        at_epochs, at_wall = at_equal_wall()
+        if method in FUSED_BASELINE:
+            _, fused = at_equal_wall(FusedRandomizedSearchCV)
+            row.update({f"fused_wall_{k}": v for k, v in fused.items()})
     row.update({f"epochs_{k}": v for k, v in at_epochs.items()})
     row.update({f"wall_{k}": v for k, v in at_wall.items()})
     return row
@@ -136,21 +149,31 @@ def summarize(rows):
                                                                           "method_epochs"),
                "epochs_trials": ("median", "epochs_trials"),
                "wall_trials": ("median", "wall_trials"),
-               "epochs_wall": ("median", "epochs_wall"), "wall_wall": ("median", "wall_wall")}
+               "epochs_wall": ("median", "epochs_wall"), "wall_wall": ("median", "wall_wall"),
+               "fused_wall_score": ("median", "fused_wall_score"),
+               "d_fused_wall": ("median",
+                                lambda r: r["method_score"] - r["fused_wall_score"]),
+               "fused_wall_trials": ("median", "fused_wall_trials")}
     out = summarize_rows(rows, ("method", "task"), metrics, count="runs")
     for s in out:
         group = [r for r in rows if r["method"] == s["method"] and r["task"] == s["task"]]
         s["wins_epochs"], s["wins_wall"] = _wins(group, "epochs"), _wins(group, "wall")
+        if "fused_wall_score" in s:
+            s["wins_fused_wall"] = _wins(group, "fused_wall")
     return out
 
 
 def verdicts(summary):
     """Per method: the tasks where it beat its baseline in the median and in most seeds, at
-    equal epochs and at equal wall time."""
+    equal epochs and at equal wall time (and, where it was run, the fused random search at
+    equal wall time: ``"fused_wall"``)."""
     out = {}
     for s in summary:
         v = out.setdefault(s["method"], {"epochs": [], "wall": []})
-        for key in ("epochs", "wall"):
+        for key in ("epochs", "wall", "fused_wall"):
+            if f"wins_{key}" not in s:
+                continue
+            v.setdefault(key, [])
             wins, _, losses = s[f"wins_{key}"]
             if s[f"d_{key}"] > 0 and wins > losses:
                 v[key].append(s["task"])
@@ -158,21 +181,27 @@ def verdicts(summary):
 
 
 def _wtl(key):
-    return lambda s: "{}/{}/{}".format(*s[key])
+    return lambda s: "{}/{}/{}".format(*s[key]) if key in s else ""
 
 
-COLUMNS = [Column("method", "method", "10s"), Column("task", "task", "13s"),
+COLUMNS = [Column("method", "method", "13s"), Column("task", "task", "13s"),
            Column("runs", "runs", "4d"), Column("method", "method_score", "7.4f"),
            Column("=epochs", "epochs_score", "7.4f"), Column("d", "d_epochs", "+7.4f"),
            Column("w/t/l", _wtl("wins_epochs"), "6s"),
            Column("=wall", "wall_score", "7.4f"), Column("d", "d_wall", "+7.4f"),
            Column("w/t/l", _wtl("wins_wall"), "6s"),
+           Column("=fused wall", "fused_wall_score", "11.4f"),
+           Column("d", "d_fused_wall", "+7.4f"), Column("w/t/l", _wtl("wins_fused_wall"), "6s"),
            Column("wall", "method_wall", "6.1f", "s"),
-           Column("trials e/w", lambda s: f"{s['epochs_trials']:g}/{s['wall_trials']:g}", "10s")]
+           Column("trials e/w/fw", lambda s: f"{s['epochs_trials']:g}/{s['wall_trials']:g}"
+                  + (f"/{s['fused_wall_trials']:g}" if "fused_wall_trials" in s else ""),
+                  "13s")]
 
 
 def describe_row(row):
     """The progress line of one run."""
-    return (f"{row['method']:10s} {row['task']:13s} seed {row['seed']} {row['method_score']:.4f}"
+    fused = (f", {row['fused_wall_score']:.4f} (fused random search at equal wall, "
+             f"{row['fused_wall_trials']} trials)") if "fused_wall_score" in row else ""
+    return (f"{row['method']:13s} {row['task']:13s} seed {row['seed']} {row['method_score']:.4f}"
             f" vs {row['epochs_score']:.4f} (equal epochs, {row['epochs_trials']} trials), "
-            f"{row['wall_score']:.4f} (equal wall, {row['wall_trials']} trials)")
+            f"{row['wall_score']:.4f} (equal wall, {row['wall_trials']} trials){fused}")

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 TINY = Budget(n_trials=4, n_finalists=1, max_epochs=3, cv=2)
 
 
-@pytest.mark.parametrize("method", ["flatness", "hyperlocal"])
+@pytest.mark.parametrize("method", ["flatness", "hyperlocal", "fused-halving"])
 def test_a_pair_gives_the_baseline_the_methods_epochs_and_wall_time(method):
     row = run_pair(method, "iris", 0, TINY)
     assert 0 <= row["method_score"] <= 1 and 0 <= row["epochs_score"] <= 1
@@ -26,6 +26,11 @@ def test_a_pair_gives_the_baseline_the_methods_epochs_and_wall_time(method):
     assert row["wall_trials"] == max(1, round(row["method_wall"] * per_second))
     if row["wall_trials"] == row["epochs_trials"]:
         assert row["wall_score"] == row["epochs_score"]
+    if method == "fused-halving":  # and the fused random search at equal wall time
+        assert 0 <= row["fused_wall_score"] <= 1 and row["fused_wall_trials"] >= 1
+        assert row["fused_wall_wall"] > 0
+    else:
+        assert "fused_wall_score" not in row
 
 
 def _row(method, task, seed, m, e, w):
