@@ -58,9 +58,9 @@ def data():
 
 def done(folder, method):
     """Trainings (flatness) or completed steps (hpm) in the folder."""
-    from skhpo.checkpoint import DamagedFile, read_file
+    from skhpo.checkpoint import SUFFIX, DamagedFile, read_file
 
-    files = [f for f in os.listdir(folder) if f.endswith(".pkl")]
+    files = [f for f in os.listdir(folder) if f.endswith(SUFFIX)]
     if method != "hpm":  # a fused group's trainings share one file
         n = 0
         for name in files:

@@ -18,48 +18,55 @@ digests differ, or a folder of another format, is refused with an error naming w
 before any training.
 
 Faults cost at most what they touch. Each file starts with a header and the SHA-256 of its
-content: a file that is truncated, holds other bytes, fails its checksum or asks to build
-anything outside an allow-list of classes (:class:`_Unpickler`: a planted pickle's
-``os.system``, ``eval``, ``exec`` ... is never called) is reported once by a
-:class:`CheckpointWarning` naming it, and its training is redone; the rest of the folder
-still loads. A write that fails (a full disk, a read-only or vanished folder) turns
-checkpointing off for the rest of the fit with one warning; the search finishes with its
-results.
+content, which is JSON and raw arrays (:mod:`skhpo._store`), never a pickle: reading a file
+builds containers, numbers, arrays and tensors, and rebuilds a net or an estimator from a
+class the user's estimator, space or settings name (or one of skhpo, skorch, torch,
+scikit-learn, numpy or scipy outside their code-loading modules) and its parameters and
+arrays. A file that is truncated, holds other bytes, fails its checksum or names anything
+else (a planted ``os.system``) is reported once by a :class:`CheckpointWarning` naming it,
+and its training is redone; the rest of the folder still loads. A write that fails (a full
+disk, a read-only or vanished folder) turns checkpointing off for the rest of the fit with
+one warning; the search finishes with its results.
+
+Two processes fitting the same search on the same folder at once never corrupt it: each
+file appears whole (a rename) and holds a training both would compute alike (the search is
+seeded), so the second to finish a training replaces the first's file with the same
+result; a fit loads what the folder holds when each of its stages starts, so a process
+started later skips what the other has finished. They do not wait for each other: a piece
+both reach before either has written it is trained twice (documented, not locked: a lock
+would make a process that died holding it stall the other).
 """
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import pickle
 import tempfile
 import warnings
 from numbers import Integral
 
 import joblib
 import numpy as np
-import torch
 from sklearn.base import clone
-from skorch import NeuralNet
+
+from ._store import DamagedFile, dumps, loads, trusted_objects
 
 __all__ = ["Checkpoint", "CheckpointWarning", "DamagedFile", "check_checkpoint", "read_file"]
 
 #: search settings that do not change results (left out of the fingerprint)
 _FREE = {"checkpoint", "n_jobs", "pre_dispatch", "verbose"}
-#: the folder's format, in its fingerprint.json (1: plain pickles, before checksums)
-FORMAT = 2
+#: the folder's format, in its fingerprint.json (1: plain pickles, before checksums; 2:
+#: pickles with checksums, read through an allow-list; 3: JSON and arrays, no pickle)
+FORMAT = 3
 #: the first bytes of every file of a folder of this format, then the content's SHA-256
-_MAGIC = b"SKHPO-CHECKPOINT-2\n"
+_MAGIC = b"SKHPO-CHECKPOINT-3\n"
+#: the name ending of a training's file
+SUFFIX = ".ckpt"
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint file could not be used (its training is redone), or checkpointing was
     turned off for the rest of a fit (a write failed)."""
-
-
-class DamagedFile(ValueError):
-    """A checkpoint file that cannot be used: why, and which file."""
 
 
 def check_checkpoint(search):
@@ -98,7 +105,9 @@ class Checkpoint:
         self.folder = os.fspath(folder)
         self.loaded = self.written = 0
         self.enabled = True  # False once a write failed: the rest of the fit writes nothing
-        self._trusted = _trusted_objects(parts.get("estimator"))
+        self._unstorable = False  # whether a result could not be stored (warned once)
+        self._trusted = trusted_objects(parts.get("estimator"), parts.get("space"),
+                                        parts.get("settings"))
         digests = {"format": FORMAT}
         for name, value in parts.items():
             try:
@@ -114,8 +123,8 @@ class Checkpoint:
                 raise ValueError(
                     f"checkpoint={self.folder!r} was written by another version of skhpo "
                     f"(checkpoint format {stored.get('format', 1)}; this one reads format "
-                    f"{FORMAT}, files with checksums that cannot run code): use another "
-                    "folder, or delete this one to start over.")
+                    f"{FORMAT}: JSON and arrays with checksums, no pickle, nothing that runs "
+                    "code): use another folder, or delete this one to start over.")
             differ = [name for name in sorted(set(stored) | set(digests))
                       if stored.get(name) != digests.get(name)]
             if differ:
@@ -133,7 +142,7 @@ class Checkpoint:
         # the trainings written together (a fused group) share one file: read them once
         self._index = {}
         for name in self._names():
-            if "-group-" in name and name.endswith(".pkl"):
+            if "-group-" in name and name.endswith(SUFFIX):
                 group = self._read(os.path.join(self.folder, name))
                 if isinstance(group, dict):
                     self._index.update(group)
@@ -159,7 +168,8 @@ class Checkpoint:
 
     def save(self, stage, key, value):
         """Store a finished training's result (atomically)."""
-        if self._write(self._path(stage, key), _dumps(value)):
+        data = self._dumps(stage, value)
+        if data is not None and self._write(self._path(stage, key), data):
             self.written += 1
 
     def find(self, stage, prefix):
@@ -167,7 +177,7 @@ class Checkpoint:
         candidate, each keyed by its data)."""
         start, out = f"{stage}-{prefix}-", []
         for name in self._names():
-            if name.startswith(start) and name.endswith(".pkl"):
+            if name.startswith(start) and name.endswith(SUFFIX):
                 value = self._read(os.path.join(self.folder, name))
                 if value is not None:
                     out.append(value)
@@ -186,12 +196,28 @@ class Checkpoint:
             ((key, value),) = items.items()
             return self.save(stage, key, value)
         group = {(stage, key): value for key, value in items.items()}
-        name = f"{stage}-group-{joblib.hash(sorted(items))}.pkl"
-        if self._write(os.path.join(self.folder, name), _dumps(group)):
+        name = f"{stage}-group-{joblib.hash(sorted(items))}{SUFFIX}"
+        data = self._dumps(stage, group)
+        if data is not None and self._write(os.path.join(self.folder, name), data):
             self.written += len(items)
 
+    def _dumps(self, stage, value):
+        """``value`` in the file format (:func:`skhpo._store.dumps`), or None, with one
+        warning per fit, when it holds something the format cannot store (that training is
+        then not kept: a resumed fit redoes it)."""
+        try:
+            return dumps(value)
+        except TypeError as exc:
+            if not self._unstorable:
+                self._unstorable = True
+                warnings.warn(CheckpointWarning(
+                    f"checkpoint={self.folder!r}: a {stage!r} result cannot be stored "
+                    f"({exc}); such trainings are not kept (a resumed fit redoes them)"),
+                    stacklevel=4)
+            return None
+
     def _path(self, stage, key):
-        return os.path.join(self.folder, f"{stage}-{key}.pkl")
+        return os.path.join(self.folder, f"{stage}-{key}{SUFFIX}")
 
     def _names(self):
         try:
@@ -249,10 +275,11 @@ def _remove(path):
             os.remove(path)
 
 
-def read_file(path, trusted=()):
-    """The value stored in one checkpoint file: its header and checksum checked, then
-    unpickled through :class:`_Unpickler` (``trusted``: ids of the callables of the user's
-    estimator it may also name). A :class:`DamagedFile` says why it cannot be used."""
+def read_file(path, trusted=None):
+    """The value stored in one checkpoint file: its header and checksum checked, then read
+    by :func:`skhpo._store.loads` (JSON and arrays, no pickle; ``trusted``: the classes and
+    functions of the user's estimator, space and settings it may name). A
+    :class:`DamagedFile` says why it cannot be used."""
     with open(path, "rb") as f:
         data = f.read()
     if not data.startswith(_MAGIC):
@@ -262,125 +289,7 @@ def read_file(path, trusted=()):
         raise DamagedFile("its header is cut short")
     if hashlib.sha256(payload).hexdigest().encode() != head:
         raise DamagedFile("its content fails its checksum (truncated or altered)")
-    try:
-        return _Unpickler(io.BytesIO(payload), trusted).load()
-    except DamagedFile:
-        raise
-    except Exception as exc:
-        raise DamagedFile(f"it cannot be read: {type(exc).__name__}: {exc}") from None
-
-
-#: builtins a stored value may name: containers, numbers and print, nothing that runs code
-_SAFE_BUILTINS = {"set", "frozenset", "slice", "range", "complex", "bytearray", "bytes",
-                  "tuple", "list", "dict", "int", "float", "bool", "str", "object",
-                  "print"}  # (skorch's PrintLog writes with print)
-#: functions a stored value may name to rebuild itself
-_RECONSTRUCTORS = {
-    ("skhpo.checkpoint", "_tensor"), ("skhpo.checkpoint", "_net"),
-    ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("copyreg", "__newobj_ex__"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.ma.core", "_mareconstruct"), ("numpy.random._pickle", "__randomstate_ctor"),
-    ("numpy.random._pickle", "__bit_generator_ctor"),
-    ("numpy.random._pickle", "__generator_ctor"), ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"), ("collections", "OrderedDict"),
-    ("functools", "partial")}
-#: modules whose functions a stored value may name (scorers, skorch's parameter setters)
-_FUNCTION_MODULES = ("sklearn.metrics", "skorch.setter")
-#: packages whose classes a stored value may name (the objects of fitted nets and searches)
-_CLASS_ROOTS = {"skhpo", "skorch", "torch", "sklearn", "numpy", "scipy", "collections"}
-#: ... except these, whose construction can load or run code
-_DENIED = ("torch.package", "torch.hub", "torch.utils.cpp_extension", "torch.jit",
-           "torch._dynamo", "torch.multiprocessing", "torch.distributed", "torch.serialization",
-           "numpy.f2py", "numpy.distutils", "skhpo.bench", "skhpo.cli", "skhpo.plotting")
-
-
-class _Unpickler(pickle.Unpickler):
-    """Unpickles only what a checkpoint holds: containers and numbers, arrays and tensors
-    (through :func:`_tensor`), skorch nets (through :func:`_net`), the classes of skhpo,
-    skorch, torch, scikit-learn, numpy and scipy (not those that load code), the functions
-    of ``sklearn.metrics`` and ``skorch.setter``, and the classes and callables of the user's own
-    estimator. Anything else — ``os.system``, ``builtins.eval``, ``subprocess.Popen`` — makes
-    the file a :class:`DamagedFile` naming it, before it is called."""
-
-    def __init__(self, file, trusted=()):
-        super().__init__(file)
-        self.trusted = trusted
-
-    def find_class(self, module, name):
-        if (module, name) in _RECONSTRUCTORS or (module == "builtins"
-                                                  and name in _SAFE_BUILTINS):
-            return super().find_class(module, name)
-        root = module.split(".")[0]
-        denied = any(module == d or module.startswith(d + ".") for d in _DENIED)
-        if not denied and (root in _CLASS_ROOTS or (module, name) in self.trusted):
-            obj = super().find_class(module, name)
-            if isinstance(obj, type) or (module, name) in self.trusted or (
-                    module.startswith(_FUNCTION_MODULES) and callable(obj)) or isinstance(
-                    obj, (torch.dtype, torch.layout, torch.memory_format)):
-                return obj
-        raise DamagedFile(f"it asks for {module}.{name}, which a checkpoint never holds "
-                          "(a planted file?); nothing of it was run")
-
-
-def _trusted_objects(estimator):
-    """``(module, qualname)`` of the classes and functions the user's estimator names (its
-    net's module class, callbacks, criterion, optimiser, a custom split function...): a
-    stored net may name them."""
-    out = set()
-    if estimator is None:
-        return out
-    for value in [estimator, *estimator.get_params(deep=True).values()]:
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, tuple) and len(item) == 2:  # callbacks: (name, callback)
-                item = item[1]
-            for obj in (item, type(item)):  # a class or function itself, and its type
-                module = getattr(obj, "__module__", None)
-                qualname = getattr(obj, "__qualname__", None)  # (an instance has none)
-                if module and qualname and module != "builtins":
-                    out.add((module, qualname))
-    return out
-
-
-def _tensor(array, device, requires_grad, parameter):
-    """Rebuild a tensor :func:`_dumps` stored as a numpy array."""
-    tensor = torch.from_numpy(array).to(device)
-    if parameter:
-        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
-    return tensor.requires_grad_(True) if requires_grad else tensor
-
-
-def _net(cls, state):
-    """Rebuild a skorch net :func:`_dumps` stored by its attributes."""
-    if not (isinstance(cls, type) and issubclass(cls, NeuralNet)) or not isinstance(state, dict):
-        raise DamagedFile("it holds a net that is not a skorch net")
-    net = cls.__new__(cls)
-    net.__dict__.update(state)
-    return net
-
-
-class _Pickler(pickle.Pickler):
-    """Tensors as numpy arrays (raw bytes, several times faster to write than ``torch.save``
-    per storage, the default for the many small tensors of trained nets), and skorch nets by
-    their attributes (so their modules' and optimisers' tensors go the same way). The round
-    trip is exact: same values, dtypes, devices, parameters and object identities."""
-
-    def reducer_override(self, obj):
-        if isinstance(obj, torch.Tensor) and type(obj) in (torch.Tensor, torch.nn.Parameter) \
-                and obj.layout == torch.strided and obj.grad_fn is None \
-                and obj.dtype not in (torch.bfloat16,) and not obj.is_complex():
-            return _tensor, (obj.detach().cpu().numpy(), str(obj.device), obj.requires_grad,
-                             type(obj) is torch.nn.Parameter)
-        if isinstance(obj, NeuralNet):
-            return _net, (type(obj), obj.__dict__)
-        return NotImplemented
-
-
-def _dumps(value):
-    buffer = io.BytesIO()
-    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
-    return buffer.getvalue()
+    return loads(payload, trusted)
 
 
 def _canonical(obj):

@@ -2,6 +2,7 @@
 with the same search, data and folder retrains none of them and gives an uninterrupted run's
 results; a folder of another search is refused before any training."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from skhpo import (
     FusedRandomizedSearchCV,
     TabularMLPClassifier,
 )
+from skhpo.checkpoint import SUFFIX
 
 TIMES = ("mean_fit_time", "std_fit_time", "mean_score_time", "std_score_time")
 
@@ -145,7 +147,7 @@ def _stored(folder):
 
     n = 0
     for name in os.listdir(folder):
-        if name.endswith(".pkl") and not name.startswith("."):
+        if name.endswith(SUFFIX) and not name.startswith("."):
             if "-group-" in name:
                 n += len(read_file(os.path.join(folder, name)))
             else:
@@ -372,7 +374,7 @@ def test_ctrl_c_leaves_a_consistent_checkpoint(iris, tmp_path):
             search(str(tmp_path)).fit(X, y)
     finally:
         CtrlC.left = None
-    files = [f for f in os.listdir(tmp_path) if f.endswith(".pkl")]
+    files = [f for f in os.listdir(tmp_path) if f.endswith(SUFFIX)]
     # the 1st training to end is the 0-epoch structure probe, the 5th is interrupted: the
     # three screened candidates in between are written, each in a whole file
     assert len(files) == 3
@@ -400,7 +402,7 @@ def small_digits():
 
 
 def _files(folder):
-    return sorted(f for f in os.listdir(folder) if f.endswith(".pkl"))
+    return sorted(f for f in os.listdir(folder) if f.endswith(SUFFIX))
 
 
 def _planted(marker):
@@ -478,6 +480,44 @@ def test_a_failing_write_turns_checkpointing_off_and_the_search_finishes(small_d
     _same_results(plain, search)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs mount rights: skipped where there are none, and the injected
+    ENOSPC above stands in)."""
+    import shutil
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_ends_with_the_searchs_results_and_one_warning(small_digits, small_disk):
+    """A real full disk: the folder's fingerprint fits on the 64 KiB tmpfs, its first fused
+    group's file (137 KB) does not."""
+    import warnings
+
+    from skhpo.checkpoint import CheckpointWarning
+
+    X, y = small_digits
+    plain = _fault_search(None).fit(X, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search = _fault_search(str(small_disk / "ck")).fit(X, y)
+    ours = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
+    assert len(ours) == 1 and "No space left on device" in ours[0]
+    assert not [f for f in os.listdir(small_disk / "ck") if f.startswith(".tmp")]
+    _same_results(plain, search)
+
+
 def test_checkpoint_paths_are_checked_before_training(small_digits, tmp_path):
     X, y = small_digits
     a_file = tmp_path / "file.txt"
@@ -499,3 +539,191 @@ def test_a_folder_of_the_older_format_is_refused(small_digits, tmp_path):
     with pytest.raises(ValueError, match="written by another version of skhpo "
                                          r"\(checkpoint format 1"):
         _fault_search(str(tmp_path)).fit(X, y)
+
+
+def _with_payload(path, marker):
+    """Rewrite the checkpoint file ``path`` with a valid header and checksum and its own
+    content, plus a value that would create ``marker`` if the file could build any object
+    (``subprocess.Popen``)."""
+    import hashlib
+    import json
+    import struct
+
+    from skhpo.checkpoint import _MAGIC
+
+    data = path.read_bytes()
+    payload = data[len(_MAGIC):].partition(b"\n")[2]
+    (size,) = struct.unpack_from("<Q", payload)
+    head = json.loads(payload[8:8 + size])
+    planted = {"$est": {"$ref": "subprocess:Popen"}, "params": {"args": ["touch", str(marker)]},
+               "attrs": {}}
+    head["doc"] = {"$t": [planted, head["doc"]]}
+    text = json.dumps(head).encode()
+    payload = struct.pack("<Q", len(text)) + text + payload[8 + size:]
+    path.write_bytes(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def _without_refit(make, folder):
+    return make(folder, refit=False)
+
+
+def _planted_searches():
+    from sklearn.model_selection import GridSearchCV
+
+    from skhpo import CuttingPlaneTuner, HyperLocalRefiner
+
+    return {
+        **{name: functools.partial(_without_refit, make) for name, make in SEARCHES.items()},
+        "hpm-fused": lambda folder: _hpm(folder, engine="fused"),
+        "hpm-sequential": lambda folder: _hpm(folder, engine="sequential"),
+        "cutting-plane": lambda folder: CuttingPlaneTuner(
+            TabularMLPClassifier(width=16, max_epochs=3, dropout=0.3), warmup_epochs=1,
+            random_state=0, checkpoint=folder),
+        "hyperlocal": lambda folder: HyperLocalRefiner(
+            GridSearchCV(_net(l2=1e-3, max_epochs=3), {"l2": [1e-4, 1e-3]}, cv=2),
+            random_state=0, checkpoint=folder),
+    }
+
+
+@pytest.mark.parametrize("name", ["flatness", "flatness-sequential", "autohyper",
+                                  "fused-random", "fused-halving", "fused-grid-sequential",
+                                  "hpm-fused", "hpm-sequential", "cutting-plane",
+                                  "hyperlocal"])
+def test_no_file_of_any_search_can_make_a_resumed_search_run_code(name, iris, tmp_path):
+    """Every file of the folder (every kind each search writes: trials, folds, fits, fused
+    groups, a population, a self-tuning run's state, a base search) replaced by a crafted
+    one with a valid checksum: each is reported by name, nothing of it runs, and the search
+    retrains what it held, with the uninterrupted run's results."""
+    import warnings
+
+    from skhpo.checkpoint import CheckpointWarning
+
+    X, y = iris
+    make = _planted_searches()[name]
+    first = make(str(tmp_path / "ck")).fit(X, y)
+    names = _files(tmp_path / "ck")
+    assert names
+    marker = tmp_path / "ran"
+    for f in names:
+        _with_payload(tmp_path / "ck" / f, marker)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = make(str(tmp_path / "ck")).fit(X, y)
+    assert not marker.exists()  # nothing of any planted file ran
+    warned = " ".join(str(w.message) for w in caught if issubclass(w.category,
+                                                                  CheckpointWarning))
+    for f in names:
+        assert f in warned and "subprocess.Popen" in warned
+    assert again.n_resumed_ == 0
+    _same_results(first, again)
+
+
+SHARED_SCRIPT = textwrap.dedent("""
+    import json
+    import sys
+    import numpy as np
+    import torch
+    from scipy.stats import loguniform
+    from sklearn.datasets import load_digits
+    from skhpo import FlatnessSearchCV, TabularMLPClassifier
+    torch.set_num_threads(1)
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+    search = FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=4),
+                              {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
+                              n_candidates=16, n_finalists=3, cv=3, engine="sequential",
+                              random_state=0, checkpoint=sys.argv[1], refit=False).fit(X, y)
+    print(json.dumps([float(v) for v in search.cv_results_["mean_test_score"]]))
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_folder_never_corrupt_it(tmp_path):
+    """Two processes fit the same search on the same folder at once: both finish with the
+    same results, every file they leave reads, and a third fit trains nothing."""
+    import json
+
+    from skhpo.checkpoint import read_file
+
+    script = tmp_path / "shared.py"
+    script.write_text(SHARED_SCRIPT)
+    folder = tmp_path / "ck"
+    procs = [subprocess.Popen([sys.executable, str(script), str(folder)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out in outs)
+    assert first == second
+    names = _files(folder)
+    assert names and not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+    for name in names:
+        read_file(folder / name)  # whole, checksummed files
+    from sklearn.datasets import load_digits
+
+    from skhpo import FlatnessSearchCV
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+    third = FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=4),
+                             {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
+                             n_candidates=16, n_finalists=3, cv=3, engine="sequential",
+                             random_state=0, checkpoint=str(folder), refit=False).fit(X, y)
+    assert third.n_resumed_ == 16 + 3 * 3
+    assert [float(v) for v in third.cv_results_["mean_test_score"]] == first
+
+
+KILLED_WRITE_SCRIPT = textwrap.dedent("""
+    import os
+    import sys
+    import time
+    import numpy as np
+    import torch
+    from scipy.stats import loguniform
+    from sklearn.datasets import load_digits
+    import skhpo.checkpoint
+    from skhpo import FlatnessSearchCV, TabularMLPClassifier
+    torch.set_num_threads(1)
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+    real, calls = os.replace, []
+
+    def replace(src, dst):  # the 4th training's file: written, then killed before its rename
+        if not dst.endswith("fingerprint.json"):
+            calls.append(dst)
+            if len(calls) == 4:
+                open(sys.argv[2], "w").close()
+                time.sleep(120)
+        return real(src, dst)
+    skhpo.checkpoint.os.replace = replace
+    FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=4),
+                     {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
+                     n_candidates=16, n_finalists=3, cv=3, engine="sequential",
+                     random_state=0, checkpoint=sys.argv[1], refit=False).fit(X, y)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_write_leaves_whole_files_only(tmp_path):
+    """SIGKILL while a file is being written (its bytes out, its rename not done): the
+    folder holds the three finished files and one temporary file, which nothing reads; the
+    resumed fit loads the three and gives the uninterrupted run's results."""
+    from sklearn.datasets import load_digits
+
+    from skhpo import FlatnessSearchCV
+
+    folder, flag = tmp_path / "ck", tmp_path / "writing"
+    script = tmp_path / "write.py"
+    script.write_text(KILLED_WRITE_SCRIPT)
+    _kill_when([sys.executable, str(script), str(folder), str(flag)], flag.exists)
+    assert len(_files(folder)) == 3
+    assert len([f for f in os.listdir(folder) if f.startswith(".tmp-")]) == 1
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32)[:600], y[:600]
+
+    def search(ck):
+        return FlatnessSearchCV(TabularMLPClassifier(width=32, max_epochs=4),
+                                {"lr": loguniform(1e-3, 1e-1), "width": [16, 32, 64]},
+                                n_candidates=16, n_finalists=3, cv=3, engine="sequential",
+                                random_state=0, checkpoint=ck, refit=False)
+    resumed = search(str(folder)).fit(X, y)
+    assert resumed.n_resumed_ == 3
+    _same_results(resumed, search(None).fit(X, y))

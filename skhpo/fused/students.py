@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._store import record
 from ..hyper.layers import dropout_layers
 from ..nets import divergence, guard_ratio
 from ._adam import BatchedAdam
@@ -37,6 +38,7 @@ from ._layouts import MLPLayout
 __all__ = ["StudentGroup", "StudentState"]
 
 
+@record
 @dataclass
 class StudentState:
     """One student between train steps.

@@ -202,7 +202,7 @@ def test_a_search_stopped_after_a_rung_resumes_and_continues_from_the_checkpoint
     monkeypatch.setattr(FusedHalvingRandomSearchCV, "_start_of", original)
     search.fit(X, y)
     assert search.n_resumed_ == 9 * 3  # the first rung's folds; the others continued them
-    assert search.candidate_starts_ == whole.candidate_starts_
+    assert search.candidate_starts_ == whole.candidate_starts_, search.restart_reasons_[9:]
     for key in ("params", "mean_test_score", "split0_test_score"):
         assert list(search.cv_results_[key]) == list(whole.cv_results_[key]), key
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import jvp
 
+from ..._store import record
 from ...hyper.stn import HyperLayer, cutout, entropy
 from ...log import report
 from ...nets import TrainingDivergedError, divergence, guard_ratio
@@ -306,6 +307,7 @@ class DeltaSTNTrainer:
                                         "the training diverged (try a smaller learning rate)")
 
 
+@record
 class _Batches:
     """An endless iterator of index batches, reshuffled (``torch.randperm``) when a pass is
     used up; an object rather than a generator, so a checkpoint can hold where it stands."""

@@ -84,6 +84,11 @@ class HyperStep(Callback):
         replace_dropout(net.module_)
         apply_hyperparams(net, self.hypers, self.current())
 
+    def restore_module(self, net):
+        """The module as training left it (its dropout layers replaced), for a checkpoint
+        that rebuilds the student (:mod:`skhpo._store`) before loading its weights."""
+        replace_dropout(net.module_)
+
     def on_batch_end(self, net, batch=None, training=None, **kwargs):
         if not training or self.val_data is None:
             return
