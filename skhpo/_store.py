@@ -283,11 +283,14 @@ class _Reader:
                 module == "builtins" and qualname not in _BUILTINS):
             raise DamagedFile(f"it asks for {module}.{qualname}, which a checkpoint never "
                               "holds (a planted file?); nothing of it was run")
+        if any(part.startswith("__") for part in qualname.split(".")):
+            raise DamagedFile(f"it names {name}, which is not a class or function")
         obj = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-        if not (isinstance(obj, type) or callable(obj)):
-            raise DamagedFile(f"it names {name}, which is not a class or function")
+        if not _admissible(obj, module):
+            raise DamagedFile(f"it asks for {module}.{qualname}, which a checkpoint never "
+                              "holds (a planted file?); nothing of it was run")
         return obj
 
     def decode(self, v):  # noqa: C901 (one branch per tag)
@@ -408,15 +411,59 @@ class _Reader:
         return net
 
     def _object(self, v):
+        """An object by its class, parameters and attributes: the user's own classes (named
+        by the search's estimator, space or settings) through their ``__init__`` with the
+        parameters, any other admitted class as pickle builds an object (its attributes set,
+        no constructor run)."""
         cls = self._class(v, "$est")
         obj = cls.__new__(cls)
         params = self.decode(v["params"])
-        try:
-            obj.__init__(**params)
-        except TypeError:
+        if v["$est"].get("$ref") in self.trusted:
+            try:
+                obj.__init__(**params)
+            except TypeError:
+                obj.__dict__.update(params)
+        else:
             obj.__dict__.update(params)
         obj.__dict__.update(self.decode(v["attrs"]))
         return obj
+
+
+def _kinds():
+    """The kinds of classes a file may name from the admitted packages (besides skhpo's):
+    what nets, searches and optimisers are made of, none of whose construction touches
+    files or the network (skorch's checkpointing and logging callbacks are left out: their
+    ``initialize`` does; a user's own are admitted by name)."""
+    from sklearn.base import BaseEstimator
+    from sklearn.model_selection import BaseCrossValidator
+    from skorch import callbacks
+    from skorch.dataset import Dataset, ValidSplit
+
+    touching = tuple(getattr(callbacks, name) for name in (
+        "Checkpoint", "TrainEndCheckpoint", "LoadInitState", "TensorBoard", "WandbLogger",
+        "NeptuneLogger", "MlflowLogger", "SacredLogger") if hasattr(callbacks, name))
+    kinds = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+             BaseEstimator, BaseCrossValidator, callbacks.Callback, NeuralNet,
+             Dataset, ValidSplit, History, torch.utils.data.Dataset,
+             torch.utils.data.DataLoader, np.generic, dict, list, tuple, set, frozenset)
+    return kinds, touching
+
+
+#: modules whose functions a file may name (metrics, skorch's parameter setters, torch's
+#: functional layers and initialisers)
+_FUNCTIONS = ("sklearn.metrics", "skorch.setter", "torch.nn.functional", "torch.nn.init")
+
+
+def _admissible(obj, module):
+    """Whether ``obj`` (found in ``module`` of an admitted package) may be named by a file."""
+    if module == "builtins":
+        return True  # (only the names of _BUILTINS reach here)
+    if isinstance(obj, type):
+        if module.split(".")[0] == "skhpo" or module.startswith("sklearn.metrics"):
+            return True  # (skhpo's classes; scikit-learn's scorers)
+        kinds, touching = _kinds()
+        return issubclass(obj, kinds) and not issubclass(obj, touching)
+    return callable(obj) and (module.startswith(_FUNCTIONS) or module.split(".")[0] == "skhpo")
 
 
 @contextlib.contextmanager

@@ -93,6 +93,16 @@ PAYLOADS = {
     "object-scalar": {"$np": ["|O", "x"]},
     "dtype": {"$torch": ["dtype", "__class__"]},
     "unknown-tag": {"$eval": "1"},
+    # admitted packages, but nothing a checkpoint holds: a class that writes a file when
+    # built, as an object and as a net's module; a function that writes one; a dunder
+    "file-class": {"$est": {"$ref": "scipy.io:FortranFile"},
+                   "params": {"filename": "x", "mode": "w"}, "attrs": {}},
+    "file-module": {"$net": {"$ref": "skhpo.models:TabularMLPClassifier"},
+                    "params": {"module": {"$ref": "scipy.io:FortranFile"}}},
+    "file-function": {"$ref": "torch:save"},
+    "checkpoint-callback": {"$est": {"$ref": "skorch.callbacks:Checkpoint"}, "params": {},
+                            "attrs": {}},
+    "dunder": {"$ref": "torch.nn:Module.__subclasses__"},
 }
 
 
