@@ -294,7 +294,9 @@ def read_file(path, trusted=None):
 
 def _canonical(obj):
     """``obj`` with every scipy distribution replaced by its name and arguments (a frozen
-    distribution pickles its generator's state, which moves as numbers are drawn)."""
+    distribution pickles its generator's state, which moves as numbers are drawn), also
+    inside estimators (a base search's ``param_distributions``), each estimator as its class
+    and its canonical parameters."""
     if isinstance(obj, dict):
         return {k: _canonical(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -302,6 +304,12 @@ def _canonical(obj):
     dist = getattr(obj, "dist", None)
     if dist is not None and hasattr(obj, "args") and hasattr(obj, "kwds"):
         return ("distribution", type(dist).__name__, obj.args, obj.kwds)
+    if hasattr(obj, "get_params") and not isinstance(obj, type):
+        try:
+            params = obj.get_params(deep=False)
+        except TypeError:
+            return obj
+        return ("estimator", type(obj), _canonical(params))
     return obj
 
 

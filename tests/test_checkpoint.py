@@ -346,6 +346,36 @@ def test_hyperlocal_keeps_its_trained_base_search(iris, tmp_path):
     assert first.validation_loss_ == again.validation_loss_
 
 
+def test_hyperlocal_keeps_a_randomized_base_search_over_a_pipeline(iris, tmp_path):
+    """The base search a user would pass: RandomizedSearchCV over a Pipeline, with scipy
+    distributions (whose generator state moves as they draw: not part of the fingerprint)
+    and a named scorer; its fitted search (the Pipeline's fitted scaler, the net) is stored
+    and rebuilt."""
+    from sklearn.model_selection import RandomizedSearchCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from skhpo import HyperLocalRefiner
+
+    X, y = iris
+
+    def refiner(folder):
+        pipe = Pipeline([("scale", StandardScaler()), ("net", _net(l2=1e-3, max_epochs=3))])
+        base = RandomizedSearchCV(pipe, {"net__lr": loguniform(1e-3, 1e-1),
+                                         "net__l2": loguniform(1e-5, 1e-2)}, n_iter=3, cv=2,
+                                  random_state=0, scoring="neg_log_loss")
+        return HyperLocalRefiner(base, random_state=0, checkpoint=folder)
+
+    first = refiner(str(tmp_path)).fit(X, y)
+    np.random.rand(5)  # the global generator moves between the fits, as in a session
+    CountingAdam.steps = 0
+    again = refiner(str(tmp_path)).fit(X, y)
+    assert again.n_resumed_ == 1
+    assert first.best_params_ == again.best_params_
+    assert first.validation_loss_ == again.validation_loss_
+    assert first.score(X, y) == again.score(X, y)
+
+
 class CtrlC(Callback):
     """Presses Ctrl-C at the end of the n-th training (``left``, a class attribute, so that
     the search's copies of the callback share it; None: never)."""
