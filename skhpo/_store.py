@@ -449,9 +449,10 @@ def _kinds():
     return kinds, touching
 
 
-#: modules whose functions a file may name (metrics, skorch's parameter setters, torch's
-#: functional layers and initialisers)
-_FUNCTIONS = ("sklearn.metrics", "skorch.setter", "torch.nn.functional", "torch.nn.init")
+#: modules whose functions a file may name (metrics, skorch's parameter setters and the
+#: indexing helpers its scoring callbacks keep, torch's functional layers and initialisers)
+_FUNCTIONS = ("sklearn.metrics", "skorch.setter", "skorch.utils", "torch.nn.functional",
+              "torch.nn.init")
 
 
 def _admissible(obj, module):

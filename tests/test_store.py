@@ -135,3 +135,34 @@ def test_what_cannot_be_stored_is_a_type_error_naming_it():
         return 1
     with pytest.raises(TypeError, match="defined inside a function"):
         dumps({"f": local})
+
+
+class _UserModule(torch.nn.Module):
+    """A user's own module (named by the user's estimator: trusted by name)."""
+
+    def __init__(self, hidden=8):
+        super().__init__()
+        self.hidden = torch.nn.Linear(4, hidden)
+        self.out = torch.nn.Linear(hidden, 3)
+
+    def forward(self, X):
+        return self.out(torch.relu(self.hidden(X)))
+
+
+def test_a_plain_skorch_net_with_the_usual_callbacks_round_trips():
+    from sklearn.datasets import load_iris
+    from skorch import NeuralNetClassifier
+    from skorch.callbacks import EarlyStopping, EpochScoring, LRScheduler
+    from skorch.dataset import ValidSplit
+
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+    net = NeuralNetClassifier(
+        _UserModule, criterion=torch.nn.CrossEntropyLoss, max_epochs=4, lr=0.05,
+        optimizer=torch.optim.SGD, optimizer__momentum=0.9, train_split=ValidSplit(3),
+        callbacks=[EarlyStopping(patience=3), LRScheduler("StepLR", step_size=2),
+                   EpochScoring("f1_macro", name="f1")], verbose=0).fit(X, y)
+    back = loads(dumps(net), trusted_objects(net))
+    np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
+    assert [row.get("f1") for row in back.history] == [row.get("f1") for row in net.history]
+    assert back.optimizer_.param_groups[0]["momentum"] == 0.9
