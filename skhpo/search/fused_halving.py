@@ -90,6 +90,10 @@ class _FusedHalving(_FusedDropIn):
         out = BaseSuccessiveHalving._run_search(self, rung, callback_ctx=callback_ctx)
         self.candidate_starts_ = [start for start, _ in fit.continued]
         self.restart_reasons_ = [why for _, why in fit.continued]
+        restarted = [why for why in self.restart_reasons_ if why]
+        if self.verbose >= 1 and restarted:
+            print(f"[{type(self).__name__}] {len(restarted)} survivor(s) trained again from "
+                  f"the start: {max(set(restarted), key=restarted.count)}")
         return out
 
     def _start_of(self, folds, rows, decision):
