@@ -99,6 +99,7 @@ class Member:
         self.losses, self.error, self.seconds, self.stopped = [], "", 0.0, False
         self.moved = ""  # why it must train alone after all (set before it joins a group)
         self.start, self.restart = 0, ""  # epochs it continues from; why not (._resume)
+        self.resumed = None  # what it continues from (._resume.resume)
         guards = [cb for _, cb in getattr(net, "callbacks_", ())
                   if isinstance(cb, FiniteLossGuard)]
         self.max_ratio = guards[0].max_ratio if guards else None

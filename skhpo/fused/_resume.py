@@ -6,12 +6,15 @@ survivor of a successive-halving rung, ``resource="max_epochs"``) repeats, for i
 ``E1`` epochs, exactly what it did before: same initialisation, same batch orders and dropout
 masks (its own generator), same updates. So the engine can start it from the state it reached:
 its module's weights and buffers, its optimiser's state (step counts included), its history,
-its generator's state and its divergence guard's reference loss (:func:`carry` keeps what the
-net's state does not hold). Its callbacks then see what ``partial_fit`` shows them: a second
-``on_train_begin`` on a net with history. That is exact only for callbacks whose state between
-epochs is what that call rebuilds, or what the history holds (:data:`CONTINUABLE`, with
-:func:`restore` rebuilding the best scores and ``EarlyStopping``'s patience from the history);
-for any other, :func:`restart_reason` says why the task trains from the start instead.
+its generator's state, its divergence guard's reference loss and its learning-rate
+schedulers' states (:func:`carry` keeps what the net's state does not hold). Its callbacks
+then see what ``partial_fit`` shows them: a second ``on_train_begin`` on a net with history.
+That is exact only for callbacks whose state between epochs is what that call rebuilds, what
+the history holds, or what :func:`carry` keeps (:data:`CONTINUABLE`, with :func:`restore`
+rebuilding the best scores and ``EarlyStopping``'s patience from the history, and each
+``LRScheduler``'s scheduler and its optimiser's rates from their saved states: skorch's own
+``on_train_begin`` would step a scheduler once more); for any other, :func:`restart_reason`
+says why the task trains from the start instead.
 """
 
 import torch
@@ -22,6 +25,7 @@ from skorch.callbacks import (
     EpochScoring,
     EpochTimer,
     GradientNormClipping,
+    LRScheduler,
     PassthroughScoring,
     PrintLog,
     ProgressBar,
@@ -30,12 +34,13 @@ from skorch.history import History
 
 from ..nets import FiniteLossGuard, TaskSeed
 
-__all__ = ["CONTINUABLE", "carry", "restart_reason", "restore", "resume"]
+__all__ = ["CONTINUABLE", "carry", "missing", "restart_reason", "restore", "resume"]
 
 #: callbacks whose state between epochs is rebuilt by ``on_train_begin`` and the history
 #: (:func:`restore`), or that keep none: a net with only these continues exactly
 CONTINUABLE = (EpochTimer, PrintLog, ProgressBar, PassthroughScoring, EpochScoring,
-               BatchScoring, GradientNormClipping, EarlyStopping, FiniteLossGuard, TaskSeed)
+               BatchScoring, GradientNormClipping, EarlyStopping, LRScheduler,
+               FiniteLossGuard, TaskSeed)
 #: the net's own hooks a second ``on_train_begin`` / ``on_train_end`` would run again
 _NET_HOOKS = ("on_train_begin", "on_train_end")
 
@@ -60,9 +65,23 @@ def restart_reason(net):
 
 def carry(member):
     """What continuing ``member`` needs beyond its net's state: its generator's state, its
-    guard's reference loss and the epochs it was given."""
+    guard's reference loss, the epochs it was given and its ``LRScheduler`` callbacks'
+    scheduler states (by callback name)."""
     return {"generator": member.generator.get_state(), "first_loss": member.first_loss,
-            "epochs": member.epochs}
+            "epochs": member.epochs, "schedulers": _schedulers(member.net)}
+
+
+def _schedulers(net):
+    return {name: cb.lr_scheduler_.state_dict() for name, cb in net.callbacks_
+            if isinstance(cb, LRScheduler) and getattr(cb, "lr_scheduler_", None) is not None}
+
+
+def missing(net, start):
+    """"" if ``start`` carries what continuing ``net`` needs (each ``LRScheduler``'s state),
+    else what it lacks."""
+    names = sorted(name for name, cb in net.callbacks_ if isinstance(cb, LRScheduler))
+    lost = [name for name in names if name not in start.get("schedulers", {})]
+    return f"its earlier training did not keep the state of {', '.join(lost)}" if lost else ""
 
 
 def resume(member, start):
@@ -79,16 +98,20 @@ def resume(member, start):
     member.first_loss = start["first_loss"]
     member.start = len(net.history_)
     member.stopped = member.start < start["epochs"]
+    member.resumed = start  # for restore, after on_train_begin
 
 
-def restore(net):
+def restore(member):
     """After the continued net's ``on_train_begin``: the state its callbacks kept between
     epochs, rebuilt from its history (``EpochScoring`` rebuilds its best score itself):
     ``PassthroughScoring``'s best score and ``EarlyStopping``'s misses, threshold and best
-    epoch, as the epochs in the history left them. Returns whether an ``EarlyStopping`` had
-    stopped the training by then (it trains no further)."""
+    epoch, as the epochs in the history left them; each ``LRScheduler``'s scheduler from its
+    saved state, and the optimiser's rates as they were (the scheduler skorch just made took a
+    step). Returns whether an ``EarlyStopping`` had stopped the training by then (it trains no
+    further)."""
+    net, start = member.net, member.resumed
     history, stopped = net.history_, False
-    for _, cb in net.callbacks_:
+    for name, cb in net.callbacks_:
         if isinstance(cb, PassthroughScoring):
             best = [row[cb.name] for row in history if row.get(f"{cb.name}_best")]
             if best:
@@ -102,4 +125,8 @@ def restore(net):
                 else:
                     cb.misses_ += 1
             stopped = stopped or cb.misses_ >= cb.patience
+        elif isinstance(cb, LRScheduler) and getattr(cb, "lr_scheduler_", None) is not None:
+            cb.lr_scheduler_.load_state_dict(start["schedulers"][name])
+    if start.get("schedulers"):
+        net.optimizer_.load_state_dict(start["optimizer"])
     return stopped

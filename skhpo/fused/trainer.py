@@ -49,7 +49,7 @@ from ._group import Member, StackedGroup, Valid
 from ._inputs import apply, as_tensors, shapes
 from ._layouts import FuncLayout, module_signature
 from ._replay import Replay
-from ._resume import carry, restart_reason, restore, resume
+from ._resume import carry, missing, restart_reason, restore, resume
 from ._workers import check_n_jobs, n_workers, run_jobs, trains_on_cpu
 from .cost import MEMORY_ENV, MEMORY_SHARE, group_size, max_weights, memory_budget, model_bytes
 from .eligibility import (
@@ -407,7 +407,7 @@ class FusedTrainer:
             if not same:
                 continue
             if len(same) == 1 and self.engine == "auto" and not keep_single and \
-                    not inits[same[0]][1].start:  # (a continued one goes on, even alone)
+                    tasks[same[0]].start is None:  # (one given a start stays, even alone)
                 moved[same[0]] = ("the only task of its shapes after preprocessing and its "
                                   "module's layers (two or more such tasks fuse)")
                 continue
@@ -439,7 +439,7 @@ class FusedTrainer:
             params = list(module.parameters())
             replay = Replay(member)
             replay.train_begin()
-            if member.start and not member.error and restore(member.net):
+            if member.start and not member.error and restore(member):
                 member.stopped = True  # its early stopping had stopped it: nothing to train
             if member.stopped and member.start and not member.error:
                 replay.train_end()
@@ -503,7 +503,7 @@ class FusedTrainer:
                             shuffle=shuffle)
         _split_member(member, split["datasets"], fit_X, yr)
         if task.start is not None:
-            member.restart = restart_reason(net) or (
+            member.restart = restart_reason(net) or missing(net, task.start) or (
                 "" if task.start["epochs"] < epochs else
                 f"its earlier training had {task.start['epochs']} epochs, not fewer")
             if not member.restart:

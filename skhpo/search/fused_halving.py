@@ -13,10 +13,11 @@ With ``resource="max_epochs"`` (``"net__max_epochs"`` for a Pipeline's net ``net
 survivor is not trained again from the start at its next rung, as scikit-learn's halving
 trains it: each of its folds continues in a fused group from the state it reached at the rung
 before (weights, optimiser state and step counts, its generator's state, history, the guard's
-reference loss: :mod:`skhpo.fused._resume`), which gives, bitwise, the model that training
-from the start for the new budget gives in the engine (a model's arithmetic does not depend
-on its group). Where that would not be exact (callbacks that keep state a continued training
-cannot restore, such as an ``LRScheduler``; a fold that trained alone;
+reference loss, its learning-rate schedulers: :mod:`skhpo.fused._resume`), which gives,
+bitwise, the model that training from the start for the new budget gives in the engine (a
+model's arithmetic does not depend on its group). Where that would not be exact (callbacks
+that keep state a continued training cannot restore, such as a user's own or
+``EarlyStopping(load_best=True)``; a fold that trained alone;
 ``resource="n_samples"``, whose rungs train on other rows) the fold trains from the start,
 and ``restart_reasons_`` says why, per candidate.
 """

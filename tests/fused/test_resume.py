@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 import torch
-from skorch.callbacks import EarlyStopping, LRScheduler
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 
 from skhpo import TabularMLPClassifier
 from skhpo.fused import FusedTask, FusedTrainer
@@ -48,7 +48,14 @@ def _continued_and_from_the_start(estimator, X, y, keep=3):
     {"dropout": 0.3},
     {"optimizer": torch.optim.SGD, "optimizer__momentum": 0.9, "dropout": 0.2},
     {"optimizer": torch.optim.RMSprop},
-], ids=["adam", "adam-dropout", "sgd-momentum", "rmsprop"])
+    # a scheduler that steps every epoch (a decay at epoch 2, 4, 6: one at the resumed
+    # training's first epoch's end), one that steps every batch, one on a plateau
+    {"callbacks": [LRScheduler("StepLR", step_size=2, gamma=0.5)]},
+    {"callbacks": [LRScheduler("CosineAnnealingLR", T_max=40, step_every="batch")]},
+    {"callbacks": [LRScheduler("ReduceLROnPlateau", monitor="train_loss", patience=0,
+                               factor=0.5)]},
+], ids=["adam", "adam-dropout", "sgd-momentum", "rmsprop", "step-lr", "cosine-per-batch",
+        "plateau"])
 def test_a_continued_training_is_the_training_from_the_start_bitwise(digits, params):
     X, y = digits
     net = TabularMLPClassifier(depth=1, width=32, batch_size=64, **params)
@@ -59,6 +66,7 @@ def test_a_continued_training_is_the_training_from_the_start_bitwise(digits, par
         for key, value in na.module_.state_dict().items():
             assert torch.equal(value, nb.module_.state_dict()[key]), key
         assert _history(na) == _history(nb) and len(na.history) == 7
+        assert na.optimizer_.param_groups[0]["lr"] == nb.optimizer_.param_groups[0]["lr"]
         assert torch.equal(a.carry["generator"], b.carry["generator"])
         # the optimiser goes on from its state: the same moments and step counts
         sa, sb = na.optimizer_.state_dict()["state"], nb.optimizer_.state_dict()["state"]
@@ -81,14 +89,35 @@ def test_early_stopping_continues_and_a_stopped_training_stays_stopped(digits):
     assert min(lengths) < 3 and max(lengths) > 3  # stopped in the first training; after it
 
 
+class Counting(Callback):
+    """A user's callback with state of its own (epochs seen): not known to continue."""
+
+    def initialize(self):
+        self.seen_ = 0
+        return self
+
+    def on_epoch_end(self, net, **kwargs):
+        self.seen_ += 1
+
+
 def test_callbacks_that_keep_other_state_train_from_the_start(digits):
     X, y = digits
-    net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
-                               callbacks=[LRScheduler("StepLR", step_size=2)])
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64, callbacks=[Counting()])
     continued, whole = _continued_and_from_the_start(net, X, y)
     for a, b in zip(continued, whole):
-        assert a.start == 0 and "LRScheduler" in a.restart
+        assert a.start == 0 and "Counting" in a.restart
         assert _history(find_net(a.estimator)[0]) == _history(find_net(b.estimator)[0])
+
+
+def test_a_start_without_its_schedulers_state_trains_from_the_start(digits):
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
+                               callbacks=[("decay", LRScheduler("StepLR", step_size=2))])
+    trainer = FusedTrainer(net)
+    short = trainer.fit(_tasks(3), X, y)
+    starts = [{**_start(r), "schedulers": {}} for r in short]  # (an older record)
+    (again,) = trainer.fit(_tasks(7, starts)[:1], X, y)
+    assert again.start == 0 and "decay" in again.restart
 
 
 def test_one_continued_task_goes_on_in_a_group_of_its_own(digits):

@@ -168,15 +168,15 @@ def test_a_survivor_continues_its_history_and_its_early_stopping(digits, monkeyp
 
 
 def test_what_cannot_continue_trains_from_the_start_and_says_why(digits):
-    from skorch.callbacks import LRScheduler
+    from skorch.callbacks import EarlyStopping
 
     X, y = digits
-    net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
-                               callbacks=[LRScheduler("StepLR", step_size=2)])
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64, callbacks=[
+        EarlyStopping(monitor="train_loss", patience=50, load_best=True)])
     search = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
     assert search.candidate_starts_ == [0] * 13 and search.engine_ == "fused"
     assert search.restart_reasons_[:9] == [""] * 9
-    assert all("LRScheduler" in why for why in search.restart_reasons_[9:])
+    assert all("load_best=True" in why for why in search.restart_reasons_[9:])
     kw = dict(factor=2, resource="n_samples", min_resources=150, cv=2, random_state=0)
     samples = FusedHalvingGridSearchCV(_net().set_params(max_epochs=2),
                                        {"lr": [1e-3, 3e-3, 1e-2, 3e-2]}, **kw).fit(X, y)
@@ -205,6 +205,20 @@ def test_a_search_stopped_after_a_rung_resumes_and_continues_from_the_checkpoint
     assert search.candidate_starts_ == whole.candidate_starts_, search.restart_reasons_[9:]
     for key in ("params", "mean_test_score", "split0_test_score"):
         assert list(search.cv_results_[key]) == list(whole.cv_results_[key]), key
+
+
+def test_a_learning_rate_schedule_continues_across_rungs(digits, monkeypatch):
+    from skorch.callbacks import LRScheduler
+
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
+                               callbacks=[LRScheduler("StepLR", step_size=2, gamma=0.5)])
+    ours = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    assert ours.candidate_starts_ == [0] * 9 + [1] * 3 + [3]
+    _from_the_start(monkeypatch)
+    restarted = FusedHalvingRandomSearchCV(net, SPACE, **EPOCHS).fit(X, y)
+    for key in ("mean_test_score", "split0_test_score", "mean_train_score"):
+        assert list(ours.cv_results_[key]) == list(restarted.cv_results_[key]), key
 
 
 def test_a_pipelines_net_continues_over_its_epochs(digits):
