@@ -48,8 +48,8 @@ _NET_HOOKS = ("on_train_begin", "on_train_end")
 def restart_reason(net):
     """"" if ``net`` (initialised) can continue an earlier training exactly, else why its
     training starts from the beginning."""
-    others = sorted({type(cb).__name__ for _, cb in net.callbacks_
-                     if not isinstance(cb, CONTINUABLE)})
+    others = sorted({type(cb).__name__ for _, cb in net.callbacks_  # (a subclass may keep
+                     if type(cb) not in CONTINUABLE})                 # state of its own)
     if others:
         return (f"its callbacks {', '.join(others)} may keep state a continued training "
                 "does not restore")

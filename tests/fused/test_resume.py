@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 import torch
-from skorch.callbacks import Callback, EarlyStopping, LRScheduler
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler, PassthroughScoring
 
 from skhpo import TabularMLPClassifier
 from skhpo.fused import FusedTask, FusedTrainer
@@ -107,6 +107,22 @@ def test_callbacks_that_keep_other_state_train_from_the_start(digits):
     for a, b in zip(continued, whole):
         assert a.start == 0 and "Counting" in a.restart
         assert _history(find_net(a.estimator)[0]) == _history(find_net(b.estimator)[0])
+
+
+class CountingScoring(PassthroughScoring):
+    """A subclass of a continuable callback, with state of its own: not continued."""
+
+    def on_epoch_end(self, net, **kwargs):
+        self.seen_ = getattr(self, "seen_", 0) + 1
+        super().on_epoch_end(net, **kwargs)
+
+
+def test_a_subclass_of_a_continuable_callback_trains_from_the_start(digits):
+    X, y = digits
+    net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
+                               callbacks=[("counted", CountingScoring("train_loss"))])
+    continued, _ = _continued_and_from_the_start(net, X, y, keep=1)
+    assert continued[0].start == 0 and "CountingScoring" in continued[0].restart
 
 
 def test_a_start_without_its_schedulers_state_trains_from_the_start(digits):
