@@ -119,8 +119,9 @@ class CountingScoring(PassthroughScoring):
 
 def test_a_subclass_of_a_continuable_callback_trains_from_the_start(digits):
     X, y = digits
+    counted = CountingScoring("train_loss", on_train=True)
     net = TabularMLPClassifier(depth=1, width=32, batch_size=64,
-                               callbacks=[("counted", CountingScoring("train_loss", on_train=True))])
+                               callbacks=[("counted", counted)])
     continued, _ = _continued_and_from_the_start(net, X, y, keep=1)
     assert continued[0].start == 0 and "CountingScoring" in continued[0].restart
 
