@@ -143,3 +143,58 @@ def test_one_continued_task_goes_on_in_a_group_of_its_own(digits):
     short = trainer.fit(_tasks(2), X, y)
     alone = trainer.fit(_tasks(4, [_start(r) for r in short])[:1], X, y)[0]
     assert alone.start == 2 and alone.group == 0 and alone.reason == ""
+
+
+def _zoo():
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("zoo", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["zoo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _grid_tasks(params, epochs, n, rows, starts=None):
+    return [FusedTask({**p, epochs: n}, seed=i, rows=rows,
+                      start=None if starts is None else starts[i])
+            for i, p in enumerate(params)]
+
+
+@pytest.mark.slow
+def test_every_zoo_net_that_fuses_continues_bitwise():
+    """The real-world skorch usages of benchmarks/zoo.py (their modules, optimisers,
+    callbacks, schedulers, BatchNorm, CNN, dict inputs, a get_loss override, a Pipeline):
+    each task of its grid trained 2 epochs, then continued to 5, equals the task trained 5
+    epochs from the start, bitwise (or trains from the start, saying why)."""
+    from sklearn.model_selection import ParameterGrid
+
+    zoo = _zoo()
+    continued_configs = []
+    for name, (make, grid, data) in zoo.ZOO.items():
+        X, y = data()
+        est = zoo._seeded(make())
+        prefix = find_net(est)[1]
+        epochs = f"{prefix}max_epochs"
+        params = [{k: v for k, v in p.items() if k != epochs}
+                  for p in list(ParameterGrid(grid))[:6]]
+        rows = np.arange(int(len(y) * 0.7))
+        trainer = FusedTrainer(est)
+
+        short = trainer.fit(_grid_tasks(params, epochs, 2, rows), X, y)
+        starts = [None if r.carry is None else _start(r) for r in short]
+        for s, a, b in zip(starts, trainer.fit(_grid_tasks(params, epochs, 5, rows, starts), X, y),
+                           trainer.fit(_grid_tasks(params, epochs, 5, rows), X, y)):
+            na, nb = find_net(a.estimator)[0], find_net(b.estimator)[0]
+            state = nb.module_.state_dict()
+            assert all(torch.equal(v, state[k]) for k, v in na.module_.state_dict().items()), \
+                name
+            assert _history(na) == _history(nb), name
+            if s is not None:
+                assert a.start == 2 or a.restart, name
+                if a.start == 2:
+                    continued_configs.append(name)
+    assert len(set(continued_configs)) >= 20, sorted(set(continued_configs))
