@@ -11,6 +11,7 @@ parameters from everything the user sees. What a fit carries is one
 """
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sklearn.base import is_classifier
 from sklearn.model_selection import check_cv
@@ -31,7 +32,7 @@ from ..nets import (
 )
 from ._progress import Phase, search_context
 
-__all__ = ["FusedCVMixin"]
+__all__ = ["FusedCVMixin", "Rung"]
 
 
 class FusedCVMixin:
@@ -96,12 +97,12 @@ class FusedCVMixin:
         return trial_params(self.estimator, seed=seed, task_index=task_index, **net_overrides)
 
     def _evaluate(self, evaluate_candidates, candidates, seeds, more_results=None,
-                  callback_ctx=None, cv=None, phase=True, start_of=None):
+                  callback_ctx=None, rung=None):
         """Cross-validate ``candidates`` through sklearn, each fit guarded and seeded (and,
-        where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`, which
-        takes ``start_of``), on the folds of ``cv`` (None: the search's ``cv``);
-        ``phase=False``: scikit-learn's fits report straight to ``callback_ctx`` (a halving
-        rung's, which numbers them itself)."""
+        where ``engine`` allows, trained beforehand in fused groups: :meth:`_prefit`), on the
+        search's folds, or a halving ``rung``'s (a :class:`Rung`: its splitter, the earlier
+        trainings its folds continue; scikit-learn's fits then report straight to
+        ``callback_ctx``, the rung's, which numbers them itself)."""
         fit = self._fit
         tasks = []
         for i, (cand, seed) in enumerate(zip(candidates, seeds)):
@@ -109,13 +110,13 @@ class FusedCVMixin:
             fit.task_keys.update(extra)
             tasks.append({**cand, **extra})
         kwargs = {"more_results": more_results}
-        if cv is not None:
-            kwargs["cv"] = cv
+        if rung is not None and rung.cv is not None:
+            kwargs["cv"] = rung.cv
         if self.engine != "sequential" or fit.checkpoint is not None:
-            kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks, cv, start_of)
+            kwargs["cv"], tasks = self._prefit(candidates, seeds, tasks, rung or Rung())
         else:
             fit.evaluated([["engine='sequential'"] * fit.n_splits] * len(candidates))
-        if callback_ctx is None or not phase:  # (scikit-learn < 1.9 has no callbacks)
+        if callback_ctx is None or rung is not None:  # (scikit-learn < 1.9 has no callbacks)
             if callback_ctx is not None:
                 kwargs["callback_ctx"] = callback_ctx
             results = evaluate_candidates(tasks, **kwargs)
@@ -126,26 +127,25 @@ class FusedCVMixin:
         self._seed_refit()
         return results
 
-    def _prefit(self, candidates, seeds, tasks, cv=None, start_of=None):
-        """Train every (candidate, fold) in fused groups; return the folds (replayed to
-        scikit-learn, so both sides split alike) and the candidates' parameters, each with a
-        :class:`~skhpo.fused.prefit.PrefitStates` callback holding its trained folds.
-
-        ``start_of(candidate index, train rows)``: ``(start, why)``, an earlier training of
-        that fold to continue (:attr:`skhpo.fused.FusedTask.start`) or None and why not ("":
-        there is none to continue). Each fold's record (:func:`_fold_record`, with the epochs
-        it ``start``-ed from and why it did not continue, ``restart``) is in
-        ``fit.records`` afterwards, with its rows."""
+    def _prefit(self, candidates, seeds, tasks, rung):
+        """Train every (candidate, fold) in fused groups, on the folds of ``rung.cv`` (None:
+        the search's), each continuing what ``rung.start_of`` gives it; return the folds
+        (replayed to scikit-learn, so both sides split alike) and the candidates' parameters,
+        each with a :class:`~skhpo.fused.prefit.PrefitStates` callback holding its trained
+        folds. Each fold's record (:func:`_fold_record`, with the epochs it ``start``-ed from
+        and why it did not continue, ``restart``) is in ``fit.records`` afterwards, with its
+        rows."""
         fit = self._fit
         X, y = indexable(fit.X, fit.y)  # as scikit-learn's fit does before it splits
-        splits = list(check_cv(self.cv if cv is None else cv, y,
+        splits = list(check_cv(self.cv if rung.cv is None else rung.cv, y,
                                classifier=is_classifier(self.estimator)).split(
             X, y, groups=fit.groups))
         # each call's candidates after the ones before (halving calls once per rung)
         first = len(fit.fit_times)
         fit.fit_times += [[0.0] * len(splits) for _ in candidates]
         folds = [(c, train) for c in range(len(candidates)) for train, _ in splits]
-        starts = [(None, "") if start_of is None else start_of(c, train) for c, train in folds]
+        starts = [(None, "") if rung.start_of is None else rung.start_of(c, train)
+                  for c, train in folds]
         fused = [FusedTask(candidates[c], seed=seeds[c], rows=train, start=start[0])
                  for (c, train), start in zip(folds, starts)]
         in_trainer = fit.trainer_jobs is not None  # every fold, alone or not, trains here
@@ -240,6 +240,25 @@ class FusedCVMixin:
         public = [{k: v for k, v in p.items() if k not in fit.task_keys}
                   for p in candidate_params]
         return super()._format_results(public, n_splits, out, more_results)
+
+
+@dataclass
+class Rung:
+    """A successive-halving rung's cross-validation (:meth:`FusedCVMixin._evaluate`).
+
+    Attributes
+    ----------
+    cv : splitter or None
+        The rung's folds (scikit-learn's subsampling splitter for ``resource="n_samples"``);
+        None: the search's ``cv``.
+    start_of : callable or None
+        ``start_of(candidate index, train rows)``: ``(start, why)``, an earlier training of
+        that fold to continue (:attr:`skhpo.fused.FusedTask.start`), or None and why not
+        ("": there is none to continue).
+    """
+
+    cv: object = None
+    start_of: object = None
 
 
 class _Splits:

@@ -34,6 +34,7 @@ from ..fused import choose_engine
 from ..fused.eligibility import data_reason
 from ..nets import find_net
 from ._drop_in import _FusedDropIn, with_engine
+from ._fused_cv import Rung
 from ._state import FitState, sklearn_fit
 
 __all__ = ["FusedHalvingGridSearchCV", "FusedHalvingRandomSearchCV"]
@@ -78,8 +79,8 @@ class _FusedHalving(_FusedDropIn):
                 seeds.update(zip(new, fit.spawn_seeds(rng, len(new))))
             results = self._evaluate(
                 evaluate_candidates, candidates, [seeds[k] for k in keys],
-                more_results=more_results, callback_ctx=callback_ctx, cv=cv, phase=False,
-                start_of=lambda c, rows: self._start_of(last.get(keys[c]), rows, decision))
+                more_results=more_results, callback_ctx=callback_ctx, rung=Rung(
+                    cv, lambda c, rows: self._start_of(last.get(keys[c]), rows, decision)))
             n = len(fit.records) // max(1, len(candidates))
             for c, key in enumerate(keys):
                 last[key] = fit.records[c * n:(c + 1) * n]
