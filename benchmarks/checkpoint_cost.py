@@ -16,7 +16,6 @@ in the file).
 
 import argparse
 import hashlib
-import json
 import os
 import pickle
 import statistics
@@ -31,6 +30,7 @@ from sklearn.datasets import load_digits
 
 from skhpo import FusedRandomizedSearchCV, PopulationMutationSearch, TabularMLPClassifier
 from skhpo._store import dumps
+from skhpo.bench.core import write_json
 from skhpo.checkpoint import SUFFIX, read_file
 
 
@@ -87,9 +87,7 @@ def main(argv=None):
               f"{row['write_s'] * 1e3:.1f} ms ({row['write_share_of_training']:.2%}), read "
               f"{row['read_s'] * 1e3:.1f} ms; pickle.dumps {row['pickle_dumps_s'] * 1e3:.1f} ms",
               flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
     return rows
 
 

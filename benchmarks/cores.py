@@ -23,6 +23,8 @@ import sys
 import time
 import warnings
 
+from skhpo.bench.core import write_json
+
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, here and in the subprocesses
 SEARCHES = ("fused", "sklearn")
 
@@ -87,9 +89,7 @@ def main(argv=None):
         row["speedup_first"] = round(row["first_n_jobs=1_s"] / row["first_n_jobs=2_s"], 2)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
     return rows
 
 

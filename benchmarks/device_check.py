@@ -47,6 +47,7 @@ from skhpo import (
     SmallCNNClassifier,
     TabularMLPClassifier,
 )
+from skhpo.bench.core import write_json
 from skhpo.fused import FusedTask, FusedTrainer
 from skhpo.nets import find_net
 
@@ -230,9 +231,7 @@ def main(argv=None):
               f"{','.join(row['weights_on']) or '-':8s} test {row['test_accuracy']:.4f} "
               f"{row['wall_s']:6.2f}s {row['error'].splitlines()[0] if row['error'] else ''}",
               flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**info, "rows": rows}, f, indent=1)
+    write_json(args.out, {**info, "rows": rows})
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -16,7 +16,6 @@ non-finite.
 """
 
 import argparse
-import json
 import warnings
 
 import numpy as np
@@ -26,6 +25,7 @@ from sklearn.base import clone
 from sklearn.model_selection import ParameterSampler
 from sklearn.pipeline import Pipeline
 
+from skhpo.bench.core import write_json
 from skhpo.bench.runner import default_estimator, default_space, load_task
 from skhpo.nets import MAX_LOSS_RATIO
 
@@ -94,9 +94,7 @@ def main(argv=None):
                                                       net__random_state=i), X, y)
                   for i in range(5)]
         show(row(f"breast_cancer unscaled: {opt.__name__} lr={lr:g}", ratios))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from skhpo import (
     PopulationMutationSearch,
     TabularMLPClassifier,
 )
+from skhpo.bench.core import write_json
 
 ATTRIBUTES = ("best_params_", "best_score_", "best_index_", "n_epochs_", "n_trainings_",
               "finalists_", "steps_", "stop_reason_", "n_trials_", "engine_", "engine_reason_",
@@ -185,9 +186,7 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="*", help="only these cases")
     args = parser.parse_args(argv)
     results = run(args.cases)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.out, results)
     if args.compare:
         with open(args.compare) as f:
             old = json.load(f)

@@ -19,11 +19,11 @@ and against random search (paired by seed).
 """
 
 import argparse
-import json
 
 import numpy as np
 
 from skhpo.bench import runner
+from skhpo.bench.core import write_json
 from skhpo.bench.runner import Budget, run_benchmark
 
 TASKS = ["iris", "wine", "breast_cancer", "digits", "diabetes"]
@@ -59,9 +59,7 @@ def main():
         print(f"{m}: against flatness {sum(a > b for a, b, _ in pairs)} won / "
               f"{sum(a < b for a, b, _ in pairs)} lost; against random "
               f"{sum(a > c for a, _, c in pairs)} / {sum(a < c for a, _, c in pairs)}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ with shuffling, NLLLoss), fused through ``torch.func``.
 """
 
 import argparse
-import json
 import resource
 import time
 
@@ -33,6 +32,7 @@ from sklearn.base import clone
 from sklearn.datasets import load_digits
 
 from skhpo import SmallCNNClassifier, TabularMLPClassifier
+from skhpo.bench.core import write_json
 from skhpo.fused import FusedTask, FusedTrainer
 from skhpo.nets import trial_params
 
@@ -125,9 +125,7 @@ def main(argv=None):
                      "peak_rss_mb": rss, "fused_peak_gpu_mb": gpu_mb})
         print(f"{K:5d} {seq:18.3f} {t_fused:13.3f} {seq / t_fused:6.2f} {100 * same:9.2f}% "
               f"{dp:14.1e} {rss:11.0f}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ finalists and the same best parameters.
 """
 
 import argparse
-import json
 import time
 import warnings
 
@@ -23,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skhpo import FlatnessSearchCV, TabularMLPClassifier
+from skhpo.bench.core import write_json
 
 DATA = {"digits": load_digits, "breast_cancer": load_breast_cancer}
 SPACES = {
@@ -67,9 +67,7 @@ def main(argv=None):
                 print(f"{name:14s} {space_name:10s} {seed:4d} {t_seq:12.1f} {t_auto:7.1f} "
                       f"{t_auto / t_seq:6.2f} {str(same_finalists):>14s} {str(same_best):>9s}",
                       flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from sklearn.experimental import enable_halving_search_cv  # noqa: F401
 from sklearn.model_selection import HalvingRandomSearchCV
 
 from skhpo import FusedHalvingRandomSearchCV, TabularMLPClassifier
+from skhpo.bench.core import write_json
 from skhpo.nets import TaskSeed
 
 SPACE = {"lr": loguniform(1e-4, 1e-1), "optimizer__weight_decay": loguniform(1e-6, 1e-3)}
@@ -93,9 +94,7 @@ def main(argv=None):
                    restarts_same_scores=list(r.cv_results_["mean_test_score"]) ==
                    list(a.cv_results_["mean_test_score"]))
     print(json.dumps(row), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(row, f, indent=1)
+    write_json(args.out, row)
     return row
 
 

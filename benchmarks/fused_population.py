@@ -17,7 +17,6 @@ of Adam, lr 3e-3.
 """
 
 import argparse
-import json
 import time
 import warnings
 
@@ -30,6 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skhpo import PopulationMutationSearch, TabularMLPClassifier
+from skhpo.bench.core import write_json
 
 DATA = {"digits": load_digits, "breast_cancer": load_breast_cancer}
 SPACES = {
@@ -92,9 +92,7 @@ def main(argv=None):
                 print(f"{name:14s} {space_name:10s} {seed:4d} {t_seq:12.1f} {t_fused:8.1f} "
                       f"{t_fused / t_seq:6.2f} {str(same_exploits):>13s} {str(same_best):>9s} "
                       f"{diff:12.1e} {a.best_score_:9.4f} {b.best_score_:11.4f}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

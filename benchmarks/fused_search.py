@@ -13,7 +13,6 @@ pays the process's one-off costs (imports, first kernels) in its timing.
 """
 
 import argparse
-import json
 import time
 import warnings
 
@@ -26,6 +25,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skhpo import FusedRandomizedSearchCV, TabularMLPClassifier
+from skhpo.bench.core import write_json
 
 DATA = {"digits": load_digits, "breast_cancer": load_breast_cancer}
 SPACE = {"net__lr": loguniform(1e-4, 1e-2), "net__optimizer__weight_decay": loguniform(1e-6, 1e-3),
@@ -82,9 +82,7 @@ def main(argv=None):
             print(f"{name:14s} {seed:4d} {t_theirs:9.1f} {t_ours:8.1f} {row['ratio']:6.2f} "
                   f"{str(same):>10s} {diff:10.4f} {noise:10.4f} {row['test_sklearn']:7.4f} "
                   f"{row['test_fused']:10.4f}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

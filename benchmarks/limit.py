@@ -31,6 +31,7 @@ from sklearn.datasets import make_classification
 from sklearn.model_selection import RandomizedSearchCV
 
 from skhpo import FusedRandomizedSearchCV, TabularMLPClassifier
+from skhpo.bench.core import write_json
 from skhpo.fused.cost import proc_kib
 
 #: the phases of a fused search: the cumulative time of these (file, function) pairs
@@ -164,9 +165,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.memory:
         out = memory(args.rows or 1_000_000, args.n_iter or 4)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(out, f, indent=1)
+        write_json(args.out, out)
         return out
     args.rows, args.n_iter = args.rows or 100_000, args.n_iter or 16
     torch.set_num_threads(1)
@@ -215,9 +214,7 @@ def main(argv=None):
             for k, v in row["phases_s"].items():
                 print(f"  {k:42s} {v:7.2f} s  {v / t_fused:6.1%}")
         rows.append(row)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
     return rows
 
 

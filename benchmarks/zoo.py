@@ -23,7 +23,6 @@ process's one-off costs in its timing.
 """
 
 import argparse
-import json
 import time
 import warnings
 
@@ -45,6 +44,7 @@ from skorch.helper import SliceDict
 from torch import nn
 
 from skhpo import FusedGridSearchCV
+from skhpo.bench.core import write_json
 from skhpo.nets import TaskSeed
 
 # -- modules, as skorch's docs and tutorials write them ------------------------------------------
@@ -356,9 +356,7 @@ def main(argv=None):
         print(f"\n{len(fused)} of {len(rows)} configurations fuse; median ratio over them "
               f"{np.median([r['ratio'] for r in fused]):.2f}; same best candidate in "
               f"{sum(r['same_best'] for r in rows)} of {len(rows)}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
     return rows
 
 

@@ -14,6 +14,7 @@ from .core import (
     progress_printer,
     run_jobs,
     write_csv,
+    write_json,
     write_results,
 )
 
@@ -114,8 +115,7 @@ def bench(args):
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(os.path.join(args.out, "results.json"), rows)
         write_csv(os.path.join(args.out, "results.csv"),
                   [{**r, "best_params": json.dumps(r["best_params"])} for r in rows])
         print(f"results in {args.out}/results.csv and results.json")
@@ -556,11 +556,7 @@ def calibrate(args):
     best = recommend(rows, args.min_speedup)
     print(f"\nfusing gains at least {args.min_speedup}x up to {best} weights here; "
           f"for engine='auto':\n  export {ENV}={best}")
-    if args.out:
-        import json
-
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
     return _finish(start)
 
 

@@ -8,6 +8,7 @@ this module runs the jobs (:func:`run_jobs`), groups the rows (:func:`summarize`
 """
 
 import csv
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -238,6 +239,15 @@ def write_csv(path, rows, exclude=()):
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_json(path, value):
+    """``value`` as JSON in the file ``path`` (indented; nothing when ``path`` is None): the
+    ``--out`` of the benchmark scripts and commands."""
+    if path is None:
+        return
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
 
 
 def write_results(out, rows, summary):
