@@ -37,6 +37,8 @@ from scipy import stats
 from skorch import NeuralNet
 from skorch.history import History
 
+from .nets import load_net_state, net_state
+
 __all__ = ["DENIED", "DamagedFile", "dumps", "loads", "trusted_objects"]
 
 #: packages whose classes and functions a file may name ...
@@ -194,7 +196,6 @@ class _Writer:
         params = net.get_params(deep=False)
         out = {"$net": self.encode(type(net)), "params": self.encode(params)}
         if getattr(net, "initialized_", False):
-            from .fused.prefit import net_state
             out["state"] = self.encode(net_state(net))
             # what its fit learnt of the data (classes_inferred_, n_features_in_ ...): the
             # attributes ending in "_" that initialize does not build
@@ -404,10 +405,7 @@ class _Reader:
         for _, cb in net.callbacks_:  # a callback that reshaped the module when it trained
             if hasattr(cb, "restore_module"):
                 cb.restore_module(net)
-        state = self.decode(v["state"])
-        net.module_.load_state_dict(state["module"])
-        net.optimizer_.load_state_dict(state["optimizer"])
-        net.history_ = History(state["history"])
+        load_net_state(net, self.decode(v["state"]))
         return net
 
     def _object(self, v):

@@ -27,6 +27,7 @@ from sklearn.utils.validation import _num_samples
 from skorch import NeuralNet, NeuralNetClassifier
 from skorch.callbacks import Callback
 from skorch.dataset import Dataset as SkorchDataset
+from skorch.history import History
 from torch.utils.data import DataLoader, Subset
 
 __all__ = [
@@ -48,9 +49,11 @@ __all__ = [
     "input_dict",
     "guard_ratio",
     "module_mode",
+    "load_net_state",
     "net_X",
     "net_input",
     "net_seed",
+    "net_state",
     "net_y",
     "seed_everything",
     "seed_torch",
@@ -488,6 +491,22 @@ def trial_params(estimator, *, seed=None, task_index=0, extra_callbacks=(), **ne
     if device != net.device:
         out[f"{prefix}device"] = device
     return out
+
+
+def net_state(net):
+    """A trained net's state as plain values: its module's weights (copies, on the CPU), its
+    optimiser's state and its history (what :func:`load_net_state` gives a net back)."""
+    return {"module": {k: v.detach().cpu().clone() for k, v in net.module_.state_dict().items()},
+            "optimizer": net.optimizer_.state_dict(),
+            "history": [dict(row) for row in net.history_]}
+
+
+def load_net_state(net, state):
+    """Give an initialised ``net`` the weights, optimiser state and history of
+    :func:`net_state`'s ``state`` (its own copy of the history)."""
+    net.module_.load_state_dict(state["module"])
+    net.optimizer_.load_state_dict(state["optimizer"])
+    net.history_ = History([dict(row) for row in state["history"]])
 
 
 def free_estimator(estimator):

@@ -30,9 +30,8 @@ from skorch.callbacks import (
     PrintLog,
     ProgressBar,
 )
-from skorch.history import History
 
-from ..nets import FiniteLossGuard, TaskSeed
+from ..nets import FiniteLossGuard, TaskSeed, load_net_state
 
 __all__ = ["CONTINUABLE", "carry", "missing", "restart_reason", "restore", "resume"]
 
@@ -87,13 +86,11 @@ def missing(net, start):
 def resume(member, start):
     """Put ``member`` (initialised, not yet trained) where an earlier training of its task
     stopped: ``start`` holds that net's state (``module``, ``optimizer``, ``history``:
-    :func:`skhpo.fused.prefit.net_state`) and :func:`carry`'s. Sets ``member.start`` (the
+    :func:`skhpo.nets.net_state`) and :func:`carry`'s. Sets ``member.start`` (the
     epochs done) and, when that training had stopped before its epochs (early stopping),
     ``member.stopped``."""
     net = member.net
-    net.module_.load_state_dict(start["module"])
-    net.optimizer_.load_state_dict(start["optimizer"])
-    net.history_ = History([dict(row) for row in start["history"]])
+    load_net_state(net, start)
     member.generator.set_state(start["generator"].to(torch.uint8))
     member.first_loss = start["first_loss"]
     member.start = len(net.history_)

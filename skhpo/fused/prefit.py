@@ -15,9 +15,8 @@ import hashlib
 
 import numpy as np
 from skorch.callbacks import Callback
-from skorch.history import History
 
-from ..nets import input_dict
+from ..nets import input_dict, load_net_state, net_state
 
 __all__ = ["PrefitStates", "SharedStates", "fingerprint", "net_state"]
 
@@ -42,14 +41,6 @@ def fingerprint(X, y):
         # its bytes, without copying them (an object array's as before: its pointers)
         digest.update(a.tobytes() if a.dtype.hasobject else a.reshape(-1).view(np.uint8))
     return digest.hexdigest()
-
-
-def net_state(net):
-    """What :class:`PrefitStates` loads for a trained net: its module's weights, its
-    optimiser's state and its history."""
-    return {"module": {k: v.detach().cpu().clone() for k, v in net.module_.state_dict().items()},
-            "optimizer": net.optimizer_.state_dict(),
-            "history": [dict(row) for row in net.history_]}
 
 
 class PrefitStates(Callback):
@@ -86,9 +77,7 @@ class PrefitStates(Callback):
         if state is None:
             self.key_ = key  # it trains here: written when it ends
             return
-        net.module_.load_state_dict(state["module"])
-        net.optimizer_.load_state_dict(state["optimizer"])
-        net.history_ = History(state["history"])
+        load_net_state(net, state)
         self.loaded_ = net.max_epochs
         net.max_epochs = 0  # skorch reads max_epochs after on_train_begin
 

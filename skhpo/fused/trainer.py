@@ -83,7 +83,7 @@ class FusedTask:
         the net at epoch ends (``reads_epochs = True``).
     start : dict or None
         An earlier, shorter training of this same task to continue (in a fused group):
-        its net's state (:func:`skhpo.fused.prefit.net_state`) and
+        its net's state (:func:`skhpo.nets.net_state`) and
         :attr:`TaskResult.carry`. The task then trains only the epochs after it, with the
         result of training from the start (:mod:`._resume`); where its net's callbacks do
         not allow that, or it trains alone, it trains from the start

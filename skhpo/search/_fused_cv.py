@@ -19,11 +19,12 @@ from sklearn.utils import _safe_indexing, indexable
 
 from ..checkpoint import Checkpoint, check_checkpoint, search_parts
 from ..fused import FusedTask, FusedTrainer, check_n_jobs
-from ..fused.prefit import PrefitStates, SharedStates, fingerprint, net_state
+from ..fused.prefit import PrefitStates, SharedStates, fingerprint
 from ..nets import (
     find_net,
     free_estimator,
     net_input,
+    net_state,
     net_y,
     seed_everything,
     seeds_itself,

@@ -8,8 +8,7 @@ from skorch.callbacks import Callback, EarlyStopping, LRScheduler, PassthroughSc
 
 from skhpo import TabularMLPClassifier
 from skhpo.fused import FusedTask, FusedTrainer
-from skhpo.fused.prefit import net_state
-from skhpo.nets import find_net
+from skhpo.nets import find_net, net_state
 
 LRS = [1e-3, 3e-3, 1e-2, 3e-2]
 
