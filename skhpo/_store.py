@@ -34,7 +34,10 @@ import types
 import numpy as np
 import torch
 from scipy import stats
-from skorch import NeuralNet
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import BaseCrossValidator
+from skorch import NeuralNet, callbacks
+from skorch.dataset import Dataset, ValidSplit
 from skorch.history import History
 
 from .nets import load_net_state, net_state
@@ -52,7 +55,7 @@ DENIED = ("torch.package", "torch.hub", "torch.utils.cpp_extension", "torch.jit"
 _BUILTINS = {"int", "float", "bool", "str", "list", "tuple", "dict", "set", "frozenset",
              "slice", "range", "complex", "bytes", "object", "type", "print"}
 #: array dtypes a file may hold (no objects, no raw void records)
-_KINDS = set("biufc?")
+_DTYPE_KINDS = set("biufc?")
 
 
 class DamagedFile(ValueError):
@@ -132,7 +135,7 @@ class _Writer:
             return {"$ma": self.encode(np.ma.getdata(v)),
                     "mask": self.encode(np.ma.getmaskarray(v))}
         if isinstance(v, np.ndarray):
-            if v.dtype.kind not in _KINDS:
+            if v.dtype.kind not in _DTYPE_KINDS:
                 return {"$oa": [self.encode(x) for x in v.reshape(-1).tolist()],
                         "dtype": v.dtype.str if v.dtype.kind in "OUS" else "|O",
                         "shape": list(v.shape)}
@@ -150,7 +153,7 @@ class _Writer:
         if isinstance(v, (set, frozenset)):
             return {"$set": [self.encode(x) for x in sorted(v, key=repr)],
                     "frozen": isinstance(v, frozenset)}
-        if isinstance(v, dict) and type(v) in (dict,) and all(
+        if isinstance(v, dict) and type(v) is dict and all(
                 isinstance(k, str) and not k.startswith("$") for k in v):
             return {k: self.encode(x) for k, x in v.items()}
         if isinstance(v, dict):
@@ -251,7 +254,7 @@ def loads(data, trusted=None):
         arrays = []
         for dtype, shape, offset, nbytes in head["arrays"]:
             kind = np.dtype(dtype)
-            if kind.kind not in _KINDS or offset + nbytes > len(blob):
+            if kind.kind not in _DTYPE_KINDS or offset + nbytes > len(blob):
                 raise DamagedFile(f"it holds an array of dtype {dtype!r} or beyond its end")
             arrays.append(np.frombuffer(blob, dtype=kind, count=nbytes // max(1, kind.itemsize),
                                         offset=offset).reshape(shape).copy())
@@ -326,7 +329,7 @@ class _Reader:
             return out
         if tag == "$np":
             dtype, value = v["$np"]
-            if np.dtype(dtype).kind not in _KINDS | set("US"):
+            if np.dtype(dtype).kind not in _DTYPE_KINDS | set("US"):
                 raise DamagedFile(f"it holds a scalar of dtype {dtype!r}")
             return np.array(self.decode(value), dtype=np.dtype(dtype))[()]
         if tag == "$ma":
@@ -427,24 +430,18 @@ class _Reader:
         return obj
 
 
-def _kinds():
-    """The kinds of classes a file may name from the admitted packages (besides skhpo's):
-    what nets, searches and optimisers are made of, none of whose construction touches
-    files or the network (skorch's checkpointing and logging callbacks are left out: their
-    ``initialize`` does; a user's own are admitted by name)."""
-    from sklearn.base import BaseEstimator
-    from sklearn.model_selection import BaseCrossValidator
-    from skorch import callbacks
-    from skorch.dataset import Dataset, ValidSplit
-
-    touching = tuple(getattr(callbacks, name) for name in (
-        "Checkpoint", "TrainEndCheckpoint", "LoadInitState", "TensorBoard", "WandbLogger",
-        "NeptuneLogger", "MlflowLogger", "SacredLogger") if hasattr(callbacks, name))
-    kinds = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
-             BaseEstimator, BaseCrossValidator, callbacks.Callback, NeuralNet,
-             Dataset, ValidSplit, History, torch.utils.data.Dataset,
-             torch.utils.data.DataLoader, np.generic, dict, list, tuple, set, frozenset)
-    return kinds, touching
+#: the kinds of classes a file may name from the admitted packages (besides skhpo's and
+#: scikit-learn's scorers): what nets, searches and optimisers are made of, none of whose
+#: construction touches files or the network ...
+_CLASS_KINDS = (torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+                BaseEstimator, BaseCrossValidator, callbacks.Callback, NeuralNet, Dataset,
+                ValidSplit, History, torch.utils.data.Dataset, torch.utils.data.DataLoader,
+                np.generic, dict, list, tuple, set, frozenset)
+#: ... but skorch's checkpointing and logging callbacks, whose ``initialize`` does (a user's
+#: own are admitted by name)
+_TOUCHING = tuple(getattr(callbacks, name) for name in (
+    "Checkpoint", "TrainEndCheckpoint", "LoadInitState", "TensorBoard", "WandbLogger",
+    "NeptuneLogger", "MlflowLogger", "SacredLogger") if hasattr(callbacks, name))
 
 
 #: modules whose functions a file may name (metrics, skorch's parameter setters and the
@@ -460,8 +457,7 @@ def _admissible(obj, module):
     if isinstance(obj, type):
         if module.split(".")[0] == "skhpo" or module.startswith("sklearn.metrics"):
             return True  # (skhpo's classes; scikit-learn's scorers)
-        kinds, touching = _kinds()
-        return issubclass(obj, kinds) and not issubclass(obj, touching)
+        return issubclass(obj, _CLASS_KINDS) and not issubclass(obj, _TOUCHING)
     return callable(obj) and (module.startswith(_FUNCTIONS) or module.split(".")[0] == "skhpo")
 
 
