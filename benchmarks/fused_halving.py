@@ -67,7 +67,7 @@ def main(argv=None):
         times[label] = time.perf_counter() - start
     if args.restarts:  # the same drop-in, every survivor trained again from the start
         original = FusedHalvingRandomSearchCV._start_of
-        FusedHalvingRandomSearchCV._start_of = lambda self, folds, rows, decision: (None, "")
+        FusedHalvingRandomSearchCV._start_of = lambda self, folds, rows: (None, "")
         start = time.perf_counter()
         try:
             fitted["restarts"] = FusedHalvingRandomSearchCV(make(), SPACE, **kw).fit(X, y)

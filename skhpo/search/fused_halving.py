@@ -80,7 +80,7 @@ class _FusedHalving(_FusedDropIn):
             results = self._evaluate(
                 evaluate_candidates, candidates, [seeds[k] for k in keys],
                 more_results=more_results, callback_ctx=callback_ctx, rung=Rung(
-                    cv, lambda c, rows: self._start_of(last.get(keys[c]), rows, decision)))
+                    cv, lambda c, rows: self._start_of(last.get(keys[c]), rows)))
             n = len(fit.records) // max(1, len(candidates))
             for c, key in enumerate(keys):
                 last[key] = fit.records[c * n:(c + 1) * n]
@@ -98,7 +98,7 @@ class _FusedHalving(_FusedDropIn):
                   f"the start: {max(set(restarted), key=restarted.count)}")
         return out
 
-    def _start_of(self, folds, rows, decision):
+    def _start_of(self, folds, rows):
         """``(start, why)`` for a candidate's fold at its next rung: the state its training
         reached at the rung before (``folds``: that rung's ``(rows, record)``), to continue
         (:attr:`skhpo.fused.FusedTask.start`), or None and why it trains from the start

@@ -116,7 +116,7 @@ EPOCHS = dict(n_candidates=9, factor=3, resource="max_epochs", min_resources=1,
 def _from_the_start(monkeypatch):
     """Survivors train again from the start at every rung (as scikit-learn's halving)."""
     monkeypatch.setattr(FusedHalvingRandomSearchCV, "_start_of",
-                        lambda self, folds, rows, decision: (None, ""))
+                        lambda self, folds, rows: (None, ""))
 
 
 def test_survivors_continue_and_give_the_models_trained_from_the_start(digits, monkeypatch):
@@ -192,10 +192,10 @@ def test_a_search_stopped_after_a_rung_resumes_and_continues_from_the_checkpoint
     search = FusedHalvingRandomSearchCV(net, SPACE, checkpoint=tmp_path, **EPOCHS)
     original = FusedHalvingRandomSearchCV._start_of
 
-    def interrupted(self, folds, rows, decision):
+    def interrupted(self, folds, rows):
         if folds is not None:
             raise KeyboardInterrupt  # stopped once the first rung is written
-        return original(self, folds, rows, decision)
+        return original(self, folds, rows)
     monkeypatch.setattr(FusedHalvingRandomSearchCV, "_start_of", interrupted)
     with pytest.raises(KeyboardInterrupt):
         search.fit(X, y)
