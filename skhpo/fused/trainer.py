@@ -439,11 +439,11 @@ class FusedTrainer:
             params = list(module.parameters())
             replay = Replay(member)
             replay.train_begin()
-            if member.start and not member.error and restore(member):
-                member.stopped = True  # its early stopping had stopped it: nothing to train
-            if member.stopped and member.start and not member.error:
-                replay.train_end()
-            if member.error or (member.stopped and member.start):
+            if member.start and not member.error:  # a continued training
+                member.stopped = restore(member) or member.stopped
+                if member.stopped:  # its early stopping had stopped it: it trains no more
+                    replay.train_end()
+            if member.error or (member.start and member.stopped):
                 trained[j] = self._hand_back(g, tasks[j], *inits[j], keys)
             elif member.net.module_ is not module or any(
                     p is not q for p, q in zip(params, member.net.module_.parameters())):
