@@ -107,8 +107,9 @@ def run_pair(method, task, seed, budget):
             return {"trials": n_iter, **_timed_fit(search, Xtr, ytr, Xte, yte,
                                                    budget.max_epochs)}
 
-        def at_equal_wall(search=RandomizedSearchCV, first=None):
-            first = first or baseline(n_epochs, search)
+        def at_equal_wall(search=RandomizedSearchCV):
+            """``search`` at the equal-epochs trial count, then at the method's wall time."""
+            first = baseline(n_epochs, search)
             n_wall = max(1, round(m["wall"] / (first["wall"] / n_epochs)))
             return first, (first if n_wall == n_epochs else baseline(n_wall, search))
         at_epochs, at_wall = at_equal_wall()
