@@ -124,6 +124,8 @@ def restore(member):
             stopped = stopped or cb.misses_ >= cb.patience
         elif isinstance(cb, LRScheduler) and getattr(cb, "lr_scheduler_", None) is not None:
             cb.lr_scheduler_.load_state_dict(start["schedulers"][name])
-    if start.get("schedulers"):
-        net.optimizer_.load_state_dict(start["optimizer"])
+    if start.get("schedulers"):  # the rates as they were (its state is loaded already)
+        for group, saved in zip(net.optimizer_.param_groups,
+                                start["optimizer"]["param_groups"]):
+            group.update({k: v for k, v in saved.items() if k != "params"})
     return stopped
